@@ -1,0 +1,1 @@
+//! rivet-bench (being written).

@@ -1,0 +1,1 @@
+//! rivet engine (being written).

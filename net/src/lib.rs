@@ -1,0 +1,1 @@
+//! rivet network layer (being written).

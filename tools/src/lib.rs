@@ -1,0 +1,1 @@
+//! rivet tools (being written).

@@ -1,0 +1,1 @@
+//! rivet write-ahead log (being written).
