@@ -1,0 +1,266 @@
+//! Request checks done before a request is proposed, exactly as etcd 3.4's
+//! `etcdserver/api/v3rpc/key.go` does them: a request that fails here changes nothing and
+//! never reaches raft.
+
+use rivet_api::etcdserverpb::{
+    request_op, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
+};
+use std::collections::HashSet;
+
+use crate::error::EtcdError;
+
+pub fn check_range(request: &RangeRequest) -> Result<(), EtcdError> {
+    if request.key.is_empty() {
+        return Err(EtcdError::EmptyKey);
+    }
+    Ok(())
+}
+
+pub fn check_put(request: &PutRequest) -> Result<(), EtcdError> {
+    if request.key.is_empty() {
+        return Err(EtcdError::EmptyKey);
+    }
+    if request.ignore_value && !request.value.is_empty() {
+        return Err(EtcdError::ValueProvided);
+    }
+    if request.ignore_lease && request.lease != 0 {
+        return Err(EtcdError::LeaseProvided);
+    }
+    Ok(())
+}
+
+pub fn check_delete(request: &DeleteRangeRequest) -> Result<(), EtcdError> {
+    if request.key.is_empty() {
+        return Err(EtcdError::EmptyKey);
+    }
+    Ok(())
+}
+
+/// etcd's `checkTxnRequest` followed by `checkIntervals` on both branches.
+pub fn check_txn(request: &TxnRequest, max_txn_ops: usize) -> Result<(), EtcdError> {
+    check_txn_ops(request, max_txn_ops as i64)?;
+    check_intervals(&request.success)?;
+    check_intervals(&request.failure)?;
+    Ok(())
+}
+
+fn check_txn_ops(request: &TxnRequest, max_txn_ops: i64) -> Result<(), EtcdError> {
+    let ops = request
+        .compare
+        .len()
+        .max(request.success.len())
+        .max(request.failure.len()) as i64;
+    if ops > max_txn_ops {
+        return Err(EtcdError::TooManyOps);
+    }
+    if request.compare.iter().any(|c| c.key.is_empty()) {
+        return Err(EtcdError::EmptyKey);
+    }
+    // Nested txns share the budget the way etcd does: what the outer level left over.
+    for op in request.success.iter().chain(request.failure.iter()) {
+        check_request_op(op, max_txn_ops - ops)?;
+    }
+    Ok(())
+}
+
+fn check_request_op(op: &RequestOp, max_txn_ops: i64) -> Result<(), EtcdError> {
+    match &op.request {
+        Some(request_op::Request::RequestRange(r)) => check_range(r),
+        Some(request_op::Request::RequestPut(r)) => check_put(r),
+        Some(request_op::Request::RequestDeleteRange(r)) => check_delete(r),
+        Some(request_op::Request::RequestTxn(r)) => check_txn_ops(r, max_txn_ops),
+        // An empty op is rejected with "key not found", as in etcd.
+        None => Err(EtcdError::KeyNotFound),
+    }
+}
+
+/// A half-open interval of keys, compared as etcd's `adt.StringAffineInterval` compares
+/// them: byte-wise, with a delete's `range_end` taken literally (so the from-key form
+/// `"\0"` makes an empty interval, a quirk of etcd 3.4 that we keep for equal answers).
+#[derive(Clone, Debug)]
+struct Interval {
+    begin: Vec<u8>,
+    end: Vec<u8>,
+}
+
+impl Interval {
+    fn contains_point(&self, key: &[u8]) -> bool {
+        // Point k is the interval [k, k + "\0"); overlap with [begin, end) means
+        // begin < k+"\0" (begin <= k) and k < end.
+        self.begin.as_slice() <= key && key < self.end.as_slice()
+    }
+}
+
+#[derive(Default)]
+struct Deletes(Vec<Interval>);
+
+impl Deletes {
+    fn intersects(&self, key: &[u8]) -> bool {
+        self.0.iter().any(|i| i.contains_point(key))
+    }
+}
+
+/// etcd's `checkIntervals`: within one branch (recursively through nested txns) a key may
+/// not be put twice, nor put and deleted. The order of the checks follows etcd's, because
+/// it decides which conflicts are found.
+fn check_intervals(ops: &[RequestOp]) -> Result<(HashSet<Vec<u8>>, Deletes), EtcdError> {
+    let mut deletes = Deletes::default();
+    for op in ops {
+        if let Some(request_op::Request::RequestDeleteRange(d)) = &op.request {
+            let end = if d.range_end.is_empty() {
+                let mut successor = d.key.to_vec();
+                successor.push(0);
+                successor
+            } else {
+                d.range_end.to_vec()
+            };
+            deletes.0.push(Interval {
+                begin: d.key.to_vec(),
+                end,
+            });
+        }
+    }
+    let mut puts: HashSet<Vec<u8>> = HashSet::new();
+    for op in ops {
+        let Some(request_op::Request::RequestTxn(txn)) = &op.request else {
+            continue;
+        };
+        let (puts_then, deletes_then) = check_intervals(&txn.success)?;
+        let (puts_else, deletes_else) = check_intervals(&txn.failure)?;
+        for key in &puts_then {
+            if puts.contains(key) || deletes.intersects(key) {
+                return Err(EtcdError::DuplicateKey);
+            }
+            puts.insert(key.clone());
+        }
+        for key in &puts_else {
+            // The same key in then and else is fine: only one branch runs.
+            if puts.contains(key) && !puts_then.contains(key) {
+                return Err(EtcdError::DuplicateKey);
+            }
+            if deletes.intersects(key) {
+                return Err(EtcdError::DuplicateKey);
+            }
+            puts.insert(key.clone());
+        }
+        deletes.0.extend(deletes_then.0);
+        deletes.0.extend(deletes_else.0);
+    }
+    for op in ops {
+        let Some(request_op::Request::RequestPut(put)) = &op.request else {
+            continue;
+        };
+        let key = put.key.to_vec();
+        if puts.contains(&key) || deletes.intersects(&key) {
+            return Err(EtcdError::DuplicateKey);
+        }
+        puts.insert(key);
+    }
+    Ok((puts, deletes))
+}
+
+/// True when no op in any branch (recursively) writes: etcd serves such a txn without
+/// going through raft.
+pub fn txn_is_read_only(request: &TxnRequest) -> bool {
+    request
+        .success
+        .iter()
+        .chain(request.failure.iter())
+        .all(|op| match &op.request {
+            Some(request_op::Request::RequestRange(_)) | None => true,
+            Some(request_op::Request::RequestTxn(t)) => txn_is_read_only(t),
+            Some(_) => false,
+        })
+}
+
+/// True when every range in the txn (recursively) is serializable.
+pub fn txn_is_serializable(request: &TxnRequest) -> bool {
+    request
+        .success
+        .iter()
+        .chain(request.failure.iter())
+        .all(|op| match &op.request {
+            Some(request_op::Request::RequestRange(r)) => r.serializable,
+            Some(request_op::Request::RequestTxn(t)) => txn_is_serializable(t),
+            _ => true,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn put(key: &str) -> RequestOp {
+        RequestOp {
+            request: Some(request_op::Request::RequestPut(PutRequest {
+                key: Bytes::copy_from_slice(key.as_bytes()),
+                ..Default::default()
+            })),
+        }
+    }
+
+    fn delete(key: &str, end: &str) -> RequestOp {
+        RequestOp {
+            request: Some(request_op::Request::RequestDeleteRange(
+                DeleteRangeRequest {
+                    key: Bytes::copy_from_slice(key.as_bytes()),
+                    range_end: Bytes::copy_from_slice(end.as_bytes()),
+                    ..Default::default()
+                },
+            )),
+        }
+    }
+
+    fn txn(success: Vec<RequestOp>, failure: Vec<RequestOp>) -> TxnRequest {
+        TxnRequest {
+            compare: vec![],
+            success,
+            failure,
+        }
+    }
+
+    #[test]
+    fn duplicate_puts_are_rejected() {
+        let t = txn(vec![put("a"), put("a")], vec![]);
+        assert_eq!(check_txn(&t, 128), Err(EtcdError::DuplicateKey));
+    }
+
+    #[test]
+    fn put_inside_deleted_range_is_rejected() {
+        let t = txn(vec![delete("a", "c"), put("b")], vec![]);
+        assert_eq!(check_txn(&t, 128), Err(EtcdError::DuplicateKey));
+        let t = txn(vec![delete("a", "c"), put("c")], vec![]);
+        assert_eq!(check_txn(&t, 128), Ok(()));
+    }
+
+    #[test]
+    fn same_key_in_then_and_else_of_a_nested_txn_is_fine() {
+        let nested = RequestOp {
+            request: Some(request_op::Request::RequestTxn(txn(
+                vec![put("k")],
+                vec![put("k")],
+            ))),
+        };
+        assert_eq!(check_txn(&txn(vec![nested], vec![]), 128), Ok(()));
+    }
+
+    #[test]
+    fn from_key_delete_is_an_empty_interval_as_in_etcd() {
+        let t = txn(vec![delete("a", "\0"), put("b")], vec![]);
+        assert_eq!(check_txn(&t, 128), Ok(()));
+    }
+
+    #[test]
+    fn too_many_ops() {
+        let t = txn((0..3).map(|i| put(&i.to_string())).collect(), vec![]);
+        assert_eq!(check_txn(&t, 2), Err(EtcdError::TooManyOps));
+        assert_eq!(check_txn(&t, 3), Ok(()));
+    }
+
+    #[test]
+    fn empty_op_is_key_not_found() {
+        let t = txn(vec![RequestOp { request: None }], vec![]);
+        assert_eq!(check_txn(&t, 128), Err(EtcdError::KeyNotFound));
+    }
+}

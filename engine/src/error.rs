@@ -1,0 +1,68 @@
+//! The errors a client can see, with etcd 3.4's gRPC codes and messages.
+//!
+//! Clients (etcdctl, clientv3, the `etcd-client` crate) match on these exact strings, so
+//! they are interface facts, not prose. Every variant maps to one `tonic::Status`.
+
+use tonic::{Code, Status};
+
+/// An error answered to a client request. `Clone` because one apply result may be handed
+/// to several waiters (a proposal and its retries).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum EtcdError {
+    #[error("etcdserver: key is not provided")]
+    EmptyKey,
+    #[error("etcdserver: key not found")]
+    KeyNotFound,
+    #[error("etcdserver: value is provided")]
+    ValueProvided,
+    #[error("etcdserver: lease is provided")]
+    LeaseProvided,
+    #[error("etcdserver: too many operations in txn request")]
+    TooManyOps,
+    #[error("etcdserver: duplicate key given in txn request")]
+    DuplicateKey,
+    #[error("etcdserver: mvcc: required revision has been compacted")]
+    Compacted,
+    #[error("etcdserver: mvcc: required revision is a future revision")]
+    FutureRevision,
+    #[error("etcdserver: mvcc: database space exceeded")]
+    NoSpace,
+    #[error("etcdserver: requested lease not found")]
+    LeaseNotFound,
+    #[error("etcdserver: request is too large")]
+    RequestTooLarge,
+    #[error("etcdserver: no leader")]
+    NoLeader,
+    #[error("etcdserver: request timed out")]
+    Timeout,
+    #[error("etcdserver: server stopped")]
+    Stopped,
+    #[error("etcdserver: {0}")]
+    Internal(String),
+}
+
+impl EtcdError {
+    /// The gRPC code etcd 3.4 answers with (`etcdserver/api/v3rpc/rpctypes/error.go`).
+    pub fn code(&self) -> Code {
+        match self {
+            EtcdError::EmptyKey
+            | EtcdError::KeyNotFound
+            | EtcdError::ValueProvided
+            | EtcdError::LeaseProvided
+            | EtcdError::TooManyOps
+            | EtcdError::DuplicateKey
+            | EtcdError::RequestTooLarge => Code::InvalidArgument,
+            EtcdError::Compacted | EtcdError::FutureRevision => Code::OutOfRange,
+            EtcdError::NoSpace => Code::ResourceExhausted,
+            EtcdError::LeaseNotFound => Code::NotFound,
+            EtcdError::NoLeader | EtcdError::Timeout | EtcdError::Stopped => Code::Unavailable,
+            EtcdError::Internal(_) => Code::Unknown,
+        }
+    }
+}
+
+impl From<EtcdError> for Status {
+    fn from(error: EtcdError) -> Status {
+        Status::new(error.code(), error.to_string())
+    }
+}

@@ -1,0 +1,737 @@
+//! The apply sequencer: runs on the raft core, applies committed requests in log order,
+//! assigns etcd revisions and decides txn branches. Deterministic: the same log gives the
+//! same revisions, responses and mutations on every member and on every replay.
+//!
+//! It keeps the *head* of every live key (create/mod revision, version, lease, value) —
+//! everything needed to evaluate compares, `prev_kv`, `ignore_value` and the ranges inside
+//! a txn without asking the shards. The shards keep history and serve standalone reads;
+//! the sequencer hands them a stream of [`Mutation`]s.
+//!
+//! Revision rules (etcd 3.4 `mvcc`): the store starts at revision 1; a request that
+//! changes something advances the revision by one and all its changes share it; a delete
+//! that matches nothing, or a txn whose branch changes nothing, does not advance it.
+//!
+//! Worked example (keys `a`, `b`; current revision 1):
+//! - put a=1        → revision 2; a{create 2, mod 2, version 1}
+//! - put a=2        → revision 3; a{create 2, mod 3, version 2}
+//! - delete b       → nothing matched: revision stays 3, deleted 0
+//! - txn [a=2?] put b, delete a → revision 4; b{create 4, mod 4, version 1}, a gone
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+use bytes::Bytes;
+use rivet_api::etcdserverpb::{
+    compare, request_op, response_op, CompactionRequest, CompactionResponse, Compare,
+    DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse,
+    ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
+};
+use rivet_api::mvccpb::KeyValue;
+
+use crate::error::EtcdError;
+use crate::range::{fetch_limit, finish_range, resolve_revision, RangeEnd};
+
+/// The newest version of one live key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Head {
+    pub create_revision: i64,
+    pub mod_revision: i64,
+    pub version: i64,
+    pub lease: i64,
+    pub value: Bytes,
+}
+
+impl Head {
+    fn key_value(&self, key: &Bytes) -> KeyValue {
+        KeyValue {
+            key: key.clone(),
+            create_revision: self.create_revision,
+            mod_revision: self.mod_revision,
+            version: self.version,
+            value: self.value.clone(),
+            lease: self.lease,
+        }
+    }
+}
+
+/// One change for the shard that owns the key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Mutation {
+    Put { key: Bytes, head: Head },
+    Delete { key: Bytes, revision: i64 },
+}
+
+impl Mutation {
+    pub fn key(&self) -> &Bytes {
+        match self {
+            Mutation::Put { key, .. } | Mutation::Delete { key, .. } => key,
+        }
+    }
+}
+
+/// The answer to one applied write.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Applied {
+    Put(PutResponse),
+    DeleteRange(DeleteRangeResponse),
+    Txn(TxnResponse),
+    Compaction(CompactionResponse),
+}
+
+/// A range inside a txn that reads an older revision: the sequencer keeps no history, so
+/// the member answering the client fills it in from the shards. `path` indexes into the
+/// nested `responses` of the txn response.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HistoricalRange {
+    pub path: Vec<usize>,
+    pub request: RangeRequest,
+    /// The revision for the nested header (the txn's view revision).
+    pub header_revision: i64,
+}
+
+/// Everything one applied request produced.
+#[derive(Clone, Debug, Default)]
+pub struct Outcome {
+    pub result: Option<Result<Applied, EtcdError>>,
+    pub mutations: Vec<Mutation>,
+    /// Set when the request compacted the store at this revision.
+    pub compaction: Option<i64>,
+    pub historical_ranges: Vec<HistoricalRange>,
+}
+
+pub struct Sequencer {
+    keys: BTreeMap<Bytes, Head>,
+    revision: i64,
+    compact_revision: i64,
+}
+
+impl Default for Sequencer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Iterates the live keys of a range in ascending key order.
+fn range_iter<'a>(
+    keys: &'a BTreeMap<Bytes, Head>,
+    key: &'a Bytes,
+    end: &'a RangeEnd,
+) -> Box<dyn Iterator<Item = (&'a Bytes, &'a Head)> + 'a> {
+    match end {
+        RangeEnd::Single => Box::new(keys.get_key_value(key).into_iter()),
+        RangeEnd::FromKey => {
+            Box::new(keys.range::<Bytes, _>((Bound::Included(key), Bound::Unbounded)))
+        }
+        RangeEnd::Before(stop) => {
+            if stop <= key {
+                Box::new(std::iter::empty())
+            } else {
+                Box::new(keys.range::<Bytes, _>((Bound::Included(key), Bound::Excluded(stop))))
+            }
+        }
+    }
+}
+
+impl Sequencer {
+    /// An empty store: revision 1, nothing compacted.
+    pub fn new() -> Sequencer {
+        Sequencer {
+            keys: BTreeMap::new(),
+            revision: 1,
+            compact_revision: -1,
+        }
+    }
+
+    /// Rebuilds the sequencer from recovered state: the heads of all live keys (fed in
+    /// chunks by the shards), the revision and compaction of the checkpoint.
+    pub fn restore(revision: i64, compact_revision: i64) -> Sequencer {
+        Sequencer {
+            keys: BTreeMap::new(),
+            revision,
+            compact_revision,
+        }
+    }
+
+    pub fn restore_key(&mut self, key: Bytes, head: Head) {
+        self.keys.insert(key, head);
+    }
+
+    pub fn revision(&self) -> i64 {
+        self.revision
+    }
+
+    pub fn compact_revision(&self) -> i64 {
+        self.compact_revision
+    }
+
+    pub fn key_count(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn get(&self, key: &[u8]) -> Option<&Head> {
+        self.keys.get(key)
+    }
+
+    pub fn apply_put(
+        &mut self,
+        request: &PutRequest,
+        lease_exists: impl Fn(i64) -> bool,
+    ) -> Outcome {
+        if request.lease != 0 && !lease_exists(request.lease) {
+            return Outcome::error(EtcdError::LeaseNotFound);
+        }
+        let mut txn = WriteTxn::new(self);
+        match txn.put(request) {
+            Ok(mut response) => {
+                let revision = txn.finish();
+                response.header = Some(header(revision));
+                txn.outcome.result = Some(Ok(Applied::Put(response)));
+                txn.outcome
+            }
+            Err(e) => Outcome::error(e),
+        }
+    }
+
+    pub fn apply_delete(&mut self, request: &DeleteRangeRequest) -> Outcome {
+        let mut txn = WriteTxn::new(self);
+        let mut response = txn.delete(request);
+        let revision = txn.finish();
+        response.header = Some(header(revision));
+        txn.outcome.result = Some(Ok(Applied::DeleteRange(response)));
+        txn.outcome
+    }
+
+    /// A txn, read-only or not; read-only ones change nothing and can be evaluated without
+    /// going through the log.
+    pub fn apply_txn(
+        &mut self,
+        request: &TxnRequest,
+        lease_exists: impl Fn(i64) -> bool,
+    ) -> Outcome {
+        // Compares, and the branch of every nested txn, are decided against the view
+        // before any op runs (etcd's compareToPath), all on one view.
+        let mut path = Vec::new();
+        self.compare_to_path(request, &mut path);
+        let is_write = !crate::check::txn_is_read_only(request);
+        if is_write {
+            if let Err(e) = self.check_puts(request, &path, &mut 0, &lease_exists) {
+                return Outcome::error(e);
+            }
+        }
+        if let Err(e) = self.check_ranges(request, &path, &mut 0) {
+            return Outcome::error(e);
+        }
+        let mut txn = WriteTxn::new(self);
+        let mut position = 0;
+        let mut response = txn.txn(request, &path, &mut position, &mut Vec::new());
+        let revision = txn.finish();
+        response.header = Some(header(revision));
+        txn.outcome.result = Some(Ok(Applied::Txn(response)));
+        txn.outcome
+    }
+
+    pub fn apply_compaction(&mut self, request: &CompactionRequest) -> Outcome {
+        if request.revision <= self.compact_revision {
+            return Outcome::error(EtcdError::Compacted);
+        }
+        if request.revision > self.revision {
+            return Outcome::error(EtcdError::FutureRevision);
+        }
+        self.compact_revision = request.revision;
+        Outcome {
+            result: Some(Ok(Applied::Compaction(CompactionResponse {
+                header: Some(header(self.revision)),
+            }))),
+            compaction: Some(request.revision),
+            ..Outcome::default()
+        }
+    }
+
+    fn compare_to_path(&self, request: &TxnRequest, path: &mut Vec<bool>) {
+        let succeeded = request.compare.iter().all(|c| self.compare(c));
+        path.push(succeeded);
+        let ops = if succeeded {
+            &request.success
+        } else {
+            &request.failure
+        };
+        for op in ops {
+            if let Some(request_op::Request::RequestTxn(nested)) = &op.request {
+                self.compare_to_path(nested, path);
+            }
+        }
+    }
+
+    /// etcd's applyCompare: every key in the range must satisfy the compare; an empty
+    /// range compares a zero key-value, except for VALUE compares which then fail.
+    fn compare(&self, c: &Compare) -> bool {
+        let end = RangeEnd::from_request(&c.range_end);
+        let mut any = false;
+        for (key, head) in range_iter(&self.keys, &c.key, &end) {
+            any = true;
+            if !compare_kv(c, &head.key_value(key)) {
+                return false;
+            }
+        }
+        if any {
+            return true;
+        }
+        if c.target == compare::CompareTarget::Value as i32 {
+            return false;
+        }
+        compare_kv(c, &KeyValue::default())
+    }
+
+    fn check_puts(
+        &self,
+        request: &TxnRequest,
+        path: &[bool],
+        position: &mut usize,
+        lease_exists: &impl Fn(i64) -> bool,
+    ) -> Result<(), EtcdError> {
+        let ops = if path[*position] {
+            &request.success
+        } else {
+            &request.failure
+        };
+        *position += 1;
+        for op in ops {
+            match &op.request {
+                Some(request_op::Request::RequestPut(put)) => {
+                    if (put.ignore_value || put.ignore_lease) && !self.keys.contains_key(&put.key) {
+                        return Err(EtcdError::KeyNotFound);
+                    }
+                    if put.lease != 0 && !lease_exists(put.lease) {
+                        return Err(EtcdError::LeaseNotFound);
+                    }
+                }
+                Some(request_op::Request::RequestTxn(nested)) => {
+                    self.check_puts(nested, path, position, lease_exists)?;
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn check_ranges(
+        &self,
+        request: &TxnRequest,
+        path: &[bool],
+        position: &mut usize,
+    ) -> Result<(), EtcdError> {
+        let ops = if path[*position] {
+            &request.success
+        } else {
+            &request.failure
+        };
+        *position += 1;
+        for op in ops {
+            match &op.request {
+                Some(request_op::Request::RequestRange(range)) => {
+                    if range.revision == 0 {
+                        continue;
+                    }
+                    if range.revision > self.revision {
+                        return Err(EtcdError::FutureRevision);
+                    }
+                    if range.revision < self.compact_revision {
+                        return Err(EtcdError::Compacted);
+                    }
+                }
+                Some(request_op::Request::RequestTxn(nested)) => {
+                    self.check_ranges(nested, path, position)?;
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+fn header(revision: i64) -> ResponseHeader {
+    ResponseHeader {
+        revision,
+        ..Default::default()
+    }
+}
+
+fn compare_kv(c: &Compare, kv: &KeyValue) -> bool {
+    use compare::{CompareResult, CompareTarget, TargetUnion};
+    let ordering = if c.target == CompareTarget::Value as i32 {
+        let empty = Bytes::new();
+        let value = match &c.target_union {
+            Some(TargetUnion::Value(v)) => v,
+            _ => &empty,
+        };
+        kv.value.as_ref().cmp(value.as_ref())
+    } else {
+        let (have, want) = if c.target == CompareTarget::Create as i32 {
+            let want = match c.target_union {
+                Some(TargetUnion::CreateRevision(v)) => v,
+                _ => 0,
+            };
+            (kv.create_revision, want)
+        } else if c.target == CompareTarget::Mod as i32 {
+            let want = match c.target_union {
+                Some(TargetUnion::ModRevision(v)) => v,
+                _ => 0,
+            };
+            (kv.mod_revision, want)
+        } else if c.target == CompareTarget::Version as i32 {
+            let want = match c.target_union {
+                Some(TargetUnion::Version(v)) => v,
+                _ => 0,
+            };
+            (kv.version, want)
+        } else if c.target == CompareTarget::Lease as i32 {
+            let want = match c.target_union {
+                Some(TargetUnion::Lease(v)) => v,
+                _ => 0,
+            };
+            (kv.lease, want)
+        } else {
+            (0, 0)
+        };
+        have.cmp(&want)
+    };
+    match c.result {
+        r if r == CompareResult::Equal as i32 => ordering.is_eq(),
+        r if r == CompareResult::NotEqual as i32 => ordering.is_ne(),
+        r if r == CompareResult::Greater as i32 => ordering.is_gt(),
+        r if r == CompareResult::Less as i32 => ordering.is_lt(),
+        _ => true,
+    }
+}
+
+impl Outcome {
+    fn error(error: EtcdError) -> Outcome {
+        Outcome {
+            result: Some(Err(error)),
+            ..Outcome::default()
+        }
+    }
+}
+
+/// One write request in progress: mutates the sequencer's heads in place (the requests
+/// were checked, so nothing fails half-way) and records the mutations for the shards.
+struct WriteTxn<'s> {
+    sequencer: &'s mut Sequencer,
+    begin_revision: i64,
+    outcome: Outcome,
+}
+
+impl<'s> WriteTxn<'s> {
+    fn new(sequencer: &'s mut Sequencer) -> WriteTxn<'s> {
+        let begin_revision = sequencer.revision;
+        WriteTxn {
+            sequencer,
+            begin_revision,
+            outcome: Outcome::default(),
+        }
+    }
+
+    fn changed(&self) -> bool {
+        !self.outcome.mutations.is_empty()
+    }
+
+    /// The revision reads inside this request see: one ahead once something changed.
+    fn read_revision(&self) -> i64 {
+        if self.changed() {
+            self.begin_revision + 1
+        } else {
+            self.begin_revision
+        }
+    }
+
+    fn write_revision(&self) -> i64 {
+        self.begin_revision + 1
+    }
+
+    /// Ends the request; returns the store revision after it.
+    fn finish(&mut self) -> i64 {
+        if self.changed() {
+            self.sequencer.revision = self.begin_revision + 1;
+        }
+        self.sequencer.revision
+    }
+
+    fn put(&mut self, request: &PutRequest) -> Result<PutResponse, EtcdError> {
+        let previous = self.sequencer.keys.get(&request.key).cloned();
+        if (request.ignore_value || request.ignore_lease) && previous.is_none() {
+            return Err(EtcdError::KeyNotFound);
+        }
+        let revision = self.write_revision();
+        let value = match (&previous, request.ignore_value) {
+            (Some(p), true) => p.value.clone(),
+            _ => request.value.clone(),
+        };
+        let lease = match (&previous, request.ignore_lease) {
+            (Some(p), true) => p.lease,
+            _ => request.lease,
+        };
+        let head = Head {
+            create_revision: previous.as_ref().map_or(revision, |p| p.create_revision),
+            mod_revision: revision,
+            version: previous.as_ref().map_or(1, |p| p.version + 1),
+            lease,
+            value,
+        };
+        self.sequencer
+            .keys
+            .insert(request.key.clone(), head.clone());
+        self.outcome.mutations.push(Mutation::Put {
+            key: request.key.clone(),
+            head,
+        });
+        let prev_kv = if request.prev_kv {
+            previous.map(|p| p.key_value(&request.key))
+        } else {
+            None
+        };
+        Ok(PutResponse {
+            header: Some(header(revision)),
+            prev_kv,
+        })
+    }
+
+    fn delete(&mut self, request: &DeleteRangeRequest) -> DeleteRangeResponse {
+        let end = RangeEnd::from_request(&request.range_end);
+        let doomed: Vec<(Bytes, Head)> = range_iter(&self.sequencer.keys, &request.key, &end)
+            .map(|(k, h)| (k.clone(), h.clone()))
+            .collect();
+        let revision = self.write_revision();
+        let mut prev_kvs = Vec::new();
+        for (key, head) in &doomed {
+            self.sequencer.keys.remove(key);
+            self.outcome.mutations.push(Mutation::Delete {
+                key: key.clone(),
+                revision,
+            });
+            if request.prev_kv {
+                prev_kvs.push(head.key_value(key));
+            }
+        }
+        let header_revision = if !doomed.is_empty() || self.changed() {
+            revision
+        } else {
+            self.begin_revision
+        };
+        DeleteRangeResponse {
+            header: Some(header(header_revision)),
+            deleted: doomed.len() as i64,
+            prev_kvs,
+        }
+    }
+
+    fn range(&self, request: &RangeRequest) -> RangeResponse {
+        let current = self.read_revision();
+        let end = RangeEnd::from_request(&request.range_end);
+        let mut count = 0i64;
+        let mut kvs = Vec::new();
+        let limit = fetch_limit(request);
+        for (key, head) in range_iter(&self.sequencer.keys, &request.key, &end) {
+            count += 1;
+            if request.count_only || (limit != 0 && kvs.len() >= limit) {
+                continue;
+            }
+            kvs.push(head.key_value(key));
+        }
+        finish_range(request, kvs, count, current)
+    }
+
+    fn txn(
+        &mut self,
+        request: &TxnRequest,
+        path: &[bool],
+        position: &mut usize,
+        response_path: &mut Vec<usize>,
+    ) -> TxnResponse {
+        let succeeded = path[*position];
+        *position += 1;
+        let ops = if succeeded {
+            &request.success
+        } else {
+            &request.failure
+        };
+        let mut responses = Vec::with_capacity(ops.len());
+        for (i, op) in ops.iter().enumerate() {
+            let response = match &op.request {
+                Some(request_op::Request::RequestRange(range)) => {
+                    let current = self.read_revision();
+                    if range.revision != 0 && range.revision != current {
+                        // Resolved now so that errors match etcd; read later by the shards.
+                        let _ = resolve_revision(
+                            range.revision,
+                            current,
+                            self.sequencer.compact_revision,
+                        );
+                        let mut at = response_path.clone();
+                        at.push(i);
+                        self.outcome.historical_ranges.push(HistoricalRange {
+                            path: at,
+                            request: range.clone(),
+                            header_revision: current,
+                        });
+                        Some(response_op::Response::ResponseRange(
+                            RangeResponse::default(),
+                        ))
+                    } else {
+                        Some(response_op::Response::ResponseRange(self.range(range)))
+                    }
+                }
+                Some(request_op::Request::RequestPut(put)) => {
+                    // Checked before the txn started; a failure here is a bug.
+                    let response = self.put(put).unwrap_or_else(|e| {
+                        panic!("put in a checked txn failed: {e} (key {:?})", put.key)
+                    });
+                    Some(response_op::Response::ResponsePut(response))
+                }
+                Some(request_op::Request::RequestDeleteRange(delete)) => Some(
+                    response_op::Response::ResponseDeleteRange(self.delete(delete)),
+                ),
+                Some(request_op::Request::RequestTxn(nested)) => {
+                    response_path.push(i);
+                    let mut nested_response = self.txn(nested, path, position, response_path);
+                    response_path.pop();
+                    // etcd gives nested txn responses an empty header.
+                    nested_response.header = Some(ResponseHeader::default());
+                    Some(response_op::Response::ResponseTxn(nested_response))
+                }
+                None => None,
+            };
+            responses.push(ResponseOp { response });
+        }
+        TxnResponse {
+            header: None,
+            succeeded,
+            responses,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rivet_api::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
+    use rivet_api::etcdserverpb::RequestOp;
+
+    fn b(s: &str) -> Bytes {
+        Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    fn put(s: &mut Sequencer, key: &str, value: &str) -> Outcome {
+        s.apply_put(
+            &PutRequest {
+                key: b(key),
+                value: b(value),
+                prev_kv: true,
+                ..Default::default()
+            },
+            |_| false,
+        )
+    }
+
+    #[test]
+    fn revisions_follow_etcd() {
+        let mut s = Sequencer::new();
+        assert_eq!(s.revision(), 1);
+        put(&mut s, "a", "1");
+        assert_eq!(s.revision(), 2);
+        let out = put(&mut s, "a", "2");
+        let Some(Ok(Applied::Put(r))) = out.result else {
+            panic!()
+        };
+        assert_eq!(r.prev_kv.unwrap().value, b("1"));
+        assert_eq!(s.get(b"a").unwrap().version, 2);
+        assert_eq!(s.get(b"a").unwrap().create_revision, 2);
+        let out = s.apply_delete(&DeleteRangeRequest {
+            key: b("zzz"),
+            ..Default::default()
+        });
+        assert!(out.mutations.is_empty());
+        assert_eq!(s.revision(), 3);
+        let Some(Ok(Applied::DeleteRange(d))) = out.result else {
+            panic!()
+        };
+        assert_eq!(d.header.unwrap().revision, 3);
+        assert_eq!(d.deleted, 0);
+    }
+
+    #[test]
+    fn txn_branches_and_nested_reads() {
+        let mut s = Sequencer::new();
+        put(&mut s, "a", "1");
+        let txn = TxnRequest {
+            compare: vec![Compare {
+                result: CompareResult::Equal as i32,
+                target: CompareTarget::Value as i32,
+                key: b("a"),
+                target_union: Some(TargetUnion::Value(b("1"))),
+                range_end: Bytes::new(),
+            }],
+            success: vec![
+                RequestOp {
+                    request: Some(request_op::Request::RequestPut(PutRequest {
+                        key: b("b"),
+                        value: b("x"),
+                        ..Default::default()
+                    })),
+                },
+                RequestOp {
+                    request: Some(request_op::Request::RequestRange(RangeRequest {
+                        key: b("a"),
+                        range_end: b("c"),
+                        ..Default::default()
+                    })),
+                },
+            ],
+            failure: vec![],
+        };
+        let out = s.apply_txn(&txn, |_| false);
+        let Some(Ok(Applied::Txn(r))) = out.result else {
+            panic!()
+        };
+        assert!(r.succeeded);
+        assert_eq!(r.header.unwrap().revision, 3);
+        let Some(response_op::Response::ResponseRange(range)) = &r.responses[1].response else {
+            panic!()
+        };
+        assert_eq!(range.count, 2);
+        assert_eq!(range.header.as_ref().unwrap().revision, 3);
+    }
+
+    #[test]
+    fn compaction_errors() {
+        let mut s = Sequencer::new();
+        put(&mut s, "a", "1");
+        let c = |r| CompactionRequest {
+            revision: r,
+            physical: false,
+        };
+        assert!(matches!(
+            s.apply_compaction(&c(5)).result,
+            Some(Err(EtcdError::FutureRevision))
+        ));
+        assert!(matches!(s.apply_compaction(&c(2)).result, Some(Ok(_))));
+        assert!(matches!(
+            s.apply_compaction(&c(2)).result,
+            Some(Err(EtcdError::Compacted))
+        ));
+    }
+
+    #[test]
+    fn ignore_value_needs_the_key() {
+        let mut s = Sequencer::new();
+        let out = s.apply_put(
+            &PutRequest {
+                key: b("a"),
+                ignore_value: true,
+                ..Default::default()
+            },
+            |_| false,
+        );
+        assert_eq!(out.result, Some(Err(EtcdError::KeyNotFound)));
+        assert_eq!(s.revision(), 1);
+    }
+}
