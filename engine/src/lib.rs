@@ -3,6 +3,14 @@
 //! serves clients on top of it.
 
 pub mod check;
+pub mod core;
 pub mod error;
+pub mod limits;
+pub mod messages;
+pub mod mvcc;
+pub mod page;
+pub mod raft_core;
 pub mod range;
 pub mod sequencer;
+pub mod shard;
+pub mod shared;

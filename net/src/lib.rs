@@ -1,1 +1,8 @@
-//! rivet network layer (being written).
+//! rivet's network layer: the etcd v3 gRPC services and HTTP endpoints served on every
+//! shard core, flags, and member start-up.
+
+pub mod config;
+pub mod glommio_hyper;
+pub mod http;
+pub mod server;
+pub mod services;

@@ -1,0 +1,338 @@
+//! What one shard core does, independent of the executor it runs on: applies its part of
+//! the apply stream, serves its part of scattered reads to the other cores, and answers
+//! client requests by reading shards (its own directly, others by message) or by handing
+//! writes to the raft core.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use futures::channel::oneshot;
+use rivet_api::etcdserverpb::{
+    response_op, CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse,
+    PutRequest, PutResponse, RangeRequest, RangeResponse, ResponseHeader, ResponseOp,
+    TxnRequest, TxnResponse,
+};
+use rivet_api::rivetpb::internal_request;
+
+use crate::check;
+use crate::error::EtcdError;
+use crate::messages::{
+    ApplyMessage, RaftCommand, RaftStatus, RangePart, RangePartResult, ReadPoint, Reply,
+    RestoreChunk, ShardAck, ShardRequest,
+};
+use crate::range::{finish_range, merge_sorted, resolve_revision, RangeEnd};
+use crate::sequencer::{Applied, HistoricalRange};
+use crate::shard::{shard_of, Shard};
+use crate::shared::Shared;
+
+pub struct ShardCore {
+    pub id: usize,
+    pub shard_count: usize,
+    pub shard: RefCell<Shard>,
+    pub raft: async_channel::Sender<RaftCommand>,
+    /// The other shard cores' request channels, by shard id (this core's own unused).
+    pub peers: Vec<async_channel::Sender<ShardRequest>>,
+    pub shared: Arc<Shared>,
+    pub max_txn_ops: usize,
+}
+
+impl ShardCore {
+    /// Streams this shard's live keys to the raft core to rebuild the sequencer.
+    pub async fn send_restore(&self, restore: &async_channel::Sender<RestoreChunk>) {
+        let mut chunk = Vec::with_capacity(crate::limits::RESTORE_CHUNK_KEYS);
+        let mut chunks = Vec::new();
+        self.shard.borrow().heads(|key, head| {
+            chunk.push((key, head));
+            if chunk.len() == crate::limits::RESTORE_CHUNK_KEYS {
+                chunks.push(std::mem::take(&mut chunk));
+            }
+        });
+        chunks.push(chunk);
+        for heads in chunks {
+            let _ = restore
+                .send(RestoreChunk {
+                    shard: self.id,
+                    heads: Some(heads),
+                })
+                .await;
+        }
+        let _ = restore
+            .send(RestoreChunk {
+                shard: self.id,
+                heads: None,
+            })
+            .await;
+    }
+
+    /// The apply loop: runs until the raft core closes the stream.
+    pub async fn run_apply(
+        self: Rc<Self>,
+        stream: async_channel::Receiver<ApplyMessage>,
+        acks: async_channel::Sender<ShardAck>,
+    ) {
+        while let Ok(message) = stream.recv().await {
+            let ack = {
+                let mut shard = self.shard.borrow_mut();
+                match message {
+                    ApplyMessage::Batch(batch) => {
+                        shard.apply(&batch);
+                        ShardAck {
+                            shard: self.id,
+                            index: batch.index,
+                            checkpoint: None,
+                            size_bytes: shard.size_bytes(),
+                        }
+                    }
+                    ApplyMessage::Checkpoint(request) => {
+                        shard.checkpoint(&request);
+                        ShardAck {
+                            shard: self.id,
+                            index: shard.applied_index(),
+                            checkpoint: Some(request.index),
+                            size_bytes: shard.size_bytes(),
+                        }
+                    }
+                }
+            };
+            if acks.send(ack).await.is_err() {
+                break;
+            }
+        }
+    }
+
+    /// Serves the other cores' parts of scattered reads.
+    pub async fn serve_peers(self: Rc<Self>, requests: async_channel::Receiver<ShardRequest>) {
+        while let Ok(request) = requests.recv().await {
+            match request {
+                ShardRequest::Range { part, reply } => {
+                    let _ = reply.send(self.shard.borrow().range(&part));
+                }
+                ShardRequest::SizeBytes { reply } => {
+                    let _ = reply.send(self.shard.borrow().size_bytes());
+                }
+            }
+        }
+    }
+
+    pub fn header(&self, revision: i64) -> ResponseHeader {
+        ResponseHeader {
+            cluster_id: self.shared.cluster_id,
+            member_id: self.shared.member_id,
+            revision,
+            raft_term: self.shared.term.load(Ordering::Acquire),
+        }
+    }
+
+    async fn ask_raft<T>(&self, command: RaftCommand, reply: oneshot::Receiver<T>) -> Result<T, EtcdError> {
+        self.raft.send(command).await.map_err(|_| EtcdError::Stopped)?;
+        reply.await.map_err(|_| EtcdError::Stopped)
+    }
+
+    async fn propose(&self, request: internal_request::Request) -> Result<Reply, EtcdError> {
+        let (reply, answer) = oneshot::channel();
+        self.ask_raft(RaftCommand::Propose { request, reply }, answer).await?
+    }
+
+    /// A revision that reflects every write acknowledged before this call (ReadIndex).
+    pub async fn read_index(&self) -> Result<ReadPoint, EtcdError> {
+        let (reply, answer) = oneshot::channel();
+        self.ask_raft(RaftCommand::ReadIndex { reply }, answer).await?
+    }
+
+    pub async fn raft_status(&self) -> Result<RaftStatus, EtcdError> {
+        let (reply, answer) = oneshot::channel();
+        self.ask_raft(RaftCommand::Status { reply }, answer).await
+    }
+
+    /// Sum of every shard's page file size, read from the files now.
+    pub async fn db_size_bytes(&self) -> u64 {
+        let mut total = self.shard.borrow().size_bytes();
+        for (id, peer) in self.peers.iter().enumerate() {
+            if id == self.id {
+                continue;
+            }
+            let (reply, answer) = oneshot::channel();
+            if peer.send(ShardRequest::SizeBytes { reply }).await.is_ok() {
+                total += answer.await.unwrap_or(0);
+            }
+        }
+        total
+    }
+
+    /// The shards a range touches.
+    fn shards_of(&self, key: &[u8], end: &RangeEnd) -> Vec<usize> {
+        match end {
+            RangeEnd::Single => vec![shard_of(key, self.shard_count)],
+            _ => (0..self.shard_count).collect(),
+        }
+    }
+
+    /// Reads `part` from every shard in `shards` and merges the results.
+    async fn scatter(&self, shards: &[usize], part: RangePart) -> Result<RangePartResult, EtcdError> {
+        if let [only] = shards {
+            if *only == self.id {
+                return self.shard.borrow().range(&part);
+            }
+        }
+        let mut pending = Vec::with_capacity(shards.len());
+        for &id in shards {
+            if id == self.id {
+                continue;
+            }
+            let (reply, answer) = oneshot::channel();
+            self.peers[id]
+                .send(ShardRequest::Range {
+                    part: part.clone(),
+                    reply,
+                })
+                .await
+                .map_err(|_| EtcdError::Stopped)?;
+            pending.push(answer);
+        }
+        let mut parts = Vec::with_capacity(shards.len());
+        let mut count = 0;
+        if shards.contains(&self.id) {
+            let local = self.shard.borrow().range(&part)?;
+            count += local.count;
+            parts.push(local.kvs);
+        }
+        for answer in pending {
+            let remote = answer.await.map_err(|_| EtcdError::Stopped)??;
+            count += remote.count;
+            parts.push(remote.kvs);
+        }
+        Ok(RangePartResult {
+            kvs: merge_sorted(parts, part.limit),
+            count,
+        })
+    }
+
+    /// A range read at `current` (the view's revision, reported in the header).
+    async fn range_at(&self, request: &RangeRequest, current: i64) -> Result<RangeResponse, EtcdError> {
+        let revision = resolve_revision(request.revision, current, -1)?;
+        let part = RangePart::from_request(request, revision);
+        let shards = self.shards_of(&request.key, &part.end);
+        let result = self.scatter(&shards, part).await?;
+        Ok(finish_range(request, result.kvs, result.count, current))
+    }
+
+    pub async fn range(&self, request: RangeRequest) -> Result<RangeResponse, EtcdError> {
+        check::check_range(&request)?;
+        let end = RangeEnd::from_request(&request.range_end);
+        let current = if request.serializable {
+            let shards = self.shards_of(&request.key, &end);
+            if shards == [self.id] {
+                self.shard.borrow().revision()
+            } else {
+                self.shared.applied_revision.load(Ordering::Acquire)
+            }
+        } else {
+            self.read_index().await?.revision
+        };
+        let mut response = self.range_at(&request, current).await?;
+        response.header = Some(self.header(current));
+        Ok(response)
+    }
+
+    pub async fn put(&self, request: PutRequest) -> Result<PutResponse, EtcdError> {
+        check::check_put(&request)?;
+        match self.propose(internal_request::Request::Put(request)).await?.applied {
+            Applied::Put(mut response) => {
+                response.header = Some(self.header(revision_of(&response.header)));
+                Ok(response)
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn delete_range(&self, request: DeleteRangeRequest) -> Result<DeleteRangeResponse, EtcdError> {
+        check::check_delete(&request)?;
+        match self
+            .propose(internal_request::Request::DeleteRange(request))
+            .await?
+            .applied
+        {
+            Applied::DeleteRange(mut response) => {
+                response.header = Some(self.header(revision_of(&response.header)));
+                Ok(response)
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn txn(&self, request: TxnRequest) -> Result<TxnResponse, EtcdError> {
+        check::check_txn(&request, self.max_txn_ops)?;
+        let reply = if check::txn_is_read_only(&request) {
+            let linearizable = !check::txn_is_serializable(&request);
+            let (reply, answer) = oneshot::channel();
+            self.ask_raft(
+                RaftCommand::ReadOnlyTxn {
+                    request,
+                    linearizable,
+                    reply,
+                },
+                answer,
+            )
+            .await??
+        } else {
+            self.propose(internal_request::Request::Txn(request)).await?
+        };
+        match reply.applied {
+            Applied::Txn(mut response) => {
+                for historical in reply.historical_ranges {
+                    self.fill_historical(&mut response, historical).await?;
+                }
+                response.header = Some(self.header(revision_of(&response.header)));
+                Ok(response)
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn fill_historical(&self, response: &mut TxnResponse, historical: HistoricalRange) -> Result<(), EtcdError> {
+        let range = self.range_at(&historical.request, historical.header_revision).await?;
+        let mut responses = &mut response.responses;
+        let (last, walk) = historical
+            .path
+            .split_last()
+            .ok_or_else(|| EtcdError::Internal("empty path".into()))?;
+        for &i in walk {
+            match responses.get_mut(i).and_then(|op| op.response.as_mut()) {
+                Some(response_op::Response::ResponseTxn(nested)) => responses = &mut nested.responses,
+                _ => return Err(EtcdError::Internal("bad historical range path".into())),
+            }
+        }
+        if let Some(slot) = responses.get_mut(*last) {
+            *slot = ResponseOp {
+                response: Some(response_op::Response::ResponseRange(range)),
+            };
+        }
+        Ok(())
+    }
+
+    pub async fn compact(&self, request: CompactionRequest) -> Result<CompactionResponse, EtcdError> {
+        match self
+            .propose(internal_request::Request::Compaction(request))
+            .await?
+            .applied
+        {
+            // The answer is released after every shard applied the compaction, so
+            // `physical` needs no extra wait.
+            Applied::Compaction(mut response) => {
+                response.header = Some(self.header(revision_of(&response.header)));
+                Ok(response)
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+}
+
+fn revision_of(header: &Option<ResponseHeader>) -> i64 {
+    header.as_ref().map_or(0, |h| h.revision)
+}
+
+fn unexpected(applied: Applied) -> EtcdError {
+    EtcdError::Internal(format!("unexpected apply result {applied:?}"))
+}

@@ -1,0 +1,145 @@
+//! The messages between cores. Every channel that carries them is bounded (sizes in
+//! `limits.rs`): a slow receiver slows its senders instead of growing a queue.
+
+use bytes::Bytes;
+use futures::channel::oneshot;
+use rivet_api::etcdserverpb::{RangeRequest, TxnRequest};
+use rivet_api::mvccpb::KeyValue;
+use rivet_api::rivetpb::internal_request;
+
+use crate::error::EtcdError;
+use crate::range::RangeEnd;
+use crate::sequencer::{Applied, Head, HistoricalRange, Mutation};
+
+/// The result of a write (or a read-only txn) handed back to the core that asked.
+#[derive(Clone, Debug)]
+pub struct Reply {
+    pub applied: Applied,
+    /// Ranges of a txn that read older revisions; the asking core fills them in.
+    pub historical_ranges: Vec<HistoricalRange>,
+}
+
+/// A consistent point to read at: every shard has applied at least this revision.
+#[derive(Clone, Copy, Debug)]
+pub struct ReadPoint {
+    pub revision: i64,
+}
+
+/// What the raft core reports for Maintenance.Status.
+#[derive(Clone, Debug, Default)]
+pub struct RaftStatus {
+    pub leader: u64,
+    pub term: u64,
+    pub last_index: u64,
+    pub applied_index: u64,
+}
+
+/// Shard core → raft core.
+pub enum RaftCommand {
+    Propose {
+        request: internal_request::Request,
+        reply: oneshot::Sender<Result<Reply, EtcdError>>,
+    },
+    /// A linearizable read point (raft ReadIndex, batched with every read waiting now).
+    ReadIndex {
+        reply: oneshot::Sender<Result<ReadPoint, EtcdError>>,
+    },
+    /// A txn without writes: evaluated on the sequencer's view, after a ReadIndex when
+    /// `linearizable`, without an entry in the log (as etcd does).
+    ReadOnlyTxn {
+        request: TxnRequest,
+        linearizable: bool,
+        reply: oneshot::Sender<Result<Reply, EtcdError>>,
+    },
+    Status {
+        reply: oneshot::Sender<RaftStatus>,
+    },
+    /// Graceful stop: fail what is pending, checkpoint every shard, answer `done`.
+    Shutdown {
+        done: oneshot::Sender<()>,
+    },
+}
+
+/// Raft core → shard core: the ordered apply stream.
+pub enum ApplyMessage {
+    /// Everything committed in one raft Ready that touches this shard, plus the index and
+    /// revision reached, so the shard can acknowledge progress even with no mutation.
+    Batch(ApplyBatch),
+    /// Make everything applied so far durable and record a checkpoint at this index.
+    Checkpoint(CheckpointRequest),
+}
+
+#[derive(Debug, Default)]
+pub struct ApplyBatch {
+    pub index: u64,
+    pub revision: i64,
+    pub mutations: Vec<Mutation>,
+    pub compaction: Option<i64>,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct CheckpointRequest {
+    pub index: u64,
+    pub term: u64,
+    pub revision: i64,
+    pub compact_revision: i64,
+}
+
+/// Shard core → raft core: progress of the apply stream.
+#[derive(Clone, Copy, Debug)]
+pub struct ShardAck {
+    pub shard: usize,
+    pub index: u64,
+    pub checkpoint: Option<u64>,
+    /// The shard's page file size, read from the files when acknowledging.
+    pub size_bytes: u64,
+}
+
+/// Shard → raft core at start-up: the heads of the shard's live keys, in chunks, so the
+/// sequencer is rebuilt without holding everything twice. `None` ends the shard's stream.
+pub struct RestoreChunk {
+    pub shard: usize,
+    pub heads: Option<Vec<(Bytes, Head)>>,
+}
+
+/// Core → another shard core: a part of a scattered read.
+pub enum ShardRequest {
+    Range {
+        part: RangePart,
+        reply: oneshot::Sender<Result<RangePartResult, EtcdError>>,
+    },
+    SizeBytes {
+        reply: oneshot::Sender<u64>,
+    },
+}
+
+/// One shard's share of a range.
+#[derive(Clone, Debug)]
+pub struct RangePart {
+    pub key: Bytes,
+    pub end: RangeEnd,
+    pub revision: i64,
+    /// Most key-values to return (0 = all); the count covers the whole range.
+    pub limit: usize,
+    pub count_only: bool,
+    pub with_values: bool,
+}
+
+#[derive(Debug, Default)]
+pub struct RangePartResult {
+    pub kvs: Vec<KeyValue>,
+    pub count: i64,
+}
+
+impl RangePart {
+    pub fn from_request(request: &RangeRequest, revision: i64) -> RangePart {
+        RangePart {
+            key: request.key.clone(),
+            end: RangeEnd::from_request(&request.range_end),
+            revision,
+            limit: crate::range::fetch_limit(request),
+            count_only: request.count_only,
+            with_values: crate::range::needs_values(request),
+        }
+    }
+}

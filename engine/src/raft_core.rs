@@ -1,0 +1,842 @@
+//! The raft core: one raft group (tikv raft-rs `RawNode`) driven on its own pinned thread
+//! by the Ready protocol, with the WAL, the apply sequencer and the bookkeeping of what
+//! every shard has applied.
+//!
+//! One turn of the loop:
+//! 1. wait for a command, a shard acknowledgement or the tick;
+//! 2. drain every command that arrived meanwhile: proposals, read requests (all read
+//!    requests of this turn share one ReadIndex), status;
+//! 3. handle the Ready: the new entries and hard state go to the WAL as one write and one
+//!    fdatasync (group commit: every proposal that arrived during the previous fdatasync
+//!    is in this one); committed entries are applied by the sequencer and streamed to the
+//!    shards;
+//! 4. answers are released once every shard has acknowledged the index they depend on,
+//!    so a client that got an answer reads its own write on any shard.
+//!
+//! Nothing is acknowledged before its fdatasync completed: entries are applied only when
+//! raft reports them committed, which for this member requires them persisted.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::channel::oneshot;
+use prost::Message as _;
+use protobuf::Message as _;
+use raft::prelude::{ConfState, Entry, EntryType, HardState, Snapshot};
+use raft::storage::MemStorage;
+use raft::{Config, RawNode, StateRole};
+use rivet_api::rivetpb::{internal_request, CheckpointMarker, InternalRequest, WalMetadata};
+use rivet_wal::{Record, RecordKind, Wal, WalOptions};
+
+use crate::error::EtcdError;
+use crate::limits;
+use crate::messages::{
+    ApplyBatch, ApplyMessage, CheckpointRequest, RaftCommand, RaftStatus, ReadPoint, Reply,
+    RestoreChunk, ShardAck,
+};
+use crate::sequencer::{Outcome, Sequencer};
+use crate::shared::Shared;
+use crate::shard::shard_of;
+
+/// What the raft core needs to start.
+pub struct RaftCoreConfig {
+    pub wal_dir: PathBuf,
+    pub member_id: u64,
+    pub cluster_id: u64,
+    pub shard_count: usize,
+    /// Applied entries between checkpoints (etcd's `--snapshot-count`).
+    pub snapshot_count: u64,
+    pub max_request_bytes: usize,
+    pub quota_backend_bytes: u64,
+    pub heartbeat_interval: Duration,
+    pub election_ticks: usize,
+}
+
+/// The durable state found in the WAL at start-up.
+pub struct Recovered {
+    pub wal: Wal,
+    pub checkpoint: Option<CheckpointMarker>,
+    pub hard_state: HardState,
+    pub entries: Vec<Entry>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("wal: {0}")]
+    Wal(String),
+    #[error("the WAL in {dir} was written by member {found:x} of cluster {found_cluster:x}, not member {expected:x} of cluster {expected_cluster:x}")]
+    Identity {
+        dir: String,
+        found: u64,
+        found_cluster: u64,
+        expected: u64,
+        expected_cluster: u64,
+    },
+    #[error("the data dir was created with --shards {found}; rivet was started with --shards {requested}: start it with --shards {found} (re-sharding a data dir is not supported yet)")]
+    ShardCount { found: u32, requested: usize },
+    #[error("damaged {what} in the WAL at index {index}: {reason}")]
+    Decode {
+        what: &'static str,
+        index: u64,
+        reason: String,
+    },
+    #[error("raft: {0}")]
+    Raft(String),
+}
+
+/// Opens the WAL in `config.wal_dir`, or creates it with this member's metadata, and
+/// returns what it holds. Done before the cores start, so the shards know which
+/// checkpoint to load.
+pub fn open_wal(config: &RaftCoreConfig) -> Result<Recovered, StartError> {
+    let options = WalOptions::default();
+    if !Wal::exists(&config.wal_dir) {
+        let metadata = WalMetadata {
+            member_id: config.member_id,
+            cluster_id: config.cluster_id,
+            shard_count: config.shard_count as u32,
+        };
+        let wal = Wal::create(&config.wal_dir, &metadata.encode_to_vec(), options)
+            .map_err(|e| StartError::Wal(e.to_string()))?;
+        return Ok(Recovered {
+            wal,
+            checkpoint: None,
+            hard_state: HardState::default(),
+            entries: Vec::new(),
+        });
+    }
+    let (wal, recovery) =
+        Wal::open(&config.wal_dir, options).map_err(|e| StartError::Wal(e.to_string()))?;
+    if let Some(torn) = &recovery.torn_tail {
+        tracing::warn!(?torn, "WAL had a torn tail; it was cut (those writes were never acknowledged)");
+    }
+    let metadata = WalMetadata::decode(recovery.metadata.as_slice()).map_err(|e| StartError::Decode {
+        what: "metadata",
+        index: 0,
+        reason: e.to_string(),
+    })?;
+    if metadata.member_id != config.member_id || metadata.cluster_id != config.cluster_id {
+        return Err(StartError::Identity {
+            dir: config.wal_dir.display().to_string(),
+            found: metadata.member_id,
+            found_cluster: metadata.cluster_id,
+            expected: config.member_id,
+            expected_cluster: config.cluster_id,
+        });
+    }
+    if metadata.shard_count as usize != config.shard_count {
+        return Err(StartError::ShardCount {
+            found: metadata.shard_count,
+            requested: config.shard_count,
+        });
+    }
+    let mut hard_state = HardState::default();
+    let mut checkpoint: Option<CheckpointMarker> = None;
+    let mut entries: Vec<Entry> = Vec::new();
+    for record in recovery.records {
+        match record.kind {
+            RecordKind::Entry => {
+                let mut entry = Entry::default();
+                entry.merge_from_bytes(&record.payload).map_err(|e| StartError::Decode {
+                    what: "entry",
+                    index: record.index,
+                    reason: e.to_string(),
+                })?;
+                // A later entry at an index replaces that index and everything after it
+                // (a new leader overwrote an uncommitted tail).
+                while entries.last().is_some_and(|last| last.index >= entry.index) {
+                    entries.pop();
+                }
+                entries.push(entry);
+            }
+            RecordKind::HardState => {
+                let mut state = HardState::default();
+                state.merge_from_bytes(&record.payload).map_err(|e| StartError::Decode {
+                    what: "hard state",
+                    index: record.index,
+                    reason: e.to_string(),
+                })?;
+                hard_state = state;
+            }
+            RecordKind::Snapshot => {
+                let marker = CheckpointMarker::decode(record.payload.as_slice()).map_err(|e| {
+                    StartError::Decode {
+                        what: "checkpoint marker",
+                        index: record.index,
+                        reason: e.to_string(),
+                    }
+                })?;
+                checkpoint = Some(marker);
+            }
+            _ => {}
+        }
+    }
+    if let Some(c) = &checkpoint {
+        entries.retain(|e| e.index > c.applied_index);
+    }
+    Ok(Recovered {
+        wal,
+        checkpoint,
+        hard_state,
+        entries,
+    })
+}
+
+/// A response waiting for the shards to apply the index it depends on.
+struct Waiting {
+    index: u64,
+    reply: oneshot::Sender<Result<Reply, EtcdError>>,
+    result: Result<Reply, EtcdError>,
+}
+
+pub struct RaftCore {
+    config: RaftCoreConfig,
+    node: RawNode<MemStorage>,
+    wal: Wal,
+    sequencer: Sequencer,
+    shared: Arc<Shared>,
+    apply_senders: Vec<async_channel::Sender<ApplyMessage>>,
+    /// Proposals of this member waiting for their entry to apply, by proposal id.
+    proposals: HashMap<u64, oneshot::Sender<Result<Reply, EtcdError>>>,
+    next_proposal_id: u64,
+    /// Read requests of the current turn, not yet given a ReadIndex.
+    reads_unsent: Vec<oneshot::Sender<Result<ReadPoint, EtcdError>>>,
+    read_only_txns_unsent: Vec<(rivet_api::etcdserverpb::TxnRequest, oneshot::Sender<Result<Reply, EtcdError>>)>,
+    /// Read batches sent to raft, by ReadIndex context.
+    reads_in_raft: HashMap<u64, ReadBatch>,
+    next_read_context: u64,
+    /// Read batches with a known index, waiting for the shards to apply it.
+    reads_waiting: VecDeque<(u64, ReadBatch)>,
+    /// Answers waiting for the shards, in index order.
+    waiting: VecDeque<Waiting>,
+    /// Revision reached at each applied index not yet acknowledged by every shard.
+    revisions: VecDeque<(u64, i64)>,
+    acked: Vec<u64>,
+    applied_index: u64,
+    /// Revision at the smallest index every shard acknowledged.
+    all_applied_revision: i64,
+    checkpoint_index: u64,
+    checkpoint_in_flight: Option<(CheckpointRequest, Vec<bool>)>,
+    /// Page file sizes the shards read from disk with their last acknowledgement.
+    shard_sizes: Vec<u64>,
+    db_size_bytes: u64,
+    stopping: bool,
+    shutdown_done: Option<oneshot::Sender<()>>,
+}
+
+#[derive(Default)]
+struct ReadBatch {
+    reads: Vec<oneshot::Sender<Result<ReadPoint, EtcdError>>>,
+    txns: Vec<(rivet_api::etcdserverpb::TxnRequest, oneshot::Sender<Result<Reply, EtcdError>>)>,
+}
+
+/// Forwards raft-rs's slog records to tracing.
+struct TracingDrain;
+
+impl slog::Drain for TracingDrain {
+    type Ok = ();
+    type Err = slog::Never;
+    fn log(&self, record: &slog::Record<'_>, _: &slog::OwnedKVList) -> Result<(), slog::Never> {
+        match record.level() {
+            slog::Level::Critical | slog::Level::Error => tracing::error!(target: "raft", "{}", record.msg()),
+            slog::Level::Warning => tracing::warn!(target: "raft", "{}", record.msg()),
+            slog::Level::Info => tracing::info!(target: "raft", "{}", record.msg()),
+            _ => tracing::debug!(target: "raft", "{}", record.msg()),
+        }
+        Ok(())
+    }
+}
+
+impl RaftCore {
+    /// Builds the raft node from the recovered WAL and the sequencer state the shards
+    /// restored (received through `restore`).
+    pub async fn start(
+        config: RaftCoreConfig,
+        recovered: Recovered,
+        shared: Arc<Shared>,
+        apply_senders: Vec<async_channel::Sender<ApplyMessage>>,
+        restore: async_channel::Receiver<RestoreChunk>,
+    ) -> Result<RaftCore, StartError> {
+        let (revision, compact_revision, applied) = match &recovered.checkpoint {
+            Some(c) => (c.revision, c.compact_revision, c.applied_index),
+            None => (1, -1, 0),
+        };
+        let mut sequencer = Sequencer::restore(revision, compact_revision);
+        let mut done = 0;
+        while done < config.shard_count {
+            let Ok(chunk) = restore.recv().await else {
+                return Err(StartError::Raft("a shard stopped while restoring".into()));
+            };
+            match chunk.heads {
+                Some(heads) => {
+                    for (key, head) in heads {
+                        debug_assert_eq!(shard_of(&key, config.shard_count), chunk.shard);
+                        sequencer.restore_key(key, head);
+                    }
+                }
+                None => done += 1,
+            }
+        }
+        let initial_voters = ConfState::from((vec![config.member_id], vec![]));
+        let storage = match &recovered.checkpoint {
+            Some(c) => {
+                let storage = MemStorage::new();
+                let mut snapshot = Snapshot::default();
+                let metadata = snapshot.mut_metadata();
+                metadata.index = c.applied_index;
+                metadata.term = c.term;
+                let mut conf_state = ConfState::default();
+                if c.conf_state.is_empty() || conf_state.merge_from_bytes(&c.conf_state).is_err() {
+                    conf_state = initial_voters.clone();
+                }
+                metadata.set_conf_state(conf_state);
+                storage
+                    .wl()
+                    .apply_snapshot(snapshot)
+                    .map_err(|e| StartError::Raft(e.to_string()))?;
+                storage
+            }
+            None => MemStorage::new_with_conf_state(initial_voters),
+        };
+        let last_index = recovered.entries.last().map_or(applied, |e| e.index);
+        storage
+            .wl()
+            .append(&recovered.entries)
+            .map_err(|e| StartError::Raft(e.to_string()))?;
+        let mut hard_state = recovered.hard_state.clone();
+        if recovered.checkpoint.is_none() && recovered.entries.is_empty() && hard_state.term == 0 {
+            // etcd bootstraps a new member at term 1 (its membership entries) and elects
+            // at term 2; starting from the same term keeps `raft_term` equal to etcd's.
+            hard_state.term = 1;
+        }
+        // Entries up to the checkpoint were applied, hence committed, even if the hard
+        // state written before the crash carried an older commit index.
+        hard_state.commit = hard_state.commit.max(applied).min(last_index.max(applied));
+        storage.wl().set_hardstate(hard_state);
+
+        let raft_config = Config {
+            id: config.member_id,
+            election_tick: config.election_ticks,
+            heartbeat_tick: 1,
+            applied,
+            max_size_per_msg: limits::RAFT_MESSAGE_BYTES_MAX,
+            max_inflight_msgs: limits::RAFT_INFLIGHT_MESSAGES_MAX,
+            pre_vote: true,
+            check_quorum: true,
+            ..Default::default()
+        };
+        raft_config.validate().map_err(|e| StartError::Raft(e.to_string()))?;
+        let logger = slog::Logger::root(slog::Fuse(TracingDrain), slog::o!());
+        let mut node =
+            RawNode::new(&raft_config, storage, &logger).map_err(|e| StartError::Raft(e.to_string()))?;
+        // A single voter elects itself at once instead of waiting an election timeout.
+        if node.raft.prs().conf().voters().ids().len() == 1 {
+            node.campaign().map_err(|e| StartError::Raft(e.to_string()))?;
+        }
+        let shard_count = config.shard_count;
+        shared.applied_revision.store(revision, Ordering::Release);
+        shared.compact_revision.store(compact_revision, Ordering::Release);
+        Ok(RaftCore {
+            config,
+            node,
+            wal: recovered.wal,
+            sequencer,
+            shared,
+            apply_senders,
+            proposals: HashMap::new(),
+            next_proposal_id: 1,
+            reads_unsent: Vec::new(),
+            read_only_txns_unsent: Vec::new(),
+            reads_in_raft: HashMap::new(),
+            next_read_context: 1,
+            reads_waiting: VecDeque::new(),
+            waiting: VecDeque::new(),
+            revisions: VecDeque::new(),
+            acked: vec![applied; shard_count],
+            applied_index: applied,
+            all_applied_revision: revision,
+            checkpoint_index: applied,
+            checkpoint_in_flight: None,
+            shard_sizes: vec![0; shard_count],
+            db_size_bytes: 0,
+            stopping: false,
+            shutdown_done: None,
+        })
+    }
+
+    /// Runs until `commands` closes (every shard core stopped), then checkpoints so the
+    /// next start replays nothing.
+    pub async fn run(
+        mut self,
+        commands: async_channel::Receiver<RaftCommand>,
+        acks: async_channel::Receiver<ShardAck>,
+    ) {
+        let mut ticker = tokio::time::interval(self.config.heartbeat_interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                command = commands.recv() => match command {
+                    Ok(command) => self.handle_command(command),
+                    Err(_) => self.stopping = true,
+                },
+                ack = acks.recv() => match ack {
+                    Ok(ack) => self.handle_ack(ack),
+                    Err(_) => break,
+                },
+                _ = ticker.tick() => {
+                    self.node.tick();
+                }
+            }
+            for _ in 0..limits::RAFT_COMMANDS_PER_TURN_MAX {
+                match commands.try_recv() {
+                    Ok(command) => self.handle_command(command),
+                    Err(_) => break,
+                }
+            }
+            while let Ok(ack) = acks.try_recv() {
+                self.handle_ack(ack);
+            }
+            self.send_read_index();
+            if let Err(e) = self.handle_ready().await {
+                tracing::error!("raft core stopping: {e}");
+                break;
+            }
+            self.maybe_checkpoint().await;
+            if self.stopping {
+                break;
+            }
+        }
+        self.shutdown(acks).await;
+    }
+
+    fn handle_command(&mut self, command: RaftCommand) {
+        match command {
+            RaftCommand::Propose { request, reply } => self.propose(request, reply),
+            RaftCommand::ReadIndex { reply } => self.reads_unsent.push(reply),
+            RaftCommand::ReadOnlyTxn {
+                request,
+                linearizable,
+                reply,
+            } => {
+                if linearizable {
+                    self.read_only_txns_unsent.push((request, reply));
+                } else {
+                    self.answer_read_only_txn(request, reply);
+                }
+            }
+            RaftCommand::Shutdown { done } => {
+                self.stopping = true;
+                self.shutdown_done = Some(done);
+            }
+            RaftCommand::Status { reply } => {
+                let status = self.node.status();
+                let _ = reply.send(RaftStatus {
+                    leader: self.node.raft.leader_id,
+                    term: status.hs.term,
+                    last_index: self.node.raft.raft_log.last_index(),
+                    applied_index: self.applied_index,
+                });
+            }
+        }
+    }
+
+    fn propose(
+        &mut self,
+        request: internal_request::Request,
+        reply: oneshot::Sender<Result<Reply, EtcdError>>,
+    ) {
+        if self.node.raft.state != StateRole::Leader && self.node.raft.leader_id == raft::INVALID_ID {
+            let _ = reply.send(Err(EtcdError::NoLeader));
+            return;
+        }
+        let id = self.next_proposal_id;
+        self.next_proposal_id += 1;
+        let is_put_like = request_adds_data(&request);
+        let internal = InternalRequest {
+            member_id: self.config.member_id,
+            id,
+            request: Some(request),
+        };
+        let data = internal.encode_to_vec();
+        if data.len() > self.config.max_request_bytes {
+            let _ = reply.send(Err(EtcdError::RequestTooLarge));
+            return;
+        }
+        if is_put_like
+            && self.config.quota_backend_bytes > 0
+            && self.db_size_bytes + data.len() as u64 > self.config.quota_backend_bytes
+        {
+            let _ = reply.send(Err(EtcdError::NoSpace));
+            return;
+        }
+        match self.node.propose(Vec::new(), data) {
+            Ok(()) => {
+                self.proposals.insert(id, reply);
+            }
+            Err(raft::Error::ProposalDropped) => {
+                let _ = reply.send(Err(EtcdError::NoLeader));
+            }
+            Err(e) => {
+                let _ = reply.send(Err(EtcdError::Internal(e.to_string())));
+            }
+        }
+    }
+
+    /// Gives every read of this turn one ReadIndex: one heartbeat round for all of them.
+    fn send_read_index(&mut self) {
+        if self.reads_unsent.is_empty() && self.read_only_txns_unsent.is_empty() {
+            return;
+        }
+        let batch = ReadBatch {
+            reads: std::mem::take(&mut self.reads_unsent),
+            txns: std::mem::take(&mut self.read_only_txns_unsent),
+        };
+        let context = self.next_read_context;
+        self.next_read_context += 1;
+        self.node.read_index(context.to_be_bytes().to_vec());
+        self.reads_in_raft.insert(context, batch);
+    }
+
+    fn handle_ack(&mut self, ack: ShardAck) {
+        self.acked[ack.shard] = self.acked[ack.shard].max(ack.index);
+        self.shard_sizes[ack.shard] = ack.size_bytes;
+        self.db_size_bytes = self.shard_sizes.iter().sum();
+        if let (Some(index), Some((request, done))) = (ack.checkpoint, &mut self.checkpoint_in_flight) {
+            if index == request.index {
+                done[ack.shard] = true;
+            }
+        }
+        self.release();
+    }
+
+    /// Answers everything whose index every shard has applied.
+    fn release(&mut self) {
+        let all = self.acked.iter().copied().min().unwrap_or(self.applied_index);
+        while self.revisions.front().is_some_and(|(index, _)| *index <= all) {
+            if let Some((_, revision)) = self.revisions.pop_front() {
+                self.all_applied_revision = revision;
+            }
+        }
+        // Several tasks read it; it only moves forward (etcd lesson 20).
+        self.shared
+            .applied_revision
+            .fetch_max(self.all_applied_revision, Ordering::AcqRel);
+        while self.waiting.front().is_some_and(|w| w.index <= all) {
+            if let Some(w) = self.waiting.pop_front() {
+                let _ = w.reply.send(w.result);
+            }
+        }
+        while self.reads_waiting.front().is_some_and(|(index, _)| *index <= all) {
+            if let Some((_, batch)) = self.reads_waiting.pop_front() {
+                let point = ReadPoint {
+                    revision: self.all_applied_revision,
+                };
+                for reply in batch.reads {
+                    let _ = reply.send(Ok(point));
+                }
+                for (request, reply) in batch.txns {
+                    self.answer_read_only_txn(request, reply);
+                }
+            }
+        }
+    }
+
+    fn answer_read_only_txn(
+        &mut self,
+        request: rivet_api::etcdserverpb::TxnRequest,
+        reply: oneshot::Sender<Result<Reply, EtcdError>>,
+    ) {
+        let outcome = self.sequencer.apply_txn(&request, |_| false);
+        debug_assert!(outcome.mutations.is_empty());
+        let result = reply_of(outcome);
+        if self.waiting.is_empty() && self.applied_index <= self.acked.iter().copied().min().unwrap_or(0) {
+            let _ = reply.send(result);
+        } else {
+            // Historical ranges are read from the shards: they must have caught up.
+            self.waiting.push_back(Waiting {
+                index: self.applied_index,
+                reply,
+                result,
+            });
+        }
+    }
+
+    async fn handle_ready(&mut self) -> Result<(), String> {
+        if !self.node.has_ready() {
+            return Ok(());
+        }
+        let mut ready = self.node.ready();
+        if let Some(soft) = ready.ss() {
+            self.shared.leader.store(soft.leader_id, Ordering::Release);
+            if soft.raft_state == StateRole::Leader {
+                tracing::info!(member = format_args!("{:x}", self.config.member_id), "became leader");
+            }
+        }
+        // Messages to peers: a single member has none (the cluster transport comes with
+        // membership); they would be sent here, before the fdatasync.
+        drop(ready.take_messages());
+        if !ready.snapshot().is_empty() {
+            return Err("received a raft snapshot, which a single member never does".into());
+        }
+        let committed = ready.take_committed_entries();
+        self.apply_entries(committed).await;
+        self.persist(&ready)?;
+        drop(ready.take_persisted_messages());
+        for state in ready.take_read_states() {
+            self.read_state(state.request_ctx.as_slice(), state.index);
+        }
+        let mut light = self.node.advance(ready);
+        if let Some(commit) = light.commit_index() {
+            self.node.mut_store().wl().mut_hard_state().set_commit(commit);
+        }
+        drop(light.take_messages());
+        let committed = light.take_committed_entries();
+        self.apply_entries(committed).await;
+        self.node.advance_apply();
+        self.shared
+            .term
+            .store(self.node.raft.term, Ordering::Release);
+        self.release();
+        Ok(())
+    }
+
+    /// Entries and hard state of one Ready: one WAL append, one fdatasync.
+    fn persist(&mut self, ready: &raft::Ready) -> Result<(), String> {
+        let entries = ready.entries();
+        let hard_state = ready.hs();
+        if entries.is_empty() && hard_state.is_none() {
+            return Ok(());
+        }
+        let mut encoded: Vec<(u64, Vec<u8>)> = Vec::with_capacity(entries.len() + 1);
+        for entry in entries {
+            encoded.push((entry.index, entry.write_to_bytes().map_err(|e| e.to_string())?));
+        }
+        let hard_state_bytes = match hard_state {
+            Some(hs) => Some(hs.write_to_bytes().map_err(|e| e.to_string())?),
+            None => None,
+        };
+        let mut records: Vec<Record<'_>> = encoded
+            .iter()
+            .map(|(index, payload)| Record {
+                kind: RecordKind::Entry,
+                index: *index,
+                payload,
+            })
+            .collect();
+        if let Some(bytes) = &hard_state_bytes {
+            records.push(Record {
+                kind: RecordKind::HardState,
+                index: 0,
+                payload: bytes,
+            });
+        }
+        let started = Instant::now();
+        self.wal
+            .append(&records)
+            .map_err(|e| format!("WAL append failed: {e}"))?;
+        let took = started.elapsed();
+        if took > limits::WAL_FSYNC_WARN {
+            tracing::warn!(?took, "slow fdatasync of the WAL");
+        }
+        let store = self.node.mut_store();
+        store.wl().append(entries).map_err(|e| e.to_string())?;
+        if let Some(hs) = hard_state {
+            store.wl().set_hardstate(hs.clone());
+        }
+        Ok(())
+    }
+
+    fn read_state(&mut self, context: &[u8], index: u64) {
+        let Ok(bytes) = <[u8; 8]>::try_from(context) else {
+            return;
+        };
+        if let Some(batch) = self.reads_in_raft.remove(&u64::from_be_bytes(bytes)) {
+            // Wait for the apply of `index` on this member and on every shard.
+            let index = index.max(self.applied_index);
+            self.reads_waiting.push_back((index, batch));
+        }
+    }
+
+    /// Applies committed entries in order and streams the changes to the shards.
+    async fn apply_entries(&mut self, entries: Vec<Entry>) {
+        if entries.is_empty() {
+            return;
+        }
+        let started = Instant::now();
+        let mut batches: Vec<ApplyBatch> = (0..self.config.shard_count)
+            .map(|_| ApplyBatch::default())
+            .collect();
+        let mut compaction = None;
+        for entry in entries {
+            if entry.index <= self.applied_index {
+                continue;
+            }
+            self.applied_index = entry.index;
+            if entry.get_entry_type() != EntryType::EntryNormal || entry.data.is_empty() {
+                // The leader's empty entry of a new term; configuration changes arrive
+                // with membership.
+                continue;
+            }
+            let request = match InternalRequest::decode(entry.data.as_ref()) {
+                Ok(request) => request,
+                Err(e) => {
+                    // Entries are written only by rivet and checked by the WAL's CRCs:
+                    // an undecodable one means a bug; applying around it would fork the
+                    // replicas, so stop.
+                    panic!("undecodable raft entry at index {}: {e}", entry.index);
+                }
+            };
+            let mut outcome = match &request.request {
+                Some(internal_request::Request::Put(put)) => self.sequencer.apply_put(put, |_| false),
+                Some(internal_request::Request::DeleteRange(delete)) => self.sequencer.apply_delete(delete),
+                Some(internal_request::Request::Txn(txn)) => self.sequencer.apply_txn(txn, |_| false),
+                Some(internal_request::Request::Compaction(c)) => self.sequencer.apply_compaction(c),
+                None => Outcome::default(),
+            };
+            if let Some(revision) = outcome.compaction {
+                compaction = Some(revision);
+                self.shared.compact_revision.store(revision, Ordering::Release);
+            }
+            for mutation in std::mem::take(&mut outcome.mutations) {
+                let shard = shard_of(mutation.key(), self.config.shard_count);
+                batches[shard].mutations.push(mutation);
+            }
+            if request.member_id == self.config.member_id {
+                if let Some(reply) = self.proposals.remove(&request.id) {
+                    self.waiting.push_back(Waiting {
+                        index: entry.index,
+                        reply,
+                        result: reply_of(outcome),
+                    });
+                }
+            }
+        }
+        let revision = self.sequencer.revision();
+        self.revisions.push_back((self.applied_index, revision));
+        for (shard, mut batch) in batches.into_iter().enumerate() {
+            batch.index = self.applied_index;
+            batch.revision = revision;
+            batch.compaction = compaction;
+            if self.apply_senders[shard]
+                .send(ApplyMessage::Batch(batch))
+                .await
+                .is_err()
+            {
+                tracing::warn!(shard, "shard stopped; its apply stream is closed");
+            }
+        }
+        let took = started.elapsed();
+        if took > limits::APPLY_WARN {
+            tracing::warn!(?took, "apply took too long (etcd warns above 100ms)");
+        }
+    }
+
+    /// Every `snapshot_count` applied entries, asks the shards for a checkpoint; when all
+    /// have made it durable, records it in the WAL and releases the log before it.
+    async fn maybe_checkpoint(&mut self) {
+        if let Some((request, done)) = &self.checkpoint_in_flight {
+            if done.iter().all(|d| *d) {
+                let request = *request;
+                self.checkpoint_in_flight = None;
+                if let Err(e) = self.record_checkpoint(request) {
+                    tracing::error!("could not record checkpoint {}: {e}", request.index);
+                }
+            }
+            return;
+        }
+        if self.applied_index >= self.checkpoint_index + self.config.snapshot_count {
+            self.start_checkpoint().await;
+        }
+    }
+
+    async fn start_checkpoint(&mut self) {
+        let term = self
+            .node
+            .raft
+            .raft_log
+            .term(self.applied_index)
+            .unwrap_or(self.node.raft.term);
+        let request = CheckpointRequest {
+            index: self.applied_index,
+            term,
+            revision: self.sequencer.revision(),
+            compact_revision: self.sequencer.compact_revision(),
+        };
+        for sender in &self.apply_senders {
+            let _ = sender.send(ApplyMessage::Checkpoint(request)).await;
+        }
+        self.checkpoint_in_flight = Some((request, vec![false; self.config.shard_count]));
+    }
+
+    fn record_checkpoint(&mut self, request: CheckpointRequest) -> Result<(), String> {
+        let conf_state = self.node.raft.prs().conf().to_conf_state();
+        let marker = CheckpointMarker {
+            applied_index: request.index,
+            term: request.term,
+            revision: request.revision,
+            compact_revision: request.compact_revision,
+            conf_state: conf_state.write_to_bytes().map_err(|e| e.to_string())?,
+        };
+        let payload = marker.encode_to_vec();
+        self.wal
+            .append(&[Record {
+                kind: RecordKind::Snapshot,
+                index: request.index,
+                payload: &payload,
+            }])
+            .map_err(|e| e.to_string())?;
+        self.checkpoint_index = request.index;
+        // Keep a tail of entries for followers that lag a little (etcd keeps 5000).
+        let keep_from = request.index.saturating_sub(limits::RAFT_LOG_KEPT_AFTER_CHECKPOINT);
+        if keep_from > self.node.store().rl().first_index().unwrap_or(1) {
+            let _ = self.node.mut_store().wl().compact(keep_from);
+        }
+        self.wal
+            .release_before(keep_from)
+            .map_err(|e| e.to_string())?;
+        tracing::info!(index = request.index, revision = request.revision, "checkpoint recorded");
+        Ok(())
+    }
+
+    /// The last turn: answer everyone still waiting, then a final checkpoint so that
+    /// the next start has nothing to replay.
+    async fn shutdown(mut self, acks: async_channel::Receiver<ShardAck>) {
+        for (_, reply) in self.proposals.drain() {
+            let _ = reply.send(Err(EtcdError::Stopped));
+        }
+        if self.checkpoint_in_flight.is_none() && self.applied_index > self.checkpoint_index {
+            self.start_checkpoint().await;
+        }
+        while self.checkpoint_in_flight.is_some() {
+            let Ok(ack) = acks.recv().await else { break };
+            self.handle_ack(ack);
+            self.maybe_checkpoint().await;
+        }
+        self.apply_senders.clear();
+        if let Some(done) = self.shutdown_done.take() {
+            let _ = done.send(());
+        }
+    }
+
+}
+
+fn reply_of(outcome: Outcome) -> Result<Reply, EtcdError> {
+    match outcome.result {
+        Some(Ok(applied)) => Ok(Reply {
+            applied,
+            historical_ranges: outcome.historical_ranges,
+        }),
+        Some(Err(e)) => Err(e),
+        None => Err(EtcdError::Internal("empty request".into())),
+    }
+}
+
+/// Whether a request can grow the store (etcd's quota applies to puts and txns).
+fn request_adds_data(request: &internal_request::Request) -> bool {
+    matches!(
+        request,
+        internal_request::Request::Put(_) | internal_request::Request::Txn(_)
+    )
+}

@@ -1,0 +1,211 @@
+//! One shard: the keys whose hash maps to it, their versioned index and their page file.
+//! A shard lives on exactly one core and is only touched there.
+
+use std::path::Path;
+
+use bytes::Bytes;
+use rivet_api::mvccpb::KeyValue;
+
+use crate::error::EtcdError;
+use crate::messages::{ApplyBatch, CheckpointRequest, RangePart, RangePartResult};
+use crate::mvcc::{KeyIndex, RangeEnd as IndexEnd};
+use crate::page::{Checkpoint, KeyRecord, PageFile, PageOptions, RecordView};
+use crate::range::RangeEnd;
+use crate::sequencer::{Head, Mutation};
+
+/// The shard that owns `key`. Stable across restarts and members: page files are
+/// partitioned by it, so it must never change for a data dir.
+pub fn shard_of(key: &[u8], shard_count: usize) -> usize {
+    if shard_count <= 1 {
+        return 0;
+    }
+    (crc32c::crc32c(key) as usize) % shard_count
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("shard {shard}: {reason}")]
+pub struct ShardOpenError {
+    pub shard: usize,
+    pub reason: String,
+}
+
+pub struct Shard {
+    pub id: usize,
+    page: PageFile,
+    index: KeyIndex,
+    applied_index: u64,
+    revision: i64,
+    compact_revision: i64,
+}
+
+fn index_end(end: &RangeEnd) -> IndexEnd<'_> {
+    match end {
+        RangeEnd::Single => IndexEnd::Single,
+        RangeEnd::FromKey => IndexEnd::FromKey,
+        RangeEnd::Before(end) => IndexEnd::Before(end.as_ref()),
+    }
+}
+
+fn key_value(key: &[u8], view: &RecordView<'_>, with_value: bool) -> KeyValue {
+    KeyValue {
+        key: Bytes::copy_from_slice(key),
+        create_revision: view.create_revision,
+        mod_revision: view.mod_revision,
+        version: view.version,
+        value: match (with_value, view.value) {
+            (true, Some(value)) => Bytes::copy_from_slice(value),
+            _ => Bytes::new(),
+        },
+        lease: view.lease,
+    }
+}
+
+impl Shard {
+    /// Opens the shard's page file and rebuilds its index from the records before the
+    /// checkpoint at `checkpoint_index` (streamed segment by segment).
+    pub fn open(
+        dir: &Path,
+        id: usize,
+        checkpoint_index: u64,
+        options: PageOptions,
+    ) -> Result<Shard, ShardOpenError> {
+        let mut index = KeyIndex::default();
+        let (page, checkpoint) = PageFile::open(dir, options, checkpoint_index, |ptr, view| {
+            if view.value.is_some() {
+                index.put(view.key, view.mod_revision, ptr);
+            } else {
+                index.tombstone(view.key, view.mod_revision, ptr);
+            }
+        })
+        .map_err(|e| ShardOpenError {
+            shard: id,
+            reason: e.to_string(),
+        })?;
+        let (applied_index, revision, compact_revision) = match checkpoint {
+            Some(c) => (c.applied_index, c.revision, c.compact_revision),
+            None => (0, 1, -1),
+        };
+        if compact_revision > 0 {
+            index.compact(compact_revision);
+        }
+        Ok(Shard {
+            id,
+            page,
+            index,
+            applied_index,
+            revision,
+            compact_revision,
+        })
+    }
+
+    pub fn applied_index(&self) -> u64 {
+        self.applied_index
+    }
+
+    pub fn revision(&self) -> i64 {
+        self.revision
+    }
+
+    pub fn size_bytes(&self) -> u64 {
+        self.page.size_bytes()
+    }
+
+    /// The newest version of every live key, for rebuilding the sequencer.
+    pub fn heads(&self, mut each: impl FnMut(Bytes, Head)) {
+        for (key, _, ptr) in self.index.range(b"\0", IndexEnd::FromKey, self.revision) {
+            match self.page.read(ptr) {
+                Ok(view) => each(
+                    Bytes::copy_from_slice(key),
+                    Head {
+                        create_revision: view.create_revision,
+                        mod_revision: view.mod_revision,
+                        version: view.version,
+                        lease: view.lease,
+                        value: Bytes::copy_from_slice(view.value.unwrap_or_default()),
+                    },
+                ),
+                Err(e) => panic!("shard {}: index points at an unreadable record: {e}", self.id),
+            }
+        }
+    }
+
+    /// Applies one batch of the apply stream. A failure to write the page file (disk
+    /// full, I/O error) stops the member: the shard cannot skip a change and stay correct,
+    /// and the WAL still has everything for the restart.
+    pub fn apply(&mut self, batch: &ApplyBatch) {
+        for mutation in &batch.mutations {
+            match mutation {
+                Mutation::Put { key, head } => {
+                    let record = KeyRecord {
+                        key,
+                        create_revision: head.create_revision,
+                        mod_revision: head.mod_revision,
+                        version: head.version,
+                        lease: head.lease,
+                        value: Some(&head.value),
+                    };
+                    let ptr = self.page.append(&record).unwrap_or_else(|e| {
+                        panic!("shard {}: cannot append to the page file: {e}", self.id)
+                    });
+                    self.index.put(key, head.mod_revision, ptr);
+                }
+                Mutation::Delete { key, revision } => {
+                    let record = KeyRecord {
+                        key,
+                        create_revision: 0,
+                        mod_revision: *revision,
+                        version: 0,
+                        lease: 0,
+                        value: None,
+                    };
+                    let ptr = self.page.append(&record).unwrap_or_else(|e| {
+                        panic!("shard {}: cannot append to the page file: {e}", self.id)
+                    });
+                    self.index.tombstone(key, *revision, ptr);
+                }
+            }
+        }
+        if let Some(revision) = batch.compaction {
+            if revision > self.compact_revision {
+                self.index.compact(revision);
+                self.compact_revision = revision;
+            }
+        }
+        debug_assert!(batch.index >= self.applied_index);
+        self.applied_index = batch.index;
+        self.revision = batch.revision;
+    }
+
+    pub fn checkpoint(&mut self, request: &CheckpointRequest) {
+        debug_assert_eq!(request.index, self.applied_index);
+        let checkpoint = Checkpoint {
+            applied_index: request.index,
+            revision: request.revision,
+            compact_revision: request.compact_revision,
+        };
+        self.page
+            .checkpoint(&checkpoint)
+            .unwrap_or_else(|e| panic!("shard {}: checkpoint failed: {e}", self.id));
+    }
+
+    /// This shard's part of a range, at a revision it has applied.
+    pub fn range(&self, part: &RangePart) -> Result<RangePartResult, EtcdError> {
+        if part.revision < self.compact_revision {
+            return Err(EtcdError::Compacted);
+        }
+        debug_assert!(part.revision <= self.revision);
+        let mut result = RangePartResult::default();
+        for (key, _, ptr) in self.index.range(&part.key, index_end(&part.end), part.revision) {
+            result.count += 1;
+            if part.count_only || (part.limit != 0 && result.kvs.len() >= part.limit) {
+                continue;
+            }
+            let view = self
+                .page
+                .read(ptr)
+                .map_err(|e| EtcdError::Internal(format!("shard {}: {e}", self.id)))?;
+            result.kvs.push(key_value(key, &view, part.with_values));
+        }
+        Ok(result)
+    }
+}

@@ -1,0 +1,101 @@
+//! The client port serves gRPC and plain HTTP/1.1 like etcd: `/health` and `/version`
+//! answer here; everything with a gRPC content type goes to the tonic routes.
+
+use std::convert::Infallible;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use http_body_util::Full;
+use rivet_engine::core::ShardCore;
+use tonic::body::Body;
+use tower::Service;
+
+use crate::services::{ETCD_CLUSTER_VERSION, ETCD_VERSION};
+
+fn cors(response: &mut Response<Body>) {
+    let headers = response.headers_mut();
+    headers.insert(
+        "Access-Control-Allow-Headers",
+        HeaderValue::from_static("accept, content-type, authorization"),
+    );
+    headers.insert(
+        "Access-Control-Allow-Methods",
+        HeaderValue::from_static("POST, GET, OPTIONS, PUT, DELETE"),
+    );
+    headers.insert("Access-Control-Allow-Origin", HeaderValue::from_static("*"));
+}
+
+fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {
+    let mut response = Response::new(Body::new(Full::new(Bytes::from(body))));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    cors(&mut response);
+    response
+}
+
+/// `/health`: healthy when the member has a leader and a linearizable read succeeds.
+async fn health(core: Rc<ShardCore>) -> Response<Body> {
+    let has_leader = core.shared.leader.load(Ordering::Acquire) != 0;
+    let healthy = has_leader && core.read_index().await.is_ok();
+    let body = format!("{{\"health\":\"{healthy}\"}}");
+    let status = if healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    text(status, "text/plain; charset=utf-8", body)
+}
+
+fn version() -> Response<Body> {
+    text(
+        StatusCode::OK,
+        "application/json",
+        format!("{{\"etcdserver\":\"{ETCD_VERSION}\",\"etcdcluster\":\"{ETCD_CLUSTER_VERSION}\"}}"),
+    )
+}
+
+fn is_grpc<B>(request: &Request<B>) -> bool {
+    request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"))
+}
+
+/// Routes one request of a client connection.
+#[derive(Clone)]
+pub struct ClientService {
+    pub grpc: tonic::service::Routes,
+    pub core: send_wrapper::SendWrapper<Rc<ShardCore>>,
+}
+
+impl Service<Request<hyper::body::Incoming>> for ClientService {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response<Body>, Infallible>>>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<hyper::body::Incoming>) -> Self::Future {
+        if is_grpc(&request) {
+            let mut grpc = self.grpc.clone();
+            return Box::pin(async move { grpc.call(request).await });
+        }
+        let core = Rc::clone(&self.core);
+        let path = request.uri().path().to_string();
+        Box::pin(async move {
+            Ok(match path.as_str() {
+                "/health" => health(core).await,
+                "/version" => version(),
+                _ => text(StatusCode::NOT_FOUND, "text/plain; charset=utf-8", "404 page not found\n".into()),
+            })
+        })
+    }
+}

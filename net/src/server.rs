@@ -1,0 +1,289 @@
+//! Starts a member: opens the WAL, starts the raft core on its own pinned thread and one
+//! pinned glommio executor per shard, wires the bounded channels between them, and serves
+//! clients on every shard core (`SO_REUSEPORT`: the kernel spreads connections).
+//!
+//! Start-up order: WAL (tells which checkpoint to load) → shards load their page files up
+//! to it and stream their live keys to the raft core → the raft core rebuilds the
+//! sequencer, replays the WAL after the checkpoint and campaigns → shards listen.
+
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context};
+use glommio::net::TcpListener;
+use glommio::{LocalExecutorBuilder, Placement};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use rivet_api::etcdserverpb::{kv_server::KvServer, maintenance_server::MaintenanceServer};
+use rivet_engine::core::ShardCore;
+use rivet_engine::limits;
+use rivet_engine::messages::RaftCommand;
+use rivet_engine::page::PageOptions;
+use rivet_engine::raft_core::{open_wal, RaftCore, RaftCoreConfig};
+use rivet_engine::shard::Shard;
+use rivet_engine::shared::Shared;
+
+use crate::config::{cluster_id, listen_addresses, member_id, Flags};
+use crate::glommio_hyper::{GlommioExecutor, GlommioIo};
+use crate::http::ClientService;
+use crate::services::{CoreHandle, KvService, MaintenanceService};
+
+/// etcd's defaults for a member started without cluster flags.
+const DEFAULT_PEER_URL: &str = "http://localhost:2380";
+const DEFAULT_CLUSTER_TOKEN: &str = "etcd-cluster";
+/// etcd's default quota when `--quota-backend-bytes` is 0: 2 GiB.
+const DEFAULT_QUOTA_BYTES: u64 = 2 * 1024 * 1024 * 1024;
+/// etcd's request timeout with default timings: 5 s plus two election timeouts.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(7);
+/// gRPC framing on top of `--max-request-bytes` that the decoder must still accept, so
+/// that an oversized request reaches the check that answers etcd's "request is too large".
+const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+
+/// Blocks SIGINT and SIGTERM in this thread (and the threads it starts) so that only
+/// [`wait_for_stop_signal`] sees them.
+fn block_stop_signals() -> libc::sigset_t {
+    // SAFETY: plain libc signal-mask calls on a zero-initialized sigset_t.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+fn wait_for_stop_signal(set: &libc::sigset_t) -> i32 {
+    let mut signal = 0;
+    // SAFETY: `set` was initialized by `block_stop_signals`.
+    unsafe { libc::sigwait(set, &mut signal) };
+    signal
+}
+
+pub fn run(flags: Flags) -> anyhow::Result<()> {
+    let data_dir = flags
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("{}.rivet", flags.name)));
+    let wal_dir = flags
+        .wal_dir
+        .clone()
+        .unwrap_or_else(|| data_dir.join("member").join("wal"));
+    let snap_dir = data_dir.join("member").join("snap");
+    std::fs::create_dir_all(&snap_dir).with_context(|| format!("creating {}", snap_dir.display()))?;
+    let addresses = listen_addresses(&flags.listen_client_urls)?;
+    if addresses.is_empty() {
+        return Err(anyhow!("--listen-client-urls is empty"));
+    }
+    let cpus = core_affinity::get_core_ids().unwrap_or_default();
+    let cpu_ids: Vec<usize> = if cpus.is_empty() {
+        vec![0]
+    } else {
+        cpus.iter().map(|c| c.id).collect()
+    };
+    let shard_count = flags.shards.unwrap_or(cpu_ids.len().saturating_sub(1)).max(1);
+
+    let member = member_id(&[DEFAULT_PEER_URL], DEFAULT_CLUSTER_TOKEN);
+    let cluster = cluster_id(&[member]);
+    let shared = Arc::new(Shared::new(member, cluster));
+    let raft_config = RaftCoreConfig {
+        wal_dir,
+        member_id: member,
+        cluster_id: cluster,
+        shard_count,
+        snapshot_count: flags.snapshot_count.max(1),
+        max_request_bytes: flags.max_request_bytes,
+        quota_backend_bytes: if flags.quota_backend_bytes == 0 {
+            DEFAULT_QUOTA_BYTES
+        } else {
+            flags.quota_backend_bytes
+        },
+        heartbeat_interval: Duration::from_millis(100),
+        election_ticks: 10,
+    };
+    let recovered = open_wal(&raft_config)?;
+    let checkpoint_index = recovered.checkpoint.as_ref().map_or(0, |c| c.applied_index);
+    tracing::info!(
+        name = %flags.name,
+        data_dir = %data_dir.display(),
+        member = format_args!("{member:x}"),
+        cluster = format_args!("{cluster:x}"),
+        shards = shard_count,
+        checkpoint_index,
+        "starting rivet"
+    );
+
+    let signals = block_stop_signals();
+    let (command_tx, command_rx) = async_channel::bounded(limits::RAFT_COMMAND_QUEUE);
+    let (ack_tx, ack_rx) = async_channel::bounded(limits::SHARD_ACK_QUEUE);
+    let (restore_tx, restore_rx) = async_channel::bounded(limits::RESTORE_QUEUE_CHUNKS);
+    let (apply_txs, apply_rxs): (Vec<_>, Vec<_>) = (0..shard_count)
+        .map(|_| async_channel::bounded(limits::APPLY_QUEUE_BATCHES))
+        .unzip();
+    let (peer_txs, peer_rxs): (Vec<_>, Vec<_>) = (0..shard_count)
+        .map(|_| async_channel::bounded(limits::SHARD_REQUEST_QUEUE))
+        .unzip();
+    let (fatal_tx, fatal_rx) = std::sync::mpsc::channel::<String>();
+
+    let raft_cpu = cpu_ids[0];
+    let raft_shared = Arc::clone(&shared);
+    let raft_fatal = fatal_tx.clone();
+    let raft_thread = std::thread::Builder::new()
+        .name("raft".into())
+        .spawn(move || {
+            core_affinity::set_for_current(core_affinity::CoreId { id: raft_cpu });
+            let runtime = match tokio::runtime::Builder::new_current_thread().enable_time().build() {
+                Ok(runtime) => runtime,
+                Err(e) => {
+                    let _ = raft_fatal.send(format!("raft core runtime: {e}"));
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                match RaftCore::start(raft_config, recovered, raft_shared, apply_txs, restore_rx).await {
+                    Ok(core) => core.run(command_rx, ack_rx).await,
+                    Err(e) => {
+                        let _ = raft_fatal.send(format!("raft core: {e}"));
+                    }
+                }
+            });
+        })?;
+
+    let mut executors = Vec::with_capacity(shard_count);
+    for (id, (apply_rx, peer_rx)) in apply_rxs.into_iter().zip(peer_rxs).enumerate() {
+        let cpu = cpu_ids[(1 + id) % cpu_ids.len()];
+        let shard_dir = snap_dir.join(format!("shard-{id}"));
+        let shared = Arc::clone(&shared);
+        let raft = command_tx.clone();
+        let peers = peer_txs.clone();
+        let acks = ack_tx.clone();
+        let restore = restore_tx.clone();
+        let addresses = addresses.clone();
+        let fatal = fatal_tx.clone();
+        let max_txn_ops = flags.max_txn_ops;
+        let max_request_bytes = flags.max_request_bytes;
+        let executor = LocalExecutorBuilder::new(Placement::Fixed(cpu))
+            .name(&format!("shard-{id}"))
+            .io_memory(limits::GLOMMIO_IO_MEMORY_BYTES)
+            .spawn(move || async move {
+                let shard = match Shard::open(&shard_dir, id, checkpoint_index, PageOptions::default()) {
+                    Ok(shard) => shard,
+                    Err(e) => {
+                        let _ = fatal.send(e.to_string());
+                        return;
+                    }
+                };
+                let core = Rc::new(ShardCore {
+                    id,
+                    shard_count,
+                    shard: std::cell::RefCell::new(shard),
+                    raft,
+                    peers,
+                    shared,
+                    max_txn_ops,
+                });
+                core.send_restore(&restore).await;
+                drop(restore);
+                let apply = glommio::spawn_local(Rc::clone(&core).run_apply(apply_rx, acks));
+                glommio::spawn_local(Rc::clone(&core).serve_peers(peer_rx)).detach();
+                for address in addresses {
+                    match TcpListener::bind(address) {
+                        Ok(listener) => {
+                            glommio::spawn_local(accept_loop(listener, Rc::clone(&core), max_request_bytes))
+                                .detach();
+                        }
+                        Err(e) => {
+                            let _ = fatal.send(format!("cannot listen on {address}: {e}"));
+                            return;
+                        }
+                    }
+                }
+                // Runs until the raft core closes the apply stream at shutdown.
+                apply.await;
+            })
+            .map_err(|e| anyhow!("cannot start shard core {id} on cpu {cpu}: {e}"))?;
+        executors.push(executor);
+    }
+    drop(restore_tx);
+    drop(ack_tx);
+    drop(fatal_tx);
+    for address in &addresses {
+        tracing::info!("ready to serve client requests; serving insecure client requests on {address}");
+    }
+
+    // Wait for a stop signal, or for a core to fail.
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<Result<i32, String>>();
+    let signal_stop = stop_tx.clone();
+    std::thread::spawn(move || {
+        let signal = wait_for_stop_signal(&signals);
+        let _ = signal_stop.send(Ok(signal));
+    });
+    std::thread::spawn(move || {
+        if let Ok(reason) = fatal_rx.recv() {
+            let _ = stop_tx.send(Err(reason));
+        }
+    });
+    match stop_rx.recv() {
+        Ok(Ok(signal)) => {
+            tracing::info!(signal, "received a stop signal; checkpointing and stopping");
+            let (done_tx, done_rx) = futures::channel::oneshot::channel();
+            if command_tx
+                .send_blocking(RaftCommand::Shutdown { done: done_tx })
+                .is_ok()
+            {
+                let _ = futures::executor::block_on(done_rx);
+            }
+            let _ = raft_thread.join();
+            tracing::info!("stopped");
+            Ok(())
+        }
+        Ok(Err(reason)) => Err(anyhow!(reason)),
+        Err(_) => Err(anyhow!("all cores stopped")),
+    }
+}
+
+async fn accept_loop(listener: TcpListener, core: Rc<ShardCore>, max_request_bytes: usize) {
+    let handle = CoreHandle::new(Rc::clone(&core), REQUEST_TIMEOUT);
+    let decode_limit = max_request_bytes + GRPC_OVERHEAD_BYTES;
+    let routes = tonic::service::Routes::new(
+        KvServer::new(KvService(handle.clone()))
+            .max_decoding_message_size(decode_limit)
+            .max_encoding_message_size(usize::MAX),
+    )
+    .add_service(
+        MaintenanceServer::new(MaintenanceService(handle.clone()))
+            .max_decoding_message_size(decode_limit)
+            .max_encoding_message_size(usize::MAX),
+    );
+    let service = ClientService {
+        grpc: routes,
+        core: send_wrapper::SendWrapper::new(core),
+    };
+    loop {
+        let stream = match listener.accept().await {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::warn!("accept failed: {e}");
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(service.clone());
+        let queue = glommio::executor().current_task_queue();
+        let connection = async move {
+            let mut builder = auto::Builder::new(GlommioExecutor);
+            // Never cap concurrent streams low: proxies multiplex many (etcd lesson 34).
+            builder.http2().max_concurrent_streams(u32::MAX);
+            if let Err(e) = builder.serve_connection(GlommioIo(stream), service).await {
+                tracing::debug!("client connection ended: {e}");
+            }
+        };
+        match glommio::spawn_local_into(connection, queue) {
+            Ok(task) => task.detach(),
+            Err(e) => tracing::error!("cannot spawn a connection: {e}"),
+        };
+    }
+}

@@ -1,0 +1,161 @@
+//! The etcd v3 gRPC services, served on every shard core. Each handler hands the request
+//! to its core's `ShardCore`; the work runs on this core (the future never leaves it, so
+//! wrapping it in `SendWrapper` to satisfy tonic's `Send` bound is sound — `DESIGN.md` §3).
+
+use std::future::Future;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use futures::future::Either;
+use rivet_api::etcdserverpb::{
+    kv_server::Kv, maintenance_server::Maintenance, AlarmRequest, AlarmResponse,
+    CompactionRequest, CompactionResponse, DefragmentRequest, DefragmentResponse,
+    DeleteRangeRequest, DeleteRangeResponse, HashKvRequest, HashKvResponse, HashRequest,
+    HashResponse, MoveLeaderRequest, MoveLeaderResponse, PutRequest, PutResponse, RangeRequest,
+    RangeResponse, SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse,
+    TxnRequest, TxnResponse,
+};
+use rivet_engine::core::ShardCore;
+use rivet_engine::error::EtcdError;
+use send_wrapper::SendWrapper;
+use tonic::{Request, Response, Status};
+
+/// The etcd version whose API rivet implements; reported where etcd reports its own.
+pub const ETCD_VERSION: &str = "3.4.23";
+pub const ETCD_CLUSTER_VERSION: &str = "3.4.0";
+
+/// Waits at most `limit` for `work`, then answers etcd's "request timed out".
+async fn within<T>(limit: Duration, work: impl Future<Output = Result<T, EtcdError>>) -> Result<T, EtcdError> {
+    let work = std::pin::pin!(work);
+    let timer = std::pin::pin!(glommio::timer::sleep(limit));
+    match futures::future::select(work, timer).await {
+        Either::Left((result, _)) => result,
+        Either::Right(_) => Err(EtcdError::Timeout),
+    }
+}
+
+#[derive(Clone)]
+pub struct CoreHandle {
+    core: SendWrapper<Rc<ShardCore>>,
+    request_timeout: Duration,
+}
+
+impl CoreHandle {
+    pub fn new(core: Rc<ShardCore>, request_timeout: Duration) -> CoreHandle {
+        CoreHandle {
+            core: SendWrapper::new(core),
+            request_timeout,
+        }
+    }
+
+    pub fn core(&self) -> Rc<ShardCore> {
+        Rc::clone(&self.core)
+    }
+
+    /// Runs `f` on this core with the request timeout, as a `Send` future.
+    async fn run<T, F, Fut>(&self, f: F) -> Result<Response<T>, Status>
+    where
+        F: FnOnce(Rc<ShardCore>) -> Fut,
+        Fut: Future<Output = Result<T, EtcdError>>,
+    {
+        let core = self.core();
+        let limit = self.request_timeout;
+        let work = SendWrapper::new(within(limit, f(core)));
+        work.await.map(Response::new).map_err(Status::from)
+    }
+}
+
+pub struct KvService(pub CoreHandle);
+
+#[tonic::async_trait]
+impl Kv for KvService {
+    async fn range(&self, request: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
+        let request = request.into_inner();
+        self.0.run(|core| async move { core.range(request).await }).await
+    }
+
+    async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let request = request.into_inner();
+        self.0.run(|core| async move { core.put(request).await }).await
+    }
+
+    async fn delete_range(
+        &self,
+        request: Request<DeleteRangeRequest>,
+    ) -> Result<Response<DeleteRangeResponse>, Status> {
+        let request = request.into_inner();
+        self.0.run(|core| async move { core.delete_range(request).await }).await
+    }
+
+    async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        let request = request.into_inner();
+        self.0.run(|core| async move { core.txn(request).await }).await
+    }
+
+    async fn compact(
+        &self,
+        request: Request<CompactionRequest>,
+    ) -> Result<Response<CompactionResponse>, Status> {
+        let request = request.into_inner();
+        self.0.run(|core| async move { core.compact(request).await }).await
+    }
+}
+
+pub struct MaintenanceService(pub CoreHandle);
+
+fn not_yet(method: &str) -> Status {
+    Status::unimplemented(format!("rivet does not implement Maintenance.{method} yet"))
+}
+
+#[tonic::async_trait]
+impl Maintenance for MaintenanceService {
+    async fn alarm(&self, _: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
+        Err(not_yet("Alarm"))
+    }
+
+    async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+        self.0
+            .run(|core| async move {
+                let raft = core.raft_status().await?;
+                let db_size = core.db_size_bytes().await as i64;
+                let revision = core.shared.applied_revision.load(Ordering::Acquire);
+                Ok(StatusResponse {
+                    header: Some(core.header(revision)),
+                    version: ETCD_VERSION.to_string(),
+                    db_size,
+                    leader: raft.leader,
+                    raft_index: raft.last_index,
+                    raft_term: raft.term,
+                    raft_applied_index: raft.applied_index,
+                    errors: Vec::new(),
+                    db_size_in_use: db_size,
+                    is_learner: false,
+                })
+            })
+            .await
+    }
+
+    async fn defragment(&self, _: Request<DefragmentRequest>) -> Result<Response<DefragmentResponse>, Status> {
+        Err(not_yet("Defragment"))
+    }
+
+    async fn hash(&self, _: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        Err(not_yet("Hash"))
+    }
+
+    async fn hash_kv(&self, _: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
+        Err(not_yet("HashKV"))
+    }
+
+    type SnapshotStream =
+        futures::stream::BoxStream<'static, Result<SnapshotResponse, Status>>;
+
+    async fn snapshot(&self, _: Request<SnapshotRequest>) -> Result<Response<Self::SnapshotStream>, Status> {
+        Err(not_yet("Snapshot"))
+    }
+
+    async fn move_leader(&self, _: Request<MoveLeaderRequest>) -> Result<Response<MoveLeaderResponse>, Status> {
+        Err(not_yet("MoveLeader"))
+    }
+}
