@@ -45,3 +45,63 @@ pub const RESTORE_CHUNK_KEYS: usize = 4096;
 /// glommio's registered I/O buffer per executor. Three rings per executor must fit the
 /// memlock limit when not running as root (`ulimit -l`, 8 MiB here): 2 MiB each.
 pub const GLOMMIO_IO_MEMORY_BYTES: usize = 2 * 1024 * 1024;
+
+// ---- Storage: page files and the index ------------------------------------------------
+
+
+/// The size of one page-file segment unless the shard is configured otherwise.
+///
+/// Why 64 MiB: large enough that rollover (create, `fallocate`, `mmap`, one `mprotect`)
+/// happens rarely — about every 500,000 small records — and small enough that a segment
+/// that defragmentation must rewrite, or a checkpoint that must `msync` a sealed segment,
+/// stays a bounded amount of I/O. Cost: one preallocated file of this size on disk and one
+/// mapping of this size in virtual memory (resident only as pages are touched).
+pub const SEGMENT_BYTES_DEFAULT: u32 = 64 * 1024 * 1024;
+
+/// The granularity of segment sizes: every segment file is a whole number of these.
+///
+/// Why 4 KiB: the page size of the machines we run on, so a mapping covers whole pages,
+/// `msync` ranges need no rounding beyond one page, and no mapped page extends past the
+/// end of the file (touching such a page raises `SIGBUS`).
+pub const SEGMENT_ALIGNMENT_BYTES: u32 = 4096;
+
+/// The smallest segment a page file may be configured with.
+///
+/// Why one page: it holds the segment header and a few small records, which is what the
+/// tests want — with 4 KiB segments rollover runs every few dozen appends, so the cold
+/// path is exercised constantly. Smaller would make most records "oversized".
+pub const SEGMENT_BYTES_MIN: u32 = SEGMENT_ALIGNMENT_BYTES;
+
+/// The largest segment a page file may be configured with.
+///
+/// Why 1 GiB: record offsets in a `PagePtr` are `u32`, so no segment may exceed 4 GiB;
+/// 1 GiB keeps a wide margin and still makes rollover negligible. Cost: virtual address
+/// space only.
+pub const SEGMENT_BYTES_MAX: u32 = 1024 * 1024 * 1024;
+
+/// The largest page record (header + key + value), and so the largest key or value.
+///
+/// Why 1 GiB: far above anything etcd accepts (its `--max-request-bytes` defaults to
+/// 1.5 MiB and etcd warns above 10 MiB), so no request etcd would accept is refused here,
+/// while a record that gets a segment of its own (record + segment header, rounded up to
+/// [`SEGMENT_ALIGNMENT_BYTES`]) still fits the `u32` offsets and lengths of the format.
+/// Cost: none until such a record is written; then one segment file of its size.
+pub const RECORD_BYTES_MAX: u32 = 1024 * 1024 * 1024;
+
+/// The largest key the in-memory index accepts.
+///
+/// Why: a key must fit in one page record, and the index stores key lengths as `u32`.
+/// etcd itself has no separate key limit; its request size limit applies upstream.
+/// Cost: the key's bytes live on the heap for as long as any version of it is indexed.
+pub const KEY_BYTES_MAX: u32 = RECORD_BYTES_MAX;
+
+const _: () = assert!(SEGMENT_BYTES_DEFAULT % SEGMENT_ALIGNMENT_BYTES == 0);
+const _: () = assert!(SEGMENT_BYTES_MIN % SEGMENT_ALIGNMENT_BYTES == 0);
+const _: () = assert!(SEGMENT_BYTES_MAX % SEGMENT_ALIGNMENT_BYTES == 0);
+const _: () = assert!(SEGMENT_BYTES_MIN <= SEGMENT_BYTES_DEFAULT);
+const _: () = assert!(SEGMENT_BYTES_DEFAULT <= SEGMENT_BYTES_MAX);
+// A record that gets a segment of its own must still be addressable with u32 offsets:
+// header + record, rounded up to the alignment, must stay below 4 GiB.
+const _: () =
+    assert!((RECORD_BYTES_MAX as u64) + 2 * (SEGMENT_ALIGNMENT_BYTES as u64) < u32::MAX as u64);
+const _: () = assert!(KEY_BYTES_MAX <= RECORD_BYTES_MAX);
