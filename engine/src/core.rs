@@ -11,8 +11,8 @@ use std::sync::Arc;
 use futures::channel::oneshot;
 use rivet_api::etcdserverpb::{
     response_op, CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse,
-    PutRequest, PutResponse, RangeRequest, RangeResponse, ResponseHeader, ResponseOp,
-    TxnRequest, TxnResponse,
+    PutRequest, PutResponse, RangeRequest, RangeResponse, ResponseHeader, ResponseOp, TxnRequest,
+    TxnResponse,
 };
 use rivet_api::rivetpb::internal_request;
 
@@ -125,20 +125,29 @@ impl ShardCore {
         }
     }
 
-    async fn ask_raft<T>(&self, command: RaftCommand, reply: oneshot::Receiver<T>) -> Result<T, EtcdError> {
-        self.raft.send(command).await.map_err(|_| EtcdError::Stopped)?;
+    async fn ask_raft<T>(
+        &self,
+        command: RaftCommand,
+        reply: oneshot::Receiver<T>,
+    ) -> Result<T, EtcdError> {
+        self.raft
+            .send(command)
+            .await
+            .map_err(|_| EtcdError::Stopped)?;
         reply.await.map_err(|_| EtcdError::Stopped)
     }
 
     async fn propose(&self, request: internal_request::Request) -> Result<Reply, EtcdError> {
         let (reply, answer) = oneshot::channel();
-        self.ask_raft(RaftCommand::Propose { request, reply }, answer).await?
+        self.ask_raft(RaftCommand::Propose { request, reply }, answer)
+            .await?
     }
 
     /// A revision that reflects every write acknowledged before this call (ReadIndex).
     pub async fn read_index(&self) -> Result<ReadPoint, EtcdError> {
         let (reply, answer) = oneshot::channel();
-        self.ask_raft(RaftCommand::ReadIndex { reply }, answer).await?
+        self.ask_raft(RaftCommand::ReadIndex { reply }, answer)
+            .await?
     }
 
     pub async fn raft_status(&self) -> Result<RaftStatus, EtcdError> {
@@ -170,7 +179,11 @@ impl ShardCore {
     }
 
     /// Reads `part` from every shard in `shards` and merges the results.
-    async fn scatter(&self, shards: &[usize], part: RangePart) -> Result<RangePartResult, EtcdError> {
+    async fn scatter(
+        &self,
+        shards: &[usize],
+        part: RangePart,
+    ) -> Result<RangePartResult, EtcdError> {
         if let [only] = shards {
             if *only == self.id {
                 return self.shard.borrow().range(&part);
@@ -210,7 +223,11 @@ impl ShardCore {
     }
 
     /// A range read at `current` (the view's revision, reported in the header).
-    async fn range_at(&self, request: &RangeRequest, current: i64) -> Result<RangeResponse, EtcdError> {
+    async fn range_at(
+        &self,
+        request: &RangeRequest,
+        current: i64,
+    ) -> Result<RangeResponse, EtcdError> {
         let revision = resolve_revision(request.revision, current, -1)?;
         let part = RangePart::from_request(request, revision);
         let shards = self.shards_of(&request.key, &part.end);
@@ -238,7 +255,11 @@ impl ShardCore {
 
     pub async fn put(&self, request: PutRequest) -> Result<PutResponse, EtcdError> {
         check::check_put(&request)?;
-        match self.propose(internal_request::Request::Put(request)).await?.applied {
+        match self
+            .propose(internal_request::Request::Put(request))
+            .await?
+            .applied
+        {
             Applied::Put(mut response) => {
                 response.header = Some(self.header(revision_of(&response.header)));
                 Ok(response)
@@ -247,7 +268,10 @@ impl ShardCore {
         }
     }
 
-    pub async fn delete_range(&self, request: DeleteRangeRequest) -> Result<DeleteRangeResponse, EtcdError> {
+    pub async fn delete_range(
+        &self,
+        request: DeleteRangeRequest,
+    ) -> Result<DeleteRangeResponse, EtcdError> {
         check::check_delete(&request)?;
         match self
             .propose(internal_request::Request::DeleteRange(request))
@@ -277,7 +301,8 @@ impl ShardCore {
             )
             .await??
         } else {
-            self.propose(internal_request::Request::Txn(request)).await?
+            self.propose(internal_request::Request::Txn(request))
+                .await?
         };
         match reply.applied {
             Applied::Txn(mut response) => {
@@ -291,8 +316,14 @@ impl ShardCore {
         }
     }
 
-    async fn fill_historical(&self, response: &mut TxnResponse, historical: HistoricalRange) -> Result<(), EtcdError> {
-        let range = self.range_at(&historical.request, historical.header_revision).await?;
+    async fn fill_historical(
+        &self,
+        response: &mut TxnResponse,
+        historical: HistoricalRange,
+    ) -> Result<(), EtcdError> {
+        let range = self
+            .range_at(&historical.request, historical.header_revision)
+            .await?;
         let mut responses = &mut response.responses;
         let (last, walk) = historical
             .path
@@ -300,7 +331,9 @@ impl ShardCore {
             .ok_or_else(|| EtcdError::Internal("empty path".into()))?;
         for &i in walk {
             match responses.get_mut(i).and_then(|op| op.response.as_mut()) {
-                Some(response_op::Response::ResponseTxn(nested)) => responses = &mut nested.responses,
+                Some(response_op::Response::ResponseTxn(nested)) => {
+                    responses = &mut nested.responses
+                }
                 _ => return Err(EtcdError::Internal("bad historical range path".into())),
             }
         }
@@ -312,7 +345,10 @@ impl ShardCore {
         Ok(())
     }
 
-    pub async fn compact(&self, request: CompactionRequest) -> Result<CompactionResponse, EtcdError> {
+    pub async fn compact(
+        &self,
+        request: CompactionRequest,
+    ) -> Result<CompactionResponse, EtcdError> {
         match self
             .propose(internal_request::Request::Compaction(request))
             .await?

@@ -48,7 +48,6 @@ pub const GLOMMIO_IO_MEMORY_BYTES: usize = 2 * 1024 * 1024;
 
 // ---- Storage: page files and the index ------------------------------------------------
 
-
 /// The size of one page-file segment unless the shard is configured otherwise.
 ///
 /// Why 64 MiB: large enough that rollover (create, `fallocate`, `mmap`, one `mprotect`)

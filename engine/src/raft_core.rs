@@ -38,8 +38,8 @@ use crate::messages::{
     RestoreChunk, ShardAck,
 };
 use crate::sequencer::{Outcome, Sequencer};
-use crate::shared::Shared;
 use crate::shard::shard_of;
+use crate::shared::Shared;
 
 /// What the raft core needs to start.
 pub struct RaftCoreConfig {
@@ -110,13 +110,17 @@ pub fn open_wal(config: &RaftCoreConfig) -> Result<Recovered, StartError> {
     let (wal, recovery) =
         Wal::open(&config.wal_dir, options).map_err(|e| StartError::Wal(e.to_string()))?;
     if let Some(torn) = &recovery.torn_tail {
-        tracing::warn!(?torn, "WAL had a torn tail; it was cut (those writes were never acknowledged)");
+        tracing::warn!(
+            ?torn,
+            "WAL had a torn tail; it was cut (those writes were never acknowledged)"
+        );
     }
-    let metadata = WalMetadata::decode(recovery.metadata.as_slice()).map_err(|e| StartError::Decode {
-        what: "metadata",
-        index: 0,
-        reason: e.to_string(),
-    })?;
+    let metadata =
+        WalMetadata::decode(recovery.metadata.as_slice()).map_err(|e| StartError::Decode {
+            what: "metadata",
+            index: 0,
+            reason: e.to_string(),
+        })?;
     if metadata.member_id != config.member_id || metadata.cluster_id != config.cluster_id {
         return Err(StartError::Identity {
             dir: config.wal_dir.display().to_string(),
@@ -139,11 +143,13 @@ pub fn open_wal(config: &RaftCoreConfig) -> Result<Recovered, StartError> {
         match record.kind {
             RecordKind::Entry => {
                 let mut entry = Entry::default();
-                entry.merge_from_bytes(&record.payload).map_err(|e| StartError::Decode {
-                    what: "entry",
-                    index: record.index,
-                    reason: e.to_string(),
-                })?;
+                entry
+                    .merge_from_bytes(&record.payload)
+                    .map_err(|e| StartError::Decode {
+                        what: "entry",
+                        index: record.index,
+                        reason: e.to_string(),
+                    })?;
                 // A later entry at an index replaces that index and everything after it
                 // (a new leader overwrote an uncommitted tail).
                 while entries.last().is_some_and(|last| last.index >= entry.index) {
@@ -153,11 +159,13 @@ pub fn open_wal(config: &RaftCoreConfig) -> Result<Recovered, StartError> {
             }
             RecordKind::HardState => {
                 let mut state = HardState::default();
-                state.merge_from_bytes(&record.payload).map_err(|e| StartError::Decode {
-                    what: "hard state",
-                    index: record.index,
-                    reason: e.to_string(),
-                })?;
+                state
+                    .merge_from_bytes(&record.payload)
+                    .map_err(|e| StartError::Decode {
+                        what: "hard state",
+                        index: record.index,
+                        reason: e.to_string(),
+                    })?;
                 hard_state = state;
             }
             RecordKind::Snapshot => {
@@ -203,7 +211,10 @@ pub struct RaftCore {
     next_proposal_id: u64,
     /// Read requests of the current turn, not yet given a ReadIndex.
     reads_unsent: Vec<oneshot::Sender<Result<ReadPoint, EtcdError>>>,
-    read_only_txns_unsent: Vec<(rivet_api::etcdserverpb::TxnRequest, oneshot::Sender<Result<Reply, EtcdError>>)>,
+    read_only_txns_unsent: Vec<(
+        rivet_api::etcdserverpb::TxnRequest,
+        oneshot::Sender<Result<Reply, EtcdError>>,
+    )>,
     /// Read batches sent to raft, by ReadIndex context.
     reads_in_raft: HashMap<u64, ReadBatch>,
     next_read_context: u64,
@@ -229,7 +240,10 @@ pub struct RaftCore {
 #[derive(Default)]
 struct ReadBatch {
     reads: Vec<oneshot::Sender<Result<ReadPoint, EtcdError>>>,
-    txns: Vec<(rivet_api::etcdserverpb::TxnRequest, oneshot::Sender<Result<Reply, EtcdError>>)>,
+    txns: Vec<(
+        rivet_api::etcdserverpb::TxnRequest,
+        oneshot::Sender<Result<Reply, EtcdError>>,
+    )>,
 }
 
 /// Forwards raft-rs's slog records to tracing.
@@ -240,7 +254,9 @@ impl slog::Drain for TracingDrain {
     type Err = slog::Never;
     fn log(&self, record: &slog::Record<'_>, _: &slog::OwnedKVList) -> Result<(), slog::Never> {
         match record.level() {
-            slog::Level::Critical | slog::Level::Error => tracing::error!(target: "raft", "{}", record.msg()),
+            slog::Level::Critical | slog::Level::Error => {
+                tracing::error!(target: "raft", "{}", record.msg())
+            }
             slog::Level::Warning => tracing::warn!(target: "raft", "{}", record.msg()),
             slog::Level::Info => tracing::info!(target: "raft", "{}", record.msg()),
             _ => tracing::debug!(target: "raft", "{}", record.msg()),
@@ -327,17 +343,22 @@ impl RaftCore {
             check_quorum: true,
             ..Default::default()
         };
-        raft_config.validate().map_err(|e| StartError::Raft(e.to_string()))?;
+        raft_config
+            .validate()
+            .map_err(|e| StartError::Raft(e.to_string()))?;
         let logger = slog::Logger::root(slog::Fuse(TracingDrain), slog::o!());
-        let mut node =
-            RawNode::new(&raft_config, storage, &logger).map_err(|e| StartError::Raft(e.to_string()))?;
+        let mut node = RawNode::new(&raft_config, storage, &logger)
+            .map_err(|e| StartError::Raft(e.to_string()))?;
         // A single voter elects itself at once instead of waiting an election timeout.
         if node.raft.prs().conf().voters().ids().len() == 1 {
-            node.campaign().map_err(|e| StartError::Raft(e.to_string()))?;
+            node.campaign()
+                .map_err(|e| StartError::Raft(e.to_string()))?;
         }
         let shard_count = config.shard_count;
         shared.applied_revision.store(revision, Ordering::Release);
-        shared.compact_revision.store(compact_revision, Ordering::Release);
+        shared
+            .compact_revision
+            .store(compact_revision, Ordering::Release);
         Ok(RaftCore {
             config,
             node,
@@ -447,7 +468,8 @@ impl RaftCore {
         request: internal_request::Request,
         reply: oneshot::Sender<Result<Reply, EtcdError>>,
     ) {
-        if self.node.raft.state != StateRole::Leader && self.node.raft.leader_id == raft::INVALID_ID {
+        if self.node.raft.state != StateRole::Leader && self.node.raft.leader_id == raft::INVALID_ID
+        {
             let _ = reply.send(Err(EtcdError::NoLeader));
             return;
         }
@@ -503,7 +525,9 @@ impl RaftCore {
         self.acked[ack.shard] = self.acked[ack.shard].max(ack.index);
         self.shard_sizes[ack.shard] = ack.size_bytes;
         self.db_size_bytes = self.shard_sizes.iter().sum();
-        if let (Some(index), Some((request, done))) = (ack.checkpoint, &mut self.checkpoint_in_flight) {
+        if let (Some(index), Some((request, done))) =
+            (ack.checkpoint, &mut self.checkpoint_in_flight)
+        {
             if index == request.index {
                 done[ack.shard] = true;
             }
@@ -513,8 +537,17 @@ impl RaftCore {
 
     /// Answers everything whose index every shard has applied.
     fn release(&mut self) {
-        let all = self.acked.iter().copied().min().unwrap_or(self.applied_index);
-        while self.revisions.front().is_some_and(|(index, _)| *index <= all) {
+        let all = self
+            .acked
+            .iter()
+            .copied()
+            .min()
+            .unwrap_or(self.applied_index);
+        while self
+            .revisions
+            .front()
+            .is_some_and(|(index, _)| *index <= all)
+        {
             if let Some((_, revision)) = self.revisions.pop_front() {
                 self.all_applied_revision = revision;
             }
@@ -528,7 +561,11 @@ impl RaftCore {
                 let _ = w.reply.send(w.result);
             }
         }
-        while self.reads_waiting.front().is_some_and(|(index, _)| *index <= all) {
+        while self
+            .reads_waiting
+            .front()
+            .is_some_and(|(index, _)| *index <= all)
+        {
             if let Some((_, batch)) = self.reads_waiting.pop_front() {
                 let point = ReadPoint {
                     revision: self.all_applied_revision,
@@ -551,7 +588,9 @@ impl RaftCore {
         let outcome = self.sequencer.apply_txn(&request, |_| false);
         debug_assert!(outcome.mutations.is_empty());
         let result = reply_of(outcome);
-        if self.waiting.is_empty() && self.applied_index <= self.acked.iter().copied().min().unwrap_or(0) {
+        if self.waiting.is_empty()
+            && self.applied_index <= self.acked.iter().copied().min().unwrap_or(0)
+        {
             let _ = reply.send(result);
         } else {
             // Historical ranges are read from the shards: they must have caught up.
@@ -571,7 +610,10 @@ impl RaftCore {
         if let Some(soft) = ready.ss() {
             self.shared.leader.store(soft.leader_id, Ordering::Release);
             if soft.raft_state == StateRole::Leader {
-                tracing::info!(member = format_args!("{:x}", self.config.member_id), "became leader");
+                tracing::info!(
+                    member = format_args!("{:x}", self.config.member_id),
+                    "became leader"
+                );
             }
         }
         // Messages to peers: a single member has none (the cluster transport comes with
@@ -589,7 +631,11 @@ impl RaftCore {
         }
         let mut light = self.node.advance(ready);
         if let Some(commit) = light.commit_index() {
-            self.node.mut_store().wl().mut_hard_state().set_commit(commit);
+            self.node
+                .mut_store()
+                .wl()
+                .mut_hard_state()
+                .set_commit(commit);
         }
         drop(light.take_messages());
         let committed = light.take_committed_entries();
@@ -611,7 +657,10 @@ impl RaftCore {
         }
         let mut encoded: Vec<(u64, Vec<u8>)> = Vec::with_capacity(entries.len() + 1);
         for entry in entries {
-            encoded.push((entry.index, entry.write_to_bytes().map_err(|e| e.to_string())?));
+            encoded.push((
+                entry.index,
+                entry.write_to_bytes().map_err(|e| e.to_string())?,
+            ));
         }
         let hard_state_bytes = match hard_state {
             Some(hs) => Some(hs.write_to_bytes().map_err(|e| e.to_string())?),
@@ -689,15 +738,25 @@ impl RaftCore {
                 }
             };
             let mut outcome = match &request.request {
-                Some(internal_request::Request::Put(put)) => self.sequencer.apply_put(put, |_| false),
-                Some(internal_request::Request::DeleteRange(delete)) => self.sequencer.apply_delete(delete),
-                Some(internal_request::Request::Txn(txn)) => self.sequencer.apply_txn(txn, |_| false),
-                Some(internal_request::Request::Compaction(c)) => self.sequencer.apply_compaction(c),
+                Some(internal_request::Request::Put(put)) => {
+                    self.sequencer.apply_put(put, |_| false)
+                }
+                Some(internal_request::Request::DeleteRange(delete)) => {
+                    self.sequencer.apply_delete(delete)
+                }
+                Some(internal_request::Request::Txn(txn)) => {
+                    self.sequencer.apply_txn(txn, |_| false)
+                }
+                Some(internal_request::Request::Compaction(c)) => {
+                    self.sequencer.apply_compaction(c)
+                }
                 None => Outcome::default(),
             };
             if let Some(revision) = outcome.compaction {
                 compaction = Some(revision);
-                self.shared.compact_revision.store(revision, Ordering::Release);
+                self.shared
+                    .compact_revision
+                    .store(revision, Ordering::Release);
             }
             for mutation in std::mem::take(&mut outcome.mutations) {
                 let shard = shard_of(mutation.key(), self.config.shard_count);
@@ -777,7 +836,10 @@ impl RaftCore {
             term: request.term,
             revision: request.revision,
             compact_revision: request.compact_revision,
-            conf_state: conf_state.write_to_bytes().map_err(|e| e.to_string())?,
+            conf_state: conf_state
+                .write_to_bytes()
+                .map_err(|e| e.to_string())?
+                .into(),
         };
         let payload = marker.encode_to_vec();
         self.wal
@@ -789,14 +851,20 @@ impl RaftCore {
             .map_err(|e| e.to_string())?;
         self.checkpoint_index = request.index;
         // Keep a tail of entries for followers that lag a little (etcd keeps 5000).
-        let keep_from = request.index.saturating_sub(limits::RAFT_LOG_KEPT_AFTER_CHECKPOINT);
-        if keep_from > self.node.store().rl().first_index().unwrap_or(1) {
+        let keep_from = request
+            .index
+            .saturating_sub(limits::RAFT_LOG_KEPT_AFTER_CHECKPOINT);
+        if keep_from > raft::Storage::first_index(self.node.store()).unwrap_or(1) {
             let _ = self.node.mut_store().wl().compact(keep_from);
         }
         self.wal
             .release_before(keep_from)
             .map_err(|e| e.to_string())?;
-        tracing::info!(index = request.index, revision = request.revision, "checkpoint recorded");
+        tracing::info!(
+            index = request.index,
+            revision = request.revision,
+            "checkpoint recorded"
+        );
         Ok(())
     }
 
@@ -819,7 +887,6 @@ impl RaftCore {
             let _ = done.send(());
         }
     }
-
 }
 
 fn reply_of(outcome: Outcome) -> Result<Reply, EtcdError> {

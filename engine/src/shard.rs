@@ -124,7 +124,10 @@ impl Shard {
                         value: Bytes::copy_from_slice(view.value.unwrap_or_default()),
                     },
                 ),
-                Err(e) => panic!("shard {}: index points at an unreadable record: {e}", self.id),
+                Err(e) => panic!(
+                    "shard {}: index points at an unreadable record: {e}",
+                    self.id
+                ),
             }
         }
     }
@@ -195,7 +198,10 @@ impl Shard {
         }
         debug_assert!(part.revision <= self.revision);
         let mut result = RangePartResult::default();
-        for (key, _, ptr) in self.index.range(&part.key, index_end(&part.end), part.revision) {
+        for (key, _, ptr) in self
+            .index
+            .range(&part.key, index_end(&part.end), part.revision)
+        {
             result.count += 1;
             if part.count_only || (part.limit != 0 && result.kvs.len() >= part.limit) {
                 continue;

@@ -24,22 +24,42 @@ pub struct Flags {
     #[arg(long = "wal-dir", env = "ETCD_WAL_DIR")]
     pub wal_dir: Option<PathBuf>,
     /// List of URLs to listen on for client traffic (comma-separated).
-    #[arg(long = "listen-client-urls", env = "ETCD_LISTEN_CLIENT_URLS", default_value = "http://localhost:2379")]
+    #[arg(
+        long = "listen-client-urls",
+        env = "ETCD_LISTEN_CLIENT_URLS",
+        default_value = "http://localhost:2379"
+    )]
     pub listen_client_urls: String,
     /// List of this member's client URLs to advertise to the public.
-    #[arg(long = "advertise-client-urls", env = "ETCD_ADVERTISE_CLIENT_URLS", default_value = "http://localhost:2379")]
+    #[arg(
+        long = "advertise-client-urls",
+        env = "ETCD_ADVERTISE_CLIENT_URLS",
+        default_value = "http://localhost:2379"
+    )]
     pub advertise_client_urls: String,
     /// Maximum client request size in bytes the server will accept.
-    #[arg(long = "max-request-bytes", env = "ETCD_MAX_REQUEST_BYTES", default_value_t = 1_572_864)]
+    #[arg(
+        long = "max-request-bytes",
+        env = "ETCD_MAX_REQUEST_BYTES",
+        default_value_t = 1_572_864
+    )]
     pub max_request_bytes: usize,
     /// Maximum number of operations permitted in a transaction.
     #[arg(long = "max-txn-ops", env = "ETCD_MAX_TXN_OPS", default_value_t = 128)]
     pub max_txn_ops: usize,
     /// Raise alarms when backend size exceeds the given quota (0 defaults to low space quota).
-    #[arg(long = "quota-backend-bytes", env = "ETCD_QUOTA_BACKEND_BYTES", default_value_t = 0)]
+    #[arg(
+        long = "quota-backend-bytes",
+        env = "ETCD_QUOTA_BACKEND_BYTES",
+        default_value_t = 0
+    )]
     pub quota_backend_bytes: u64,
     /// Number of committed transactions to trigger a snapshot (a checkpoint of every shard).
-    #[arg(long = "snapshot-count", env = "ETCD_SNAPSHOT_COUNT", default_value_t = 100_000)]
+    #[arg(
+        long = "snapshot-count",
+        env = "ETCD_SNAPSHOT_COUNT",
+        default_value_t = 100_000
+    )]
     pub snapshot_count: u64,
     /// Configures log level. Only supports debug, info, warn, error, panic, or fatal.
     #[arg(long = "log-level", env = "ETCD_LOG_LEVEL", default_value = "info")]
@@ -153,7 +173,8 @@ mod tests {
 
     #[test]
     fn single_dash_flags_are_accepted() {
-        let args = normalize_args(["rivet", "-name", "x", "--data-dir", "d", "-h"].map(String::from));
+        let args =
+            normalize_args(["rivet", "-name", "x", "--data-dir", "d", "-h"].map(String::from));
         assert_eq!(args, ["rivet", "--name", "x", "--data-dir", "d", "-h"]);
     }
 }

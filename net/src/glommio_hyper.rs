@@ -42,7 +42,11 @@ impl hyper::rt::Read for GlommioIo {
 }
 
 impl hyper::rt::Write for GlommioIo {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.0).poll_write(cx, buf)
     }
 
@@ -67,7 +71,9 @@ where
     fn execute(&self, future: F) {
         let queue = glommio::executor().current_task_queue();
         match glommio::spawn_local_into(future, queue) {
-            Ok(task) => task.detach(),
+            Ok(task) => {
+                task.detach();
+            }
             Err(e) => tracing::error!("cannot spawn a connection task: {e}"),
         }
     }

@@ -77,7 +77,8 @@ pub struct ClientService {
 impl Service<Request<hyper::body::Incoming>> for ClientService {
     type Response = Response<Body>;
     type Error = Infallible;
-    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response<Body>, Infallible>>>>;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response<Body>, Infallible>>>>;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         Poll::Ready(Ok(()))
@@ -94,7 +95,11 @@ impl Service<Request<hyper::body::Incoming>> for ClientService {
             Ok(match path.as_str() {
                 "/health" => health(core).await,
                 "/version" => version(),
-                _ => text(StatusCode::NOT_FOUND, "text/plain; charset=utf-8", "404 page not found\n".into()),
+                _ => text(
+                    StatusCode::NOT_FOUND,
+                    "text/plain; charset=utf-8",
+                    "404 page not found\n".into(),
+                ),
             })
         })
     }

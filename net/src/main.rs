@@ -52,6 +52,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter)),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     for (name, value) in std::env::vars() {
         if name.starts_with("ETCD_") && !KNOWN_ENV.contains(&name.as_str()) {

@@ -72,7 +72,8 @@ pub fn run(flags: Flags) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| data_dir.join("member").join("wal"));
     let snap_dir = data_dir.join("member").join("snap");
-    std::fs::create_dir_all(&snap_dir).with_context(|| format!("creating {}", snap_dir.display()))?;
+    std::fs::create_dir_all(&snap_dir)
+        .with_context(|| format!("creating {}", snap_dir.display()))?;
     let addresses = listen_addresses(&flags.listen_client_urls)?;
     if addresses.is_empty() {
         return Err(anyhow!("--listen-client-urls is empty"));
@@ -83,7 +84,10 @@ pub fn run(flags: Flags) -> anyhow::Result<()> {
     } else {
         cpus.iter().map(|c| c.id).collect()
     };
-    let shard_count = flags.shards.unwrap_or(cpu_ids.len().saturating_sub(1)).max(1);
+    let shard_count = flags
+        .shards
+        .unwrap_or(cpu_ids.len().saturating_sub(1))
+        .max(1);
 
     let member = member_id(&[DEFAULT_PEER_URL], DEFAULT_CLUSTER_TOKEN);
     let cluster = cluster_id(&[member]);
@@ -134,7 +138,10 @@ pub fn run(flags: Flags) -> anyhow::Result<()> {
         .name("raft".into())
         .spawn(move || {
             core_affinity::set_for_current(core_affinity::CoreId { id: raft_cpu });
-            let runtime = match tokio::runtime::Builder::new_current_thread().enable_time().build() {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+            {
                 Ok(runtime) => runtime,
                 Err(e) => {
                     let _ = raft_fatal.send(format!("raft core runtime: {e}"));
@@ -142,7 +149,9 @@ pub fn run(flags: Flags) -> anyhow::Result<()> {
                 }
             };
             runtime.block_on(async move {
-                match RaftCore::start(raft_config, recovered, raft_shared, apply_txs, restore_rx).await {
+                match RaftCore::start(raft_config, recovered, raft_shared, apply_txs, restore_rx)
+                    .await
+                {
                     Ok(core) => core.run(command_rx, ack_rx).await,
                     Err(e) => {
                         let _ = raft_fatal.send(format!("raft core: {e}"));
@@ -191,6 +200,11 @@ pub fn run(flags: Flags) -> anyhow::Result<()> {
                 for address in addresses {
                     match TcpListener::bind(address) {
                         Ok(listener) => {
+                            if id == 0 {
+                                tracing::info!(
+                                    "ready to serve client requests; serving insecure client requests on {address}"
+                                );
+                            }
                             glommio::spawn_local(accept_loop(listener, Rc::clone(&core), max_request_bytes))
                                 .detach();
                         }
@@ -209,9 +223,6 @@ pub fn run(flags: Flags) -> anyhow::Result<()> {
     drop(restore_tx);
     drop(ack_tx);
     drop(fatal_tx);
-    for address in &addresses {
-        tracing::info!("ready to serve client requests; serving insecure client requests on {address}");
-    }
 
     // Wait for a stop signal, or for a core to fail.
     let (stop_tx, stop_rx) = std::sync::mpsc::channel::<Result<i32, String>>();
@@ -282,7 +293,9 @@ async fn accept_loop(listener: TcpListener, core: Rc<ShardCore>, max_request_byt
             }
         };
         match glommio::spawn_local_into(connection, queue) {
-            Ok(task) => task.detach(),
+            Ok(task) => {
+                task.detach();
+            }
             Err(e) => tracing::error!("cannot spawn a connection: {e}"),
         };
     }

@@ -9,12 +9,11 @@ use std::time::Duration;
 
 use futures::future::Either;
 use rivet_api::etcdserverpb::{
-    kv_server::Kv, maintenance_server::Maintenance, AlarmRequest, AlarmResponse,
-    CompactionRequest, CompactionResponse, DefragmentRequest, DefragmentResponse,
-    DeleteRangeRequest, DeleteRangeResponse, HashKvRequest, HashKvResponse, HashRequest,
-    HashResponse, MoveLeaderRequest, MoveLeaderResponse, PutRequest, PutResponse, RangeRequest,
-    RangeResponse, SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse,
-    TxnRequest, TxnResponse,
+    kv_server::Kv, maintenance_server::Maintenance, AlarmRequest, AlarmResponse, CompactionRequest,
+    CompactionResponse, DefragmentRequest, DefragmentResponse, DeleteRangeRequest,
+    DeleteRangeResponse, HashKvRequest, HashKvResponse, HashRequest, HashResponse,
+    MoveLeaderRequest, MoveLeaderResponse, PutRequest, PutResponse, RangeRequest, RangeResponse,
+    SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse, TxnRequest, TxnResponse,
 };
 use rivet_engine::core::ShardCore;
 use rivet_engine::error::EtcdError;
@@ -26,7 +25,10 @@ pub const ETCD_VERSION: &str = "3.4.23";
 pub const ETCD_CLUSTER_VERSION: &str = "3.4.0";
 
 /// Waits at most `limit` for `work`, then answers etcd's "request timed out".
-async fn within<T>(limit: Duration, work: impl Future<Output = Result<T, EtcdError>>) -> Result<T, EtcdError> {
+async fn within<T>(
+    limit: Duration,
+    work: impl Future<Output = Result<T, EtcdError>>,
+) -> Result<T, EtcdError> {
     let work = std::pin::pin!(work);
     let timer = std::pin::pin!(glommio::timer::sleep(limit));
     match futures::future::select(work, timer).await {
@@ -70,14 +72,21 @@ pub struct KvService(pub CoreHandle);
 
 #[tonic::async_trait]
 impl Kv for KvService {
-    async fn range(&self, request: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
+    async fn range(
+        &self,
+        request: Request<RangeRequest>,
+    ) -> Result<Response<RangeResponse>, Status> {
         let request = request.into_inner();
-        self.0.run(|core| async move { core.range(request).await }).await
+        self.0
+            .run(|core| async move { core.range(request).await })
+            .await
     }
 
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
         let request = request.into_inner();
-        self.0.run(|core| async move { core.put(request).await }).await
+        self.0
+            .run(|core| async move { core.put(request).await })
+            .await
     }
 
     async fn delete_range(
@@ -85,12 +94,16 @@ impl Kv for KvService {
         request: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
         let request = request.into_inner();
-        self.0.run(|core| async move { core.delete_range(request).await }).await
+        self.0
+            .run(|core| async move { core.delete_range(request).await })
+            .await
     }
 
     async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
         let request = request.into_inner();
-        self.0.run(|core| async move { core.txn(request).await }).await
+        self.0
+            .run(|core| async move { core.txn(request).await })
+            .await
     }
 
     async fn compact(
@@ -98,7 +111,9 @@ impl Kv for KvService {
         request: Request<CompactionRequest>,
     ) -> Result<Response<CompactionResponse>, Status> {
         let request = request.into_inner();
-        self.0.run(|core| async move { core.compact(request).await }).await
+        self.0
+            .run(|core| async move { core.compact(request).await })
+            .await
     }
 }
 
@@ -136,7 +151,10 @@ impl Maintenance for MaintenanceService {
             .await
     }
 
-    async fn defragment(&self, _: Request<DefragmentRequest>) -> Result<Response<DefragmentResponse>, Status> {
+    async fn defragment(
+        &self,
+        _: Request<DefragmentRequest>,
+    ) -> Result<Response<DefragmentResponse>, Status> {
         Err(not_yet("Defragment"))
     }
 
@@ -148,14 +166,19 @@ impl Maintenance for MaintenanceService {
         Err(not_yet("HashKV"))
     }
 
-    type SnapshotStream =
-        futures::stream::BoxStream<'static, Result<SnapshotResponse, Status>>;
+    type SnapshotStream = futures::stream::BoxStream<'static, Result<SnapshotResponse, Status>>;
 
-    async fn snapshot(&self, _: Request<SnapshotRequest>) -> Result<Response<Self::SnapshotStream>, Status> {
+    async fn snapshot(
+        &self,
+        _: Request<SnapshotRequest>,
+    ) -> Result<Response<Self::SnapshotStream>, Status> {
         Err(not_yet("Snapshot"))
     }
 
-    async fn move_leader(&self, _: Request<MoveLeaderRequest>) -> Result<Response<MoveLeaderResponse>, Status> {
+    async fn move_leader(
+        &self,
+        _: Request<MoveLeaderRequest>,
+    ) -> Result<Response<MoveLeaderResponse>, Status> {
         Err(not_yet("MoveLeader"))
     }
 }
