@@ -1,1 +1,0 @@
-//! rivet-bench (being written).
