@@ -43,6 +43,12 @@ pub struct Wal {
     poisoned: bool,
 }
 
+// The raft core owns its `Wal`; it may be created on one thread and moved to the core.
+const _: () = {
+    const fn assert_send<T: Send>() {}
+    assert_send::<Wal>();
+};
+
 struct ActiveSegment {
     file: File,
     path: PathBuf,

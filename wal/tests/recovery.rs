@@ -90,7 +90,7 @@ fn torn_tail_cut_mid_record_is_truncated() {
     bytes[last as usize + 30..end as usize].fill(0);
     fs::write(&segment, &bytes).unwrap();
 
-    let (_wal, recovery) = open(dir.path(), ROOMY);
+    let ((_wal, recovery), warnings) = capture_warnings(|| open(dir.path(), ROOMY));
     assert_eq!(recovery.records, written[..written.len() - 1]);
     let torn = recovery.torn_tail.expect("torn tail reported");
     assert_eq!(
@@ -102,6 +102,20 @@ fn torn_tail_cut_mid_record_is_truncated() {
         "cut {} bytes",
         torn.bytes
     );
+    // The warning says exactly what was cut.
+    let [warning] = &warnings[..] else {
+        panic!("expected one warning, got {warnings:?}")
+    };
+    for expected in [
+        format!("file={}", segment.display()),
+        format!("offset={last} "),
+        format!("bytes={} ", torn.bytes),
+    ] {
+        assert!(
+            warning.contains(&expected),
+            "warning {warning:?} lacks {expected:?}"
+        );
+    }
     let repaired = fs::read(&segment).unwrap();
     assert_eq!(
         repaired.len() as u64,
