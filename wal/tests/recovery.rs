@@ -571,3 +571,17 @@ fn leftover_temporary_segment_is_removed() {
     assert_eq!(recovery.records, written);
     assert!(!leftover.exists());
 }
+
+#[test]
+fn metadata_larger_than_a_segment_and_extreme_indexes() {
+    let dir = tempfile::tempdir().unwrap();
+    let metadata = vec![0x6d; 10_000];
+    let mut wal = Wal::create(dir.path(), &metadata, TINY).unwrap();
+    append(&mut wal, &[entry(u64::MAX, b"last possible index")]);
+    // Rollover after an Entry at u64::MAX: the next segment's first index saturates.
+    append(&mut wal, &[entry(5, &[1; 4000])]);
+    drop(wal);
+    let (_wal, recovery) = open(dir.path(), TINY);
+    assert_eq!(recovery.metadata, metadata);
+    assert_eq!(recovery.records.len(), 2);
+}
