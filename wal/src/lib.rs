@@ -3,7 +3,7 @@
 //!
 //! The WAL knows nothing about raft: records are a kind, an index and opaque bytes. The
 //! byte-level format is specified in `docs/format/wal.md` and, identically, by the
-//! constants at the top of [`format`].
+//! constants at the top of [`mod@format`].
 //!
 //! # Files
 //!

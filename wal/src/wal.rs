@@ -43,6 +43,12 @@ pub struct Wal {
     poisoned: bool,
 }
 
+// The raft core owns its `Wal`; it may be created on one thread and moved to the core.
+const _: () = {
+    const fn assert_send<T: Send>() {}
+    assert_send::<Wal>();
+};
+
 struct ActiveSegment {
     file: File,
     path: PathBuf,
@@ -73,8 +79,13 @@ fn check_options(options: &WalOptions) -> Result<(), OptionsError> {
     Ok(())
 }
 
-fn round_up_to_page(bytes: u64) -> u64 {
-    bytes.div_ceil(PAGE_BYTES) * PAGE_BYTES
+/// The size of a new segment: `options.segment_bytes`, or more (in whole pages) when the
+/// header with its carried copies plus the batch that triggered it do not fit in that.
+fn segment_bytes_for(options: &WalOptions, header: &SegmentHeader<'_>, batch_bytes: u64) -> u64 {
+    let needed = format::segment_header_record_bytes(header) as u64 + batch_bytes;
+    options
+        .segment_bytes
+        .max(needed.div_ceil(PAGE_BYTES) * PAGE_BYTES)
 }
 
 impl Wal {
@@ -119,15 +130,16 @@ impl Wal {
         }
         let mut ring = Ring::new().map_err(|e| IoError::new("io_uring setup", dir, e))?;
         let mut buf = Vec::new();
-        let header = SegmentHeader {
+        let mut header = SegmentHeader {
             sequence: 0,
             first_index: 1,
-            segment_bytes: options.segment_bytes,
+            segment_bytes: 0,
             chain_seed: 0,
             metadata,
             hard_state: None,
             snapshot: None,
         };
+        header.segment_bytes = segment_bytes_for(&options, &header, 0);
         let created = write_segment_file(&mut ring, dir, &directory, &mut buf, &header).map_err(
             |failure| {
                 if failure.buffer_in_flight {
@@ -415,7 +427,7 @@ impl Wal {
     fn create_segment(&mut self, sequence: u64, batch_bytes: u64) -> Result<(), AppendError> {
         let mut header = SegmentHeader {
             sequence,
-            first_index: self.entry_index_last + 1,
+            first_index: self.entry_index_last.saturating_add(1),
             segment_bytes: 0,
             chain_seed: self.crc_last,
             metadata: &self.metadata,
@@ -425,11 +437,7 @@ impl Wal {
                 .as_ref()
                 .map(|(index, payload)| (*index, payload.as_slice())),
         };
-        let header_bytes = format::segment_header_record_bytes(&header) as u64;
-        header.segment_bytes = self
-            .options
-            .segment_bytes
-            .max(round_up_to_page(header_bytes + batch_bytes));
+        header.segment_bytes = segment_bytes_for(&self.options, &header, batch_bytes);
         match write_segment_file(
             &mut self.ring,
             &self.dir,
@@ -627,9 +635,10 @@ fn scan_segments(names: &[SegmentName]) -> Result<Scanned, OpenError> {
             .checked_sub(1)
             .and_then(|previous| names.get(previous))
         {
-            if name.sequence != previous.sequence + 1 {
+            let expected = previous.sequence.saturating_add(1);
+            if name.sequence != expected {
                 let damage = Damage::SequenceGap {
-                    expected: previous.sequence + 1,
+                    expected,
                     found: name.sequence,
                 };
                 return Err(damaged(name, 0, damage));

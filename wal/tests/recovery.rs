@@ -90,7 +90,7 @@ fn torn_tail_cut_mid_record_is_truncated() {
     bytes[last as usize + 30..end as usize].fill(0);
     fs::write(&segment, &bytes).unwrap();
 
-    let (_wal, recovery) = open(dir.path(), ROOMY);
+    let ((_wal, recovery), warnings) = capture_warnings(|| open(dir.path(), ROOMY));
     assert_eq!(recovery.records, written[..written.len() - 1]);
     let torn = recovery.torn_tail.expect("torn tail reported");
     assert_eq!(
@@ -102,6 +102,20 @@ fn torn_tail_cut_mid_record_is_truncated() {
         "cut {} bytes",
         torn.bytes
     );
+    // The warning says exactly what was cut.
+    let [warning] = &warnings[..] else {
+        panic!("expected one warning, got {warnings:?}")
+    };
+    for expected in [
+        format!("file={}", segment.display()),
+        format!("offset={last} "),
+        format!("bytes={} ", torn.bytes),
+    ] {
+        assert!(
+            warning.contains(&expected),
+            "warning {warning:?} lacks {expected:?}"
+        );
+    }
     let repaired = fs::read(&segment).unwrap();
     assert_eq!(
         repaired.len() as u64,
@@ -556,4 +570,18 @@ fn leftover_temporary_segment_is_removed() {
     let (_wal, recovery) = open(dir.path(), TINY);
     assert_eq!(recovery.records, written);
     assert!(!leftover.exists());
+}
+
+#[test]
+fn metadata_larger_than_a_segment_and_extreme_indexes() {
+    let dir = tempfile::tempdir().unwrap();
+    let metadata = vec![0x6d; 10_000];
+    let mut wal = Wal::create(dir.path(), &metadata, TINY).unwrap();
+    append(&mut wal, &[entry(u64::MAX, b"last possible index")]);
+    // Rollover after an Entry at u64::MAX: the next segment's first index saturates.
+    append(&mut wal, &[entry(5, &[1; 4000])]);
+    drop(wal);
+    let (_wal, recovery) = open(dir.path(), TINY);
+    assert_eq!(recovery.metadata, metadata);
+    assert_eq!(recovery.records.len(), 2);
 }

@@ -92,3 +92,42 @@ pub fn flip_byte(path: &Path, offset: u64) {
     bytes[offset as usize] ^= 0x40;
     fs::write(path, bytes).expect("write");
 }
+
+/// Runs `f` with a subscriber that captures WARN events on this thread, one line each:
+/// `name=value` pairs of the event's fields.
+pub fn capture_warnings<T>(f: impl FnOnce() -> T) -> (T, Vec<String>) {
+    use std::fmt::Write as _;
+    use std::sync::{Arc, Mutex};
+    use tracing::span::{Attributes, Id, Record as SpanRecord};
+
+    struct Capture(Arc<Mutex<Vec<String>>>);
+    impl tracing::Subscriber for Capture {
+        fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+            true
+        }
+        fn new_span(&self, _: &Attributes<'_>) -> Id {
+            Id::from_u64(1)
+        }
+        fn record(&self, _: &Id, _: &SpanRecord<'_>) {}
+        fn record_follows_from(&self, _: &Id, _: &Id) {}
+        fn event(&self, event: &tracing::Event<'_>) {
+            if *event.metadata().level() != tracing::Level::WARN {
+                return;
+            }
+            let mut line = String::new();
+            event.record(
+                &mut |field: &tracing::field::Field, value: &dyn std::fmt::Debug| {
+                    let _ = write!(line, "{}={:?} ", field.name(), value);
+                },
+            );
+            self.0.lock().unwrap().push(line);
+        }
+        fn enter(&self, _: &Id) {}
+        fn exit(&self, _: &Id) {}
+    }
+
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let result = tracing::subscriber::with_default(Capture(Arc::clone(&lines)), f);
+    let lines = lines.lock().unwrap().clone();
+    (result, lines)
+}
