@@ -18,7 +18,10 @@ use rivet_api::etcdserverpb::{PutRequest, RangeRequest};
 use tonic::transport::Channel;
 
 #[derive(Parser, Debug, Clone)]
-#[command(name = "rivet-bench", about = "Benchmark an etcd v3 endpoint (rivet or etcd)")]
+#[command(
+    name = "rivet-bench",
+    about = "Benchmark an etcd v3 endpoint (rivet or etcd)"
+)]
 struct Args {
     /// gRPC endpoints (comma-separated host:port).
     #[arg(long, default_value = "127.0.0.1:2379", value_delimiter = ',')]
@@ -110,7 +113,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let errors = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let interval = if args.rate > 0 {
-        Some(Duration::from_secs_f64(args.clients as f64 / args.rate as f64))
+        Some(Duration::from_secs_f64(
+            args.clients as f64 / args.rate as f64,
+        ))
     } else {
         None
     };
@@ -180,7 +185,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 };
                 match result {
                     Ok(()) => {
-                        let micros = (begin.elapsed().as_micros() as u64).clamp(1, LATENCY_MICROS_MAX);
+                        let micros =
+                            (begin.elapsed().as_micros() as u64).clamp(1, LATENCY_MICROS_MAX);
                         histogram.saturating_record(micros);
                     }
                     Err(_) => {
@@ -207,6 +213,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(run(args))
 }

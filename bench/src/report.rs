@@ -52,11 +52,23 @@ pub fn render(summary: &Summary, histogram: &Histogram<u64>) -> String {
     let mut out = String::new();
     out.push_str("\nSummary:\n");
     out.push_str(&format!("  Total:\t{:.4} secs.\n", summary.total_seconds));
-    out.push_str(&format!("  Slowest:\t{:.4} secs.\n", summary.slowest_seconds));
-    out.push_str(&format!("  Fastest:\t{:.4} secs.\n", summary.fastest_seconds));
-    out.push_str(&format!("  Average:\t{:.4} secs.\n", summary.average_seconds));
+    out.push_str(&format!(
+        "  Slowest:\t{:.4} secs.\n",
+        summary.slowest_seconds
+    ));
+    out.push_str(&format!(
+        "  Fastest:\t{:.4} secs.\n",
+        summary.fastest_seconds
+    ));
+    out.push_str(&format!(
+        "  Average:\t{:.4} secs.\n",
+        summary.average_seconds
+    ));
     out.push_str(&format!("  Stddev:\t{:.4} secs.\n", summary.stddev_seconds));
-    out.push_str(&format!("  Requests/sec:\t{:.4}\n", summary.requests_per_second));
+    out.push_str(&format!(
+        "  Requests/sec:\t{:.4}\n",
+        summary.requests_per_second
+    ));
     if summary.errors > 0 {
         out.push_str(&format!("  Errors:\t{}\n", summary.errors));
     }

@@ -4,9 +4,11 @@
 //! writes to the raft core.
 
 use std::cell::RefCell;
+use std::future::poll_fn;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::{Poll, Waker};
 
 use futures::channel::oneshot;
 use rivet_api::etcdserverpb::{
@@ -36,9 +38,125 @@ pub struct ShardCore {
     pub peers: Vec<async_channel::Sender<ShardRequest>>,
     pub shared: Arc<Shared>,
     pub max_txn_ops: usize,
+    /// Requests on this core waiting for every shard to apply an index.
+    pub waiters: RefCell<Vec<(u64, Waker)>>,
 }
 
 impl ShardCore {
+    pub fn new(
+        id: usize,
+        shard: Shard,
+        raft: async_channel::Sender<RaftCommand>,
+        peers: Vec<async_channel::Sender<ShardRequest>>,
+        shared: Arc<Shared>,
+        max_txn_ops: usize,
+    ) -> ShardCore {
+        let progress = &shared.shards[id];
+        progress
+            .applied_index
+            .store(shard.applied_index(), Ordering::SeqCst);
+        progress
+            .applied_revision
+            .store(shard.revision(), Ordering::SeqCst);
+        ShardCore {
+            id,
+            shard_count: shared.shards.len(),
+            shard: RefCell::new(shard),
+            raft,
+            peers,
+            shared,
+            max_txn_ops,
+            waiters: RefCell::new(Vec::new()),
+        }
+    }
+
+    /// Returns once every shard has applied `index`: then any shard shows the effects of
+    /// everything up to it. Fast path: one atomic load per shard.
+    pub async fn wait_applied(&self, index: u64) {
+        poll_fn(|cx| {
+            if self.shared.applied_index() >= index {
+                return Poll::Ready(());
+            }
+            self.waiters.borrow_mut().push((index, cx.waker().clone()));
+            self.publish_waiting_for();
+            // Checked again after publishing: a shard that applied in between either saw
+            // our `waiting_for` or is visible here (both sides use SeqCst).
+            if self.shared.applied_index() >= index {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await
+    }
+
+    fn publish_waiting_for(&self) {
+        let smallest = self
+            .waiters
+            .borrow()
+            .iter()
+            .map(|(index, _)| *index)
+            .min()
+            .unwrap_or(u64::MAX);
+        self.shared.shards[self.id]
+            .waiting_for
+            .store(smallest, Ordering::SeqCst);
+    }
+
+    /// Wakes this core's requests whose index every shard has applied.
+    fn wake_satisfied(&self) {
+        let applied = self.shared.applied_index();
+        let ready: Vec<Waker> = {
+            let mut waiters = self.waiters.borrow_mut();
+            let mut ready = Vec::new();
+            waiters.retain(|(index, waker)| {
+                if *index <= applied {
+                    ready.push(waker.clone());
+                    false
+                } else {
+                    true
+                }
+            });
+            ready
+        };
+        self.publish_waiting_for();
+        for waker in ready {
+            waker.wake();
+        }
+    }
+
+    /// Publishes this shard's progress and wakes every core waiting for it.
+    fn publish_applied(&self, index: u64, revision: i64) {
+        let progress = &self.shared.shards[self.id];
+        progress.applied_revision.store(revision, Ordering::SeqCst);
+        progress.applied_index.store(index, Ordering::SeqCst);
+        for (id, other) in self.shared.shards.iter().enumerate() {
+            if id == self.id {
+                self.wake_satisfied();
+            } else if other.waiting_for.load(Ordering::SeqCst) <= index {
+                other.notified.store(true, Ordering::SeqCst);
+                other.waker.wake();
+            }
+        }
+    }
+
+    /// Wakes this core's waiting requests when another shard's progress satisfies them.
+    pub async fn run_watermark(self: Rc<Self>) {
+        loop {
+            poll_fn(|cx| {
+                let progress = &self.shared.shards[self.id];
+                progress.waker.register(cx.waker());
+                if progress.notified.swap(false, Ordering::SeqCst) {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending
+                }
+            })
+            .await;
+            self.wake_satisfied();
+        }
+    }
+
     /// Streams this shard's live keys to the raft core to rebuild the sequencer.
     pub async fn send_restore(&self, restore: &async_channel::Sender<RestoreChunk>) {
         let mut chunk = Vec::with_capacity(crate::limits::RESTORE_CHUNK_KEYS);
@@ -78,6 +196,9 @@ impl ShardCore {
                 match message {
                     ApplyMessage::Batch(batch) => {
                         shard.apply(&batch);
+                        drop(shard);
+                        self.publish_applied(batch.index, batch.revision);
+                        let shard = self.shard.borrow();
                         ShardAck {
                             shard: self.id,
                             index: batch.index,
@@ -243,7 +364,7 @@ impl ShardCore {
             if shards == [self.id] {
                 self.shard.borrow().revision()
             } else {
-                self.shared.applied_revision.load(Ordering::Acquire)
+                self.shared.applied_revision()
             }
         } else {
             self.read_index().await?.revision
@@ -291,15 +412,18 @@ impl ShardCore {
         let reply = if check::txn_is_read_only(&request) {
             let linearizable = !check::txn_is_serializable(&request);
             let (reply, answer) = oneshot::channel();
-            self.ask_raft(
-                RaftCommand::ReadOnlyTxn {
-                    request,
-                    linearizable,
-                    reply,
-                },
-                answer,
-            )
-            .await??
+            let reply = self
+                .ask_raft(
+                    RaftCommand::ReadOnlyTxn {
+                        request,
+                        linearizable,
+                        reply,
+                    },
+                    answer,
+                )
+                .await??;
+            self.wait_applied(reply.index).await;
+            reply
         } else {
             self.propose(internal_request::Request::Txn(request))
                 .await?

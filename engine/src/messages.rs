@@ -14,14 +14,19 @@ use crate::sequencer::{Applied, Head, HistoricalRange, Mutation};
 /// The result of a write (or a read-only txn) handed back to the core that asked.
 #[derive(Clone, Debug)]
 pub struct Reply {
+    /// The raft index whose apply produced this answer: the asking core answers the
+    /// client only once every shard applied it (read-your-writes on any shard).
+    pub index: u64,
     pub applied: Applied,
     /// Ranges of a txn that read older revisions; the asking core fills them in.
     pub historical_ranges: Vec<HistoricalRange>,
 }
 
-/// A consistent point to read at: every shard has applied at least this revision.
+/// A linearizable point to read at: once every shard applied `index`, reading at
+/// `revision` sees every write acknowledged before the read started.
 #[derive(Clone, Copy, Debug)]
 pub struct ReadPoint {
+    pub index: u64,
     pub revision: i64,
 }
 

@@ -192,13 +192,6 @@ pub fn open_wal(config: &RaftCoreConfig) -> Result<Recovered, StartError> {
     })
 }
 
-/// A response waiting for the shards to apply the index it depends on.
-struct Waiting {
-    index: u64,
-    reply: oneshot::Sender<Result<Reply, EtcdError>>,
-    result: Result<Reply, EtcdError>,
-}
-
 pub struct RaftCore {
     config: RaftCoreConfig,
     node: RawNode<MemStorage>,
@@ -218,16 +211,10 @@ pub struct RaftCore {
     /// Read batches sent to raft, by ReadIndex context.
     reads_in_raft: HashMap<u64, ReadBatch>,
     next_read_context: u64,
-    /// Read batches with a known index, waiting for the shards to apply it.
+    /// Read batches with a known index, waiting for this member to apply it.
     reads_waiting: VecDeque<(u64, ReadBatch)>,
-    /// Answers waiting for the shards, in index order.
-    waiting: VecDeque<Waiting>,
-    /// Revision reached at each applied index not yet acknowledged by every shard.
-    revisions: VecDeque<(u64, i64)>,
     acked: Vec<u64>,
     applied_index: u64,
-    /// Revision at the smallest index every shard acknowledged.
-    all_applied_revision: i64,
     checkpoint_index: u64,
     checkpoint_in_flight: Option<(CheckpointRequest, Vec<bool>)>,
     /// Page file sizes the shards read from disk with their last acknowledgement.
@@ -355,10 +342,6 @@ impl RaftCore {
                 .map_err(|e| StartError::Raft(e.to_string()))?;
         }
         let shard_count = config.shard_count;
-        shared.applied_revision.store(revision, Ordering::Release);
-        shared
-            .compact_revision
-            .store(compact_revision, Ordering::Release);
         Ok(RaftCore {
             config,
             node,
@@ -373,11 +356,8 @@ impl RaftCore {
             reads_in_raft: HashMap::new(),
             next_read_context: 1,
             reads_waiting: VecDeque::new(),
-            waiting: VecDeque::new(),
-            revisions: VecDeque::new(),
             acked: vec![applied; shard_count],
             applied_index: applied,
-            all_applied_revision: revision,
             checkpoint_index: applied,
             checkpoint_in_flight: None,
             shard_sizes: vec![0; shard_count],
@@ -532,43 +512,20 @@ impl RaftCore {
                 done[ack.shard] = true;
             }
         }
-        self.release();
     }
 
-    /// Answers everything whose index every shard has applied.
-    fn release(&mut self) {
-        let all = self
-            .acked
-            .iter()
-            .copied()
-            .min()
-            .unwrap_or(self.applied_index);
-        while self
-            .revisions
-            .front()
-            .is_some_and(|(index, _)| *index <= all)
-        {
-            if let Some((_, revision)) = self.revisions.pop_front() {
-                self.all_applied_revision = revision;
-            }
-        }
-        // Several tasks read it; it only moves forward (etcd lesson 20).
-        self.shared
-            .applied_revision
-            .fetch_max(self.all_applied_revision, Ordering::AcqRel);
-        while self.waiting.front().is_some_and(|w| w.index <= all) {
-            if let Some(w) = self.waiting.pop_front() {
-                let _ = w.reply.send(w.result);
-            }
-        }
+    /// Answers the reads whose index this member has applied. The asking core then waits
+    /// for every shard to apply it too, before it reads.
+    fn release_reads(&mut self) {
         while self
             .reads_waiting
             .front()
-            .is_some_and(|(index, _)| *index <= all)
+            .is_some_and(|(index, _)| *index <= self.applied_index)
         {
             if let Some((_, batch)) = self.reads_waiting.pop_front() {
                 let point = ReadPoint {
-                    revision: self.all_applied_revision,
+                    index: self.applied_index,
+                    revision: self.sequencer.revision(),
                 };
                 for reply in batch.reads {
                     let _ = reply.send(Ok(point));
@@ -587,19 +544,7 @@ impl RaftCore {
     ) {
         let outcome = self.sequencer.apply_txn(&request, |_| false);
         debug_assert!(outcome.mutations.is_empty());
-        let result = reply_of(outcome);
-        if self.waiting.is_empty()
-            && self.applied_index <= self.acked.iter().copied().min().unwrap_or(0)
-        {
-            let _ = reply.send(result);
-        } else {
-            // Historical ranges are read from the shards: they must have caught up.
-            self.waiting.push_back(Waiting {
-                index: self.applied_index,
-                reply,
-                result,
-            });
-        }
+        let _ = reply.send(reply_of(self.applied_index, outcome));
     }
 
     async fn handle_ready(&mut self) -> Result<(), String> {
@@ -644,7 +589,7 @@ impl RaftCore {
         self.shared
             .term
             .store(self.node.raft.term, Ordering::Release);
-        self.release();
+        self.release_reads();
         Ok(())
     }
 
@@ -702,8 +647,6 @@ impl RaftCore {
             return;
         };
         if let Some(batch) = self.reads_in_raft.remove(&u64::from_be_bytes(bytes)) {
-            // Wait for the apply of `index` on this member and on every shard.
-            let index = index.max(self.applied_index);
             self.reads_waiting.push_back((index, batch));
         }
     }
@@ -718,6 +661,7 @@ impl RaftCore {
             .map(|_| ApplyBatch::default())
             .collect();
         let mut compaction = None;
+        let mut replies = Vec::new();
         for entry in entries {
             if entry.index <= self.applied_index {
                 continue;
@@ -754,9 +698,6 @@ impl RaftCore {
             };
             if let Some(revision) = outcome.compaction {
                 compaction = Some(revision);
-                self.shared
-                    .compact_revision
-                    .store(revision, Ordering::Release);
             }
             for mutation in std::mem::take(&mut outcome.mutations) {
                 let shard = shard_of(mutation.key(), self.config.shard_count);
@@ -764,16 +705,11 @@ impl RaftCore {
             }
             if request.member_id == self.config.member_id {
                 if let Some(reply) = self.proposals.remove(&request.id) {
-                    self.waiting.push_back(Waiting {
-                        index: entry.index,
-                        reply,
-                        result: reply_of(outcome),
-                    });
+                    replies.push((reply, reply_of(entry.index, outcome)));
                 }
             }
         }
         let revision = self.sequencer.revision();
-        self.revisions.push_back((self.applied_index, revision));
         for (shard, mut batch) in batches.into_iter().enumerate() {
             batch.index = self.applied_index;
             batch.revision = revision;
@@ -785,6 +721,10 @@ impl RaftCore {
             {
                 tracing::warn!(shard, "shard stopped; its apply stream is closed");
             }
+        }
+        // After the batches are queued: the asking core answers once the shards applied.
+        for (reply, result) in replies {
+            let _ = reply.send(result);
         }
         let took = started.elapsed();
         if took > limits::APPLY_WARN {
@@ -889,9 +829,10 @@ impl RaftCore {
     }
 }
 
-fn reply_of(outcome: Outcome) -> Result<Reply, EtcdError> {
+fn reply_of(index: u64, outcome: Outcome) -> Result<Reply, EtcdError> {
     match outcome.result {
         Some(Ok(applied)) => Ok(Reply {
+            index,
             applied,
             historical_ranges: outcome.historical_ranges,
         }),

@@ -1,6 +1,33 @@
 //! The few facts every core reads and one core writes: plain atomics, no locks.
 
-use std::sync::atomic::{AtomicI64, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+
+use futures::task::AtomicWaker;
+
+/// What one shard publishes about its progress through the apply stream, and how the
+/// other cores wake it when they are the ones it waits for.
+pub struct ShardProgress {
+    /// Written only by the shard's core, after applying a batch.
+    pub applied_index: AtomicU64,
+    pub applied_revision: AtomicI64,
+    /// The smallest index a request on this core waits for all shards to apply
+    /// (`u64::MAX`: none). Other shards wake this core when they pass it.
+    pub waiting_for: AtomicU64,
+    pub notified: AtomicBool,
+    pub waker: AtomicWaker,
+}
+
+impl ShardProgress {
+    fn new() -> ShardProgress {
+        ShardProgress {
+            applied_index: AtomicU64::new(0),
+            applied_revision: AtomicI64::new(1),
+            waiting_for: AtomicU64::new(u64::MAX),
+            notified: AtomicBool::new(false),
+            waker: AtomicWaker::new(),
+        }
+    }
+}
 
 pub struct Shared {
     pub member_id: u64,
@@ -8,21 +35,35 @@ pub struct Shared {
     /// Written by the raft core.
     pub term: AtomicU64,
     pub leader: AtomicU64,
-    /// A revision every shard has applied: serializable reads that span shards read it.
-    /// Only moves forward (`fetch_max`).
-    pub applied_revision: AtomicI64,
-    pub compact_revision: AtomicI64,
+    pub shards: Vec<ShardProgress>,
 }
 
 impl Shared {
-    pub fn new(member_id: u64, cluster_id: u64) -> Shared {
+    pub fn new(member_id: u64, cluster_id: u64, shard_count: usize) -> Shared {
         Shared {
             member_id,
             cluster_id,
             term: AtomicU64::new(0),
             leader: AtomicU64::new(0),
-            applied_revision: AtomicI64::new(1),
-            compact_revision: AtomicI64::new(-1),
+            shards: (0..shard_count).map(|_| ShardProgress::new()).collect(),
         }
+    }
+
+    /// An index every shard has applied.
+    pub fn applied_index(&self) -> u64 {
+        self.shards
+            .iter()
+            .map(|s| s.applied_index.load(Ordering::SeqCst))
+            .min()
+            .unwrap_or(0)
+    }
+
+    /// A revision every shard has applied: reads that span shards read at it.
+    pub fn applied_revision(&self) -> i64 {
+        self.shards
+            .iter()
+            .map(|s| s.applied_revision.load(Ordering::SeqCst))
+            .min()
+            .unwrap_or(1)
     }
 }

@@ -91,7 +91,7 @@ pub fn run(flags: Flags) -> anyhow::Result<()> {
 
     let member = member_id(&[DEFAULT_PEER_URL], DEFAULT_CLUSTER_TOKEN);
     let cluster = cluster_id(&[member]);
-    let shared = Arc::new(Shared::new(member, cluster));
+    let shared = Arc::new(Shared::new(member, cluster, shard_count));
     let raft_config = RaftCoreConfig {
         wal_dir,
         member_id: member,
@@ -184,19 +184,12 @@ pub fn run(flags: Flags) -> anyhow::Result<()> {
                         return;
                     }
                 };
-                let core = Rc::new(ShardCore {
-                    id,
-                    shard_count,
-                    shard: std::cell::RefCell::new(shard),
-                    raft,
-                    peers,
-                    shared,
-                    max_txn_ops,
-                });
+                let core = Rc::new(ShardCore::new(id, shard, raft, peers, shared, max_txn_ops));
                 core.send_restore(&restore).await;
                 drop(restore);
                 let apply = glommio::spawn_local(Rc::clone(&core).run_apply(apply_rx, acks));
                 glommio::spawn_local(Rc::clone(&core).serve_peers(peer_rx)).detach();
+                glommio::spawn_local(Rc::clone(&core).run_watermark()).detach();
                 for address in addresses {
                     match TcpListener::bind(address) {
                         Ok(listener) => {

@@ -4,7 +4,6 @@
 
 use std::future::Future;
 use std::rc::Rc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures::future::Either;
@@ -134,7 +133,7 @@ impl Maintenance for MaintenanceService {
             .run(|core| async move {
                 let raft = core.raft_status().await?;
                 let db_size = core.db_size_bytes().await as i64;
-                let revision = core.shared.applied_revision.load(Ordering::Acquire);
+                let revision = core.shared.applied_revision();
                 Ok(StatusResponse {
                     header: Some(core.header(revision)),
                     version: ETCD_VERSION.to_string(),
