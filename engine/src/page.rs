@@ -1174,11 +1174,17 @@ impl PageFile {
         let mut stop = None;
         for (position, (id, path)) in listed.iter().enumerate() {
             let previous = scanned.last();
+            // If this segment turns out unusable, look for the checkpoint from where the
+            // valid records ended: the damage may lie anywhere after them.
+            let probe_from = match previous {
+                Some(segment) => (position.saturating_sub(1), segment.data_end),
+                None => (position, 0),
+            };
             let expected_id = previous.map_or(Some(*id), |segment| segment.id.checked_add(1));
             if expected_id != Some(*id) {
                 stop = Some(ScanStop {
-                    position,
-                    offset: 0,
+                    position: probe_from.0,
+                    offset: probe_from.1,
                     path: path.clone(),
                     blame: Blame::Segment {
                         detail: format!(
@@ -1195,8 +1201,8 @@ impl PageFile {
                 Ok(mapped) => mapped,
                 Err(detail) => {
                     stop = Some(ScanStop {
-                        position,
-                        offset: 0,
+                        position: probe_from.0,
+                        offset: probe_from.1,
                         path: path.clone(),
                         blame: Blame::Segment { detail },
                     });
@@ -1205,8 +1211,8 @@ impl PageFile {
             };
             if let Err(detail) = check_segment_header(&map, *id, previous_end) {
                 stop = Some(ScanStop {
-                    position,
-                    offset: 0,
+                    position: probe_from.0,
+                    offset: probe_from.1,
                     path: path.clone(),
                     blame: Blame::Segment { detail },
                 });
