@@ -41,7 +41,8 @@
     clippy::indexing_slicing,
     clippy::cast_possible_truncation,
     clippy::cast_possible_wrap,
-    clippy::cast_sign_loss
+    clippy::cast_sign_loss,
+    clippy::undocumented_unsafe_blocks
 )]
 
 use std::fmt;
@@ -1236,8 +1237,7 @@ impl PageFile {
                 }
                 SegmentScan::Found { checkpoint, end } => {
                     segment.data_end = end;
-                    scanned.push(segment);
-                    found = Some((position, checkpoint));
+                    found = Some((position, checkpoint, segment));
                     break;
                 }
                 SegmentScan::Overshot {
@@ -1267,7 +1267,7 @@ impl PageFile {
             }
         }
 
-        let Some((position, checkpoint)) = found else {
+        let Some((position, checkpoint, last)) = found else {
             let stop = stop.unwrap_or_else(|| match scanned.last() {
                 Some(last) => ScanStop {
                     position: listed.len().saturating_sub(1),
@@ -1294,11 +1294,6 @@ impl PageFile {
             })?;
             dir_changed = true;
         }
-        let Some(last) = scanned.pop() else {
-            return Err(OpenError::InvalidOptions(
-                "internal: the checkpoint's segment was not kept".to_owned(),
-            ));
-        };
         let io_error = |source| OpenError::Io {
             path: last.path.clone(),
             source,

@@ -258,6 +258,12 @@ fn open_at_zero_starts_empty() {
     let (page_file, found, loaded) = open(dir.path(), 0).expect("open at 0");
     assert!(found.is_none() && loaded.is_empty());
     assert_eq!(page_file.segment_count(), 1);
+    // A directory that does not exist yet is created.
+    let nested = dir.path().join("shards/0");
+    let (fresh, _, _) = open(&nested, 0).expect("open a new directory");
+    assert_eq!(fresh.dir(), nested.as_path());
+    drop(fresh);
+    fs::remove_dir_all(dir.path().join("shards")).expect("cleanup");
     assert_eq!(page_file.size_bytes(), 4096);
     assert_eq!(snapshot(dir.path()).len(), 1);
     assert!(ptrs.iter().all(|ptr| page_file.read(*ptr).is_err()));
