@@ -47,6 +47,8 @@
 //! the count (exact up to 32 versions, then at most 1/16 slack), so it is not stored; a
 //! push that outgrows it reallocates the block and moves the key bytes up.
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 use std::cell::Cell;
 use std::cmp::Ordering;
 use std::collections::BTreeSet;

@@ -41,7 +41,8 @@
     clippy::indexing_slicing,
     clippy::cast_possible_truncation,
     clippy::cast_possible_wrap,
-    clippy::cast_sign_loss
+    clippy::cast_sign_loss,
+    clippy::undocumented_unsafe_blocks
 )]
 
 use std::fmt;
@@ -1174,11 +1175,17 @@ impl PageFile {
         let mut stop = None;
         for (position, (id, path)) in listed.iter().enumerate() {
             let previous = scanned.last();
+            // If this segment turns out unusable, look for the checkpoint from where the
+            // valid records ended: the damage may lie anywhere after them.
+            let probe_from = match previous {
+                Some(segment) => (position.saturating_sub(1), segment.data_end),
+                None => (position, 0),
+            };
             let expected_id = previous.map_or(Some(*id), |segment| segment.id.checked_add(1));
             if expected_id != Some(*id) {
                 stop = Some(ScanStop {
-                    position,
-                    offset: 0,
+                    position: probe_from.0,
+                    offset: probe_from.1,
                     path: path.clone(),
                     blame: Blame::Segment {
                         detail: format!(
@@ -1195,8 +1202,8 @@ impl PageFile {
                 Ok(mapped) => mapped,
                 Err(detail) => {
                     stop = Some(ScanStop {
-                        position,
-                        offset: 0,
+                        position: probe_from.0,
+                        offset: probe_from.1,
                         path: path.clone(),
                         blame: Blame::Segment { detail },
                     });
@@ -1205,8 +1212,8 @@ impl PageFile {
             };
             if let Err(detail) = check_segment_header(&map, *id, previous_end) {
                 stop = Some(ScanStop {
-                    position,
-                    offset: 0,
+                    position: probe_from.0,
+                    offset: probe_from.1,
                     path: path.clone(),
                     blame: Blame::Segment { detail },
                 });
@@ -1230,8 +1237,7 @@ impl PageFile {
                 }
                 SegmentScan::Found { checkpoint, end } => {
                     segment.data_end = end;
-                    scanned.push(segment);
-                    found = Some((position, checkpoint));
+                    found = Some((position, checkpoint, segment));
                     break;
                 }
                 SegmentScan::Overshot {
@@ -1261,7 +1267,7 @@ impl PageFile {
             }
         }
 
-        let Some((position, checkpoint)) = found else {
+        let Some((position, checkpoint, last)) = found else {
             let stop = stop.unwrap_or_else(|| match scanned.last() {
                 Some(last) => ScanStop {
                     position: listed.len().saturating_sub(1),
@@ -1288,11 +1294,6 @@ impl PageFile {
             })?;
             dir_changed = true;
         }
-        let Some(last) = scanned.pop() else {
-            return Err(OpenError::InvalidOptions(
-                "internal: the checkpoint's segment was not kept".to_owned(),
-            ));
-        };
         let io_error = |source| OpenError::Io {
             path: last.path.clone(),
             source,
