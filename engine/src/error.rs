@@ -37,6 +37,30 @@ pub enum EtcdError {
     Timeout,
     #[error("etcdserver: server stopped")]
     Stopped,
+    #[error("etcdserver: member ID already exist")]
+    MemberExist,
+    #[error("etcdserver: Peer URLs already exists")]
+    PeerUrlExist,
+    #[error("etcdserver: re-configuration failed due to not enough started members")]
+    MemberNotEnoughStarted,
+    #[error("etcdserver: given member URLs are invalid")]
+    MemberBadUrls,
+    #[error("etcdserver: member not found")]
+    MemberNotFound,
+    #[error("etcdserver: can only promote a learner member")]
+    MemberNotLearner,
+    #[error("etcdserver: can only promote a learner member which is in sync with leader")]
+    LearnerNotReady,
+    #[error("etcdserver: too many learner members in cluster")]
+    TooManyLearners,
+    #[error("etcdserver: unhealthy cluster")]
+    Unhealthy,
+    #[error("etcdserver: not leader")]
+    NotLeader,
+    #[error("etcdserver: bad leader transferee")]
+    BadLeaderTransferee,
+    #[error("etcdserver: leader changed")]
+    LeaderChanged,
     #[error("etcdserver: {0}")]
     Internal(String),
 }
@@ -53,6 +77,17 @@ impl EtcdError {
             | EtcdError::DuplicateKey
             | EtcdError::RequestTooLarge => Code::InvalidArgument,
             EtcdError::Compacted | EtcdError::FutureRevision => Code::OutOfRange,
+            EtcdError::MemberBadUrls => Code::InvalidArgument,
+            EtcdError::MemberNotFound => Code::NotFound,
+            EtcdError::MemberExist
+            | EtcdError::PeerUrlExist
+            | EtcdError::MemberNotEnoughStarted
+            | EtcdError::MemberNotLearner
+            | EtcdError::LearnerNotReady
+            | EtcdError::TooManyLearners
+            | EtcdError::NotLeader
+            | EtcdError::BadLeaderTransferee => Code::FailedPrecondition,
+            EtcdError::Unhealthy | EtcdError::LeaderChanged => Code::Unavailable,
             EtcdError::NoSpace => Code::ResourceExhausted,
             EtcdError::LeaseNotFound => Code::NotFound,
             EtcdError::NoLeader | EtcdError::Timeout | EtcdError::Stopped => Code::Unavailable,

@@ -5,7 +5,9 @@
 pub mod check;
 pub mod core;
 pub mod error;
+pub mod identity;
 pub mod limits;
+pub mod membership;
 pub mod messages;
 pub mod mvcc;
 pub mod page;

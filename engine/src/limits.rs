@@ -22,6 +22,13 @@ pub const WAL_FSYNC_WARN: Duration = Duration::from_secs(1);
 /// leader: ETCD_LESSONS 7).
 pub const APPLY_WARN: Duration = Duration::from_millis(100);
 
+/// Learners at once (etcd 3.4 allows one): a learner costs the leader a full replication
+/// stream without adding fault tolerance.
+pub const LEARNERS_MAX: usize = 1;
+/// A learner is promoted only when its log holds this share of the leader's committed
+/// entries (etcd: 90%), so the promotion does not stall the quorum while it catches up.
+pub const LEARNER_READY_PERCENT: u64 = 90;
+
 // ---- Channels between cores (all bounded: a slow receiver slows its senders) ----------
 
 /// Client commands waiting for the raft core: one per in-flight request of all shard

@@ -59,10 +59,49 @@ pub enum RaftCommand {
     Status {
         reply: oneshot::Sender<RaftStatus>,
     },
+    MemberList {
+        reply: oneshot::Sender<Vec<rivet_api::etcdserverpb::Member>>,
+    },
+    MemberChange {
+        change: MemberChange,
+        reply: oneshot::Sender<Result<MemberChangeResult, EtcdError>>,
+    },
+    /// Transfer leadership to `target` (Maintenance.MoveLeader); only on the leader.
+    MoveLeader {
+        target: u64,
+        reply: oneshot::Sender<Result<(), EtcdError>>,
+    },
     /// Graceful stop: fail what is pending, checkpoint every shard, answer `done`.
     Shutdown {
         done: oneshot::Sender<()>,
     },
+}
+
+/// A change of the member table (etcd's Cluster service).
+#[derive(Clone, Debug)]
+pub enum MemberChange {
+    Add {
+        peer_urls: Vec<String>,
+        is_learner: bool,
+    },
+    Remove {
+        id: u64,
+    },
+    Update {
+        id: u64,
+        peer_urls: Vec<String>,
+    },
+    Promote {
+        id: u64,
+    },
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct MemberChangeResult {
+    /// The added member (MemberAdd).
+    pub member: Option<rivet_api::etcdserverpb::Member>,
+    /// The members after the change.
+    pub members: Vec<rivet_api::etcdserverpb::Member>,
 }
 
 /// Raft core → shard core: the ordered apply stream.

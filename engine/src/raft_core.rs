@@ -25,17 +25,22 @@ use std::time::{Duration, Instant};
 use futures::channel::oneshot;
 use prost::Message as _;
 use protobuf::Message as _;
+use raft::prelude::{ConfChange, ConfChangeType, Message as RaftMessage};
 use raft::prelude::{ConfState, Entry, EntryType, HardState, Snapshot};
 use raft::storage::MemStorage;
 use raft::{Config, RawNode, StateRole};
-use rivet_api::rivetpb::{internal_request, CheckpointMarker, InternalRequest, WalMetadata};
+use rivet_api::rivetpb::{
+    internal_request, CheckpointMarker, ConfChangeContext, InternalRequest, Member,
+    MemberAttributes, WalMetadata,
+};
 use rivet_wal::{Record, RecordKind, Wal, WalOptions};
 
 use crate::error::EtcdError;
 use crate::limits;
+use crate::membership::MemberTable;
 use crate::messages::{
-    ApplyBatch, ApplyMessage, CheckpointRequest, RaftCommand, RaftStatus, ReadPoint, Reply,
-    RestoreChunk, ShardAck,
+    ApplyBatch, ApplyMessage, CheckpointRequest, MemberChange, MemberChangeResult, RaftCommand,
+    RaftStatus, ReadPoint, Reply, RestoreChunk, ShardAck,
 };
 use crate::sequencer::{Outcome, Sequencer};
 use crate::shard::shard_of;
@@ -53,6 +58,32 @@ pub struct RaftCoreConfig {
     pub quota_backend_bytes: u64,
     pub heartbeat_interval: Duration,
     pub election_ticks: usize,
+    /// This member's name and client URLs, published to the member table at start.
+    pub name: String,
+    pub client_urls: Vec<String>,
+    /// The members of a new cluster (`--initial-cluster-state new`); empty when this
+    /// member joins an existing cluster and learns everything from a snapshot.
+    pub initial_members: Vec<Member>,
+    /// Refuse membership changes that would lose quorum (`--strict-reconfig-check`).
+    pub strict_reconfig_check: bool,
+    /// `--initial-cluster-token`: part of every member ID.
+    pub cluster_token: String,
+}
+
+/// How the raft core reaches its peers (the QUIC transport lives in `net`). Sending never
+/// blocks: a message that cannot be queued is dropped and raft is told the peer is
+/// unreachable, which raft recovers from by retrying.
+pub trait PeerLink {
+    /// Queues a raft message for `to`; false when it was dropped.
+    fn send(&self, to: u64, message: bytes::Bytes) -> bool;
+    /// The peers and their peer URLs, after every membership change.
+    fn set_peers(&self, peers: Vec<(u64, Vec<String>)>);
+}
+
+/// What the transport delivers to the raft core.
+pub enum PeerEvent {
+    /// A raft message from a peer of this cluster (the transport checked the cluster ID).
+    Message(bytes::Bytes),
 }
 
 /// The durable state found in the WAL at start-up.
@@ -222,6 +253,14 @@ pub struct RaftCore {
     db_size_bytes: u64,
     stopping: bool,
     shutdown_done: Option<oneshot::Sender<()>>,
+    members: MemberTable,
+    peers: Box<dyn PeerLink>,
+    /// Membership changes proposed here, waiting for their entry to apply.
+    member_waiters: HashMap<u64, oneshot::Sender<Result<MemberChangeResult, EtcdError>>>,
+    /// A MoveLeader in progress: target, answer, and when to give up.
+    move_leader: Option<(u64, oneshot::Sender<Result<(), EtcdError>>, Instant)>,
+    /// Whether this member's name and client URLs are in the member table yet.
+    attributes_proposed: bool,
 }
 
 #[derive(Default)]
@@ -261,6 +300,7 @@ impl RaftCore {
         shared: Arc<Shared>,
         apply_senders: Vec<async_channel::Sender<ApplyMessage>>,
         restore: async_channel::Receiver<RestoreChunk>,
+        peers: Box<dyn PeerLink>,
     ) -> Result<RaftCore, StartError> {
         let (revision, compact_revision, applied) = match &recovered.checkpoint {
             Some(c) => (c.revision, c.compact_revision, c.applied_index),
@@ -282,38 +322,59 @@ impl RaftCore {
                 None => done += 1,
             }
         }
-        let initial_voters = ConfState::from((vec![config.member_id], vec![]));
-        let storage = match &recovered.checkpoint {
+        // Where the raft log starts: at the last checkpoint; for a new cluster, at a
+        // bootstrap snapshot (index 1, term 1) holding the initial voters, as etcd
+        // bootstraps with membership entries at term 1; a member joining an existing
+        // cluster starts empty and receives a snapshot from the leader.
+        let mut applied = applied;
+        let (base, members) = match &recovered.checkpoint {
             Some(c) => {
-                let storage = MemStorage::new();
-                let mut snapshot = Snapshot::default();
-                let metadata = snapshot.mut_metadata();
-                metadata.index = c.applied_index;
-                metadata.term = c.term;
                 let mut conf_state = ConfState::default();
-                if c.conf_state.is_empty() || conf_state.merge_from_bytes(&c.conf_state).is_err() {
-                    conf_state = initial_voters.clone();
-                }
-                metadata.set_conf_state(conf_state);
-                storage
-                    .wl()
-                    .apply_snapshot(snapshot)
-                    .map_err(|e| StartError::Raft(e.to_string()))?;
-                storage
+                conf_state
+                    .merge_from_bytes(&c.conf_state)
+                    .map_err(|e| StartError::Decode {
+                        what: "checkpoint conf state",
+                        index: c.applied_index,
+                        reason: e.to_string(),
+                    })?;
+                let members = c
+                    .membership
+                    .as_ref()
+                    .map(MemberTable::from_proto)
+                    .unwrap_or_default();
+                (Some((c.applied_index, c.term, conf_state)), members)
             }
-            None => MemStorage::new_with_conf_state(initial_voters),
+            None if !config.initial_members.is_empty() => {
+                let voters: Vec<u64> = config.initial_members.iter().map(|m| m.id).collect();
+                applied = applied.max(1);
+                (
+                    Some((1, 1, ConfState::from((voters, vec![])))),
+                    MemberTable::from_members(config.initial_members.clone()),
+                )
+            }
+            None => (None, MemberTable::default()),
         };
+        let storage = MemStorage::new();
+        if let Some((index, term, conf_state)) = base {
+            let mut snapshot = Snapshot::default();
+            let metadata = snapshot.mut_metadata();
+            metadata.index = index;
+            metadata.term = term;
+            metadata.set_conf_state(conf_state);
+            storage
+                .wl()
+                .apply_snapshot(snapshot)
+                .map_err(|e| StartError::Raft(e.to_string()))?;
+        }
         let last_index = recovered.entries.last().map_or(applied, |e| e.index);
         storage
             .wl()
             .append(&recovered.entries)
             .map_err(|e| StartError::Raft(e.to_string()))?;
         let mut hard_state = recovered.hard_state.clone();
-        if recovered.checkpoint.is_none() && recovered.entries.is_empty() && hard_state.term == 0 {
-            // etcd bootstraps a new member at term 1 (its membership entries) and elects
-            // at term 2; starting from the same term keeps `raft_term` equal to etcd's.
-            hard_state.term = 1;
-        }
+        hard_state.term = hard_state
+            .term
+            .max(raft::Storage::initial_state(&storage).map_or(0, |s| s.hard_state.term));
         // Entries up to the checkpoint were applied, hence committed, even if the hard
         // state written before the crash carried an older commit index.
         hard_state.commit = hard_state.commit.max(applied).min(last_index.max(applied));
@@ -337,7 +398,8 @@ impl RaftCore {
         let mut node = RawNode::new(&raft_config, storage, &logger)
             .map_err(|e| StartError::Raft(e.to_string()))?;
         // A single voter elects itself at once instead of waiting an election timeout.
-        if node.raft.prs().conf().voters().ids().len() == 1 {
+        let voters = node.raft.prs().conf().voters().ids();
+        if voters.len() == 1 && voters.contains(config.member_id) {
             node.campaign()
                 .map_err(|e| StartError::Raft(e.to_string()))?;
         }
@@ -364,6 +426,11 @@ impl RaftCore {
             db_size_bytes: 0,
             stopping: false,
             shutdown_done: None,
+            members,
+            peers,
+            member_waiters: HashMap::new(),
+            move_leader: None,
+            attributes_proposed: false,
         })
     }
 
@@ -373,7 +440,9 @@ impl RaftCore {
         mut self,
         commands: async_channel::Receiver<RaftCommand>,
         acks: async_channel::Receiver<ShardAck>,
+        mut peer_events: tokio::sync::mpsc::Receiver<PeerEvent>,
     ) {
+        self.update_peers();
         let mut ticker = tokio::time::interval(self.config.heartbeat_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -388,7 +457,12 @@ impl RaftCore {
                 },
                 _ = ticker.tick() => {
                     self.node.tick();
+                    self.check_move_leader();
                 }
+                Some(event) = peer_events.recv() => self.handle_peer_event(event),
+            }
+            while let Ok(event) = peer_events.try_recv() {
+                self.handle_peer_event(event);
             }
             for _ in 0..limits::RAFT_COMMANDS_PER_TURN_MAX {
                 match commands.try_recv() {
@@ -405,6 +479,7 @@ impl RaftCore {
                 break;
             }
             self.maybe_checkpoint().await;
+            self.maybe_publish_attributes();
             if self.stopping {
                 break;
             }
@@ -427,6 +502,13 @@ impl RaftCore {
                     self.answer_read_only_txn(request, reply);
                 }
             }
+            RaftCommand::MemberList { reply } => {
+                let _ = reply.send(self.members.to_api());
+            }
+            RaftCommand::MemberChange { change, reply } => {
+                self.propose_member_change(change, reply)
+            }
+            RaftCommand::MoveLeader { target, reply } => self.start_move_leader(target, reply),
             RaftCommand::Shutdown { done } => {
                 self.stopping = true;
                 self.shutdown_done = Some(done);
@@ -438,6 +520,335 @@ impl RaftCore {
                     term: status.hs.term,
                     last_index: self.node.raft.raft_log.last_index(),
                     applied_index: self.applied_index,
+                });
+            }
+        }
+    }
+
+    fn handle_peer_event(&mut self, event: PeerEvent) {
+        match event {
+            PeerEvent::Message(bytes) => {
+                let mut message = RaftMessage::default();
+                if let Err(e) = message.merge_from_bytes(&bytes) {
+                    tracing::warn!("dropping an undecodable raft message from a peer: {e}");
+                    return;
+                }
+                if let Err(e) = self.node.step(message) {
+                    tracing::debug!("raft rejected a peer message: {e}");
+                }
+            }
+        }
+    }
+
+    fn send_messages(&mut self, messages: Vec<RaftMessage>) {
+        for message in messages {
+            let to = message.to;
+            let bytes = match message.write_to_bytes() {
+                Ok(bytes) => bytes,
+                Err(e) => {
+                    tracing::error!("cannot encode a raft message: {e}");
+                    continue;
+                }
+            };
+            if !self.peers.send(to, bytes.into()) {
+                self.node.report_unreachable(to);
+            }
+        }
+    }
+
+    /// Tells the transport who the peers are now.
+    fn update_peers(&self) {
+        let peers = self
+            .members
+            .members()
+            .filter(|m| m.id != self.config.member_id)
+            .map(|m| (m.id, m.peer_urls.clone()))
+            .collect();
+        self.peers.set_peers(peers);
+    }
+
+    /// Once there is a leader, publishes this member's name and client URLs (etcd's
+    /// "publish" step), so `member list` shows them.
+    fn maybe_publish_attributes(&mut self) {
+        if self.attributes_proposed || self.node.raft.leader_id == raft::INVALID_ID {
+            return;
+        }
+        let Some(member) = self.members.get(self.config.member_id) else {
+            return;
+        };
+        self.attributes_proposed = true;
+        if member.name == self.config.name && member.client_urls == self.config.client_urls {
+            return;
+        }
+        let request = InternalRequest {
+            member_id: self.config.member_id,
+            id: 0,
+            request: Some(internal_request::Request::MemberAttributes(
+                MemberAttributes {
+                    id: self.config.member_id,
+                    name: self.config.name.clone(),
+                    client_urls: self.config.client_urls.clone(),
+                },
+            )),
+        };
+        if let Err(e) = self.node.propose(Vec::new(), request.encode_to_vec()) {
+            tracing::debug!("could not publish member attributes yet: {e}");
+            self.attributes_proposed = false;
+        }
+    }
+
+    fn propose_member_change(
+        &mut self,
+        change: MemberChange,
+        reply: oneshot::Sender<Result<MemberChangeResult, EtcdError>>,
+    ) {
+        if self.node.raft.leader_id == raft::INVALID_ID {
+            let _ = reply.send(Err(EtcdError::NoLeader));
+            return;
+        }
+        if let Err(e) = self.check_member_change(&change) {
+            let _ = reply.send(Err(e));
+            return;
+        }
+        let id = self.next_proposal_id;
+        self.next_proposal_id += 1;
+        let proposer = self.config.member_id;
+        let (change_type, node_id, member) = match change {
+            MemberChange::Update {
+                id: member,
+                peer_urls,
+            } => {
+                let request = InternalRequest {
+                    member_id: proposer,
+                    id,
+                    request: Some(internal_request::Request::MemberUpdate(Member {
+                        id: member,
+                        peer_urls,
+                        ..Default::default()
+                    })),
+                };
+                let result = self.node.propose(Vec::new(), request.encode_to_vec());
+                self.after_member_proposal(id, result, reply);
+                return;
+            }
+            MemberChange::Add {
+                peer_urls,
+                is_learner,
+            } => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                let member = Member {
+                    id: new_member_id(&peer_urls, &self.config.cluster_token, now),
+                    name: String::new(),
+                    peer_urls,
+                    client_urls: Vec::new(),
+                    is_learner,
+                };
+                let change_type = if is_learner {
+                    ConfChangeType::AddLearnerNode
+                } else {
+                    ConfChangeType::AddNode
+                };
+                (change_type, member.id, Some(member))
+            }
+            MemberChange::Remove { id } => (ConfChangeType::RemoveNode, id, None),
+            MemberChange::Promote { id } => {
+                let mut member = self.members.get(id).cloned().unwrap_or_default();
+                member.is_learner = false;
+                (ConfChangeType::AddNode, id, Some(member))
+            }
+        };
+        let context = ConfChangeContext {
+            proposer,
+            id,
+            member,
+        };
+        let mut conf_change = ConfChange::default();
+        conf_change.set_change_type(change_type);
+        conf_change.node_id = node_id;
+        conf_change.context = context.encode_to_vec().into();
+        let result = self.node.propose_conf_change(Vec::new(), conf_change);
+        self.after_member_proposal(id, result, reply);
+    }
+
+    fn after_member_proposal(
+        &mut self,
+        id: u64,
+        result: raft::Result<()>,
+        reply: oneshot::Sender<Result<MemberChangeResult, EtcdError>>,
+    ) {
+        match result {
+            Ok(()) => {
+                self.member_waiters.insert(id, reply);
+            }
+            Err(raft::Error::ProposalDropped) => {
+                let _ = reply.send(Err(EtcdError::NoLeader));
+            }
+            Err(e) => {
+                let _ = reply.send(Err(EtcdError::Internal(e.to_string())));
+            }
+        }
+    }
+
+    /// etcd's checks before a membership change, including `--strict-reconfig-check`:
+    /// a change may not leave fewer started (recently active) voters than a quorum.
+    fn check_member_change(&self, change: &MemberChange) -> Result<(), EtcdError> {
+        let voters = self.node.raft.prs().conf().voters().ids();
+        let progress = self.node.raft.prs();
+        let active = |id: u64| {
+            id == self.config.member_id || progress.get(id).is_some_and(|p| p.recent_active)
+        };
+        let is_leader = self.node.raft.state == StateRole::Leader;
+        match change {
+            MemberChange::Add {
+                peer_urls,
+                is_learner,
+            } => {
+                let bad = peer_urls.is_empty()
+                    || peer_urls
+                        .iter()
+                        .any(|u| !u.starts_with("http://") && !u.starts_with("https://"));
+                if bad {
+                    return Err(EtcdError::MemberBadUrls);
+                }
+                if self.members.peer_url_in_use(peer_urls, None) {
+                    return Err(EtcdError::PeerUrlExist);
+                }
+                if *is_learner && self.members.learner_count() >= limits::LEARNERS_MAX {
+                    return Err(EtcdError::TooManyLearners);
+                }
+                if !*is_learner && self.config.strict_reconfig_check && is_leader {
+                    let started = voters.iter().filter(|id| active(*id)).count();
+                    let quorum_after = (voters.len() + 1) / 2 + 1;
+                    if started < quorum_after {
+                        return Err(EtcdError::MemberNotEnoughStarted);
+                    }
+                }
+            }
+            MemberChange::Remove { id } => {
+                if !self.members.contains(*id) {
+                    return Err(EtcdError::MemberNotFound);
+                }
+                if self.config.strict_reconfig_check && is_leader && voters.contains(*id) {
+                    let remaining = voters.len() - 1;
+                    let started = voters.iter().filter(|v| *v != *id && active(*v)).count();
+                    if remaining > 0 && started < remaining / 2 + 1 {
+                        return Err(EtcdError::Unhealthy);
+                    }
+                }
+            }
+            MemberChange::Update { id, peer_urls } => {
+                if !self.members.contains(*id) {
+                    return Err(EtcdError::MemberNotFound);
+                }
+                if self.members.peer_url_in_use(peer_urls, Some(*id)) {
+                    return Err(EtcdError::PeerUrlExist);
+                }
+            }
+            MemberChange::Promote { id } => {
+                let Some(member) = self.members.get(*id) else {
+                    return Err(EtcdError::MemberNotFound);
+                };
+                if !member.is_learner {
+                    return Err(EtcdError::MemberNotLearner);
+                }
+                if is_leader {
+                    // etcd promotes a learner only once it has 90% of the leader's log.
+                    let committed = self.node.raft.raft_log.committed;
+                    let ready = progress.get(*id).is_some_and(|p| {
+                        p.matched * 100 >= committed * limits::LEARNER_READY_PERCENT
+                    });
+                    if !ready {
+                        return Err(EtcdError::LearnerNotReady);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_conf_change(&mut self, entry: &Entry) {
+        let mut conf_change = ConfChange::default();
+        if let Err(e) = conf_change.merge_from_bytes(&entry.data) {
+            panic!("undecodable conf change at index {}: {e}", entry.index);
+        }
+        let context = ConfChangeContext::decode(conf_change.context.as_ref()).unwrap_or_default();
+        match self.node.apply_conf_change(&conf_change) {
+            Ok(conf_state) => {
+                self.node.mut_store().wl().set_conf_state(conf_state);
+            }
+            Err(e) => {
+                tracing::warn!("raft refused conf change at index {}: {e}", entry.index);
+            }
+        }
+        let node_id = conf_change.node_id;
+        match conf_change.get_change_type() {
+            ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
+                if self.members.contains(node_id) {
+                    self.members.promote(node_id);
+                } else if let Some(member) = context.member.clone() {
+                    self.members.add(member);
+                }
+            }
+            ConfChangeType::RemoveNode => self.members.remove(node_id),
+        }
+        self.update_peers();
+        tracing::info!(
+            index = entry.index,
+            change = ?conf_change.get_change_type(),
+            member = format_args!("{node_id:x}"),
+            "applied membership change"
+        );
+        if context.proposer == self.config.member_id {
+            if let Some(reply) = self.member_waiters.remove(&context.id) {
+                let member = self
+                    .members
+                    .get(node_id)
+                    .map(crate::membership::to_api_member);
+                let _ = reply.send(Ok(MemberChangeResult {
+                    member,
+                    members: self.members.to_api(),
+                }));
+            }
+        }
+        if conf_change.get_change_type() == ConfChangeType::RemoveNode
+            && node_id == self.config.member_id
+        {
+            tracing::warn!("this member was removed from the cluster; stopping");
+            self.stopping = true;
+        }
+    }
+
+    fn start_move_leader(&mut self, target: u64, reply: oneshot::Sender<Result<(), EtcdError>>) {
+        if self.node.raft.state != StateRole::Leader {
+            let _ = reply.send(Err(EtcdError::NotLeader));
+            return;
+        }
+        if target == self.config.member_id {
+            let _ = reply.send(Ok(()));
+            return;
+        }
+        if !self.node.raft.prs().conf().voters().ids().contains(target) {
+            let _ = reply.send(Err(EtcdError::BadLeaderTransferee));
+            return;
+        }
+        self.node.transfer_leader(target);
+        let election = self.config.heartbeat_interval * self.config.election_ticks as u32;
+        self.move_leader = Some((target, reply, Instant::now() + election * 2));
+    }
+
+    fn check_move_leader(&mut self) {
+        let Some((target, _, deadline)) = &self.move_leader else {
+            return;
+        };
+        let done = self.node.raft.leader_id == *target;
+        if done || Instant::now() > *deadline {
+            if let Some((_, reply, _)) = self.move_leader.take() {
+                let _ = reply.send(if done {
+                    Ok(())
+                } else {
+                    Err(EtcdError::Timeout)
                 });
             }
         }
@@ -554,6 +965,9 @@ impl RaftCore {
         let mut ready = self.node.ready();
         if let Some(soft) = ready.ss() {
             self.shared.leader.store(soft.leader_id, Ordering::Release);
+            if soft.leader_id != raft::INVALID_ID {
+                self.check_move_leader();
+            }
             if soft.raft_state == StateRole::Leader {
                 tracing::info!(
                     member = format_args!("{:x}", self.config.member_id),
@@ -561,16 +975,17 @@ impl RaftCore {
                 );
             }
         }
-        // Messages to peers: a single member has none (the cluster transport comes with
-        // membership); they would be sent here, before the fdatasync.
-        drop(ready.take_messages());
+        // The leader's messages go out before its own fdatasync (raft allows it).
+        let messages = ready.take_messages();
+        self.send_messages(messages);
         if !ready.snapshot().is_empty() {
-            return Err("received a raft snapshot, which a single member never does".into());
+            return Err("installing a raft snapshot from the leader is not implemented yet".into());
         }
         let committed = ready.take_committed_entries();
         self.apply_entries(committed).await;
         self.persist(&ready)?;
-        drop(ready.take_persisted_messages());
+        let messages = ready.take_persisted_messages();
+        self.send_messages(messages);
         for state in ready.take_read_states() {
             self.read_state(state.request_ctx.as_slice(), state.index);
         }
@@ -582,7 +997,8 @@ impl RaftCore {
                 .mut_hard_state()
                 .set_commit(commit);
         }
-        drop(light.take_messages());
+        let messages = light.take_messages();
+        self.send_messages(messages);
         let committed = light.take_committed_entries();
         self.apply_entries(committed).await;
         self.node.advance_apply();
@@ -667,9 +1083,12 @@ impl RaftCore {
                 continue;
             }
             self.applied_index = entry.index;
+            if entry.get_entry_type() == EntryType::EntryConfChange {
+                self.apply_conf_change(&entry);
+                continue;
+            }
             if entry.get_entry_type() != EntryType::EntryNormal || entry.data.is_empty() {
-                // The leader's empty entry of a new term; configuration changes arrive
-                // with membership.
+                // The leader's empty entry of a new term.
                 continue;
             }
             let request = match InternalRequest::decode(entry.data.as_ref()) {
@@ -690,6 +1109,24 @@ impl RaftCore {
                 }
                 Some(internal_request::Request::Txn(txn)) => {
                     self.sequencer.apply_txn(txn, |_| false)
+                }
+                Some(internal_request::Request::MemberAttributes(attributes)) => {
+                    self.members.set_attributes(attributes);
+                    Outcome::default()
+                }
+                Some(internal_request::Request::MemberUpdate(member)) => {
+                    self.members
+                        .update_peer_urls(member.id, member.peer_urls.clone());
+                    self.update_peers();
+                    if request.member_id == self.config.member_id {
+                        if let Some(reply) = self.member_waiters.remove(&request.id) {
+                            let _ = reply.send(Ok(MemberChangeResult {
+                                member: None,
+                                members: self.members.to_api(),
+                            }));
+                        }
+                    }
+                    Outcome::default()
                 }
                 Some(internal_request::Request::Compaction(c)) => {
                     self.sequencer.apply_compaction(c)
@@ -780,6 +1217,7 @@ impl RaftCore {
                 .write_to_bytes()
                 .map_err(|e| e.to_string())?
                 .into(),
+            membership: Some(self.members.to_proto()),
         };
         let payload = marker.encode_to_vec();
         self.wal
@@ -847,4 +1285,15 @@ fn request_adds_data(request: &internal_request::Request) -> bool {
         request,
         internal_request::Request::Put(_) | internal_request::Request::Txn(_)
     )
+}
+
+/// etcd's ID for a member added at runtime: SHA-1 of its sorted peer URLs, the cluster
+/// token and the time, so re-adding the same URLs later gives a new ID.
+fn new_member_id(peer_urls: &[String], cluster_token: &str, unix_seconds: u64) -> u64 {
+    let mut sorted = peer_urls.to_vec();
+    sorted.sort();
+    let mut material = sorted.concat();
+    material.push_str(cluster_token);
+    material.push_str(&unix_seconds.to_string());
+    crate::identity::sha1_prefix(material.as_bytes())
 }

@@ -64,6 +64,50 @@ pub struct Flags {
     /// Configures log level. Only supports debug, info, warn, error, panic, or fatal.
     #[arg(long = "log-level", env = "ETCD_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
+    /// List of URLs to listen on for peer traffic (QUIC over UDP at the URL's port).
+    #[arg(
+        long = "listen-peer-urls",
+        env = "ETCD_LISTEN_PEER_URLS",
+        default_value = "http://localhost:2380"
+    )]
+    pub listen_peer_urls: String,
+    /// List of this member's peer URLs to advertise to the rest of the cluster.
+    #[arg(
+        long = "initial-advertise-peer-urls",
+        env = "ETCD_INITIAL_ADVERTISE_PEER_URLS",
+        default_value = "http://localhost:2380"
+    )]
+    pub initial_advertise_peer_urls: String,
+    /// Initial cluster configuration for bootstrapping (default: ${name}=${initial-advertise-peer-urls}).
+    #[arg(long = "initial-cluster", env = "ETCD_INITIAL_CLUSTER")]
+    pub initial_cluster: Option<String>,
+    /// Initial cluster token for the cluster during bootstrap.
+    #[arg(
+        long = "initial-cluster-token",
+        env = "ETCD_INITIAL_CLUSTER_TOKEN",
+        default_value = "etcd-cluster"
+    )]
+    pub initial_cluster_token: String,
+    /// Initial cluster state ('new' or 'existing').
+    #[arg(long = "initial-cluster-state", env = "ETCD_INITIAL_CLUSTER_STATE", default_value = "new", value_parser = ["new", "existing"])]
+    pub initial_cluster_state: String,
+    /// Time (in milliseconds) of a heartbeat interval.
+    #[arg(
+        long = "heartbeat-interval",
+        env = "ETCD_HEARTBEAT_INTERVAL",
+        default_value_t = 100
+    )]
+    pub heartbeat_interval: u64,
+    /// Time (in milliseconds) for an election to timeout.
+    #[arg(
+        long = "election-timeout",
+        env = "ETCD_ELECTION_TIMEOUT",
+        default_value_t = 1000
+    )]
+    pub election_timeout: u64,
+    /// Reject reconfiguration requests that would cause quorum loss.
+    #[arg(long = "strict-reconfig-check", env = "ETCD_STRICT_RECONFIG_CHECK", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub strict_reconfig_check: bool,
     /// Shard cores (each owns a partition of the keys); default: cores - 1, at least 1.
     #[arg(long, env = "RIVET_SHARDS")]
     pub shards: Option<usize>,
@@ -131,45 +175,9 @@ pub fn listen_addresses(urls: &str) -> Result<Vec<SocketAddr>, UrlError> {
     Ok(addresses)
 }
 
-/// etcd's member ID: the first 8 bytes (big endian) of SHA-1 over the sorted peer URLs
-/// followed by the cluster token.
-pub fn member_id(peer_urls: &[&str], cluster_token: &str) -> u64 {
-    use sha1::{Digest, Sha1};
-    let mut sorted: Vec<&str> = peer_urls.to_vec();
-    sorted.sort_unstable();
-    let mut hasher = Sha1::new();
-    for url in sorted {
-        hasher.update(url.as_bytes());
-    }
-    hasher.update(cluster_token.as_bytes());
-    let digest = hasher.finalize();
-    u64::from_be_bytes(digest[..8].try_into().unwrap_or([0; 8]))
-}
-
-/// etcd's cluster ID: SHA-1 over the sorted member IDs, big endian, first 8 bytes.
-pub fn cluster_id(member_ids: &[u64]) -> u64 {
-    use sha1::{Digest, Sha1};
-    let mut sorted = member_ids.to_vec();
-    sorted.sort_unstable();
-    let mut hasher = Sha1::new();
-    for id in sorted {
-        hasher.update(id.to_be_bytes());
-    }
-    let digest = hasher.finalize();
-    u64::from_be_bytes(digest[..8].try_into().unwrap_or([0; 8]))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ids_match_etcds_defaults() {
-        // etcd 3.4 with default flags reports these IDs.
-        let member = member_id(&["http://localhost:2380"], "etcd-cluster");
-        assert_eq!(member, 0x8e9e05c52164694d);
-        assert_eq!(cluster_id(&[member]), 0xcdf818194e3a8c32);
-    }
 
     #[test]
     fn single_dash_flags_are_accepted() {
@@ -177,4 +185,82 @@ mod tests {
             normalize_args(["rivet", "-name", "x", "--data-dir", "d", "-h"].map(String::from));
         assert_eq!(args, ["rivet", "--name", "x", "--data-dir", "d", "-h"]);
     }
+}
+
+/// Splits a comma-separated URL list.
+pub fn url_list(value: &str) -> Vec<String> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(|u| u.trim_end_matches('/').to_string())
+        .collect()
+}
+
+/// The cluster this member bootstraps into: its own ID, the cluster ID and the initial
+/// members, from `--name`, `--initial-cluster`, `--initial-advertise-peer-urls` and
+/// `--initial-cluster-token`, checked the way etcd checks them.
+#[derive(Debug, Clone)]
+pub struct Bootstrap {
+    pub member_id: u64,
+    pub cluster_id: u64,
+    pub members: Vec<(u64, String, Vec<String>)>,
+}
+
+pub fn bootstrap(flags: &Flags) -> Result<Bootstrap, String> {
+    let advertised = url_list(&flags.initial_advertise_peer_urls);
+    let initial = match &flags.initial_cluster {
+        Some(value) => value.clone(),
+        None => advertised
+            .iter()
+            .map(|u| format!("{}={u}", flags.name))
+            .collect::<Vec<_>>()
+            .join(","),
+    };
+    let parsed = rivet_engine::membership::parse_initial_cluster(&initial)?;
+    let Some((_, own_urls)) = parsed.iter().find(|(name, _)| *name == flags.name) else {
+        return Err(format!(
+            "couldn't find local name {:?} in the initial cluster configuration ({initial})",
+            flags.name
+        ));
+    };
+    let mut expected: Vec<String> = own_urls
+        .iter()
+        .map(|u| u.trim_end_matches('/').to_string())
+        .collect();
+    expected.sort();
+    let mut have = advertised.clone();
+    have.sort();
+    if expected != have {
+        let missing: Vec<&String> = expected.iter().filter(|u| !have.contains(u)).collect();
+        return Err(format!(
+            "--initial-cluster has {}={} but missing from --initial-advertise-peer-urls={} (missing: {:?}; expected: {:?})",
+            flags.name,
+            expected.join(","),
+            advertised.join(","),
+            missing,
+            expected
+        ));
+    }
+    let members: Vec<(u64, String, Vec<String>)> = parsed
+        .into_iter()
+        .map(|(name, urls)| {
+            let urls: Vec<String> = urls
+                .iter()
+                .map(|u| u.trim_end_matches('/').to_string())
+                .collect();
+            (
+                rivet_engine::identity::member_id(&urls, &flags.initial_cluster_token),
+                name,
+                urls,
+            )
+        })
+        .collect();
+    let ids: Vec<u64> = members.iter().map(|(id, _, _)| *id).collect();
+    let member_id = rivet_engine::identity::member_id(&advertised, &flags.initial_cluster_token);
+    Ok(Bootstrap {
+        member_id,
+        cluster_id: rivet_engine::identity::cluster_id(&ids),
+        members,
+    })
 }

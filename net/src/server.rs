@@ -25,14 +25,11 @@ use rivet_engine::raft_core::{open_wal, RaftCore, RaftCoreConfig};
 use rivet_engine::shard::Shard;
 use rivet_engine::shared::Shared;
 
-use crate::config::{cluster_id, listen_addresses, member_id, Flags};
+use crate::config::{bootstrap, listen_addresses, url_list, Flags};
 use crate::glommio_hyper::{GlommioExecutor, GlommioIo};
 use crate::http::ClientService;
 use crate::services::{CoreHandle, KvService, MaintenanceService};
 
-/// etcd's defaults for a member started without cluster flags.
-const DEFAULT_PEER_URL: &str = "http://localhost:2380";
-const DEFAULT_CLUSTER_TOKEN: &str = "etcd-cluster";
 /// etcd's default quota when `--quota-backend-bytes` is 0: 2 GiB.
 const DEFAULT_QUOTA_BYTES: u64 = 2 * 1024 * 1024 * 1024;
 /// etcd's request timeout with default timings: 5 s plus two election timeouts.
@@ -89,8 +86,30 @@ pub fn run(flags: Flags) -> anyhow::Result<()> {
         .unwrap_or(cpu_ids.len().saturating_sub(1))
         .max(1);
 
-    let member = member_id(&[DEFAULT_PEER_URL], DEFAULT_CLUSTER_TOKEN);
-    let cluster = cluster_id(&[member]);
+    let cluster_plan = bootstrap(&flags).map_err(|e| anyhow!(e))?;
+    let member = cluster_plan.member_id;
+    let cluster = cluster_plan.cluster_id;
+    let join_existing = flags.initial_cluster_state == "existing";
+    if join_existing || cluster_plan.members.len() > 1 {
+        return Err(anyhow!(
+            "clusters of several members need the peer transport, which is not wired in yet"
+        ));
+    }
+    let initial_members = if join_existing {
+        Vec::new()
+    } else {
+        cluster_plan
+            .members
+            .iter()
+            .map(|(id, name, urls)| rivet_api::rivetpb::Member {
+                id: *id,
+                name: name.clone(),
+                peer_urls: urls.clone(),
+                client_urls: Vec::new(),
+                is_learner: false,
+            })
+            .collect()
+    };
     let shared = Arc::new(Shared::new(member, cluster, shard_count));
     let raft_config = RaftCoreConfig {
         wal_dir,
@@ -104,8 +123,13 @@ pub fn run(flags: Flags) -> anyhow::Result<()> {
         } else {
             flags.quota_backend_bytes
         },
-        heartbeat_interval: Duration::from_millis(100),
-        election_ticks: 10,
+        heartbeat_interval: Duration::from_millis(flags.heartbeat_interval.max(1)),
+        election_ticks: (flags.election_timeout / flags.heartbeat_interval.max(1)).max(2) as usize,
+        name: flags.name.clone(),
+        client_urls: url_list(&flags.advertise_client_urls),
+        initial_members,
+        strict_reconfig_check: flags.strict_reconfig_check,
+        cluster_token: flags.initial_cluster_token.clone(),
     };
     let recovered = open_wal(&raft_config)?;
     let checkpoint_index = recovered.checkpoint.as_ref().map_or(0, |c| c.applied_index);
@@ -149,10 +173,18 @@ pub fn run(flags: Flags) -> anyhow::Result<()> {
                 }
             };
             runtime.block_on(async move {
-                match RaftCore::start(raft_config, recovered, raft_shared, apply_txs, restore_rx)
-                    .await
+                let (_peer_tx, peer_rx) = tokio::sync::mpsc::channel(1);
+                match RaftCore::start(
+                    raft_config,
+                    recovered,
+                    raft_shared,
+                    apply_txs,
+                    restore_rx,
+                    Box::new(NoPeers),
+                )
+                .await
                 {
-                    Ok(core) => core.run(command_rx, ack_rx).await,
+                    Ok(core) => core.run(command_rx, ack_rx, peer_rx).await,
                     Err(e) => {
                         let _ = raft_fatal.send(format!("raft core: {e}"));
                     }
@@ -292,4 +324,15 @@ async fn accept_loop(listener: TcpListener, core: Rc<ShardCore>, max_request_byt
             Err(e) => tracing::error!("cannot spawn a connection: {e}"),
         };
     }
+}
+
+/// The link of a member that has no peers.
+struct NoPeers;
+
+impl rivet_engine::raft_core::PeerLink for NoPeers {
+    fn send(&self, _to: u64, _message: bytes::Bytes) -> bool {
+        false
+    }
+
+    fn set_peers(&self, _peers: Vec<(u64, Vec<String>)>) {}
 }
