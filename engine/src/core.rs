@@ -21,7 +21,7 @@ use rivet_api::rivetpb::internal_request;
 use crate::check;
 use crate::error::EtcdError;
 use crate::messages::{
-    ApplyMessage, RaftCommand, RaftStatus, RangePart, RangePartResult, ReadPoint, Reply,
+    ApplyMessage, MemberChange, MemberChangeResult, RaftCommand, RaftStatus, RangePart, RangePartResult, ReadPoint, Reply,
     RestoreChunk, ShardAck, ShardRequest,
 };
 use crate::range::{finish_range, merge_sorted, resolve_revision, RangeEnd};
@@ -274,6 +274,28 @@ impl ShardCore {
     pub async fn raft_status(&self) -> Result<RaftStatus, EtcdError> {
         let (reply, answer) = oneshot::channel();
         self.ask_raft(RaftCommand::Status { reply }, answer).await
+    }
+
+    pub async fn member_list(&self) -> Result<Vec<rivet_api::etcdserverpb::Member>, EtcdError> {
+        let (reply, answer) = oneshot::channel();
+        self.ask_raft(RaftCommand::MemberList { reply }, answer).await
+    }
+
+    pub async fn member_change(&self, change: MemberChange) -> Result<MemberChangeResult, EtcdError> {
+        let (reply, answer) = oneshot::channel();
+        self.ask_raft(RaftCommand::MemberChange { change, reply }, answer)
+            .await?
+    }
+
+    pub async fn move_leader(&self, target: u64) -> Result<(), EtcdError> {
+        let (reply, answer) = oneshot::channel();
+        self.ask_raft(RaftCommand::MoveLeader { target, reply }, answer)
+            .await?
+    }
+
+    /// A header at the newest revision every shard applied.
+    pub fn current_header(&self) -> ResponseHeader {
+        self.header(self.shared.applied_revision())
     }
 
     /// Sum of every shard's page file size, read from the files now.

@@ -721,7 +721,10 @@ impl RaftCore {
                 if !*is_learner && self.config.strict_reconfig_check && is_leader {
                     let started = voters.iter().filter(|id| active(*id)).count();
                     let quorum_after = (voters.len() + 1) / 2 + 1;
-                    if started < quorum_after {
+                    // etcd lets a single started member take a second one (restoring a
+                    // cluster from one member's data).
+                    let restoring = started == 1 && voters.len() == 1;
+                    if started < quorum_after && !restoring {
                         return Err(EtcdError::MemberNotEnoughStarted);
                     }
                 }

@@ -16,7 +16,9 @@ use glommio::net::TcpListener;
 use glommio::{LocalExecutorBuilder, Placement};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
-use rivet_api::etcdserverpb::{kv_server::KvServer, maintenance_server::MaintenanceServer};
+use rivet_api::etcdserverpb::{
+    cluster_server::ClusterServer, kv_server::KvServer, maintenance_server::MaintenanceServer,
+};
 use rivet_engine::core::ShardCore;
 use rivet_engine::limits;
 use rivet_engine::messages::RaftCommand;
@@ -28,7 +30,7 @@ use rivet_engine::shared::Shared;
 use crate::config::{bootstrap, listen_addresses, url_list, Flags};
 use crate::glommio_hyper::{GlommioExecutor, GlommioIo};
 use crate::http::ClientService;
-use crate::services::{CoreHandle, KvService, MaintenanceService};
+use crate::services::{ClusterService, CoreHandle, KvService, MaintenanceService};
 
 /// etcd's default quota when `--quota-backend-bytes` is 0: 2 GiB.
 const DEFAULT_QUOTA_BYTES: u64 = 2 * 1024 * 1024 * 1024;
@@ -288,6 +290,7 @@ async fn accept_loop(listener: TcpListener, core: Rc<ShardCore>, max_request_byt
             .max_decoding_message_size(decode_limit)
             .max_encoding_message_size(usize::MAX),
     )
+    .add_service(ClusterServer::new(ClusterService(handle.clone())))
     .add_service(
         MaintenanceServer::new(MaintenanceService(handle.clone()))
             .max_decoding_message_size(decode_limit)

@@ -8,7 +8,10 @@ use std::time::Duration;
 
 use futures::future::Either;
 use rivet_api::etcdserverpb::{
-    kv_server::Kv, maintenance_server::Maintenance, AlarmRequest, AlarmResponse, CompactionRequest,
+    cluster_server::Cluster, kv_server::Kv, maintenance_server::Maintenance, MemberAddRequest,
+    MemberAddResponse, MemberListRequest, MemberListResponse, MemberPromoteRequest,
+    MemberPromoteResponse, MemberRemoveRequest, MemberRemoveResponse, MemberUpdateRequest,
+    MemberUpdateResponse, AlarmRequest, AlarmResponse, CompactionRequest,
     CompactionResponse, DefragmentRequest, DefragmentResponse, DeleteRangeRequest,
     DeleteRangeResponse, HashKvRequest, HashKvResponse, HashRequest, HashResponse,
     MoveLeaderRequest, MoveLeaderResponse, PutRequest, PutResponse, RangeRequest, RangeResponse,
@@ -16,6 +19,7 @@ use rivet_api::etcdserverpb::{
 };
 use rivet_engine::core::ShardCore;
 use rivet_engine::error::EtcdError;
+use rivet_engine::messages::MemberChange;
 use send_wrapper::SendWrapper;
 use tonic::{Request, Response, Status};
 
@@ -176,8 +180,105 @@ impl Maintenance for MaintenanceService {
 
     async fn move_leader(
         &self,
-        _: Request<MoveLeaderRequest>,
+        request: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
-        Err(not_yet("MoveLeader"))
+        let target = request.into_inner().target_id;
+        self.0
+            .run(|core| async move {
+                core.move_leader(target).await?;
+                Ok(MoveLeaderResponse {
+                    header: Some(core.current_header()),
+                })
+            })
+            .await
+    }
+}
+
+pub struct ClusterService(pub CoreHandle);
+
+#[tonic::async_trait]
+impl Cluster for ClusterService {
+    async fn member_add(&self, request: Request<MemberAddRequest>) -> Result<Response<MemberAddResponse>, Status> {
+        let request = request.into_inner();
+        self.0
+            .run(|core| async move {
+                let result = core
+                    .member_change(MemberChange::Add {
+                        peer_urls: request.peer_ur_ls,
+                        is_learner: request.is_learner,
+                    })
+                    .await?;
+                Ok(MemberAddResponse {
+                    header: Some(core.current_header()),
+                    member: result.member,
+                    members: result.members,
+                })
+            })
+            .await
+    }
+
+    async fn member_remove(
+        &self,
+        request: Request<MemberRemoveRequest>,
+    ) -> Result<Response<MemberRemoveResponse>, Status> {
+        let id = request.into_inner().id;
+        self.0
+            .run(|core| async move {
+                let result = core.member_change(MemberChange::Remove { id }).await?;
+                Ok(MemberRemoveResponse {
+                    header: Some(core.current_header()),
+                    members: result.members,
+                })
+            })
+            .await
+    }
+
+    async fn member_update(
+        &self,
+        request: Request<MemberUpdateRequest>,
+    ) -> Result<Response<MemberUpdateResponse>, Status> {
+        let request = request.into_inner();
+        self.0
+            .run(|core| async move {
+                let result = core
+                    .member_change(MemberChange::Update {
+                        id: request.id,
+                        peer_urls: request.peer_ur_ls,
+                    })
+                    .await?;
+                Ok(MemberUpdateResponse {
+                    header: Some(core.current_header()),
+                    members: result.members,
+                })
+            })
+            .await
+    }
+
+    async fn member_list(&self, _: Request<MemberListRequest>) -> Result<Response<MemberListResponse>, Status> {
+        self.0
+            .run(|core| async move {
+                let members = core.member_list().await?;
+                Ok(MemberListResponse {
+                    header: Some(core.current_header()),
+                    members,
+                })
+            })
+            .await
+    }
+
+    async fn member_promote(
+        &self,
+        request: Request<MemberPromoteRequest>,
+    ) -> Result<Response<MemberPromoteResponse>, Status> {
+        let id = request.into_inner().id;
+        self.0
+            .run(|core| async move {
+                let result = core.member_change(MemberChange::Promote { id }).await?;
+                Ok(MemberPromoteResponse {
+                    header: Some(core.current_header()),
+                    members: result.members,
+                })
+            })
+            .await
     }
 }
