@@ -21,8 +21,8 @@ use rivet_api::rivetpb::internal_request;
 use crate::check;
 use crate::error::EtcdError;
 use crate::messages::{
-    ApplyMessage, MemberChange, MemberChangeResult, RaftCommand, RaftStatus, RangePart, RangePartResult, ReadPoint, Reply,
-    RestoreChunk, ShardAck, ShardRequest,
+    ApplyMessage, MemberChange, MemberChangeResult, RaftCommand, RaftStatus, RangePart,
+    RangePartResult, ReadPoint, Reply, RestoreChunk, ShardAck, ShardRequest,
 };
 use crate::range::{finish_range, merge_sorted, resolve_revision, RangeEnd};
 use crate::sequencer::{Applied, HistoricalRange};
@@ -206,6 +206,24 @@ impl ShardCore {
                             size_bytes: shard.size_bytes(),
                         }
                     }
+                    ApplyMessage::Install {
+                        snap_dir,
+                        index,
+                        revision,
+                    } => {
+                        if let Err(e) = shard.install(&snap_dir, index) {
+                            panic!("cannot install the snapshot at index {index}: {e}");
+                        }
+                        drop(shard);
+                        self.publish_applied(index, revision);
+                        let shard = self.shard.borrow();
+                        ShardAck {
+                            shard: self.id,
+                            index,
+                            checkpoint: Some(index),
+                            size_bytes: shard.size_bytes(),
+                        }
+                    }
                     ApplyMessage::Checkpoint(request) => {
                         shard.checkpoint(&request);
                         ShardAck {
@@ -232,6 +250,15 @@ impl ShardCore {
                 }
                 ShardRequest::SizeBytes { reply } => {
                     let _ = reply.send(self.shard.borrow().size_bytes());
+                }
+                ShardRequest::Export {
+                    index,
+                    revision,
+                    reply,
+                } => {
+                    // Rare (a raft snapshot); the shards reach `index` within moments.
+                    self.wait_applied(index).await;
+                    let _ = reply.send(self.shard.borrow().export(revision));
                 }
             }
         }
@@ -278,10 +305,14 @@ impl ShardCore {
 
     pub async fn member_list(&self) -> Result<Vec<rivet_api::etcdserverpb::Member>, EtcdError> {
         let (reply, answer) = oneshot::channel();
-        self.ask_raft(RaftCommand::MemberList { reply }, answer).await
+        self.ask_raft(RaftCommand::MemberList { reply }, answer)
+            .await
     }
 
-    pub async fn member_change(&self, change: MemberChange) -> Result<MemberChangeResult, EtcdError> {
+    pub async fn member_change(
+        &self,
+        change: MemberChange,
+    ) -> Result<MemberChangeResult, EtcdError> {
         let (reply, answer) = oneshot::channel();
         self.ask_raft(RaftCommand::MemberChange { change, reply }, answer)
             .await?

@@ -16,3 +16,4 @@ pub mod range;
 pub mod sequencer;
 pub mod shard;
 pub mod shared;
+pub mod snapshot;

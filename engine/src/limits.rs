@@ -41,6 +41,9 @@ pub const APPLY_QUEUE_BATCHES: usize = 1024;
 pub const SHARD_ACK_QUEUE: usize = 4096;
 /// Scattered read parts queued for one shard core from the others.
 pub const SHARD_REQUEST_QUEUE: usize = 4096;
+/// Messages from the peer transport waiting for the raft core: a few heartbeat rounds of
+/// a large cluster; when full, the transport waits (QUIC flow control pushes back).
+pub const PEER_EVENT_QUEUE: usize = 4096;
 /// Chunks of live keys in flight from the shards to the raft core at start-up.
 pub const RESTORE_QUEUE_CHUNKS: usize = 4;
 /// Keys per start-up chunk: the sequencer is rebuilt in chunks, never by loading every

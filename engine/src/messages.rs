@@ -111,6 +111,13 @@ pub enum ApplyMessage {
     Batch(ApplyBatch),
     /// Make everything applied so far durable and record a checkpoint at this index.
     Checkpoint(CheckpointRequest),
+    /// Swap in the page files staged for a raft snapshot at `index` (the WAL already
+    /// names that checkpoint).
+    Install {
+        snap_dir: std::path::PathBuf,
+        index: u64,
+        revision: i64,
+    },
 }
 
 #[derive(Debug, Default)]
@@ -154,6 +161,12 @@ pub enum ShardRequest {
     },
     SizeBytes {
         reply: oneshot::Sender<u64>,
+    },
+    /// This shard's records up to `revision`, once it applied `index` (raft snapshot).
+    Export {
+        index: u64,
+        revision: i64,
+        reply: oneshot::Sender<Vec<u8>>,
     },
 }
 

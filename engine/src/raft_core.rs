@@ -31,7 +31,7 @@ use raft::storage::MemStorage;
 use raft::{Config, RawNode, StateRole};
 use rivet_api::rivetpb::{
     internal_request, CheckpointMarker, ConfChangeContext, InternalRequest, Member,
-    MemberAttributes, WalMetadata,
+    MemberAttributes, SnapshotInfo, WalMetadata,
 };
 use rivet_wal::{Record, RecordKind, Wal, WalOptions};
 
@@ -68,6 +68,8 @@ pub struct RaftCoreConfig {
     pub strict_reconfig_check: bool,
     /// `--initial-cluster-token`: part of every member ID.
     pub cluster_token: String,
+    /// `member/snap`: where snapshots are staged next to the shards' page files.
+    pub snap_dir: PathBuf,
 }
 
 /// How the raft core reaches its peers (the QUIC transport lives in `net`). Sending never
@@ -78,12 +80,28 @@ pub trait PeerLink {
     fn send(&self, to: u64, message: bytes::Bytes) -> bool;
     /// The peers and their peer URLs, after every membership change.
     fn set_peers(&self, peers: Vec<(u64, Vec<String>)>);
+    /// Streams a raft snapshot (the `MsgSnapshot` and the shards' records) to `to` on its
+    /// own stream; the link reports the outcome as [`PeerEvent::SnapshotStatus`].
+    fn send_snapshot(&self, to: u64, message: bytes::Bytes, data: bytes::Bytes);
 }
 
 /// What the transport delivers to the raft core.
 pub enum PeerEvent {
     /// A raft message from a peer of this cluster (the transport checked the cluster ID).
     Message(bytes::Bytes),
+    /// A raft snapshot from the leader: the `MsgSnapshot` and the records.
+    Snapshot {
+        message: bytes::Bytes,
+        data: bytes::Bytes,
+    },
+    /// Whether a snapshot sent to `to` arrived.
+    SnapshotStatus { to: u64, delivered: bool },
+    /// The shards finished exporting a snapshot for `to` (internal).
+    SnapshotExported {
+        to: u64,
+        message: bytes::Bytes,
+        data: bytes::Bytes,
+    },
 }
 
 /// The durable state found in the WAL at start-up.
@@ -261,6 +279,10 @@ pub struct RaftCore {
     move_leader: Option<(u64, oneshot::Sender<Result<(), EtcdError>>, Instant)>,
     /// Whether this member's name and client URLs are in the member table yet.
     attributes_proposed: bool,
+    /// For snapshots: the shards' request channels and a way to report back to the loop.
+    shard_requests: Vec<async_channel::Sender<crate::messages::ShardRequest>>,
+    events: tokio::sync::mpsc::Sender<PeerEvent>,
+    snapshots_in_flight: std::collections::HashSet<u64>,
 }
 
 #[derive(Default)]
@@ -301,6 +323,8 @@ impl RaftCore {
         apply_senders: Vec<async_channel::Sender<ApplyMessage>>,
         restore: async_channel::Receiver<RestoreChunk>,
         peers: Box<dyn PeerLink>,
+        shard_requests: Vec<async_channel::Sender<crate::messages::ShardRequest>>,
+        events: tokio::sync::mpsc::Sender<PeerEvent>,
     ) -> Result<RaftCore, StartError> {
         let (revision, compact_revision, applied) = match &recovered.checkpoint {
             Some(c) => (c.revision, c.compact_revision, c.applied_index),
@@ -431,6 +455,9 @@ impl RaftCore {
             member_waiters: HashMap::new(),
             move_leader: None,
             attributes_proposed: false,
+            shard_requests,
+            events,
+            snapshots_in_flight: std::collections::HashSet::new(),
         })
     }
 
@@ -459,10 +486,10 @@ impl RaftCore {
                     self.node.tick();
                     self.check_move_leader();
                 }
-                Some(event) = peer_events.recv() => self.handle_peer_event(event),
+                Some(event) = peer_events.recv() => self.handle_peer_event(event).await,
             }
             while let Ok(event) = peer_events.try_recv() {
-                self.handle_peer_event(event);
+                self.handle_peer_event(event).await;
             }
             for _ in 0..limits::RAFT_COMMANDS_PER_TURN_MAX {
                 match commands.try_recv() {
@@ -525,8 +552,26 @@ impl RaftCore {
         }
     }
 
-    fn handle_peer_event(&mut self, event: PeerEvent) {
+    async fn handle_peer_event(&mut self, event: PeerEvent) {
         match event {
+            PeerEvent::Snapshot { message, data } => self.install_snapshot(message, data).await,
+            PeerEvent::SnapshotStatus { to, delivered } => {
+                self.snapshots_in_flight.remove(&to);
+                let status = if delivered {
+                    raft::SnapshotStatus::Finish
+                } else {
+                    raft::SnapshotStatus::Failure
+                };
+                self.node.report_snapshot(to, status);
+            }
+            PeerEvent::SnapshotExported { to, message, data } => {
+                tracing::info!(
+                    to = format_args!("{to:x}"),
+                    bytes = data.len(),
+                    "sending a snapshot"
+                );
+                self.peers.send_snapshot(to, message, data);
+            }
             PeerEvent::Message(bytes) => {
                 let mut message = RaftMessage::default();
                 if let Err(e) = message.merge_from_bytes(&bytes) {
@@ -543,6 +588,10 @@ impl RaftCore {
     fn send_messages(&mut self, messages: Vec<RaftMessage>) {
         for message in messages {
             let to = message.to;
+            if message.get_msg_type() == raft::prelude::MessageType::MsgSnapshot {
+                self.export_snapshot(message);
+                continue;
+            }
             let bytes = match message.write_to_bytes() {
                 Ok(bytes) => bytes,
                 Err(e) => {
@@ -553,6 +602,171 @@ impl RaftCore {
             if !self.peers.send(to, bytes.into()) {
                 self.node.report_unreachable(to);
             }
+        }
+    }
+
+    /// Starts streaming a snapshot to a follower: the shards export every version up to
+    /// the revision at the snapshot's index (which is this member's applied index: raft
+    /// takes it from the log storage, whose commit index only moves when we apply).
+    fn export_snapshot(&mut self, mut message: RaftMessage) {
+        let to = message.to;
+        let index = message.get_snapshot().get_metadata().index;
+        if index != self.applied_index || self.snapshots_in_flight.contains(&to) {
+            self.node.report_snapshot(to, raft::SnapshotStatus::Failure);
+            return;
+        }
+        let info = SnapshotInfo {
+            revision: self.sequencer.revision(),
+            compact_revision: self.sequencer.compact_revision(),
+            membership: Some(self.members.to_proto()),
+        };
+        message.mut_snapshot().data = info.encode_to_vec().into();
+        let bytes = match message.write_to_bytes() {
+            Ok(bytes) => bytes::Bytes::from(bytes),
+            Err(e) => {
+                tracing::error!("cannot encode a snapshot message: {e}");
+                return;
+            }
+        };
+        self.snapshots_in_flight.insert(to);
+        let requests = self.shard_requests.clone();
+        let events = self.events.clone();
+        let revision = info.revision;
+        tokio::spawn(async move {
+            let mut data = Vec::new();
+            for shard in requests {
+                let (reply, answer) = oneshot::channel();
+                let export = crate::messages::ShardRequest::Export {
+                    index,
+                    revision,
+                    reply,
+                };
+                if shard.send(export).await.is_err() {
+                    let _ = events
+                        .send(PeerEvent::SnapshotStatus {
+                            to,
+                            delivered: false,
+                        })
+                        .await;
+                    return;
+                }
+                match answer.await {
+                    Ok(part) => data.extend_from_slice(&part),
+                    Err(_) => {
+                        let _ = events
+                            .send(PeerEvent::SnapshotStatus {
+                                to,
+                                delivered: false,
+                            })
+                            .await;
+                        return;
+                    }
+                }
+            }
+            let _ = events
+                .send(PeerEvent::SnapshotExported {
+                    to,
+                    message: bytes,
+                    data: data.into(),
+                })
+                .await;
+        });
+    }
+
+    /// Installs a snapshot from the leader: stage page files, record the checkpoint in the
+    /// WAL, swap the shards' files, rebuild the sequencer and the member table, then let
+    /// raft take the snapshot.
+    async fn install_snapshot(&mut self, message_bytes: bytes::Bytes, data: bytes::Bytes) {
+        let mut message = RaftMessage::default();
+        if let Err(e) = message.merge_from_bytes(&message_bytes) {
+            tracing::warn!("dropping an undecodable snapshot message: {e}");
+            return;
+        }
+        let metadata = message.get_snapshot().get_metadata().clone();
+        let index = metadata.index;
+        if index <= self.node.raft.raft_log.committed {
+            // Stale: raft answers the leader with where this member is.
+            let _ = self.node.step(message);
+            return;
+        }
+        let info = match SnapshotInfo::decode(message.get_snapshot().data.as_ref()) {
+            Ok(info) => info,
+            Err(e) => {
+                tracing::warn!("dropping a snapshot with undecodable info: {e}");
+                return;
+            }
+        };
+        let heads = match crate::snapshot::heads(&data) {
+            Ok(heads) => heads,
+            Err(e) => {
+                tracing::warn!("dropping a damaged snapshot at index {index}: {e}");
+                return;
+            }
+        };
+        let checkpoint = crate::page::Checkpoint {
+            applied_index: index,
+            revision: info.revision,
+            compact_revision: info.compact_revision,
+        };
+        if let Err(e) = crate::snapshot::stage(
+            &self.config.snap_dir,
+            &data,
+            self.config.shard_count,
+            &checkpoint,
+        ) {
+            tracing::error!("cannot stage the snapshot at index {index}: {e}");
+            return;
+        }
+        let marker = CheckpointMarker {
+            applied_index: index,
+            term: metadata.term,
+            revision: info.revision,
+            compact_revision: info.compact_revision,
+            conf_state: metadata
+                .get_conf_state()
+                .write_to_bytes()
+                .unwrap_or_default()
+                .into(),
+            membership: info.membership.clone(),
+        };
+        let payload = marker.encode_to_vec();
+        if let Err(e) = self.wal.append(&[Record {
+            kind: RecordKind::Snapshot,
+            index,
+            payload: &payload,
+        }]) {
+            tracing::error!("cannot record the snapshot at index {index} in the WAL: {e}");
+            return;
+        }
+        for sender in &self.apply_senders {
+            let install = ApplyMessage::Install {
+                snap_dir: self.config.snap_dir.clone(),
+                index,
+                revision: info.revision,
+            };
+            let _ = sender.send(install).await;
+        }
+        let mut sequencer = Sequencer::restore(info.revision, info.compact_revision);
+        for (key, head) in heads {
+            sequencer.restore_key(key, head);
+        }
+        self.sequencer = sequencer;
+        self.members = info
+            .membership
+            .as_ref()
+            .map(MemberTable::from_proto)
+            .unwrap_or_default();
+        self.update_peers();
+        self.applied_index = index;
+        self.checkpoint_index = index;
+        self.checkpoint_in_flight = None;
+        tracing::info!(
+            index,
+            revision = info.revision,
+            "installed a snapshot from the leader"
+        );
+        if let Err(e) = self.node.step(message) {
+            tracing::warn!("raft refused the snapshot at index {index}: {e}");
         }
     }
 
@@ -982,7 +1196,15 @@ impl RaftCore {
         let messages = ready.take_messages();
         self.send_messages(messages);
         if !ready.snapshot().is_empty() {
-            return Err("installing a raft snapshot from the leader is not implemented yet".into());
+            // The state was installed when the snapshot arrived (`install_snapshot`); here
+            // raft's log storage moves to it.
+            let snapshot = ready.snapshot().clone();
+            let index = snapshot.get_metadata().index;
+            self.node
+                .mut_store()
+                .wl()
+                .apply_snapshot(snapshot)
+                .map_err(|e| format!("applying snapshot {index} to the raft log: {e}"))?;
         }
         let committed = ready.take_committed_entries();
         self.apply_entries(committed).await;

@@ -179,6 +179,43 @@ impl Shard {
         self.revision = batch.revision;
     }
 
+    /// Every version this shard retains up to `revision`, as a snapshot stream (page
+    /// records), oldest first. Built in one pass so that a compaction cannot interleave.
+    pub fn export(&self, revision: i64) -> Vec<u8> {
+        let mut out = Vec::new();
+        for change in self.index.changes(b"\0", IndexEnd::FromKey, 0, revision) {
+            let view = self.page.read(change.ptr).unwrap_or_else(|e| {
+                panic!(
+                    "shard {}: index points at an unreadable record: {e}",
+                    self.id
+                )
+            });
+            let record = KeyRecord {
+                key: view.key,
+                create_revision: view.create_revision,
+                mod_revision: view.mod_revision,
+                version: view.version,
+                lease: view.lease,
+                value: view.value,
+            };
+            crate::page::encode_key_record(&record, &mut out)
+                .unwrap_or_else(|e| panic!("shard {}: cannot encode a record: {e}", self.id));
+        }
+        out
+    }
+
+    /// Replaces this shard's files with the ones staged for a snapshot at `index`.
+    pub fn install(&mut self, snap_dir: &Path, index: u64) -> Result<(), ShardOpenError> {
+        let staged = crate::snapshot::staged_dir(snap_dir, index, self.id);
+        let own = self.page.dir().to_path_buf();
+        crate::snapshot::swap_in(&staged, &own).map_err(|e| ShardOpenError {
+            shard: self.id,
+            reason: format!("swapping in the snapshot: {e}"),
+        })?;
+        *self = Shard::open(&own, self.id, index, PageOptions::default())?;
+        Ok(())
+    }
+
     pub fn checkpoint(&mut self, request: &CheckpointRequest) {
         debug_assert_eq!(request.index, self.applied_index);
         let checkpoint = Checkpoint {

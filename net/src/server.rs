@@ -132,9 +132,13 @@ pub fn run(flags: Flags) -> anyhow::Result<()> {
         initial_members,
         strict_reconfig_check: flags.strict_reconfig_check,
         cluster_token: flags.initial_cluster_token.clone(),
+        snap_dir: snap_dir.clone(),
     };
     let recovered = open_wal(&raft_config)?;
     let checkpoint_index = recovered.checkpoint.as_ref().map_or(0, |c| c.applied_index);
+    // A snapshot install interrupted by a crash is finished (or discarded) first.
+    rivet_engine::snapshot::finish_install(&snap_dir, checkpoint_index, shard_count)
+        .with_context(|| format!("finishing a staged snapshot in {}", snap_dir.display()))?;
     tracing::info!(
         name = %flags.name,
         data_dir = %data_dir.display(),
@@ -158,6 +162,7 @@ pub fn run(flags: Flags) -> anyhow::Result<()> {
     let (fatal_tx, fatal_rx) = std::sync::mpsc::channel::<String>();
 
     let raft_cpu = cpu_ids[0];
+    let raft_shard_requests = peer_txs.clone();
     let raft_shared = Arc::clone(&shared);
     let raft_fatal = fatal_tx.clone();
     let raft_thread = std::thread::Builder::new()
@@ -175,7 +180,7 @@ pub fn run(flags: Flags) -> anyhow::Result<()> {
                 }
             };
             runtime.block_on(async move {
-                let (_peer_tx, peer_rx) = tokio::sync::mpsc::channel(1);
+                let (peer_tx, peer_rx) = tokio::sync::mpsc::channel(limits::PEER_EVENT_QUEUE);
                 match RaftCore::start(
                     raft_config,
                     recovered,
@@ -183,6 +188,8 @@ pub fn run(flags: Flags) -> anyhow::Result<()> {
                     apply_txs,
                     restore_rx,
                     Box::new(NoPeers),
+                    raft_shard_requests,
+                    peer_tx,
                 )
                 .await
                 {
@@ -338,4 +345,6 @@ impl rivet_engine::raft_core::PeerLink for NoPeers {
     }
 
     fn set_peers(&self, _peers: Vec<(u64, Vec<String>)>) {}
+
+    fn send_snapshot(&self, _to: u64, _message: bytes::Bytes, _data: bytes::Bytes) {}
 }

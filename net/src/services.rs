@@ -8,14 +8,14 @@ use std::time::Duration;
 
 use futures::future::Either;
 use rivet_api::etcdserverpb::{
-    cluster_server::Cluster, kv_server::Kv, maintenance_server::Maintenance, MemberAddRequest,
-    MemberAddResponse, MemberListRequest, MemberListResponse, MemberPromoteRequest,
-    MemberPromoteResponse, MemberRemoveRequest, MemberRemoveResponse, MemberUpdateRequest,
-    MemberUpdateResponse, AlarmRequest, AlarmResponse, CompactionRequest,
-    CompactionResponse, DefragmentRequest, DefragmentResponse, DeleteRangeRequest,
-    DeleteRangeResponse, HashKvRequest, HashKvResponse, HashRequest, HashResponse,
-    MoveLeaderRequest, MoveLeaderResponse, PutRequest, PutResponse, RangeRequest, RangeResponse,
-    SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse, TxnRequest, TxnResponse,
+    cluster_server::Cluster, kv_server::Kv, maintenance_server::Maintenance, AlarmRequest,
+    AlarmResponse, CompactionRequest, CompactionResponse, DefragmentRequest, DefragmentResponse,
+    DeleteRangeRequest, DeleteRangeResponse, HashKvRequest, HashKvResponse, HashRequest,
+    HashResponse, MemberAddRequest, MemberAddResponse, MemberListRequest, MemberListResponse,
+    MemberPromoteRequest, MemberPromoteResponse, MemberRemoveRequest, MemberRemoveResponse,
+    MemberUpdateRequest, MemberUpdateResponse, MoveLeaderRequest, MoveLeaderResponse, PutRequest,
+    PutResponse, RangeRequest, RangeResponse, SnapshotRequest, SnapshotResponse, StatusRequest,
+    StatusResponse, TxnRequest, TxnResponse,
 };
 use rivet_engine::core::ShardCore;
 use rivet_engine::error::EtcdError;
@@ -198,7 +198,10 @@ pub struct ClusterService(pub CoreHandle);
 
 #[tonic::async_trait]
 impl Cluster for ClusterService {
-    async fn member_add(&self, request: Request<MemberAddRequest>) -> Result<Response<MemberAddResponse>, Status> {
+    async fn member_add(
+        &self,
+        request: Request<MemberAddRequest>,
+    ) -> Result<Response<MemberAddResponse>, Status> {
         let request = request.into_inner();
         self.0
             .run(|core| async move {
@@ -254,7 +257,10 @@ impl Cluster for ClusterService {
             .await
     }
 
-    async fn member_list(&self, _: Request<MemberListRequest>) -> Result<Response<MemberListResponse>, Status> {
+    async fn member_list(
+        &self,
+        _: Request<MemberListRequest>,
+    ) -> Result<Response<MemberListResponse>, Status> {
         self.0
             .run(|core| async move {
                 let members = core.member_list().await?;

@@ -1,0 +1,263 @@
+//! Raft snapshots of rivet's state, for followers that fell behind the leader's log and
+//! for new members.
+//!
+//! A snapshot is the raft snapshot metadata (index, term, configuration) with a
+//! [`SnapshotInfo`] in its `data` (revision, compaction, membership), plus a stream of page
+//! records — every version every shard retains up to that revision — encoded exactly as in
+//! the page files (`docs/format/page.md`), so the decoder is the page decoder, with its
+//! checks and fuzz target. The stream is shard-agnostic: the receiver partitions it with
+//! its own shard count.
+//!
+//! Installing is crash-safe: the receiver writes new page files into
+//! `snap/incoming-<index>/shard-<i>/` with a checkpoint at the snapshot's index, then
+//! records the checkpoint marker in the WAL, then swaps the directories in. A restart after
+//! the WAL marker finishes the swap ([`finish_install`]); one before it removes the
+//! staged files.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+
+use crate::page::{self, Checkpoint, KeyRecord, PageFile, PageOptions, Record};
+use crate::sequencer::Head;
+use crate::shard::shard_of;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("snapshot data is damaged at byte {offset}: {reason}")]
+    Damaged { offset: usize, reason: String },
+    #[error("staging the snapshot in {dir}: {reason}")]
+    Stage { dir: String, reason: String },
+}
+
+/// Where shard `shard` of a snapshot at `index` is staged.
+pub fn staged_dir(snap_dir: &Path, index: u64, shard: usize) -> PathBuf {
+    snap_dir
+        .join(format!("incoming-{index}"))
+        .join(format!("shard-{shard}"))
+}
+
+pub fn shard_dir(snap_dir: &Path, shard: usize) -> PathBuf {
+    snap_dir.join(format!("shard-{shard}"))
+}
+
+/// Walks the records of a snapshot stream, checking every record.
+pub fn for_each_record(
+    data: &[u8],
+    mut each: impl FnMut(page::RecordView<'_>),
+) -> Result<usize, SnapshotError> {
+    let mut count = 0;
+    for item in page::decode_records(data) {
+        match item {
+            Ok((_, Record::Key(view))) => {
+                each(view);
+                count += 1;
+            }
+            Ok((offset, Record::Checkpoint(_))) => {
+                return Err(SnapshotError::Damaged {
+                    offset,
+                    reason: "a checkpoint record inside snapshot data".into(),
+                })
+            }
+            Err(e) => {
+                return Err(SnapshotError::Damaged {
+                    offset: 0,
+                    reason: e.to_string(),
+                })
+            }
+        }
+    }
+    Ok(count)
+}
+
+/// The newest live version of every key in a snapshot stream: the sequencer's state.
+pub fn heads(data: &[u8]) -> Result<Vec<(Bytes, Head)>, SnapshotError> {
+    let mut heads: BTreeMap<Bytes, Option<Head>> = BTreeMap::new();
+    for_each_record(data, |view| {
+        let head = view.value.map(|value| Head {
+            create_revision: view.create_revision,
+            mod_revision: view.mod_revision,
+            version: view.version,
+            lease: view.lease,
+            value: Bytes::copy_from_slice(value),
+        });
+        let key = Bytes::copy_from_slice(view.key);
+        let newer = match heads.get(&key) {
+            Some(Some(old)) => old.mod_revision < view.mod_revision,
+            _ => true,
+        };
+        if newer {
+            heads.insert(key, head);
+        }
+    })?;
+    Ok(heads
+        .into_iter()
+        .filter_map(|(key, head)| head.map(|h| (key, h)))
+        .collect())
+}
+
+/// Writes the snapshot's records into fresh page files, one per local shard, each with a
+/// durable checkpoint at the snapshot's index.
+pub fn stage(
+    snap_dir: &Path,
+    data: &[u8],
+    shard_count: usize,
+    checkpoint: &Checkpoint,
+) -> Result<(), SnapshotError> {
+    let incoming = snap_dir.join(format!("incoming-{}", checkpoint.applied_index));
+    let stage_error = |reason: String| SnapshotError::Stage {
+        dir: incoming.display().to_string(),
+        reason,
+    };
+    if incoming.exists() {
+        std::fs::remove_dir_all(&incoming).map_err(|e| stage_error(e.to_string()))?;
+    }
+    let mut files = Vec::with_capacity(shard_count);
+    for shard in 0..shard_count {
+        let dir = staged_dir(snap_dir, checkpoint.applied_index, shard);
+        std::fs::create_dir_all(&dir).map_err(|e| stage_error(e.to_string()))?;
+        let (file, _) = PageFile::open(&dir, PageOptions::default(), 0, |_, _| {})
+            .map_err(|e| stage_error(e.to_string()))?;
+        files.push(file);
+    }
+    let mut failure = None;
+    for_each_record(data, |view| {
+        if failure.is_some() {
+            return;
+        }
+        let record = KeyRecord {
+            key: view.key,
+            create_revision: view.create_revision,
+            mod_revision: view.mod_revision,
+            version: view.version,
+            lease: view.lease,
+            value: view.value,
+        };
+        if let Err(e) = files[shard_of(view.key, shard_count)].append(&record) {
+            failure = Some(e.to_string());
+        }
+    })?;
+    if let Some(reason) = failure {
+        return Err(stage_error(reason));
+    }
+    for file in &mut files {
+        file.checkpoint(checkpoint)
+            .map_err(|e| stage_error(e.to_string()))?;
+    }
+    Ok(())
+}
+
+/// Completes or discards a staged install found at start-up: staged files for the
+/// checkpoint the WAL names are moved into place; any other staged files are removed.
+pub fn finish_install(
+    snap_dir: &Path,
+    wal_checkpoint_index: u64,
+    shard_count: usize,
+) -> std::io::Result<()> {
+    let Ok(entries) = std::fs::read_dir(snap_dir) else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(index) = name
+            .strip_prefix("incoming-")
+            .and_then(|i| i.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        if index == wal_checkpoint_index {
+            for shard in 0..shard_count {
+                let staged = staged_dir(snap_dir, index, shard);
+                if staged.exists() {
+                    swap_in(&staged, &shard_dir(snap_dir, shard))?;
+                }
+            }
+            tracing::info!(
+                index,
+                "finished installing a snapshot staged before a restart"
+            );
+        }
+        std::fs::remove_dir_all(entry.path())?;
+    }
+    Ok(())
+}
+
+/// Replaces `target` with `staged` (the old files go; a mapping of them stays valid until
+/// it is dropped).
+pub fn swap_in(staged: &Path, target: &Path) -> std::io::Result<()> {
+    if target.exists() {
+        std::fs::remove_dir_all(target)?;
+    }
+    std::fs::rename(staged, target)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(out: &mut Vec<u8>, key: &str, revision: i64, value: Option<&str>) {
+        page::encode_key_record(
+            &KeyRecord {
+                key: key.as_bytes(),
+                create_revision: revision,
+                mod_revision: revision,
+                version: 1,
+                lease: 0,
+                value: value.map(str::as_bytes),
+            },
+            out,
+        )
+        .expect("encode");
+    }
+
+    #[test]
+    fn heads_keep_the_newest_live_version() {
+        let mut data = Vec::new();
+        record(&mut data, "a", 2, Some("1"));
+        record(&mut data, "b", 3, Some("x"));
+        record(&mut data, "a", 4, Some("2"));
+        record(&mut data, "b", 5, None);
+        let heads = heads(&data).expect("heads");
+        assert_eq!(heads.len(), 1);
+        assert_eq!(heads[0].0, Bytes::from_static(b"a"));
+        assert_eq!(heads[0].1.value, Bytes::from_static(b"2"));
+    }
+
+    #[test]
+    fn stage_then_open_gives_the_records() {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut data = Vec::new();
+        for i in 0..50 {
+            record(&mut data, &format!("k{i}"), i + 2, Some("v"));
+        }
+        let checkpoint = Checkpoint {
+            applied_index: 9,
+            revision: 51,
+            compact_revision: -1,
+        };
+        stage(dir.path(), &data, 3, &checkpoint).expect("stage");
+        finish_install(dir.path(), 9, 3).expect("finish");
+        let mut seen = 0;
+        for shard in 0..3 {
+            let (_, found) = PageFile::open(
+                &shard_dir(dir.path(), shard),
+                PageOptions::default(),
+                9,
+                |_, _| seen += 1,
+            )
+            .expect("open staged shard");
+            assert_eq!(found.map(|c| c.revision), Some(51));
+        }
+        assert_eq!(seen, 50);
+        assert!(!dir.path().join("incoming-9").exists());
+    }
+
+    #[test]
+    fn damaged_data_is_refused() {
+        let mut data = Vec::new();
+        record(&mut data, "a", 2, Some("1"));
+        data[10] ^= 0xff;
+        assert!(heads(&data).is_err());
+    }
+}
