@@ -10,12 +10,14 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Poll, Waker};
 
+use bytes::Bytes;
 use futures::channel::oneshot;
 use rivet_api::etcdserverpb::{
     response_op, CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse,
     PutRequest, PutResponse, RangeRequest, RangeResponse, ResponseHeader, ResponseOp, TxnRequest,
     TxnResponse,
 };
+use rivet_api::mvccpb::Event;
 use rivet_api::rivetpb::internal_request;
 
 use crate::check;
@@ -26,7 +28,7 @@ use crate::messages::{
 };
 use crate::range::{finish_range, merge_sorted, resolve_revision, RangeEnd};
 use crate::sequencer::{Applied, HistoricalRange};
-use crate::shard::{shard_of, Shard};
+use crate::shard::{shard_of, CompactedAt, Shard};
 use crate::shared::Shared;
 
 pub struct ShardCore {
@@ -251,6 +253,24 @@ impl ShardCore {
                 ShardRequest::SizeBytes { reply } => {
                     let _ = reply.send(self.shard.borrow().size_bytes());
                 }
+                ShardRequest::WatchRecent {
+                    from,
+                    to,
+                    prev_kv,
+                    reply,
+                } => {
+                    let _ = reply.send(self.shard.borrow().recent_changes(from, to, prev_kv));
+                }
+                ShardRequest::WatchHistory {
+                    key,
+                    end,
+                    from,
+                    to,
+                    prev_kv,
+                    reply,
+                } => {
+                    let _ = reply.send(self.shard.borrow().history(&key, &end, from, to, prev_kv));
+                }
                 ShardRequest::Export {
                     index,
                     revision,
@@ -342,6 +362,77 @@ impl ShardCore {
             }
         }
         total
+    }
+
+    /// Watch: every change in `[from, to]` on every shard from the recent logs, ordered
+    /// by revision (within a revision, in apply order per shard), or `None` when some
+    /// shard's log does not reach back to `from`.
+    pub async fn watch_recent(&self, from: i64, to: i64, prev_kv: bool) -> Option<Vec<Event>> {
+        let mut parts = Vec::with_capacity(self.shard_count);
+        let mut pending = Vec::new();
+        for id in 0..self.shard_count {
+            if id == self.id {
+                continue;
+            }
+            let (reply, answer) = oneshot::channel();
+            let request = ShardRequest::WatchRecent {
+                from,
+                to,
+                prev_kv,
+                reply,
+            };
+            if self.peers[id].send(request).await.is_err() {
+                return None;
+            }
+            pending.push(answer);
+        }
+        parts.push(self.shard.borrow().recent_changes(from, to, prev_kv)?);
+        for answer in pending {
+            parts.push(answer.await.ok()??);
+        }
+        Some(merge_by_revision(parts))
+    }
+
+    /// Watch catch-up: one range's changes in `[from, to]` from the shards' indexes.
+    pub async fn watch_history(
+        &self,
+        key: &Bytes,
+        end: &RangeEnd,
+        from: i64,
+        to: i64,
+        prev_kv: bool,
+    ) -> Result<Vec<Event>, CompactedAt> {
+        let shards = self.shards_of(key, end);
+        let mut parts = Vec::with_capacity(shards.len());
+        let mut pending = Vec::new();
+        for &id in &shards {
+            if id == self.id {
+                continue;
+            }
+            let (reply, answer) = oneshot::channel();
+            let request = ShardRequest::WatchHistory {
+                key: key.clone(),
+                end: end.clone(),
+                from,
+                to,
+                prev_kv,
+                reply,
+            };
+            if self.peers[id].send(request).await.is_err() {
+                return Ok(Vec::new());
+            }
+            pending.push(answer);
+        }
+        if shards.contains(&self.id) {
+            parts.push(self.shard.borrow().history(key, end, from, to, prev_kv)?);
+        }
+        for answer in pending {
+            match answer.await {
+                Ok(part) => parts.push(part?),
+                Err(_) => return Ok(Vec::new()),
+            }
+        }
+        Ok(merge_by_revision(parts))
     }
 
     /// The shards a range touches.
@@ -540,6 +631,21 @@ impl ShardCore {
             other => Err(unexpected(other)),
         }
     }
+}
+
+fn event_revision(event: &Event) -> i64 {
+    event.kv.as_ref().map_or(0, |kv| kv.mod_revision)
+}
+
+/// Merges per-shard event lists (each ordered by revision) into one, by revision; a
+/// stable merge, so each shard's order within a revision is kept.
+fn merge_by_revision(parts: Vec<Vec<Event>>) -> Vec<Event> {
+    if parts.len() == 1 {
+        return parts.into_iter().next().unwrap_or_default();
+    }
+    let mut all: Vec<Event> = parts.into_iter().flatten().collect();
+    all.sort_by_key(event_revision);
+    all
 }
 
 fn revision_of(header: &Option<ResponseHeader>) -> i64 {

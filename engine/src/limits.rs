@@ -50,6 +50,20 @@ pub const RESTORE_QUEUE_CHUNKS: usize = 4;
 /// key twice (ETCD_LESSONS 11).
 pub const RESTORE_CHUNK_KEYS: usize = 4096;
 
+// ---- Watch -----------------------------------------------------------------------------
+
+/// Changes each shard keeps in memory for watchers that keep up (~100 B each: 6.4 MiB per
+/// shard). A watcher that falls further behind reads the index instead (catch-up path),
+/// so a slow watcher costs reads, never memory or a blocked apply stream.
+pub const WATCH_RECENT_CHANGES_MAX: usize = 65_536;
+/// Revisions one catch-up response covers at most (etcd: 1000), so that one response
+/// stays well below clients' message size limits.
+pub const WATCH_CATCH_UP_REVISIONS_MAX: i64 = 1000;
+/// Responses queued to one watch stream's client before its task waits for the client.
+pub const WATCH_STREAM_QUEUE: usize = 128;
+/// etcd's default interval of progress notifications for watchers that asked for them.
+pub const WATCH_PROGRESS_NOTIFY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(600);
+
 // ---- Executors -------------------------------------------------------------------------
 
 /// glommio's registered I/O buffer per executor. Three rings per executor must fit the

@@ -162,6 +162,23 @@ pub enum ShardRequest {
     SizeBytes {
         reply: oneshot::Sender<u64>,
     },
+    /// Watch: the changes in `[from, to]` from the recent log (`None`: it does not reach
+    /// back that far).
+    WatchRecent {
+        from: i64,
+        to: i64,
+        prev_kv: bool,
+        reply: oneshot::Sender<Option<Vec<rivet_api::mvccpb::Event>>>,
+    },
+    /// Watch catch-up: one range's changes in `[from, to]`, read from the index.
+    WatchHistory {
+        key: Bytes,
+        end: RangeEnd,
+        from: i64,
+        to: i64,
+        prev_kv: bool,
+        reply: oneshot::Sender<Result<Vec<rivet_api::mvccpb::Event>, crate::shard::CompactedAt>>,
+    },
     /// This shard's records up to `revision`, once it applied `index` (raft snapshot).
     Export {
         index: u64,

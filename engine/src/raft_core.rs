@@ -276,13 +276,29 @@ pub struct RaftCore {
     /// Membership changes proposed here, waiting for their entry to apply.
     member_waiters: HashMap<u64, oneshot::Sender<Result<MemberChangeResult, EtcdError>>>,
     /// A MoveLeader in progress: target, answer, and when to give up.
-    move_leader: Option<(u64, oneshot::Sender<Result<(), EtcdError>>, Instant)>,
+    move_leader: Option<PendingMoveLeader>,
     /// Whether this member's name and client URLs are in the member table yet.
     attributes_proposed: bool,
     /// For snapshots: the shards' request channels and a way to report back to the loop.
     shard_requests: Vec<async_channel::Sender<crate::messages::ShardRequest>>,
     events: tokio::sync::mpsc::Sender<PeerEvent>,
     snapshots_in_flight: std::collections::HashSet<u64>,
+}
+
+struct PendingMoveLeader {
+    target: u64,
+    reply: oneshot::Sender<Result<(), EtcdError>>,
+    deadline: Instant,
+}
+
+/// The channels that connect the raft core to the shards and to the peer transport.
+pub struct RaftCoreLinks {
+    pub apply_senders: Vec<async_channel::Sender<ApplyMessage>>,
+    pub restore: async_channel::Receiver<RestoreChunk>,
+    pub peers: Box<dyn PeerLink>,
+    pub shard_requests: Vec<async_channel::Sender<crate::messages::ShardRequest>>,
+    /// A sender into the raft core's own peer-event channel (for snapshot progress).
+    pub events: tokio::sync::mpsc::Sender<PeerEvent>,
 }
 
 #[derive(Default)]
@@ -320,12 +336,15 @@ impl RaftCore {
         config: RaftCoreConfig,
         recovered: Recovered,
         shared: Arc<Shared>,
-        apply_senders: Vec<async_channel::Sender<ApplyMessage>>,
-        restore: async_channel::Receiver<RestoreChunk>,
-        peers: Box<dyn PeerLink>,
-        shard_requests: Vec<async_channel::Sender<crate::messages::ShardRequest>>,
-        events: tokio::sync::mpsc::Sender<PeerEvent>,
+        links: RaftCoreLinks,
     ) -> Result<RaftCore, StartError> {
+        let RaftCoreLinks {
+            apply_senders,
+            restore,
+            peers,
+            shard_requests,
+            events,
+        } = links;
         let (revision, compact_revision, applied) = match &recovered.checkpoint {
             Some(c) => (c.revision, c.compact_revision, c.applied_index),
             None => (1, -1, 0),
@@ -934,7 +953,8 @@ impl RaftCore {
                 }
                 if !*is_learner && self.config.strict_reconfig_check && is_leader {
                     let started = voters.iter().filter(|id| active(*id)).count();
-                    let quorum_after = (voters.len() + 1) / 2 + 1;
+                    // The quorum of the cluster with the new member: (n + 1) / 2 + 1.
+                    let quorum_after = voters.len().div_ceil(2) + 1;
                     // etcd lets a single started member take a second one (restoring a
                     // cluster from one member's data).
                     let restoring = started == 1 && voters.len() == 1;
@@ -1052,17 +1072,21 @@ impl RaftCore {
         }
         self.node.transfer_leader(target);
         let election = self.config.heartbeat_interval * self.config.election_ticks as u32;
-        self.move_leader = Some((target, reply, Instant::now() + election * 2));
+        self.move_leader = Some(PendingMoveLeader {
+            target,
+            reply,
+            deadline: Instant::now() + election * 2,
+        });
     }
 
     fn check_move_leader(&mut self) {
-        let Some((target, _, deadline)) = &self.move_leader else {
+        let Some(pending) = &self.move_leader else {
             return;
         };
-        let done = self.node.raft.leader_id == *target;
-        if done || Instant::now() > *deadline {
-            if let Some((_, reply, _)) = self.move_leader.take() {
-                let _ = reply.send(if done {
+        let done = self.node.raft.leader_id == pending.target;
+        if done || Instant::now() > pending.deadline {
+            if let Some(pending) = self.move_leader.take() {
+                let _ = pending.reply.send(if done {
                     Ok(())
                 } else {
                     Err(EtcdError::Timeout)

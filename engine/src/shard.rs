@@ -9,7 +9,11 @@ use rivet_api::mvccpb::KeyValue;
 use crate::error::EtcdError;
 use crate::messages::{ApplyBatch, CheckpointRequest, RangePart, RangePartResult};
 use crate::mvcc::{KeyIndex, RangeEnd as IndexEnd};
-use crate::page::{Checkpoint, KeyRecord, PageFile, PageOptions, RecordView};
+use std::collections::VecDeque;
+
+use rivet_api::mvccpb::{event::EventType, Event};
+
+use crate::page::{Checkpoint, KeyRecord, PageFile, PageOptions, PagePtr, RecordView};
 use crate::range::RangeEnd;
 use crate::sequencer::{Head, Mutation};
 
@@ -36,7 +40,25 @@ pub struct Shard {
     applied_index: u64,
     revision: i64,
     compact_revision: i64,
+    /// The newest changes, for watchers that keep up: every change with a revision at or
+    /// after `recent_from` is here, in apply order. Bounded; older ones are read from the
+    /// index (the catch-up path).
+    recent: VecDeque<RecentChange>,
+    recent_from: i64,
 }
+
+/// One change in the recent log.
+#[derive(Clone, Debug)]
+struct RecentChange {
+    revision: i64,
+    key: Bytes,
+    ptr: PagePtr,
+    tombstone: bool,
+}
+
+/// Changes a watch asks for were compacted away.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CompactedAt(pub i64);
 
 fn index_end(end: &RangeEnd) -> IndexEnd<'_> {
     match end {
@@ -95,6 +117,8 @@ impl Shard {
             applied_index,
             revision,
             compact_revision,
+            recent: VecDeque::new(),
+            recent_from: revision + 1,
         })
     }
 
@@ -151,6 +175,7 @@ impl Shard {
                         panic!("shard {}: cannot append to the page file: {e}", self.id)
                     });
                     self.index.put(key, head.mod_revision, ptr);
+                    self.remember(head.mod_revision, key, ptr, false);
                 }
                 Mutation::Delete { key, revision } => {
                     let record = KeyRecord {
@@ -165,6 +190,7 @@ impl Shard {
                         panic!("shard {}: cannot append to the page file: {e}", self.id)
                     });
                     self.index.tombstone(key, *revision, ptr);
+                    self.remember(*revision, key, ptr, true);
                 }
             }
         }
@@ -214,6 +240,107 @@ impl Shard {
         })?;
         *self = Shard::open(&own, self.id, index, PageOptions::default())?;
         Ok(())
+    }
+
+    fn remember(&mut self, revision: i64, key: &Bytes, ptr: PagePtr, tombstone: bool) {
+        self.recent.push_back(RecentChange {
+            revision,
+            key: key.clone(),
+            ptr,
+            tombstone,
+        });
+        while self.recent.len() > crate::limits::WATCH_RECENT_CHANGES_MAX {
+            if let Some(old) = self.recent.pop_front() {
+                // A revision is complete in the log only if none of its changes left.
+                self.recent_from = self.recent_from.max(old.revision + 1);
+            }
+        }
+    }
+
+    /// Builds the watch event of one change (a DELETE carries the key and the delete's
+    /// revision, as etcd's do).
+    fn event(
+        &self,
+        key: &[u8],
+        revision: i64,
+        ptr: PagePtr,
+        tombstone: bool,
+        prev_kv: bool,
+    ) -> Event {
+        let kv = if tombstone {
+            KeyValue {
+                key: Bytes::copy_from_slice(key),
+                mod_revision: revision,
+                ..Default::default()
+            }
+        } else {
+            match self.page.read(ptr) {
+                Ok(view) => key_value(key, &view, true),
+                Err(e) => panic!(
+                    "shard {}: index points at an unreadable record: {e}",
+                    self.id
+                ),
+            }
+        };
+        let prev = if prev_kv {
+            self.index
+                .get(key, revision - 1)
+                .and_then(|(_, p)| self.page.read(p).ok().map(|v| key_value(key, &v, true)))
+        } else {
+            None
+        };
+        Event {
+            r#type: if tombstone {
+                EventType::Delete as i32
+            } else {
+                EventType::Put as i32
+            },
+            kv: Some(kv),
+            prev_kv: prev,
+        }
+    }
+
+    /// Every change with `from <= revision <= to` from the recent log, in apply order, or
+    /// `None` when the log no longer reaches back to `from` (the caller then reads the
+    /// index for each watcher).
+    pub fn recent_changes(&self, from: i64, to: i64, prev_kv: bool) -> Option<Vec<Event>> {
+        if from < self.recent_from {
+            return None;
+        }
+        let start = self.recent.partition_point(|c| c.revision < from);
+        Some(
+            self.recent
+                .iter()
+                .skip(start)
+                .take_while(|c| c.revision <= to)
+                .map(|c| self.event(&c.key, c.revision, c.ptr, c.tombstone, prev_kv))
+                .collect(),
+        )
+    }
+
+    /// The changes of one key range with `from <= revision <= to`, read from the index
+    /// (the catch-up path), ordered by revision.
+    pub fn history(
+        &self,
+        key: &[u8],
+        end: &RangeEnd,
+        from: i64,
+        to: i64,
+        prev_kv: bool,
+    ) -> Result<Vec<Event>, CompactedAt> {
+        if from < self.compact_revision {
+            return Err(CompactedAt(self.compact_revision));
+        }
+        Ok(self
+            .index
+            .changes(key, index_end(end), from, to)
+            .into_iter()
+            .map(|c| self.event(c.key, c.revision, c.ptr, c.tombstone, prev_kv))
+            .collect())
+    }
+
+    pub fn compact_revision(&self) -> i64 {
+        self.compact_revision
     }
 
     pub fn checkpoint(&mut self, request: &CheckpointRequest) {

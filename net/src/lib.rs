@@ -6,3 +6,4 @@ pub mod glommio_hyper;
 pub mod http;
 pub mod server;
 pub mod services;
+pub mod watch;

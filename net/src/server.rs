@@ -18,12 +18,13 @@ use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use rivet_api::etcdserverpb::{
     cluster_server::ClusterServer, kv_server::KvServer, maintenance_server::MaintenanceServer,
+    watch_server::WatchServer,
 };
 use rivet_engine::core::ShardCore;
 use rivet_engine::limits;
 use rivet_engine::messages::RaftCommand;
 use rivet_engine::page::PageOptions;
-use rivet_engine::raft_core::{open_wal, RaftCore, RaftCoreConfig};
+use rivet_engine::raft_core::{open_wal, RaftCore, RaftCoreConfig, RaftCoreLinks};
 use rivet_engine::shard::Shard;
 use rivet_engine::shared::Shared;
 
@@ -181,18 +182,14 @@ pub fn run(flags: Flags) -> anyhow::Result<()> {
             };
             runtime.block_on(async move {
                 let (peer_tx, peer_rx) = tokio::sync::mpsc::channel(limits::PEER_EVENT_QUEUE);
-                match RaftCore::start(
-                    raft_config,
-                    recovered,
-                    raft_shared,
-                    apply_txs,
-                    restore_rx,
-                    Box::new(NoPeers),
-                    raft_shard_requests,
-                    peer_tx,
-                )
-                .await
-                {
+                let links = RaftCoreLinks {
+                    apply_senders: apply_txs,
+                    restore: restore_rx,
+                    peers: Box::new(NoPeers),
+                    shard_requests: raft_shard_requests,
+                    events: peer_tx,
+                };
+                match RaftCore::start(raft_config, recovered, raft_shared, links).await {
                     Ok(core) => core.run(command_rx, ack_rx, peer_rx).await,
                     Err(e) => {
                         let _ = raft_fatal.send(format!("raft core: {e}"));
@@ -298,6 +295,11 @@ async fn accept_loop(listener: TcpListener, core: Rc<ShardCore>, max_request_byt
             .max_encoding_message_size(usize::MAX),
     )
     .add_service(ClusterServer::new(ClusterService(handle.clone())))
+    .add_service(
+        WatchServer::new(crate::watch::WatchService(handle.clone()))
+            .max_decoding_message_size(decode_limit)
+            .max_encoding_message_size(usize::MAX),
+    )
     .add_service(
         MaintenanceServer::new(MaintenanceService(handle.clone()))
             .max_decoding_message_size(decode_limit)

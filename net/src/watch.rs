@@ -1,0 +1,400 @@
+//! The Watch service. Each client stream is served by one task on the core that accepted
+//! the connection. Its watchers are cursors over the store's history: when the shards
+//! apply new revisions the task reads the changes — from each shard's bounded recent log
+//! when its watchers keep up, from the shards' indexes (catch-up) when they fall behind or
+//! start in the past — and sends them in revision order, all events of a revision in one
+//! response. Nothing is pushed to watchers, so a slow client slows only its own stream and
+//! never the apply stream or other watchers (ETCD_LESSONS 19); cancelling is removing a
+//! cursor, with no channel left to write to (lesson 18).
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::rc::Rc;
+
+use bytes::Bytes;
+use futures::channel::mpsc;
+use futures::future::{select, Either};
+use futures::{SinkExt, Stream, StreamExt};
+use prost::Message as _;
+use rivet_api::etcdserverpb::{
+    watch_create_request::FilterType, watch_request, watch_server::Watch, WatchCreateRequest,
+    WatchRequest, WatchResponse,
+};
+use rivet_api::mvccpb::{event::EventType, Event};
+use rivet_engine::core::ShardCore;
+use rivet_engine::limits;
+use rivet_engine::range::RangeEnd;
+use rivet_engine::shard::CompactedAt;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::services::CoreHandle;
+
+/// etcd's reason for a watch ID that is already in use on the stream.
+const DUPLICATE_WATCH_ID: &str = "mvcc: duplicate watch ID provided on the WatchStream";
+/// Largest watch response before a watcher that asked for fragments gets them split.
+const FRAGMENT_BYTES: usize = 1_572_864;
+
+pub struct WatchService(pub CoreHandle);
+
+#[tonic::async_trait]
+impl Watch for WatchService {
+    type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Send>>;
+
+    async fn watch(
+        &self,
+        request: Request<Streaming<WatchRequest>>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let inbound = request.into_inner();
+        let (out, responses) = mpsc::channel(limits::WATCH_STREAM_QUEUE);
+        let core = self.0.core();
+        glommio::spawn_local(async move {
+            WatchStream::new(core, out).run(inbound).await;
+        })
+        .detach();
+        Ok(Response::new(Box::pin(responses.map(Ok))))
+    }
+}
+
+struct Watcher {
+    key: Bytes,
+    end: RangeEnd,
+    /// The next revision this watcher has not seen.
+    next: i64,
+    synced: bool,
+    no_put: bool,
+    no_delete: bool,
+    prev_kv: bool,
+    progress_notify: bool,
+    fragment: bool,
+}
+
+impl Watcher {
+    fn wants(&self, event: &Event) -> bool {
+        let Some(kv) = &event.kv else { return false };
+        if !self.end.contains(&self.key, &kv.key) {
+            return false;
+        }
+        let is_put = event.r#type == EventType::Put as i32;
+        !(is_put && self.no_put || !is_put && self.no_delete)
+    }
+
+    /// The event as this watcher sees it (without `prev_kv` unless it asked).
+    fn shape(&self, event: &Event) -> Event {
+        let mut event = event.clone();
+        if !self.prev_kv {
+            event.prev_kv = None;
+        }
+        event
+    }
+}
+
+struct WatchStream {
+    core: Rc<ShardCore>,
+    out: mpsc::Sender<WatchResponse>,
+    watchers: BTreeMap<i64, Watcher>,
+    next_id: i64,
+    /// The next revision the synced watchers have not seen.
+    live_next: i64,
+    /// The applied index the stream last caught up with.
+    seen_index: u64,
+}
+
+enum Wake {
+    Request(Option<Result<WatchRequest, Status>>),
+    Applied,
+    Progress,
+}
+
+impl WatchStream {
+    fn new(core: Rc<ShardCore>, out: mpsc::Sender<WatchResponse>) -> WatchStream {
+        let live_next = core.shared.applied_revision() + 1;
+        let seen_index = core.shared.applied_index();
+        WatchStream {
+            core,
+            out,
+            watchers: BTreeMap::new(),
+            next_id: 0,
+            live_next,
+            seen_index,
+        }
+    }
+
+    async fn run(mut self, mut inbound: Streaming<WatchRequest>) {
+        loop {
+            let wake = {
+                let request = std::pin::pin!(inbound.message());
+                let applied = std::pin::pin!(self.core.wait_applied(self.seen_index + 1));
+                let timer = std::pin::pin!(glommio::timer::sleep(
+                    limits::WATCH_PROGRESS_NOTIFY_INTERVAL
+                ));
+                match select(request, select(applied, timer)).await {
+                    Either::Left((message, _)) => Wake::Request(message.transpose()),
+                    Either::Right((Either::Left(_), _)) => Wake::Applied,
+                    Either::Right((Either::Right(_), _)) => Wake::Progress,
+                }
+            };
+            let open = match wake {
+                Wake::Request(Some(Ok(request))) => self.handle(request).await,
+                Wake::Request(_) => false,
+                Wake::Applied => true,
+                Wake::Progress => self.progress_notify().await,
+            };
+            if !open || !self.poll().await {
+                break;
+            }
+        }
+    }
+
+    async fn send(&mut self, response: WatchResponse) -> bool {
+        self.out.send(response).await.is_ok()
+    }
+
+    fn response(&self, watch_id: i64, revision: i64) -> WatchResponse {
+        WatchResponse {
+            header: Some(self.core.header(revision)),
+            watch_id,
+            ..Default::default()
+        }
+    }
+
+    async fn handle(&mut self, request: WatchRequest) -> bool {
+        match request.request_union {
+            Some(watch_request::RequestUnion::CreateRequest(create)) => self.create(create).await,
+            Some(watch_request::RequestUnion::CancelRequest(cancel)) => {
+                if self.watchers.remove(&cancel.watch_id).is_some() {
+                    let mut response =
+                        self.response(cancel.watch_id, self.core.shared.applied_revision());
+                    response.canceled = true;
+                    return self.send(response).await;
+                }
+                true
+            }
+            Some(watch_request::RequestUnion::ProgressRequest(_)) => {
+                // Not tied to one watcher: etcd answers with watch ID -1.
+                let response = self.response(-1, self.core.shared.applied_revision());
+                self.send(response).await
+            }
+            None => true,
+        }
+    }
+
+    async fn create(&mut self, create: WatchCreateRequest) -> bool {
+        let current = self.core.shared.applied_revision();
+        let id = if create.watch_id != 0 {
+            create.watch_id
+        } else {
+            while self.watchers.contains_key(&self.next_id) {
+                self.next_id += 1;
+            }
+            self.next_id += 1;
+            self.next_id - 1
+        };
+        let mut response = self.response(id, current);
+        response.created = true;
+        if self.watchers.contains_key(&id) {
+            response.canceled = true;
+            response.cancel_reason = DUPLICATE_WATCH_ID.to_string();
+            return self.send(response).await;
+        }
+        let next = if create.start_revision == 0 {
+            current + 1
+        } else {
+            create.start_revision
+        };
+        let watcher = Watcher {
+            key: create.key,
+            end: RangeEnd::from_request(&create.range_end),
+            next,
+            synced: next == self.live_next,
+            no_put: create.filters.contains(&(FilterType::Noput as i32)),
+            no_delete: create.filters.contains(&(FilterType::Nodelete as i32)),
+            prev_kv: create.prev_kv,
+            progress_notify: create.progress_notify,
+            fragment: create.fragment,
+        };
+        self.watchers.insert(id, watcher);
+        self.send(response).await
+    }
+
+    /// Brings every watcher up to the revision all shards have applied.
+    async fn poll(&mut self) -> bool {
+        self.seen_index = self.core.shared.applied_index();
+        let revision = self.core.shared.applied_revision();
+        if !self.poll_synced(revision).await {
+            return false;
+        }
+        self.poll_unsynced(revision).await
+    }
+
+    async fn poll_synced(&mut self, revision: i64) -> bool {
+        if self.live_next > revision {
+            return true;
+        }
+        let from = self.live_next;
+        self.live_next = revision + 1;
+        let synced: Vec<i64> = self
+            .watchers
+            .iter()
+            .filter(|(_, w)| w.synced)
+            .map(|(id, _)| *id)
+            .collect();
+        if synced.is_empty() {
+            return true;
+        }
+        let prev_kv = synced.iter().any(|id| self.watchers[id].prev_kv);
+        let Some(events) = self.core.watch_recent(from, revision, prev_kv).await else {
+            // The recent logs no longer reach back: these watchers catch up from history.
+            for id in synced {
+                if let Some(w) = self.watchers.get_mut(&id) {
+                    w.synced = false;
+                    w.next = from;
+                }
+            }
+            return true;
+        };
+        // One response per revision, as etcd sends live events.
+        let mut start = 0;
+        while start < events.len() {
+            let at = event_revision(&events[start]);
+            let stop = start
+                + events[start..]
+                    .iter()
+                    .take_while(|e| event_revision(e) == at)
+                    .count();
+            for id in &synced {
+                let Some(watcher) = self.watchers.get(id) else {
+                    continue;
+                };
+                let mine: Vec<Event> = events[start..stop]
+                    .iter()
+                    .filter(|e| watcher.wants(e))
+                    .map(|e| watcher.shape(e))
+                    .collect();
+                if !mine.is_empty() && !self.deliver(*id, at, mine).await {
+                    return false;
+                }
+            }
+            start = stop;
+        }
+        for id in synced {
+            if let Some(w) = self.watchers.get_mut(&id) {
+                w.next = revision + 1;
+            }
+        }
+        true
+    }
+
+    async fn poll_unsynced(&mut self, revision: i64) -> bool {
+        let unsynced: Vec<i64> = self
+            .watchers
+            .iter()
+            .filter(|(_, w)| !w.synced)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in unsynced {
+            let Some(watcher) = self.watchers.get(&id) else {
+                continue;
+            };
+            if watcher.next <= revision {
+                let to = revision.min(watcher.next + limits::WATCH_CATCH_UP_REVISIONS_MAX - 1);
+                let (key, end, from, prev_kv) = (
+                    watcher.key.clone(),
+                    watcher.end.clone(),
+                    watcher.next,
+                    watcher.prev_kv,
+                );
+                match self.core.watch_history(&key, &end, from, to, prev_kv).await {
+                    Ok(events) => {
+                        let Some(watcher) = self.watchers.get_mut(&id) else {
+                            continue;
+                        };
+                        watcher.next = to + 1;
+                        let mine: Vec<Event> = events
+                            .iter()
+                            .filter(|e| watcher.wants(e))
+                            .map(|e| watcher.shape(e))
+                            .collect();
+                        if !mine.is_empty() && !self.deliver(id, revision, mine).await {
+                            return false;
+                        }
+                    }
+                    Err(CompactedAt(compact_revision)) => {
+                        self.watchers.remove(&id);
+                        let mut response = self.response(id, revision);
+                        response.canceled = true;
+                        response.compact_revision = compact_revision;
+                        response.cancel_reason =
+                            "etcdserver: mvcc: required revision has been compacted".to_string();
+                        if !self.send(response).await {
+                            return false;
+                        }
+                        continue;
+                    }
+                }
+            }
+            let live_next = self.live_next;
+            if let Some(watcher) = self.watchers.get_mut(&id) {
+                if watcher.next == live_next {
+                    watcher.synced = true;
+                }
+            }
+        }
+        true
+    }
+
+    /// Sends events to one watcher, split into fragments when it asked for them and the
+    /// response would be too large.
+    async fn deliver(&mut self, id: i64, revision: i64, events: Vec<Event>) -> bool {
+        let fragment = self.watchers.get(&id).is_some_and(|w| w.fragment);
+        let total: usize = events.iter().map(prost::Message::encoded_len).sum();
+        if !fragment || total <= FRAGMENT_BYTES {
+            let mut response = self.response(id, revision);
+            response.events = events;
+            return self.send(response).await;
+        }
+        let mut chunks: Vec<Vec<Event>> = vec![Vec::new()];
+        let mut size = 0;
+        for event in events {
+            let len = event.encoded_len();
+            if size + len > FRAGMENT_BYTES && !chunks.last().is_some_and(Vec::is_empty) {
+                chunks.push(Vec::new());
+                size = 0;
+            }
+            size += len;
+            if let Some(chunk) = chunks.last_mut() {
+                chunk.push(event);
+            }
+        }
+        let last = chunks.len() - 1;
+        for (i, chunk) in chunks.into_iter().enumerate() {
+            let mut response = self.response(id, revision);
+            response.events = chunk;
+            response.fragment = i < last;
+            if !self.send(response).await {
+                return false;
+            }
+        }
+        true
+    }
+
+    async fn progress_notify(&mut self) -> bool {
+        let revision = self.core.shared.applied_revision();
+        let ids: Vec<i64> = self
+            .watchers
+            .iter()
+            .filter(|(_, w)| w.progress_notify && w.synced)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            let response = self.response(id, revision);
+            if !self.send(response).await {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+fn event_revision(event: &Event) -> i64 {
+    event.kv.as_ref().map_or(0, |kv| kv.mod_revision)
+}
