@@ -14,8 +14,10 @@ use bytes::Bytes;
 use futures::channel::oneshot;
 use rivet_api::etcdserverpb::{
     response_op, CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse,
-    PutRequest, PutResponse, RangeRequest, RangeResponse, ResponseHeader, ResponseOp, TxnRequest,
-    TxnResponse,
+    LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveResponse, LeaseLeasesResponse,
+    LeaseRevokeRequest, LeaseRevokeResponse, LeaseStatus, LeaseTimeToLiveRequest,
+    LeaseTimeToLiveResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, ResponseHeader,
+    ResponseOp, TxnRequest, TxnResponse,
 };
 use rivet_api::mvccpb::Event;
 use rivet_api::rivetpb::internal_request;
@@ -42,6 +44,7 @@ pub struct ShardCore {
     pub max_txn_ops: usize,
     /// Requests on this core waiting for every shard to apply an index.
     pub waiters: RefCell<Vec<(u64, Waker)>>,
+    lease_ids: std::cell::Cell<u64>,
 }
 
 impl ShardCore {
@@ -69,6 +72,7 @@ impl ShardCore {
             shared,
             max_txn_ops,
             waiters: RefCell::new(Vec::new()),
+            lease_ids: std::cell::Cell::new(0),
         }
     }
 
@@ -321,6 +325,110 @@ impl ShardCore {
     pub async fn raft_status(&self) -> Result<RaftStatus, EtcdError> {
         let (reply, answer) = oneshot::channel();
         self.ask_raft(RaftCommand::Status { reply }, answer).await
+    }
+
+    /// LeaseGrant; a lease ID of 0 is chosen here, before proposing, so that every
+    /// replica applies the same one.
+    pub async fn lease_grant(
+        &self,
+        mut request: LeaseGrantRequest,
+    ) -> Result<LeaseGrantResponse, EtcdError> {
+        if request.id == 0 {
+            request.id = self.new_lease_id();
+        }
+        match self
+            .propose(internal_request::Request::LeaseGrant(request))
+            .await?
+            .applied
+        {
+            Applied::LeaseGrant(mut response) => {
+                response.header = Some(self.header(revision_of(&response.header)));
+                Ok(response)
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn lease_revoke(
+        &self,
+        request: LeaseRevokeRequest,
+    ) -> Result<LeaseRevokeResponse, EtcdError> {
+        match self
+            .propose(internal_request::Request::LeaseRevoke(request))
+            .await?
+            .applied
+        {
+            Applied::LeaseRevoke(mut response) => {
+                response.header = Some(self.header(revision_of(&response.header)));
+                Ok(response)
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn lease_keep_alive(&self, id: i64) -> Result<LeaseKeepAliveResponse, EtcdError> {
+        let (reply, answer) = oneshot::channel();
+        let ttl = self
+            .ask_raft(RaftCommand::LeaseKeepAlive { id, reply }, answer)
+            .await??;
+        Ok(LeaseKeepAliveResponse {
+            header: Some(self.current_header()),
+            id,
+            ttl,
+        })
+    }
+
+    pub async fn lease_time_to_live(
+        &self,
+        request: LeaseTimeToLiveRequest,
+    ) -> Result<LeaseTimeToLiveResponse, EtcdError> {
+        let (reply, answer) = oneshot::channel();
+        let ttl = self
+            .ask_raft(
+                RaftCommand::LeaseTimeToLive {
+                    id: request.id,
+                    keys: request.keys,
+                    reply,
+                },
+                answer,
+            )
+            .await?;
+        Ok(LeaseTimeToLiveResponse {
+            header: Some(self.current_header()),
+            id: ttl.id,
+            ttl: ttl.ttl,
+            granted_ttl: ttl.granted_ttl,
+            keys: ttl.keys,
+        })
+    }
+
+    pub async fn lease_leases(&self) -> Result<LeaseLeasesResponse, EtcdError> {
+        let (reply, answer) = oneshot::channel();
+        let ids = self
+            .ask_raft(RaftCommand::LeaseLeases { reply }, answer)
+            .await?;
+        Ok(LeaseLeasesResponse {
+            header: Some(self.current_header()),
+            leases: ids.into_iter().map(|id| LeaseStatus { id }).collect(),
+        })
+    }
+
+    /// A positive 63-bit lease ID, unique with overwhelming probability: member, core,
+    /// time and a per-core counter hashed together.
+    fn new_lease_id(&self) -> i64 {
+        use std::hash::{Hash, Hasher};
+        let count = self.lease_ids.get();
+        self.lease_ids.set(count + 1);
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        (
+            self.shared.member_id,
+            self.id,
+            count,
+            std::time::SystemTime::now(),
+        )
+            .hash(&mut hasher);
+        let id = (hasher.finish() & i64::MAX as u64) as i64;
+        id.max(1)
     }
 
     pub async fn member_list(&self) -> Result<Vec<rivet_api::etcdserverpb::Member>, EtcdError> {

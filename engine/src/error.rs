@@ -29,6 +29,10 @@ pub enum EtcdError {
     NoSpace,
     #[error("etcdserver: requested lease not found")]
     LeaseNotFound,
+    #[error("etcdserver: lease already exists")]
+    LeaseExist,
+    #[error("etcdserver: too large lease TTL")]
+    LeaseTtlTooLarge,
     #[error("etcdserver: request is too large")]
     RequestTooLarge,
     #[error("etcdserver: no leader")]
@@ -90,6 +94,8 @@ impl EtcdError {
             EtcdError::Unhealthy | EtcdError::LeaderChanged => Code::Unavailable,
             EtcdError::NoSpace => Code::ResourceExhausted,
             EtcdError::LeaseNotFound => Code::NotFound,
+            EtcdError::LeaseExist => Code::FailedPrecondition,
+            EtcdError::LeaseTtlTooLarge => Code::OutOfRange,
             EtcdError::NoLeader | EtcdError::Timeout | EtcdError::Stopped => Code::Unavailable,
             EtcdError::Internal(_) => Code::Unknown,
         }

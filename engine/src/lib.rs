@@ -6,6 +6,7 @@ pub mod check;
 pub mod core;
 pub mod error;
 pub mod identity;
+pub mod lessor;
 pub mod limits;
 pub mod membership;
 pub mod messages;

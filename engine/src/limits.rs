@@ -50,6 +50,19 @@ pub const RESTORE_QUEUE_CHUNKS: usize = 4;
 /// key twice (ETCD_LESSONS 11).
 pub const RESTORE_CHUNK_KEYS: usize = 4096;
 
+// ---- Leases ----------------------------------------------------------------------------
+
+/// etcd's `MaxLeaseTTL` (9,000,000,000 s): larger TTLs are refused.
+pub const LEASE_TTL_MAX_SECONDS: i64 = 9_000_000_000;
+/// Leases the leader revokes per second at most (etcd's `leaseRevokeRate`): expiring
+/// leases never turn into a storm of deletes; the rest wait for the next second.
+pub const LEASE_REVOKES_PER_SECOND: usize = 1000;
+/// How often the leader checkpoints remaining TTLs into the log (etcd: 5 minutes), so a
+/// new leader continues them instead of restarting them at their full TTL.
+pub const LEASE_CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(300);
+/// Leases per checkpoint entry (etcd's `maxLeaseCheckpointBatchSize`).
+pub const LEASE_CHECKPOINT_BATCH: usize = 1000;
+
 // ---- Watch -----------------------------------------------------------------------------
 
 /// Changes each shard keeps in memory for watchers that keep up (~100 B each: 6.4 MiB per

@@ -59,6 +59,19 @@ pub enum RaftCommand {
     Status {
         reply: oneshot::Sender<RaftStatus>,
     },
+    /// Renew a lease on the leader; answers its TTL (0 for an unknown lease).
+    LeaseKeepAlive {
+        id: i64,
+        reply: oneshot::Sender<Result<i64, EtcdError>>,
+    },
+    LeaseTimeToLive {
+        id: i64,
+        keys: bool,
+        reply: oneshot::Sender<LeaseTtl>,
+    },
+    LeaseLeases {
+        reply: oneshot::Sender<Vec<i64>>,
+    },
     MemberList {
         reply: oneshot::Sender<Vec<rivet_api::etcdserverpb::Member>>,
     },
@@ -75,6 +88,15 @@ pub enum RaftCommand {
     Shutdown {
         done: oneshot::Sender<()>,
     },
+}
+
+/// A lease's remaining time as LeaseTimeToLive reports it.
+#[derive(Clone, Debug, Default)]
+pub struct LeaseTtl {
+    pub id: i64,
+    pub ttl: i64,
+    pub granted_ttl: i64,
+    pub keys: Vec<Bytes>,
 }
 
 /// A change of the member table (etcd's Cluster service).

@@ -42,7 +42,7 @@ use crate::messages::{
     ApplyBatch, ApplyMessage, CheckpointRequest, MemberChange, MemberChangeResult, RaftCommand,
     RaftStatus, ReadPoint, Reply, RestoreChunk, ShardAck,
 };
-use crate::sequencer::{Outcome, Sequencer};
+use crate::sequencer::{Applied, Outcome, Sequencer};
 use crate::shard::shard_of;
 use crate::shared::Shared;
 
@@ -283,6 +283,10 @@ pub struct RaftCore {
     shard_requests: Vec<async_channel::Sender<crate::messages::ShardRequest>>,
     events: tokio::sync::mpsc::Sender<PeerEvent>,
     snapshots_in_flight: std::collections::HashSet<u64>,
+    lessor: crate::lessor::Lessor,
+    last_lease_checkpoint: Instant,
+    /// etcd's minimum lease TTL: 1.5 election timeouts, rounded up to seconds.
+    min_lease_ttl: i64,
 }
 
 struct PendingMoveLeader {
@@ -350,6 +354,13 @@ impl RaftCore {
             None => (1, -1, 0),
         };
         let mut sequencer = Sequencer::restore(revision, compact_revision);
+        if let Some(c) = &recovered.checkpoint {
+            for lease in &c.leases {
+                sequencer.restore_lease(lease.id, lease.ttl, lease.remaining_ttl);
+            }
+        }
+        let election = config.heartbeat_interval * config.election_ticks as u32;
+        let min_lease_ttl = (election.as_millis() as i64 * 3 / 2 + 999) / 1000;
         let mut done = 0;
         while done < config.shard_count {
             let Ok(chunk) = restore.recv().await else {
@@ -477,6 +488,9 @@ impl RaftCore {
             shard_requests,
             events,
             snapshots_in_flight: std::collections::HashSet::new(),
+            lessor: crate::lessor::Lessor::default(),
+            last_lease_checkpoint: Instant::now(),
+            min_lease_ttl,
         })
     }
 
@@ -504,6 +518,7 @@ impl RaftCore {
                 _ = ticker.tick() => {
                     self.node.tick();
                     self.check_move_leader();
+                    self.expire_leases();
                 }
                 Some(event) = peer_events.recv() => self.handle_peer_event(event).await,
             }
@@ -547,6 +562,31 @@ impl RaftCore {
                 } else {
                     self.answer_read_only_txn(request, reply);
                 }
+            }
+            RaftCommand::LeaseKeepAlive { id, reply } => {
+                let result = if !self.lessor.is_primary() {
+                    Err(EtcdError::NotLeader)
+                } else {
+                    match self.sequencer.lease(id) {
+                        Some(lease) => {
+                            let ttl = lease.ttl;
+                            if self.lessor.renew(id, ttl, Instant::now()) {
+                                Ok(ttl)
+                            } else {
+                                Ok(0)
+                            }
+                        }
+                        // etcd answers a keep-alive of an unknown lease with TTL 0.
+                        None => Ok(0),
+                    }
+                };
+                let _ = reply.send(result);
+            }
+            RaftCommand::LeaseTimeToLive { id, keys, reply } => {
+                let _ = reply.send(self.time_to_live(id, keys));
+            }
+            RaftCommand::LeaseLeases { reply } => {
+                let _ = reply.send(self.sequencer.leases().keys().copied().collect());
             }
             RaftCommand::MemberList { reply } => {
                 let _ = reply.send(self.members.to_api());
@@ -638,6 +678,7 @@ impl RaftCore {
             revision: self.sequencer.revision(),
             compact_revision: self.sequencer.compact_revision(),
             membership: Some(self.members.to_proto()),
+            leases: self.lease_records(),
         };
         message.mut_snapshot().data = info.encode_to_vec().into();
         let bytes = match message.write_to_bytes() {
@@ -747,6 +788,7 @@ impl RaftCore {
                 .unwrap_or_default()
                 .into(),
             membership: info.membership.clone(),
+            leases: info.leases.clone(),
         };
         let payload = marker.encode_to_vec();
         if let Err(e) = self.wal.append(&[Record {
@@ -766,6 +808,9 @@ impl RaftCore {
             let _ = sender.send(install).await;
         }
         let mut sequencer = Sequencer::restore(info.revision, info.compact_revision);
+        for lease in &info.leases {
+            sequencer.restore_lease(lease.id, lease.ttl, lease.remaining_ttl);
+        }
         for (key, head) in heads {
             sequencer.restore_key(key, head);
         }
@@ -786,6 +831,92 @@ impl RaftCore {
         );
         if let Err(e) = self.node.step(message) {
             tracing::warn!("raft refused the snapshot at index {index}: {e}");
+        }
+    }
+
+    fn lease_records(&self) -> Vec<rivet_api::rivetpb::LeaseRecord> {
+        self.sequencer
+            .leases()
+            .iter()
+            .map(|(id, lease)| rivet_api::rivetpb::LeaseRecord {
+                id: *id,
+                ttl: lease.ttl,
+                remaining_ttl: lease.remaining_ttl,
+            })
+            .collect()
+    }
+
+    /// etcd's LeaseTimeToLive: TTL -1 (and no error) for a lease that does not exist.
+    fn time_to_live(&self, id: i64, with_keys: bool) -> crate::messages::LeaseTtl {
+        let Some(lease) = self.sequencer.lease(id) else {
+            return crate::messages::LeaseTtl {
+                id,
+                ttl: -1,
+                granted_ttl: 0,
+                keys: Vec::new(),
+            };
+        };
+        let ttl = match self.lessor.remaining(id, Instant::now()) {
+            Some(remaining) => remaining.as_secs() as i64,
+            None if lease.remaining_ttl > 0 => lease.remaining_ttl,
+            None => lease.ttl,
+        };
+        crate::messages::LeaseTtl {
+            id,
+            ttl,
+            granted_ttl: lease.ttl,
+            keys: if with_keys {
+                lease.keys.iter().cloned().collect()
+            } else {
+                Vec::new()
+            },
+        }
+    }
+
+    /// On the leader: proposes a revoke for each expired lease (at most the revoke rate
+    /// per second) and, now and then, a checkpoint of the remaining TTLs.
+    fn expire_leases(&mut self) {
+        if !self.lessor.is_primary() {
+            return;
+        }
+        let now = Instant::now();
+        let per_tick = (crate::limits::LEASE_REVOKES_PER_SECOND as u128
+            * self.config.heartbeat_interval.as_millis()
+            / 1000)
+            .max(1) as usize;
+        for id in self.lessor.expired(now, per_tick) {
+            let request = InternalRequest {
+                member_id: self.config.member_id,
+                id: 0,
+                request: Some(internal_request::Request::LeaseRevoke(
+                    rivet_api::etcdserverpb::LeaseRevokeRequest { id },
+                )),
+            };
+            if self
+                .node
+                .propose(Vec::new(), request.encode_to_vec())
+                .is_err()
+            {
+                self.lessor.retry(id);
+            }
+        }
+        if now.duration_since(self.last_lease_checkpoint)
+            >= crate::limits::LEASE_CHECKPOINT_INTERVAL
+        {
+            self.last_lease_checkpoint = now;
+            let checkpoints = self.lessor.checkpoints(now);
+            for batch in checkpoints.chunks(crate::limits::LEASE_CHECKPOINT_BATCH) {
+                let request = InternalRequest {
+                    member_id: self.config.member_id,
+                    id: 0,
+                    request: Some(internal_request::Request::LeaseCheckpoint(
+                        rivet_api::etcdserverpb::LeaseCheckpointRequest {
+                            checkpoints: batch.to_vec(),
+                        },
+                    )),
+                };
+                let _ = self.node.propose(Vec::new(), request.encode_to_vec());
+            }
         }
     }
 
@@ -1194,7 +1325,7 @@ impl RaftCore {
         request: rivet_api::etcdserverpb::TxnRequest,
         reply: oneshot::Sender<Result<Reply, EtcdError>>,
     ) {
-        let outcome = self.sequencer.apply_txn(&request, |_| false);
+        let outcome = self.sequencer.apply_txn(&request);
         debug_assert!(outcome.mutations.is_empty());
         let _ = reply.send(reply_of(self.applied_index, outcome));
     }
@@ -1206,6 +1337,15 @@ impl RaftCore {
         let mut ready = self.node.ready();
         if let Some(soft) = ready.ss() {
             self.shared.leader.store(soft.leader_id, Ordering::Release);
+            let leading = soft.raft_state == StateRole::Leader;
+            if leading && !self.lessor.is_primary() {
+                let election = self.config.heartbeat_interval * self.config.election_ticks as u32;
+                self.lessor
+                    .promote(self.sequencer.leases(), Instant::now(), election);
+                self.last_lease_checkpoint = Instant::now();
+            } else if !leading && self.lessor.is_primary() {
+                self.lessor.demote();
+            }
             if soft.leader_id != raft::INVALID_ID {
                 self.check_move_leader();
             }
@@ -1350,14 +1490,24 @@ impl RaftCore {
                 }
             };
             let mut outcome = match &request.request {
-                Some(internal_request::Request::Put(put)) => {
-                    self.sequencer.apply_put(put, |_| false)
-                }
+                Some(internal_request::Request::Put(put)) => self.sequencer.apply_put(put),
                 Some(internal_request::Request::DeleteRange(delete)) => {
                     self.sequencer.apply_delete(delete)
                 }
-                Some(internal_request::Request::Txn(txn)) => {
-                    self.sequencer.apply_txn(txn, |_| false)
+                Some(internal_request::Request::Txn(txn)) => self.sequencer.apply_txn(txn),
+                Some(internal_request::Request::LeaseGrant(grant)) => {
+                    let outcome = self.sequencer.apply_lease_grant(grant, self.min_lease_ttl);
+                    if let Some(Ok(Applied::LeaseGrant(granted))) = &outcome.result {
+                        self.lessor.granted(granted.id, granted.ttl, Instant::now());
+                    }
+                    outcome
+                }
+                Some(internal_request::Request::LeaseRevoke(revoke)) => {
+                    self.lessor.revoked(revoke.id);
+                    self.sequencer.apply_lease_revoke(revoke)
+                }
+                Some(internal_request::Request::LeaseCheckpoint(checkpoint)) => {
+                    self.sequencer.apply_lease_checkpoint(checkpoint)
                 }
                 Some(internal_request::Request::MemberAttributes(attributes)) => {
                     self.members.set_attributes(attributes);
@@ -1467,6 +1617,7 @@ impl RaftCore {
                 .map_err(|e| e.to_string())?
                 .into(),
             membership: Some(self.members.to_proto()),
+            leases: self.lease_records(),
         };
         let payload = marker.encode_to_vec();
         self.wal

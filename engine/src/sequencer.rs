@@ -17,14 +17,15 @@
 //! - delete b       → nothing matched: revision stays 3, deleted 0
 //! - txn [a=2?] put b, delete a → revision 4; b{create 4, mod 4, version 1}, a gone
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 
 use bytes::Bytes;
 use rivet_api::etcdserverpb::{
     compare, request_op, response_op, CompactionRequest, CompactionResponse, Compare,
-    DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse,
-    ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
+    DeleteRangeRequest, DeleteRangeResponse, LeaseCheckpointRequest, LeaseGrantRequest,
+    LeaseGrantResponse, LeaseRevokeRequest, LeaseRevokeResponse, PutRequest, PutResponse,
+    RangeRequest, RangeResponse, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
 };
 use rivet_api::mvccpb::KeyValue;
 
@@ -76,6 +77,10 @@ pub enum Applied {
     DeleteRange(DeleteRangeResponse),
     Txn(TxnResponse),
     Compaction(CompactionResponse),
+    LeaseGrant(LeaseGrantResponse),
+    LeaseRevoke(LeaseRevokeResponse),
+    /// An internal request (lease checkpoint, membership) that answers nobody.
+    Internal,
 }
 
 /// A range inside a txn that reads an older revision: the sequencer keeps no history, so
@@ -103,6 +108,18 @@ pub struct Sequencer {
     keys: BTreeMap<Bytes, Head>,
     revision: i64,
     compact_revision: i64,
+    leases: BTreeMap<i64, LeaseEntry>,
+}
+
+/// A lease in the replicated state. Expiry is not here: it is the leader's business (a
+/// monotonic deadline on the raft core), decided into the log as a revoke.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LeaseEntry {
+    /// The granted TTL in seconds.
+    pub ttl: i64,
+    /// The remaining TTL a leader last checkpointed (0: none).
+    pub remaining_ttl: i64,
+    pub keys: BTreeSet<Bytes>,
 }
 
 impl Default for Sequencer {
@@ -139,6 +156,7 @@ impl Sequencer {
             keys: BTreeMap::new(),
             revision: 1,
             compact_revision: -1,
+            leases: BTreeMap::new(),
         }
     }
 
@@ -149,11 +167,121 @@ impl Sequencer {
             keys: BTreeMap::new(),
             revision,
             compact_revision,
+            leases: BTreeMap::new(),
         }
     }
 
+    /// Restores a key's head; call after [`Sequencer::restore_lease`] so the key is
+    /// attached to its lease.
     pub fn restore_key(&mut self, key: Bytes, head: Head) {
+        if head.lease != 0 {
+            if let Some(lease) = self.leases.get_mut(&head.lease) {
+                lease.keys.insert(key.clone());
+            }
+        }
         self.keys.insert(key, head);
+    }
+
+    pub fn restore_lease(&mut self, id: i64, ttl: i64, remaining_ttl: i64) {
+        self.leases.insert(
+            id,
+            LeaseEntry {
+                ttl,
+                remaining_ttl,
+                keys: BTreeSet::new(),
+            },
+        );
+    }
+
+    pub fn leases(&self) -> &BTreeMap<i64, LeaseEntry> {
+        &self.leases
+    }
+
+    pub fn lease(&self, id: i64) -> Option<&LeaseEntry> {
+        self.leases.get(&id)
+    }
+
+    pub fn lease_exists(&self, id: i64) -> bool {
+        self.leases.contains_key(&id)
+    }
+
+    /// etcd's LeaseGrant: the ID was chosen by the proposer if the client gave none; a
+    /// TTL below the minimum is raised to it.
+    pub fn apply_lease_grant(&mut self, request: &LeaseGrantRequest, min_ttl: i64) -> Outcome {
+        if request.ttl > crate::limits::LEASE_TTL_MAX_SECONDS {
+            return Outcome::error(EtcdError::LeaseTtlTooLarge);
+        }
+        if self.leases.contains_key(&request.id) {
+            return Outcome::error(EtcdError::LeaseExist);
+        }
+        let ttl = request.ttl.max(min_ttl);
+        self.leases.insert(
+            request.id,
+            LeaseEntry {
+                ttl,
+                remaining_ttl: 0,
+                keys: BTreeSet::new(),
+            },
+        );
+        Outcome {
+            result: Some(Ok(Applied::LeaseGrant(LeaseGrantResponse {
+                header: Some(header(self.revision)),
+                id: request.id,
+                ttl,
+                error: String::new(),
+            }))),
+            ..Outcome::default()
+        }
+    }
+
+    /// etcd's LeaseRevoke: the lease goes and every key attached to it is deleted, all in
+    /// one revision.
+    pub fn apply_lease_revoke(&mut self, request: &LeaseRevokeRequest) -> Outcome {
+        let Some(lease) = self.leases.remove(&request.id) else {
+            return Outcome::error(EtcdError::LeaseNotFound);
+        };
+        let mut txn = WriteTxn::new(self);
+        for key in &lease.keys {
+            txn.delete(&DeleteRangeRequest {
+                key: key.clone(),
+                range_end: Bytes::new(),
+                prev_kv: false,
+            });
+        }
+        let revision = txn.finish();
+        txn.outcome.result = Some(Ok(Applied::LeaseRevoke(LeaseRevokeResponse {
+            header: Some(header(revision)),
+        })));
+        txn.outcome
+    }
+
+    pub fn apply_lease_checkpoint(&mut self, request: &LeaseCheckpointRequest) -> Outcome {
+        for checkpoint in &request.checkpoints {
+            if let Some(lease) = self.leases.get_mut(&checkpoint.id) {
+                lease.remaining_ttl = checkpoint.remaining_ttl;
+            }
+        }
+        Outcome {
+            result: Some(Ok(Applied::Internal)),
+            ..Outcome::default()
+        }
+    }
+
+    /// Moves `key` from the lease it had to `new` (0: none).
+    fn attach(&mut self, key: &Bytes, old: i64, new: i64) {
+        if old == new {
+            return;
+        }
+        if old != 0 {
+            if let Some(lease) = self.leases.get_mut(&old) {
+                lease.keys.remove(key);
+            }
+        }
+        if new != 0 {
+            if let Some(lease) = self.leases.get_mut(&new) {
+                lease.keys.insert(key.clone());
+            }
+        }
     }
 
     pub fn revision(&self) -> i64 {
@@ -172,12 +300,8 @@ impl Sequencer {
         self.keys.get(key)
     }
 
-    pub fn apply_put(
-        &mut self,
-        request: &PutRequest,
-        lease_exists: impl Fn(i64) -> bool,
-    ) -> Outcome {
-        if request.lease != 0 && !lease_exists(request.lease) {
+    pub fn apply_put(&mut self, request: &PutRequest) -> Outcome {
+        if request.lease != 0 && !self.lease_exists(request.lease) {
             return Outcome::error(EtcdError::LeaseNotFound);
         }
         let mut txn = WriteTxn::new(self);
@@ -203,18 +327,14 @@ impl Sequencer {
 
     /// A txn, read-only or not; read-only ones change nothing and can be evaluated without
     /// going through the log.
-    pub fn apply_txn(
-        &mut self,
-        request: &TxnRequest,
-        lease_exists: impl Fn(i64) -> bool,
-    ) -> Outcome {
+    pub fn apply_txn(&mut self, request: &TxnRequest) -> Outcome {
         // Compares, and the branch of every nested txn, are decided against the view
         // before any op runs (etcd's compareToPath), all on one view.
         let mut path = Vec::new();
         self.compare_to_path(request, &mut path);
         let is_write = !crate::check::txn_is_read_only(request);
         if is_write {
-            if let Err(e) = self.check_puts(request, &path, &mut 0, &lease_exists) {
+            if let Err(e) = self.check_puts(request, &path, &mut 0) {
                 return Outcome::error(e);
             }
         }
@@ -287,7 +407,6 @@ impl Sequencer {
         request: &TxnRequest,
         path: &[bool],
         position: &mut usize,
-        lease_exists: &impl Fn(i64) -> bool,
     ) -> Result<(), EtcdError> {
         let ops = if path[*position] {
             &request.success
@@ -301,12 +420,12 @@ impl Sequencer {
                     if (put.ignore_value || put.ignore_lease) && !self.keys.contains_key(&put.key) {
                         return Err(EtcdError::KeyNotFound);
                     }
-                    if put.lease != 0 && !lease_exists(put.lease) {
+                    if put.lease != 0 && !self.lease_exists(put.lease) {
                         return Err(EtcdError::LeaseNotFound);
                     }
                 }
                 Some(request_op::Request::RequestTxn(nested)) => {
-                    self.check_puts(nested, path, position, lease_exists)?;
+                    self.check_puts(nested, path, position)?;
                 }
                 _ => {}
             }
@@ -477,6 +596,8 @@ impl<'s> WriteTxn<'s> {
             lease,
             value,
         };
+        let old_lease = previous.as_ref().map_or(0, |p| p.lease);
+        self.sequencer.attach(&request.key, old_lease, lease);
         self.sequencer
             .keys
             .insert(request.key.clone(), head.clone());
@@ -504,6 +625,7 @@ impl<'s> WriteTxn<'s> {
         let mut prev_kvs = Vec::new();
         for (key, head) in &doomed {
             self.sequencer.keys.remove(key);
+            self.sequencer.attach(key, head.lease, 0);
             self.outcome.mutations.push(Mutation::Delete {
                 key: key.clone(),
                 revision,
@@ -621,15 +743,12 @@ mod tests {
     }
 
     fn put(s: &mut Sequencer, key: &str, value: &str) -> Outcome {
-        s.apply_put(
-            &PutRequest {
-                key: b(key),
-                value: b(value),
-                prev_kv: true,
-                ..Default::default()
-            },
-            |_| false,
-        )
+        s.apply_put(&PutRequest {
+            key: b(key),
+            value: b(value),
+            prev_kv: true,
+            ..Default::default()
+        })
     }
 
     #[test]
@@ -688,7 +807,7 @@ mod tests {
             ],
             failure: vec![],
         };
-        let out = s.apply_txn(&txn, |_| false);
+        let out = s.apply_txn(&txn);
         let Some(Ok(Applied::Txn(r))) = out.result else {
             panic!()
         };
@@ -723,14 +842,11 @@ mod tests {
     #[test]
     fn ignore_value_needs_the_key() {
         let mut s = Sequencer::new();
-        let out = s.apply_put(
-            &PutRequest {
-                key: b("a"),
-                ignore_value: true,
-                ..Default::default()
-            },
-            |_| false,
-        );
+        let out = s.apply_put(&PutRequest {
+            key: b("a"),
+            ignore_value: true,
+            ..Default::default()
+        });
         assert_eq!(out.result, Some(Err(EtcdError::KeyNotFound)));
         assert_eq!(s.revision(), 1);
     }

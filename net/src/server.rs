@@ -17,8 +17,8 @@ use glommio::{LocalExecutorBuilder, Placement};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use rivet_api::etcdserverpb::{
-    cluster_server::ClusterServer, kv_server::KvServer, maintenance_server::MaintenanceServer,
-    watch_server::WatchServer,
+    cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
+    maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
 use rivet_engine::core::ShardCore;
 use rivet_engine::limits;
@@ -295,6 +295,7 @@ async fn accept_loop(listener: TcpListener, core: Rc<ShardCore>, max_request_byt
             .max_encoding_message_size(usize::MAX),
     )
     .add_service(ClusterServer::new(ClusterService(handle.clone())))
+    .add_service(LeaseServer::new(crate::lease::LeaseService(handle.clone())))
     .add_service(
         WatchServer::new(crate::watch::WatchService(handle.clone()))
             .max_decoding_message_size(decode_limit)

@@ -59,7 +59,7 @@ impl CoreHandle {
     }
 
     /// Runs `f` on this core with the request timeout, as a `Send` future.
-    async fn run<T, F, Fut>(&self, f: F) -> Result<Response<T>, Status>
+    pub async fn run<T, F, Fut>(&self, f: F) -> Result<Response<T>, Status>
     where
         F: FnOnce(Rc<ShardCore>) -> Fut,
         Fut: Future<Output = Result<T, EtcdError>>,
