@@ -67,6 +67,10 @@ pub enum EtcdError {
     LeaderChanged,
     #[error("etcdserver: {0}")]
     Internal(String),
+    /// An error whose text carries no `etcdserver:` prefix (etcd's `concurrency` errors
+    /// from the election service), answered with code Unknown like etcd does.
+    #[error("{0}")]
+    Plain(&'static str),
 }
 
 impl EtcdError {
@@ -97,7 +101,7 @@ impl EtcdError {
             EtcdError::LeaseExist => Code::FailedPrecondition,
             EtcdError::LeaseTtlTooLarge => Code::OutOfRange,
             EtcdError::NoLeader | EtcdError::Timeout | EtcdError::Stopped => Code::Unavailable,
-            EtcdError::Internal(_) => Code::Unknown,
+            EtcdError::Internal(_) | EtcdError::Plain(_) => Code::Unknown,
         }
     }
 }

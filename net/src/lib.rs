@@ -5,6 +5,7 @@ pub mod config;
 pub mod glommio_hyper;
 pub mod http;
 pub mod lease;
+pub mod lock;
 pub mod server;
 pub mod services;
 pub mod watch;

@@ -296,6 +296,14 @@ async fn accept_loop(listener: TcpListener, core: Rc<ShardCore>, max_request_byt
     )
     .add_service(ClusterServer::new(ClusterService(handle.clone())))
     .add_service(LeaseServer::new(crate::lease::LeaseService(handle.clone())))
+    .add_service(rivet_api::v3lockpb::lock_server::LockServer::new(
+        crate::lock::LockService(handle.clone()),
+    ))
+    .add_service(
+        rivet_api::v3electionpb::election_server::ElectionServer::new(
+            crate::lock::ElectionService(handle.clone()),
+        ),
+    )
     .add_service(
         WatchServer::new(crate::watch::WatchService(handle.clone()))
             .max_decoding_message_size(decode_limit)

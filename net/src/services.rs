@@ -58,6 +58,17 @@ impl CoreHandle {
         Rc::clone(&self.core)
     }
 
+    /// Runs `f` on this core without the request timeout (Lock and Campaign wait as long
+    /// as the client does), as a `Send` future.
+    pub async fn run_unbounded<T, F, Fut>(&self, f: F) -> Result<Response<T>, Status>
+    where
+        F: FnOnce(Rc<ShardCore>) -> Fut,
+        Fut: Future<Output = Result<T, EtcdError>>,
+    {
+        let work = SendWrapper::new(f(self.core()));
+        work.await.map(Response::new).map_err(Status::from)
+    }
+
     /// Runs `f` on this core with the request timeout, as a `Send` future.
     pub async fn run<T, F, Fut>(&self, f: F) -> Result<Response<T>, Status>
     where

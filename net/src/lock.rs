@@ -1,0 +1,447 @@
+//! The Lock (`v3lockpb`) and Election (`v3electionpb`) services, server side, with the
+//! protocol of etcd's `clientv3/concurrency` that etcd's own servers use: a waiter puts
+//! `<name>/<lease hex>` under its lease; the key with the lowest create revision holds the
+//! lock (or leads); everyone else waits until every key created before theirs is gone.
+
+use std::pin::Pin;
+use std::rc::Rc;
+
+use bytes::Bytes;
+use futures::channel::mpsc;
+use futures::{SinkExt, Stream};
+use rivet_api::etcdserverpb::{
+    compare,
+    range_request::{SortOrder, SortTarget},
+    request_op, response_op, Compare, DeleteRangeRequest, PutRequest, RangeRequest, RangeResponse,
+    RequestOp, ResponseHeader, TxnRequest, TxnResponse,
+};
+use rivet_api::mvccpb::KeyValue;
+use rivet_api::v3electionpb::{
+    election_server::Election, CampaignRequest, CampaignResponse, LeaderKey, LeaderRequest,
+    LeaderResponse, ProclaimRequest, ProclaimResponse, ResignRequest, ResignResponse,
+};
+use rivet_api::v3lockpb::{
+    lock_server::Lock, LockRequest, LockResponse, UnlockRequest, UnlockResponse,
+};
+use rivet_engine::core::ShardCore;
+use rivet_engine::error::EtcdError;
+use rivet_engine::limits;
+use tonic::{Request, Response, Status};
+
+use crate::services::CoreHandle;
+
+/// etcd's `concurrency` errors, as its election server returns them.
+const NOT_LEADER: &str = "election: not leader";
+const NO_LEADER: &str = "election: no leader";
+
+/// The end of the prefix range of `prefix` (etcd's `GetPrefixRangeEnd`).
+pub fn prefix_end(prefix: &[u8]) -> Bytes {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return Bytes::from(end);
+        }
+    }
+    Bytes::from_static(b"\0")
+}
+
+fn op_put(key: &Bytes, value: Bytes, lease: i64) -> RequestOp {
+    RequestOp {
+        request: Some(request_op::Request::RequestPut(PutRequest {
+            key: key.clone(),
+            value,
+            lease,
+            ..Default::default()
+        })),
+    }
+}
+
+fn op_get(key: &Bytes) -> RequestOp {
+    RequestOp {
+        request: Some(request_op::Request::RequestRange(RangeRequest {
+            key: key.clone(),
+            ..Default::default()
+        })),
+    }
+}
+
+/// The oldest key of a prefix (`WithFirstCreate`).
+fn first_create(prefix: &Bytes) -> RangeRequest {
+    RangeRequest {
+        key: prefix.clone(),
+        range_end: prefix_end(prefix),
+        sort_order: SortOrder::Ascend as i32,
+        sort_target: SortTarget::Create as i32,
+        limit: 1,
+        ..Default::default()
+    }
+}
+
+fn create_revision_is(key: &Bytes, revision: i64) -> Compare {
+    Compare {
+        result: compare::CompareResult::Equal as i32,
+        target: compare::CompareTarget::Create as i32,
+        key: key.clone(),
+        target_union: Some(compare::TargetUnion::CreateRevision(revision)),
+        range_end: Bytes::new(),
+    }
+}
+
+fn range_of(response: &TxnResponse, i: usize) -> Option<&RangeResponse> {
+    match response.responses.get(i).and_then(|r| r.response.as_ref()) {
+        Some(response_op::Response::ResponseRange(range)) => Some(range),
+        _ => None,
+    }
+}
+
+/// Waits until no key under `prefix` with a create revision at or below `max_create`
+/// is left (etcd's `waitDeletes`), and returns the header of the last check.
+async fn wait_deletes(
+    core: &ShardCore,
+    prefix: &Bytes,
+    max_create: i64,
+) -> Result<ResponseHeader, EtcdError> {
+    loop {
+        let newest_before = core
+            .range(RangeRequest {
+                key: prefix.clone(),
+                range_end: prefix_end(prefix),
+                sort_order: SortOrder::Descend as i32,
+                sort_target: SortTarget::Create as i32,
+                max_create_revision: max_create,
+                limit: 1,
+                ..Default::default()
+            })
+            .await?;
+        let Some(blocker) = newest_before.kvs.first() else {
+            return Ok(newest_before.header.unwrap_or_default());
+        };
+        wait_gone(core, blocker).await?;
+    }
+}
+
+/// Waits until `kv`'s key is deleted (or re-created: a different create revision).
+async fn wait_gone(core: &ShardCore, kv: &KeyValue) -> Result<(), EtcdError> {
+    loop {
+        let index = core.shared.applied_index();
+        let now = core
+            .range(RangeRequest {
+                key: kv.key.clone(),
+                serializable: true,
+                ..Default::default()
+            })
+            .await?;
+        if now
+            .kvs
+            .first()
+            .is_none_or(|k| k.create_revision != kv.create_revision)
+        {
+            return Ok(());
+        }
+        core.wait_applied(index + 1).await;
+    }
+}
+
+/// Puts `<name>/<lease>` unless this lease already has it; returns the key, its create
+/// revision, the current value and the txn response.
+async fn enqueue(
+    core: &ShardCore,
+    name: &Bytes,
+    lease: i64,
+    value: Bytes,
+) -> Result<(Bytes, i64, TxnResponse), EtcdError> {
+    let prefix = Bytes::from([name.as_ref(), b"/"].concat());
+    let key = Bytes::from(format!("{}{lease:x}", String::from_utf8_lossy(&prefix)));
+    let response = core
+        .txn(TxnRequest {
+            compare: vec![create_revision_is(&key, 0)],
+            success: vec![
+                op_put(&key, value, lease),
+                RequestOp {
+                    request: Some(request_op::Request::RequestRange(first_create(&prefix))),
+                },
+            ],
+            failure: vec![
+                op_get(&key),
+                RequestOp {
+                    request: Some(request_op::Request::RequestRange(first_create(&prefix))),
+                },
+            ],
+        })
+        .await?;
+    let revision = if response.succeeded {
+        response.header.as_ref().map_or(0, |h| h.revision)
+    } else {
+        range_of(&response, 0)
+            .and_then(|r| r.kvs.first())
+            .map_or(0, |kv| kv.create_revision)
+    };
+    Ok((key, revision, response))
+}
+
+pub struct LockService(pub CoreHandle);
+
+#[tonic::async_trait]
+impl Lock for LockService {
+    async fn lock(&self, request: Request<LockRequest>) -> Result<Response<LockResponse>, Status> {
+        let request = request.into_inner();
+        self.0
+            .run_unbounded(|core| async move {
+                let prefix = Bytes::from([request.name.as_ref(), b"/"].concat());
+                let (key, revision, response) =
+                    enqueue(&core, &request.name, request.lease, Bytes::new()).await?;
+                let owner = range_of(&response, 1).and_then(|r| r.kvs.first());
+                let header = if owner.is_none_or(|o| o.create_revision == revision) {
+                    response.header.unwrap_or_default()
+                } else {
+                    match wait_deletes(&core, &prefix, revision - 1).await {
+                        Ok(header) => header,
+                        Err(e) => {
+                            let _ = delete_key(&core, &key).await;
+                            return Err(e);
+                        }
+                    }
+                };
+                Ok(LockResponse {
+                    header: Some(header),
+                    key,
+                })
+            })
+            .await
+    }
+
+    async fn unlock(
+        &self,
+        request: Request<UnlockRequest>,
+    ) -> Result<Response<UnlockResponse>, Status> {
+        let key = request.into_inner().key;
+        self.0
+            .run(|core| async move {
+                let response = delete_key(&core, &key).await?;
+                Ok(UnlockResponse {
+                    header: response.header,
+                })
+            })
+            .await
+    }
+}
+
+async fn delete_key(
+    core: &ShardCore,
+    key: &Bytes,
+) -> Result<rivet_api::etcdserverpb::DeleteRangeResponse, EtcdError> {
+    core.delete_range(DeleteRangeRequest {
+        key: key.clone(),
+        ..Default::default()
+    })
+    .await
+}
+
+pub struct ElectionService(pub CoreHandle);
+
+fn election_error(message: &'static str) -> EtcdError {
+    EtcdError::Plain(message)
+}
+
+/// The current leader of an election: the oldest key under `<name>/`.
+async fn leader_of(
+    core: &ShardCore,
+    name: &Bytes,
+) -> Result<(ResponseHeader, Option<KeyValue>), EtcdError> {
+    let prefix = Bytes::from([name.as_ref(), b"/"].concat());
+    let response = core.range(first_create(&prefix)).await?;
+    Ok((
+        response.header.unwrap_or_default(),
+        response.kvs.into_iter().next(),
+    ))
+}
+
+#[tonic::async_trait]
+impl Election for ElectionService {
+    async fn campaign(
+        &self,
+        request: Request<CampaignRequest>,
+    ) -> Result<Response<CampaignResponse>, Status> {
+        let request = request.into_inner();
+        self.0
+            .run_unbounded(|core| async move {
+                let prefix = Bytes::from([request.name.as_ref(), b"/"].concat());
+                let (key, revision, response) =
+                    enqueue(&core, &request.name, request.lease, request.value.clone()).await?;
+                if !response.succeeded {
+                    let current = range_of(&response, 0)
+                        .and_then(|r| r.kvs.first())
+                        .map(|kv| kv.value.clone());
+                    if current.as_ref() != Some(&request.value) {
+                        proclaim(&core, &key, revision, request.value.clone()).await?;
+                    }
+                }
+                if let Err(e) = wait_deletes(&core, &prefix, revision - 1).await {
+                    let _ = delete_key(&core, &key).await;
+                    return Err(e);
+                }
+                Ok(CampaignResponse {
+                    header: response.header,
+                    leader: Some(LeaderKey {
+                        name: request.name,
+                        key,
+                        rev: revision,
+                        lease: request.lease,
+                    }),
+                })
+            })
+            .await
+    }
+
+    async fn proclaim(
+        &self,
+        request: Request<ProclaimRequest>,
+    ) -> Result<Response<ProclaimResponse>, Status> {
+        let request = request.into_inner();
+        self.0
+            .run(|core| async move {
+                let leader = request.leader.unwrap_or_default();
+                let header = proclaim(&core, &leader.key, leader.rev, request.value).await?;
+                Ok(ProclaimResponse {
+                    header: Some(header),
+                })
+            })
+            .await
+    }
+
+    async fn leader(
+        &self,
+        request: Request<LeaderRequest>,
+    ) -> Result<Response<LeaderResponse>, Status> {
+        let name = request.into_inner().name;
+        self.0
+            .run(|core| async move {
+                let (header, kv) = leader_of(&core, &name).await?;
+                let kv = kv.ok_or_else(|| election_error(NO_LEADER))?;
+                Ok(LeaderResponse {
+                    header: Some(header),
+                    kv: Some(kv),
+                })
+            })
+            .await
+    }
+
+    type ObserveStream = Pin<Box<dyn Stream<Item = Result<LeaderResponse, Status>> + Send>>;
+
+    async fn observe(
+        &self,
+        request: Request<LeaderRequest>,
+    ) -> Result<Response<Self::ObserveStream>, Status> {
+        let name = request.into_inner().name;
+        let (out, responses) = mpsc::channel(limits::WATCH_STREAM_QUEUE);
+        let core = self.0.core();
+        glommio::spawn_local(observe(core, name, out)).detach();
+        Ok(Response::new(Box::pin(responses)))
+    }
+
+    async fn resign(
+        &self,
+        request: Request<ResignRequest>,
+    ) -> Result<Response<ResignResponse>, Status> {
+        let leader = request.into_inner().leader.unwrap_or_default();
+        self.0
+            .run(|core| async move {
+                let response = core
+                    .txn(TxnRequest {
+                        compare: vec![create_revision_is(&leader.key, leader.rev)],
+                        success: vec![RequestOp {
+                            request: Some(request_op::Request::RequestDeleteRange(
+                                DeleteRangeRequest {
+                                    key: leader.key.clone(),
+                                    ..Default::default()
+                                },
+                            )),
+                        }],
+                        failure: vec![],
+                    })
+                    .await?;
+                Ok(ResignResponse {
+                    header: response.header,
+                })
+            })
+            .await
+    }
+}
+
+/// Sets the leader's value if `key` still leads with the same create revision.
+async fn proclaim(
+    core: &ShardCore,
+    key: &Bytes,
+    revision: i64,
+    value: Bytes,
+) -> Result<ResponseHeader, EtcdError> {
+    let response = core
+        .txn(TxnRequest {
+            compare: vec![create_revision_is(key, revision)],
+            success: vec![RequestOp {
+                request: Some(request_op::Request::RequestPut(PutRequest {
+                    key: key.clone(),
+                    value,
+                    ignore_lease: true,
+                    ..Default::default()
+                })),
+            }],
+            failure: vec![],
+        })
+        .await?;
+    if !response.succeeded {
+        return Err(election_error(NOT_LEADER));
+    }
+    Ok(response.header.unwrap_or_default())
+}
+
+/// Streams the leader's key-value every time it changes (a new leader, or a proclaim).
+async fn observe(
+    core: Rc<ShardCore>,
+    name: Bytes,
+    mut out: mpsc::Sender<Result<LeaderResponse, Status>>,
+) {
+    let mut last: Option<KeyValue> = None;
+    loop {
+        let index = core.shared.applied_index();
+        match leader_of(&core, &name).await {
+            Ok((header, Some(kv))) => {
+                let changed = last
+                    .as_ref()
+                    .is_none_or(|l| l.key != kv.key || l.mod_revision != kv.mod_revision);
+                if changed {
+                    last = Some(kv.clone());
+                    let response = LeaderResponse {
+                        header: Some(header),
+                        kv: Some(kv),
+                    };
+                    if out.send(Ok(response)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            Ok((_, None)) => {}
+            Err(e) => {
+                let _ = out.send(Err(Status::from(e))).await;
+                return;
+            }
+        }
+        if out.is_closed() {
+            return;
+        }
+        core.wait_applied(index + 1).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_end_matches_etcd() {
+        assert_eq!(prefix_end(b"a/"), Bytes::from_static(b"a0"));
+        assert_eq!(prefix_end(b"a\xff"), Bytes::from_static(b"b"));
+        assert_eq!(prefix_end(b"\xff\xff"), Bytes::from_static(b"\0"));
+    }
+}
