@@ -431,6 +431,39 @@ impl ShardCore {
         id.max(1)
     }
 
+    /// Maintenance.Alarm: GET answers the active alarms; ACTIVATE and DEACTIVATE go
+    /// through raft.
+    pub async fn alarm(
+        &self,
+        request: rivet_api::etcdserverpb::AlarmRequest,
+    ) -> Result<rivet_api::etcdserverpb::AlarmResponse, EtcdError> {
+        use rivet_api::etcdserverpb::{alarm_request::AlarmAction, AlarmResponse};
+        if request.action == AlarmAction::Get as i32 {
+            let alarms = self.alarms().await?;
+            return Ok(AlarmResponse {
+                header: Some(self.current_header()),
+                alarms,
+            });
+        }
+        match self
+            .propose(internal_request::Request::Alarm(request))
+            .await?
+            .applied
+        {
+            Applied::Alarm(mut response) => {
+                response.header = Some(self.current_header());
+                Ok(response)
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn alarms(&self) -> Result<Vec<rivet_api::etcdserverpb::AlarmMember>, EtcdError> {
+        let (reply, answer) = oneshot::channel();
+        self.ask_raft(RaftCommand::AlarmList { reply }, answer)
+            .await
+    }
+
     pub async fn member_list(&self) -> Result<Vec<rivet_api::etcdserverpb::Member>, EtcdError> {
         let (reply, answer) = oneshot::channel();
         self.ask_raft(RaftCommand::MemberList { reply }, answer)

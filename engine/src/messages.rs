@@ -72,6 +72,9 @@ pub enum RaftCommand {
     LeaseLeases {
         reply: oneshot::Sender<Vec<i64>>,
     },
+    AlarmList {
+        reply: oneshot::Sender<Vec<rivet_api::etcdserverpb::AlarmMember>>,
+    },
     MemberList {
         reply: oneshot::Sender<Vec<rivet_api::etcdserverpb::Member>>,
     },

@@ -1572,6 +1572,18 @@ impl PageFile {
             + self.active.map.len() as u64
     }
 
+    /// Bytes of records written (headers included), read from the segments' end offsets
+    /// when called: what the data takes, without the preallocated tails. This is the size
+    /// rivet reports as `dbSize` and checks against `--quota-backend-bytes`.
+    #[must_use]
+    pub fn used_bytes(&self) -> u64 {
+        self.sealed
+            .iter()
+            .map(|segment| segment.data_end as u64)
+            .sum::<u64>()
+            + self.active.write_offset as u64
+    }
+
     /// The applied index of the last checkpoint (written or loaded); 0 if none.
     #[must_use]
     pub fn last_checkpoint_index(&self) -> u64 {

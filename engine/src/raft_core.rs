@@ -29,6 +29,7 @@ use raft::prelude::{ConfChange, ConfChangeType, Message as RaftMessage};
 use raft::prelude::{ConfState, Entry, EntryType, HardState, Snapshot};
 use raft::storage::MemStorage;
 use raft::{Config, RawNode, StateRole};
+use rivet_api::etcdserverpb::{alarm_request, AlarmMember, AlarmRequest, AlarmResponse, AlarmType};
 use rivet_api::rivetpb::{
     internal_request, CheckpointMarker, ConfChangeContext, InternalRequest, Member,
     MemberAttributes, SnapshotInfo, WalMetadata,
@@ -284,6 +285,10 @@ pub struct RaftCore {
     events: tokio::sync::mpsc::Sender<PeerEvent>,
     snapshots_in_flight: std::collections::HashSet<u64>,
     lessor: crate::lessor::Lessor,
+    /// Active alarms (replicated state): NOSPACE blocks writes that add data.
+    alarms: Vec<AlarmMember>,
+    /// Whether this member already proposed the NOSPACE alarm it is about to see.
+    nospace_proposed: bool,
     last_lease_checkpoint: Instant,
     /// etcd's minimum lease TTL: 1.5 election timeouts, rounded up to seconds.
     min_lease_ttl: i64,
@@ -489,6 +494,12 @@ impl RaftCore {
             events,
             snapshots_in_flight: std::collections::HashSet::new(),
             lessor: crate::lessor::Lessor::default(),
+            alarms: recovered
+                .checkpoint
+                .as_ref()
+                .map(|c| c.alarms.clone())
+                .unwrap_or_default(),
+            nospace_proposed: false,
             last_lease_checkpoint: Instant::now(),
             min_lease_ttl,
         })
@@ -585,6 +596,9 @@ impl RaftCore {
             RaftCommand::LeaseTimeToLive { id, keys, reply } => {
                 let _ = reply.send(self.time_to_live(id, keys));
             }
+            RaftCommand::AlarmList { reply } => {
+                let _ = reply.send(self.alarms.clone());
+            }
             RaftCommand::LeaseLeases { reply } => {
                 let _ = reply.send(self.sequencer.leases().keys().copied().collect());
             }
@@ -679,6 +693,7 @@ impl RaftCore {
             compact_revision: self.sequencer.compact_revision(),
             membership: Some(self.members.to_proto()),
             leases: self.lease_records(),
+            alarms: self.alarms.clone(),
         };
         message.mut_snapshot().data = info.encode_to_vec().into();
         let bytes = match message.write_to_bytes() {
@@ -789,6 +804,7 @@ impl RaftCore {
                 .into(),
             membership: info.membership.clone(),
             leases: info.leases.clone(),
+            alarms: info.alarms.clone(),
         };
         let payload = marker.encode_to_vec();
         if let Err(e) = self.wal.append(&[Record {
@@ -820,6 +836,7 @@ impl RaftCore {
             .as_ref()
             .map(MemberTable::from_proto)
             .unwrap_or_default();
+        self.alarms = info.alarms.clone();
         self.update_peers();
         self.applied_index = index;
         self.checkpoint_index = index;
@@ -832,6 +849,73 @@ impl RaftCore {
         if let Err(e) = self.node.step(message) {
             tracing::warn!("raft refused the snapshot at index {index}: {e}");
         }
+    }
+
+    fn nospace(&self) -> bool {
+        self.alarms
+            .iter()
+            .any(|a| a.alarm == AlarmType::Nospace as i32)
+    }
+
+    /// Proposes etcd's NOSPACE alarm for this member (once).
+    fn raise_nospace(&mut self) {
+        if self.nospace() || self.nospace_proposed {
+            return;
+        }
+        self.nospace_proposed = true;
+        tracing::warn!(
+            quota = self.config.quota_backend_bytes,
+            size = self.db_size_bytes,
+            "database space exceeded; raising the NOSPACE alarm"
+        );
+        let request = InternalRequest {
+            member_id: self.config.member_id,
+            id: 0,
+            request: Some(internal_request::Request::Alarm(AlarmRequest {
+                action: alarm_request::AlarmAction::Activate as i32,
+                member_id: self.config.member_id,
+                alarm: AlarmType::Nospace as i32,
+            })),
+        };
+        if self
+            .node
+            .propose(Vec::new(), request.encode_to_vec())
+            .is_err()
+        {
+            self.nospace_proposed = false;
+        }
+    }
+
+    fn apply_alarm(&mut self, request: &AlarmRequest) -> Outcome {
+        let member = AlarmMember {
+            member_id: request.member_id,
+            alarm: request.alarm,
+        };
+        let changed = if request.action == alarm_request::AlarmAction::Activate as i32 {
+            if self.alarms.contains(&member) {
+                Vec::new()
+            } else {
+                self.alarms.push(member.clone());
+                vec![member]
+            }
+        } else if request.action == alarm_request::AlarmAction::Deactivate as i32 {
+            let before = self.alarms.len();
+            self.alarms.retain(|a| a != &member);
+            if member.alarm == AlarmType::Nospace as i32 {
+                self.nospace_proposed = false;
+            }
+            if self.alarms.len() < before {
+                vec![member]
+            } else {
+                Vec::new()
+            }
+        } else {
+            self.alarms.clone()
+        };
+        Outcome::applied(Applied::Alarm(AlarmResponse {
+            header: None,
+            alarms: changed,
+        }))
     }
 
     fn lease_records(&self) -> Vec<rivet_api::rivetpb::LeaseRecord> {
@@ -1253,6 +1337,7 @@ impl RaftCore {
             && self.config.quota_backend_bytes > 0
             && self.db_size_bytes + data.len() as u64 > self.config.quota_backend_bytes
         {
+            self.raise_nospace();
             let _ = reply.send(Err(EtcdError::NoSpace));
             return;
         }
@@ -1489,7 +1574,12 @@ impl RaftCore {
                     panic!("undecodable raft entry at index {}: {e}", entry.index);
                 }
             };
+            let capped = self.nospace() && adds_data(&request.request);
             let mut outcome = match &request.request {
+                // etcd's capped applier: while NOSPACE is raised, nothing that adds data
+                // applies (reads, deletes and compactions still do).
+                _ if capped => Outcome::failed(EtcdError::NoSpace),
+                Some(internal_request::Request::Alarm(alarm)) => self.apply_alarm(alarm),
                 Some(internal_request::Request::Put(put)) => self.sequencer.apply_put(put),
                 Some(internal_request::Request::DeleteRange(delete)) => {
                     self.sequencer.apply_delete(delete)
@@ -1618,6 +1708,7 @@ impl RaftCore {
                 .into(),
             membership: Some(self.members.to_proto()),
             leases: self.lease_records(),
+            alarms: self.alarms.clone(),
         };
         let payload = marker.encode_to_vec();
         self.wal
@@ -1683,8 +1774,32 @@ fn reply_of(index: u64, outcome: Outcome) -> Result<Reply, EtcdError> {
 fn request_adds_data(request: &internal_request::Request) -> bool {
     matches!(
         request,
-        internal_request::Request::Put(_) | internal_request::Request::Txn(_)
+        internal_request::Request::Put(_)
+            | internal_request::Request::Txn(_)
+            | internal_request::Request::LeaseGrant(_)
     )
+}
+
+/// etcd's quota cost: puts, txns with a put anywhere, lease grants.
+fn adds_data(request: &Option<internal_request::Request>) -> bool {
+    match request {
+        Some(internal_request::Request::Put(_))
+        | Some(internal_request::Request::LeaseGrant(_)) => true,
+        Some(internal_request::Request::Txn(txn)) => txn_has_put(txn),
+        _ => false,
+    }
+}
+
+fn txn_has_put(txn: &rivet_api::etcdserverpb::TxnRequest) -> bool {
+    use rivet_api::etcdserverpb::request_op::Request;
+    txn.success
+        .iter()
+        .chain(txn.failure.iter())
+        .any(|op| match &op.request {
+            Some(Request::RequestPut(_)) => true,
+            Some(Request::RequestTxn(nested)) => txn_has_put(nested),
+            _ => false,
+        })
 }
 
 /// etcd's ID for a member added at runtime: SHA-1 of its sorted peer URLs, the cluster

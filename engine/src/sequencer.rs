@@ -79,6 +79,7 @@ pub enum Applied {
     Compaction(CompactionResponse),
     LeaseGrant(LeaseGrantResponse),
     LeaseRevoke(LeaseRevokeResponse),
+    Alarm(rivet_api::etcdserverpb::AlarmResponse),
     /// An internal request (lease checkpoint, membership) that answers nobody.
     Internal,
 }
@@ -524,6 +525,19 @@ fn compare_kv(c: &Compare, kv: &KeyValue) -> bool {
 }
 
 impl Outcome {
+    /// A request that failed as a whole and changed nothing.
+    pub fn failed(error: EtcdError) -> Outcome {
+        Outcome::error(error)
+    }
+
+    /// A request that changed no key and answers `applied`.
+    pub fn applied(applied: Applied) -> Outcome {
+        Outcome {
+            result: Some(Ok(applied)),
+            ..Outcome::default()
+        }
+    }
+
     fn error(error: EtcdError) -> Outcome {
         Outcome {
             result: Some(Err(error)),

@@ -130,8 +130,9 @@ impl Shard {
         self.revision
     }
 
+    /// Bytes the shard's records take in its page file (not the preallocated space).
     pub fn size_bytes(&self) -> u64 {
-        self.page.size_bytes()
+        self.page.used_bytes()
     }
 
     /// The newest version of every live key, for rebuilding the sequencer.

@@ -139,8 +139,14 @@ fn not_yet(method: &str) -> Status {
 
 #[tonic::async_trait]
 impl Maintenance for MaintenanceService {
-    async fn alarm(&self, _: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
-        Err(not_yet("Alarm"))
+    async fn alarm(
+        &self,
+        request: Request<AlarmRequest>,
+    ) -> Result<Response<AlarmResponse>, Status> {
+        let request = request.into_inner();
+        self.0
+            .run(|core| async move { core.alarm(request).await })
+            .await
     }
 
     async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
@@ -157,7 +163,16 @@ impl Maintenance for MaintenanceService {
                     raft_index: raft.last_index,
                     raft_term: raft.term,
                     raft_applied_index: raft.applied_index,
-                    errors: Vec::new(),
+                    errors: core
+                        .alarms()
+                        .await?
+                        .iter()
+                        .map(|a| {
+                            let kind = rivet_api::etcdserverpb::AlarmType::try_from(a.alarm)
+                                .map_or("UNKNOWN", |t| t.as_str_name());
+                            format!("memberID:{} alarm:{kind} ", a.member_id)
+                        })
+                        .collect(),
                     db_size_in_use: db_size,
                     is_learner: false,
                 })
