@@ -895,7 +895,7 @@ impl RaftCore {
             if self.alarms.contains(&member) {
                 Vec::new()
             } else {
-                self.alarms.push(member.clone());
+                self.alarms.push(member);
                 vec![member]
             }
         } else if request.action == alarm_request::AlarmAction::Deactivate as i32 {
