@@ -10,6 +10,7 @@ pub mod lessor;
 pub mod limits;
 pub mod membership;
 pub mod messages;
+pub mod metrics;
 pub mod mvcc;
 pub mod page;
 pub mod raft_core;

@@ -37,6 +37,8 @@ pub struct RaftStatus {
     pub term: u64,
     pub last_index: u64,
     pub applied_index: u64,
+    /// Live keys (the sequencer's count).
+    pub keys: u64,
 }
 
 /// Shard core → raft core.

@@ -620,6 +620,7 @@ impl RaftCore {
                     term: status.hs.term,
                     last_index: self.node.raft.raft_log.last_index(),
                     applied_index: self.applied_index,
+                    keys: self.sequencer.key_count() as u64,
                 });
             }
         }
@@ -1346,9 +1347,11 @@ impl RaftCore {
                 self.proposals.insert(id, reply);
             }
             Err(raft::Error::ProposalDropped) => {
+                crate::metrics::PROPOSALS_FAILED.inc();
                 let _ = reply.send(Err(EtcdError::NoLeader));
             }
             Err(e) => {
+                crate::metrics::PROPOSALS_FAILED.inc();
                 let _ = reply.send(Err(EtcdError::Internal(e.to_string())));
             }
         }
@@ -1421,7 +1424,12 @@ impl RaftCore {
         }
         let mut ready = self.node.ready();
         if let Some(soft) = ready.ss() {
-            self.shared.leader.store(soft.leader_id, Ordering::Release);
+            let previous = self.shared.leader.swap(soft.leader_id, Ordering::AcqRel);
+            if soft.leader_id != previous && soft.leader_id != raft::INVALID_ID {
+                crate::metrics::LEADER_CHANGES.inc();
+            }
+            crate::metrics::HAS_LEADER.set(u64::from(soft.leader_id != raft::INVALID_ID));
+            crate::metrics::IS_LEADER.set(u64::from(soft.raft_state == StateRole::Leader));
             let leading = soft.raft_state == StateRole::Leader;
             if leading && !self.lessor.is_primary() {
                 let election = self.config.heartbeat_interval * self.config.election_ticks as u32;
@@ -1480,6 +1488,9 @@ impl RaftCore {
             .term
             .store(self.node.raft.term, Ordering::Release);
         self.release_reads();
+        crate::metrics::PROPOSALS_COMMITTED.set(self.node.raft.raft_log.committed);
+        crate::metrics::PROPOSALS_APPLIED.set(self.applied_index);
+        crate::metrics::PROPOSALS_PENDING.set(self.proposals.len() as u64);
         Ok(())
     }
 
@@ -1521,6 +1532,7 @@ impl RaftCore {
             .append(&records)
             .map_err(|e| format!("WAL append failed: {e}"))?;
         let took = started.elapsed();
+        crate::metrics::WAL_FSYNC.observe(took);
         if took > limits::WAL_FSYNC_WARN {
             tracing::warn!(?took, "slow fdatasync of the WAL");
         }

@@ -351,9 +351,11 @@ impl Shard {
             revision: request.revision,
             compact_revision: request.compact_revision,
         };
+        let started = std::time::Instant::now();
         self.page
             .checkpoint(&checkpoint)
             .unwrap_or_else(|e| panic!("shard {}: checkpoint failed: {e}", self.id));
+        crate::metrics::BACKEND_COMMIT.observe(started.elapsed());
     }
 
     /// This shard's part of a range, at a revision it has applied.

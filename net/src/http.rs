@@ -51,6 +51,18 @@ async fn health(core: Rc<ShardCore>) -> Response<Body> {
     text(status, "text/plain; charset=utf-8", body)
 }
 
+/// `/metrics`: Prometheus text format with etcd's metric names; sizes read now.
+async fn metrics(core: Rc<ShardCore>) -> Response<Body> {
+    let size = core.db_size_bytes().await;
+    let keys = core.raft_status().await.map_or(0, |s| s.keys);
+    let body = rivet_engine::metrics::render(&rivet_engine::metrics::Gauges {
+        db_size_bytes: size,
+        db_size_in_use_bytes: size,
+        keys,
+    });
+    text(StatusCode::OK, "text/plain; version=0.0.4", body)
+}
+
 fn version() -> Response<Body> {
     text(
         StatusCode::OK,
@@ -87,7 +99,25 @@ impl Service<Request<hyper::body::Incoming>> for ClientService {
     fn call(&mut self, request: Request<hyper::body::Incoming>) -> Self::Future {
         if is_grpc(&request) {
             let mut grpc = self.grpc.clone();
-            return Box::pin(async move { grpc.call(request).await });
+            let method = rivet_engine::metrics::grpc_method(request.uri().path());
+            if let Some(method) = method {
+                rivet_engine::metrics::grpc_started(method);
+            }
+            return Box::pin(async move {
+                let response = grpc.call(request).await;
+                if let (Some(method), Ok(response)) = (method, &response) {
+                    // Errors travel in the headers (trailers-only responses); a response
+                    // without `grpc-status` there went on and is counted as OK.
+                    let code = response
+                        .headers()
+                        .get("grpc-status")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse::<usize>().ok())
+                        .unwrap_or(0);
+                    rivet_engine::metrics::grpc_handled(method, code);
+                }
+                response
+            });
         }
         let core = Rc::clone(&self.core);
         let path = request.uri().path().to_string();
@@ -95,6 +125,7 @@ impl Service<Request<hyper::body::Incoming>> for ClientService {
             Ok(match path.as_str() {
                 "/health" => health(core).await,
                 "/version" => version(),
+                "/metrics" => metrics(core).await,
                 _ => text(
                     StatusCode::NOT_FOUND,
                     "text/plain; charset=utf-8",
