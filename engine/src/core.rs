@@ -257,6 +257,9 @@ impl ShardCore {
                 ShardRequest::SizeBytes { reply } => {
                     let _ = reply.send(self.shard.borrow().size_bytes());
                 }
+                ShardRequest::HashKv { revision, reply } => {
+                    let _ = reply.send(self.shard.borrow().hash_kv(revision));
+                }
                 ShardRequest::WatchRecent {
                     from,
                     to,
@@ -462,6 +465,36 @@ impl ShardCore {
         let (reply, answer) = oneshot::channel();
         self.ask_raft(RaftCommand::AlarmList { reply }, answer)
             .await
+    }
+
+    /// Maintenance.HashKV: the hash of every version up to `revision` (0: the newest),
+    /// read on a linearizable view, and the compaction revision.
+    pub async fn hash_kv(
+        &self,
+        revision: i64,
+    ) -> Result<rivet_api::etcdserverpb::HashKvResponse, EtcdError> {
+        let point = self.read_index().await?;
+        let compact = self.shard.borrow().compact_revision();
+        let at = resolve_revision(revision, point.revision, compact)?;
+        let mut hash = self.shard.borrow().hash_kv(at);
+        for (id, peer) in self.peers.iter().enumerate() {
+            if id == self.id {
+                continue;
+            }
+            let (reply, answer) = oneshot::channel();
+            peer.send(ShardRequest::HashKv {
+                revision: at,
+                reply,
+            })
+            .await
+            .map_err(|_| EtcdError::Stopped)?;
+            hash = hash.wrapping_add(answer.await.map_err(|_| EtcdError::Stopped)?);
+        }
+        Ok(rivet_api::etcdserverpb::HashKvResponse {
+            header: Some(self.header(point.revision)),
+            hash,
+            compact_revision: compact,
+        })
     }
 
     pub async fn member_list(&self) -> Result<Vec<rivet_api::etcdserverpb::Member>, EtcdError> {

@@ -206,6 +206,11 @@ pub enum ShardRequest {
         prev_kv: bool,
         reply: oneshot::Sender<Result<Vec<rivet_api::mvccpb::Event>, crate::shard::CompactedAt>>,
     },
+    /// The shard's part of HashKV at `revision`.
+    HashKv {
+        revision: i64,
+        reply: oneshot::Sender<u32>,
+    },
     /// This shard's records up to `revision`, once it applied `index` (raft snapshot).
     Export {
         index: u64,

@@ -231,6 +231,32 @@ impl Shard {
         out
     }
 
+    /// The consistency hash of every version this shard retains up to `revision`: the
+    /// wrapping sum of the crc32c of each version's page record. A sum, so that members
+    /// with different shard counts (different partitions of the same versions) agree.
+    pub fn hash_kv(&self, revision: i64) -> u32 {
+        let mut sum = 0u32;
+        let mut buffer = Vec::new();
+        for change in self.index.changes(b"\0", IndexEnd::FromKey, 0, revision) {
+            let Ok(view) = self.page.read(change.ptr) else {
+                continue;
+            };
+            buffer.clear();
+            let record = KeyRecord {
+                key: view.key,
+                create_revision: view.create_revision,
+                mod_revision: view.mod_revision,
+                version: view.version,
+                lease: view.lease,
+                value: view.value,
+            };
+            if crate::page::encode_key_record(&record, &mut buffer).is_ok() {
+                sum = sum.wrapping_add(crc32c::crc32c(&buffer));
+            }
+        }
+        sum
+    }
+
     /// Replaces this shard's files with the ones staged for a snapshot at `index`.
     pub fn install(&mut self, snap_dir: &Path, index: u64) -> Result<(), ShardOpenError> {
         let staged = crate::snapshot::staged_dir(snap_dir, index, self.id);

@@ -187,12 +187,28 @@ impl Maintenance for MaintenanceService {
         Err(not_yet("Defragment"))
     }
 
+    /// Hash: rivet keeps no separate backend file, so this hashes the same versions as
+    /// HashKV at the newest revision.
     async fn hash(&self, _: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
-        Err(not_yet("Hash"))
+        self.0
+            .run(|core| async move {
+                let response = core.hash_kv(0).await?;
+                Ok(HashResponse {
+                    header: response.header,
+                    hash: response.hash,
+                })
+            })
+            .await
     }
 
-    async fn hash_kv(&self, _: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
-        Err(not_yet("HashKV"))
+    async fn hash_kv(
+        &self,
+        request: Request<HashKvRequest>,
+    ) -> Result<Response<HashKvResponse>, Status> {
+        let revision = request.into_inner().revision;
+        self.0
+            .run(|core| async move { core.hash_kv(revision).await })
+            .await
     }
 
     type SnapshotStream = futures::stream::BoxStream<'static, Result<SnapshotResponse, Status>>;
