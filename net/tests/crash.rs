@@ -1,0 +1,567 @@
+//! Crash tests: concurrent writers, `kill -9` mid-traffic, restart on the same data dir,
+//! and every acknowledged write must still be there, at the revision it was acknowledged
+//! with. Also the graceful stop, and history and compaction state across restarts.
+//!
+//! The kill delay and the writers' choices come from a seed, printed by every test; set
+//! `RIVET_CRASH_SEED=<n>` to replay a run.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{runtime, Rivet};
+use etcd_client::{Client, GetOptions, KvClient};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// Writers per round.
+const WRITERS: usize = 4;
+/// Keys every writer overwrites now and then.
+const SHARED_KEYS: usize = 4;
+/// Upper bound on one put; a put that takes longer counts as failed (in flight).
+const PUT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Upper bound on a whole round of writing (the kill comes long before).
+const ROUND_LIMIT: Duration = Duration::from_secs(60);
+
+fn seed() -> u64 {
+    let seed = std::env::var("RIVET_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+        });
+    println!("crash test seed: {seed} (replay with RIVET_CRASH_SEED={seed})");
+    seed
+}
+
+async fn connect(url: &str) -> Client {
+    let options = etcd_client::ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(5))
+        .with_timeout(PUT_TIMEOUT);
+    Client::connect([url], Some(options))
+        .await
+        .expect("connect to rivet")
+}
+
+/// A put the server acknowledged, with the revision from its response header.
+#[derive(Clone, Debug)]
+struct Ack {
+    key: String,
+    value: String,
+    revision: i64,
+}
+
+/// What one writer saw in one round.
+#[derive(Default)]
+struct WriterLog {
+    acked: Vec<Ack>,
+    /// The put that failed (the member died under it): it may or may not have been applied.
+    in_flight: Option<(String, String)>,
+    /// A failure seen before the member was killed (must not happen).
+    error_before_kill: Option<String>,
+}
+
+/// Everything the writers did over all rounds.
+#[derive(Default)]
+struct Ledger {
+    acked: Vec<Ack>,
+    /// key → values of puts that failed at a kill (applied or not).
+    in_flight: HashMap<String, Vec<String>>,
+    /// Keys that hold exactly one put (their own writer's).
+    distinct_keys: HashSet<String>,
+}
+
+impl Ledger {
+    fn record(&mut self, round: usize, logs: Vec<WriterLog>) {
+        let previous_max = self.acked.iter().map(|a| a.revision).max().unwrap_or(0);
+        let mut acked_this_round = 0;
+        for (writer, log) in logs.into_iter().enumerate() {
+            assert!(
+                log.error_before_kill.is_none(),
+                "round {round}, writer {writer}: a put failed before the kill: {:?}",
+                log.error_before_kill
+            );
+            for ack in &log.acked {
+                assert!(
+                    ack.revision > previous_max,
+                    "round {round}: put {ack:?} acknowledged at a revision not above the \
+                     previous rounds' highest acknowledged revision {previous_max}"
+                );
+                if !ack.key.starts_with("shared/") {
+                    self.distinct_keys.insert(ack.key.clone());
+                }
+            }
+            acked_this_round += log.acked.len();
+            self.acked.extend(log.acked);
+            if let Some((key, value)) = log.in_flight {
+                self.in_flight.entry(key).or_default().push(value);
+            }
+        }
+        assert!(
+            acked_this_round > 0,
+            "round {round}: no put was acknowledged before the kill"
+        );
+        let mut revisions = HashSet::new();
+        for ack in &self.acked {
+            assert!(
+                revisions.insert(ack.revision),
+                "two acknowledged puts share revision {}",
+                ack.revision
+            );
+        }
+        println!(
+            "round {round}: {acked_this_round} puts acknowledged ({} in all), {} in flight at the kill",
+            self.acked.len(),
+            self.in_flight.values().map(Vec::len).sum::<usize>()
+        );
+    }
+}
+
+async fn writer(
+    url: String,
+    id: usize,
+    round: usize,
+    seed: u64,
+    killed: Arc<AtomicBool>,
+) -> WriterLog {
+    let mut rng = StdRng::seed_from_u64(seed ^ ((round as u64) << 32) ^ id as u64);
+    let mut kv = connect(&url).await.kv_client();
+    let mut log = WriterLog::default();
+    for i in 0.. {
+        let (key, value) = if rng.random_range(0..5) == 0 {
+            let shared = rng.random_range(0..SHARED_KEYS);
+            (format!("shared/{shared}"), format!("w{id}-r{round}-i{i}"))
+        } else {
+            (
+                format!("w{id}/r{round}/{i:06}"),
+                format!(
+                    "value-{id}-{round}-{i}-{}",
+                    "x".repeat(rng.random_range(0..64))
+                ),
+            )
+        };
+        match tokio::time::timeout(PUT_TIMEOUT, kv.put(key.as_str(), value.as_str(), None)).await {
+            Ok(Ok(response)) => {
+                let revision = response.header().expect("put response header").revision();
+                log.acked.push(Ack {
+                    key,
+                    value,
+                    revision,
+                });
+            }
+            failed => {
+                if !killed.load(Ordering::SeqCst) {
+                    log.error_before_kill = Some(format!("{key}: {failed:?}"));
+                }
+                log.in_flight = Some((key, value));
+                return log;
+            }
+        }
+    }
+    unreachable!()
+}
+
+/// How a round ends.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Stop {
+    /// `kill -9`.
+    Kill,
+    /// SIGTERM: the graceful stop.
+    Term,
+}
+
+/// Runs the writers, stops the member after `delay`, and returns what they saw.
+async fn write_and_stop(
+    rivet: &mut Rivet,
+    round: usize,
+    seed: u64,
+    delay: Duration,
+    how: Stop,
+) -> Vec<WriterLog> {
+    let killed = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|id| tokio::spawn(writer(rivet.url(), id, round, seed, Arc::clone(&killed))))
+        .collect();
+    tokio::time::sleep(delay).await;
+    killed.store(true, Ordering::SeqCst);
+    // Only signal here, so that the writers keep running while the member dies; reap
+    // it once they have all noticed.
+    let signal = match how {
+        Stop::Kill => libc::SIGKILL,
+        Stop::Term => libc::SIGTERM,
+    };
+    // SAFETY: signalling our own child process, not yet reaped.
+    unsafe { libc::kill(rivet.pid() as i32, signal) };
+    let mut logs = Vec::new();
+    for handle in writers {
+        let log = tokio::time::timeout(ROUND_LIMIT, handle)
+            .await
+            .expect("a writer did not notice the kill within the round limit")
+            .expect("writer task");
+        logs.push(log);
+    }
+    match how {
+        Stop::Kill => rivet.kill9(),
+        Stop::Term => rivet.stop(),
+    }
+    logs
+}
+
+/// Reads every acknowledged put back at its revision, with `PARALLEL` readers.
+async fn check_acknowledged_at_their_revisions(url: &str, acked: &[Ack]) {
+    const PARALLEL: usize = 8;
+    let client = connect(url).await;
+    let chunk = acked.len().div_ceil(PARALLEL).max(1);
+    let readers: Vec<_> = acked
+        .chunks(chunk)
+        .map(|part| {
+            let part = part.to_vec();
+            let mut kv: KvClient = client.kv_client();
+            tokio::spawn(async move {
+                for ack in part {
+                    let response = kv
+                        .get(
+                            ack.key.as_str(),
+                            Some(GetOptions::new().with_revision(ack.revision)),
+                        )
+                        .await
+                        .unwrap_or_else(|e| panic!("get {ack:?} at its revision: {e}"));
+                    let kvs = response.kvs();
+                    assert_eq!(kvs.len(), 1, "acknowledged {ack:?} is gone: {kvs:?}");
+                    assert_eq!(
+                        kvs[0].value_str().expect("utf-8 value"),
+                        ack.value,
+                        "acknowledged {ack:?} reads back another value"
+                    );
+                    assert_eq!(
+                        kvs[0].mod_revision(),
+                        ack.revision,
+                        "acknowledged {ack:?} has another mod_revision"
+                    );
+                }
+            })
+        })
+        .collect();
+    for reader in readers {
+        reader.await.expect("reader");
+    }
+}
+
+/// The latest state: every key was written by a writer, each holds its last acknowledged
+/// value or a later one that was in flight at a kill, and the store's revision is the
+/// highest mod_revision (no revision appeared from nowhere).
+async fn check_latest(url: &str, ledger: &Ledger) {
+    let mut client = connect(url).await;
+    let all = client
+        .get("", Some(GetOptions::new().with_all_keys()))
+        .await
+        .expect("get all keys");
+    let store_revision = all.header().expect("header").revision();
+    let latest: BTreeMap<String, (String, i64, i64, i64)> = all
+        .kvs()
+        .iter()
+        .map(|kv| {
+            (
+                kv.key_str().expect("utf-8 key").to_string(),
+                (
+                    kv.value_str().expect("utf-8 value").to_string(),
+                    kv.mod_revision(),
+                    kv.create_revision(),
+                    kv.version(),
+                ),
+            )
+        })
+        .collect();
+    let mut last_acked: HashMap<&str, &Ack> = HashMap::new();
+    for ack in &ledger.acked {
+        let entry = last_acked.entry(ack.key.as_str()).or_insert(ack);
+        if ack.revision > entry.revision {
+            *entry = ack;
+        }
+    }
+    let max_acked = ledger.acked.iter().map(|a| a.revision).max().unwrap_or(0);
+    assert!(
+        store_revision >= max_acked,
+        "store revision {store_revision} is below the highest acknowledged revision {max_acked}"
+    );
+    let max_mod = latest.values().map(|v| v.1).max().unwrap_or(0);
+    assert_eq!(
+        store_revision, max_mod,
+        "the store revision is not the newest mod_revision (no deletes happen here)"
+    );
+    for (key, ack) in &last_acked {
+        let Some((value, mod_revision, create_revision, version)) = latest.get(*key) else {
+            panic!("acknowledged key {key} (last {ack:?}) is missing from the latest state");
+        };
+        if *mod_revision == ack.revision {
+            assert_eq!(
+                value, &ack.value,
+                "{key}: latest value at the acknowledged revision"
+            );
+        } else {
+            assert!(
+                *mod_revision > ack.revision,
+                "{key}: latest mod_revision {mod_revision} is older than the last acknowledged \
+                 put {ack:?}"
+            );
+            let in_flight = ledger.in_flight.get(*key).cloned().unwrap_or_default();
+            assert!(
+                in_flight.contains(value),
+                "{key}: latest value {value:?} at {mod_revision} is neither the last \
+                 acknowledged {ack:?} nor one in flight at a kill ({in_flight:?})"
+            );
+        }
+        if ledger.distinct_keys.contains(*key) {
+            assert_eq!(
+                (*create_revision, *version),
+                (ack.revision, 1),
+                "{key}: written once, at {}",
+                ack.revision
+            );
+        }
+    }
+    let applied_in_flight = latest
+        .iter()
+        .filter(|(key, (value, ..))| {
+            ledger
+                .in_flight
+                .get(key.as_str())
+                .is_some_and(|values| values.contains(value))
+        })
+        .count();
+    println!(
+        "latest state checked; {applied_in_flight} keys hold a put that was in flight at a kill"
+    );
+    for (key, (value, ..)) in &latest {
+        if last_acked.contains_key(key.as_str()) {
+            continue;
+        }
+        let in_flight = ledger.in_flight.get(key).cloned().unwrap_or_default();
+        assert!(
+            in_flight.contains(value),
+            "{key}={value:?} exists but no writer put it ({in_flight:?} in flight)"
+        );
+    }
+}
+
+/// `rounds` rounds of write → kill -9 (or SIGTERM) → restart → check everything
+/// acknowledged so far.
+fn crash_rounds(extra: &[&str], rounds: usize, how: Stop, expect_checkpoints: bool) {
+    let seed = seed();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let started = Instant::now();
+    let mut rivet = Rivet::start(extra);
+    let rt = runtime();
+    let mut ledger = Ledger::default();
+    for round in 0..rounds {
+        let delay = Duration::from_millis(rng.random_range(300..1500));
+        println!("round {round}: {how:?} after {delay:?}");
+        let logs = rt.block_on(write_and_stop(&mut rivet, round, seed, delay, how));
+        if how == Stop::Term {
+            let log = rivet.log_text();
+            assert!(
+                log.contains("stopped"),
+                "round {round}: no clean stop; log:\n{log}"
+            );
+        }
+        if expect_checkpoints {
+            let log = rivet.log_text();
+            assert!(
+                log.contains("checkpoint recorded"),
+                "round {round}: no checkpoint between kills; log:\n{log}"
+            );
+        }
+        ledger.record(round, logs);
+        rivet.restart();
+        rt.block_on(async {
+            check_acknowledged_at_their_revisions(&rivet.url(), &ledger.acked).await;
+            check_latest(&rivet.url(), &ledger).await;
+        });
+    }
+    // The member still takes writes after the last restart, above every old revision.
+    let max_acked = ledger.acked.iter().map(|a| a.revision).max().unwrap_or(0);
+    rt.block_on(async {
+        let mut client = connect(&rivet.url()).await;
+        let put = client.put("after", "crashes", None).await.expect("put");
+        assert!(put.header().expect("header").revision() > max_acked);
+    });
+    println!("{rounds} rounds in {:?}", started.elapsed());
+}
+
+#[test]
+fn acknowledged_writes_survive_kill9() {
+    crash_rounds(&[], 3, Stop::Kill, false);
+}
+
+#[test]
+fn acknowledged_writes_survive_kill9_with_checkpoints() {
+    crash_rounds(&["--snapshot-count", "50"], 4, Stop::Kill, true);
+}
+
+#[test]
+fn acknowledged_writes_survive_kill9_with_three_shards() {
+    crash_rounds(&["--shards", "3"], 3, Stop::Kill, false);
+}
+
+#[test]
+fn acknowledged_writes_survive_graceful_stops() {
+    crash_rounds(&[], 3, Stop::Term, false);
+}
+
+/// One key's state in the model: (value, create_revision, mod_revision, version).
+type KeyState = (String, i64, i64, i64);
+/// The model's key space after each revision: `history[rev]`.
+type History = Vec<BTreeMap<String, KeyState>>;
+
+const HISTORY_PREFIX: &str = "h/";
+
+/// Seeded puts (overwrites) and deletes over a few keys; returns the model after every
+/// revision and checks each response's revision against it.
+async fn write_history(client: &mut Client, rng: &mut StdRng, history: &mut History, ops: usize) {
+    for _ in 0..ops {
+        let mut state = history.last().expect("a first revision").clone();
+        let revision = history.len() as i64;
+        let key = format!("{HISTORY_PREFIX}{:02}", rng.random_range(0..20));
+        if state.contains_key(&key) && rng.random_range(0..10) == 0 {
+            let deleted = client.delete(key.as_str(), None).await.expect("delete");
+            assert_eq!(deleted.deleted(), 1);
+            assert_eq!(deleted.header().expect("header").revision(), revision);
+            state.remove(&key);
+        } else {
+            let value = format!("{key}@{revision}");
+            let put = client
+                .put(key.as_str(), value.as_str(), None)
+                .await
+                .expect("put");
+            assert_eq!(put.header().expect("header").revision(), revision);
+            let (create, version) = match state.get(&key) {
+                Some((_, create, _, version)) => (*create, version + 1),
+                None => (revision, 1),
+            };
+            state.insert(key, (value, create, revision, version));
+        }
+        history.push(state);
+    }
+}
+
+fn is_compacted(error: &etcd_client::Error) -> bool {
+    match error {
+        etcd_client::Error::GRpcStatus(status) => {
+            status.code() == tonic::Code::OutOfRange
+                && status.message() == "etcdserver: mvcc: required revision has been compacted"
+        }
+        _ => false,
+    }
+}
+
+/// Every revision from `compacted` on reads back exactly as the model says; below it, and
+/// compacting again at or below it, answers "required revision has been compacted".
+async fn check_history(url: &str, history: &History, compacted: i64) {
+    let mut client = connect(url).await;
+    let current = history.len() as i64 - 1;
+    let latest = client
+        .get(HISTORY_PREFIX, Some(GetOptions::new().with_prefix()))
+        .await
+        .expect("get latest");
+    assert_eq!(latest.header().expect("header").revision(), current);
+    for revision in compacted..=current {
+        let response = client
+            .get(
+                HISTORY_PREFIX,
+                Some(GetOptions::new().with_prefix().with_revision(revision)),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("get at revision {revision}: {e}"));
+        let got: BTreeMap<String, KeyState> = response
+            .kvs()
+            .iter()
+            .map(|kv| {
+                (
+                    kv.key_str().expect("utf-8").to_string(),
+                    (
+                        kv.value_str().expect("utf-8").to_string(),
+                        kv.create_revision(),
+                        kv.mod_revision(),
+                        kv.version(),
+                    ),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got, history[revision as usize],
+            "key space at revision {revision}"
+        );
+    }
+    for below in [1, compacted / 2, compacted - 1] {
+        let error = client
+            .get(
+                HISTORY_PREFIX,
+                Some(GetOptions::new().with_prefix().with_revision(below)),
+            )
+            .await
+            .expect_err("a read below the compaction revision");
+        assert!(is_compacted(&error), "get at {below}: {error:?}");
+    }
+    for again in [compacted - 1, compacted] {
+        let error = client
+            .compact(again, None)
+            .await
+            .expect_err("compacting again at or below the compaction revision");
+        assert!(is_compacted(&error), "compact at {again}: {error:?}");
+    }
+}
+
+#[test]
+fn history_and_compaction_survive_restarts() {
+    let seed = seed();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let started = Instant::now();
+    let mut rivet = Rivet::start(&["--snapshot-count", "100"]);
+    let rt = runtime();
+    let mut history: History = vec![BTreeMap::new(), BTreeMap::new()];
+    let compacted = rt.block_on(async {
+        let mut client = connect(&rivet.url()).await;
+        write_history(&mut client, &mut rng, &mut history, 400).await;
+        let compacted = 250;
+        client
+            .compact(
+                compacted,
+                Some(etcd_client::CompactionOptions::new().with_physical()),
+            )
+            .await
+            .expect("compact");
+        // Checkpoints after the compaction must carry it.
+        write_history(&mut client, &mut rng, &mut history, 400).await;
+        check_history(&rivet.url(), &history, compacted).await;
+        compacted
+    });
+    let log = rivet.log_text();
+    assert!(
+        log.contains("checkpoint recorded"),
+        "no checkpoint; log:\n{log}"
+    );
+
+    rivet.stop();
+    rivet.restart();
+    rt.block_on(check_history(&rivet.url(), &history, compacted));
+
+    rt.block_on(async {
+        let mut client = connect(&rivet.url()).await;
+        write_history(&mut client, &mut rng, &mut history, 130).await;
+    });
+    rivet.kill9();
+    rivet.restart();
+    rt.block_on(check_history(&rivet.url(), &history, compacted));
+
+    // And the next write takes the next revision.
+    rt.block_on(async {
+        let mut client = connect(&rivet.url()).await;
+        write_history(&mut client, &mut rng, &mut history, 1).await;
+    });
+    println!("history test in {:?}", started.elapsed());
+}
