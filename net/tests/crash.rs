@@ -128,6 +128,7 @@ async fn writer(
     round: usize,
     seed: u64,
     killed: Arc<AtomicBool>,
+    padding: usize,
 ) -> WriterLog {
     let mut rng = StdRng::seed_from_u64(seed ^ ((round as u64) << 32) ^ id as u64);
     let mut kv = connect(&url).await.kv_client();
@@ -141,7 +142,7 @@ async fn writer(
                 format!("w{id}/r{round}/{i:06}"),
                 format!(
                     "value-{id}-{round}-{i}-{}",
-                    "x".repeat(rng.random_range(0..64))
+                    "x".repeat(padding + rng.random_range(0..64))
                 ),
             )
         };
@@ -175,19 +176,72 @@ enum Stop {
     Term,
 }
 
-/// Runs the writers, stops the member after `delay`, and returns what they saw.
+/// When a round ends.
+#[derive(Clone, Debug)]
+enum Trigger {
+    /// This long after the writers start.
+    After(Duration),
+    /// This long after the member has deleted the first WAL segment of `wal_dir`
+    /// (checkpoints release the WAL), at most `ROUND_LIMIT` after the start.
+    WalReleased {
+        wal_dir: std::path::PathBuf,
+        then: Duration,
+    },
+}
+
+fn wal_segments(wal_dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(wal_dir)
+        .expect("WAL dir")
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".wal"))
+        .collect();
+    names.sort();
+    names
+}
+
+/// Runs the writers (distinct values padded to at least `padding` bytes), stops the
+/// member when `trigger` says, and returns what they saw.
 async fn write_and_stop(
     rivet: &mut Rivet,
     round: usize,
     seed: u64,
-    delay: Duration,
+    trigger: Trigger,
     how: Stop,
+    padding: usize,
 ) -> Vec<WriterLog> {
     let killed = Arc::new(AtomicBool::new(false));
     let writers: Vec<_> = (0..WRITERS)
-        .map(|id| tokio::spawn(writer(rivet.url(), id, round, seed, Arc::clone(&killed))))
+        .map(|id| {
+            let killed = Arc::clone(&killed);
+            tokio::spawn(writer(rivet.url(), id, round, seed, killed, padding))
+        })
         .collect();
-    tokio::time::sleep(delay).await;
+    match trigger {
+        Trigger::After(delay) => tokio::time::sleep(delay).await,
+        Trigger::WalReleased { wal_dir, then } => {
+            let first = wal_segments(&wal_dir)
+                .first()
+                .cloned()
+                .expect("a WAL segment");
+            let started = Instant::now();
+            while wal_segments(&wal_dir).contains(&first) {
+                assert!(
+                    started.elapsed() < ROUND_LIMIT,
+                    "round {round}: WAL segment {first} not released within {ROUND_LIMIT:?}; \
+                     segments {:?}",
+                    wal_segments(&wal_dir)
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            println!(
+                "round {round}: {first} released after {:?}; segments now {:?}",
+                started.elapsed(),
+                wal_segments(&wal_dir)
+            );
+            tokio::time::sleep(then).await;
+        }
+    }
     killed.store(true, Ordering::SeqCst);
     // Only signal here, so that the writers keep running while the member dies; reap
     // it once they have all noticed.
@@ -256,17 +310,26 @@ async fn check_acknowledged_at_their_revisions(url: &str, acked: &[Ack]) {
 /// value or a later one that was in flight at a kill, and the store's revision is the
 /// highest mod_revision (no revision appeared from nowhere).
 async fn check_latest(url: &str, ledger: &Ledger) {
+    const PAGE: i64 = 100;
     let mut client = connect(url).await;
-    let all = client
-        .get("", Some(GetOptions::new().with_all_keys()))
-        .await
-        .expect("get all keys");
-    let store_revision = all.header().expect("header").revision();
-    let latest: BTreeMap<String, (String, i64, i64, i64)> = all
-        .kvs()
-        .iter()
-        .map(|kv| {
-            (
+    // Paged (responses stay small), every page at the first page's revision.
+    let mut latest: BTreeMap<String, (String, i64, i64, i64)> = BTreeMap::new();
+    let mut store_revision = 0;
+    let mut from = Vec::new();
+    loop {
+        let mut options = GetOptions::new().with_from_key().with_limit(PAGE);
+        if store_revision > 0 {
+            options = options.with_revision(store_revision);
+        }
+        let page = client
+            .get(from.clone(), Some(options))
+            .await
+            .expect("get a page of all keys");
+        if store_revision == 0 {
+            store_revision = page.header().expect("header").revision();
+        }
+        for kv in page.kvs() {
+            latest.insert(
                 kv.key_str().expect("utf-8 key").to_string(),
                 (
                     kv.value_str().expect("utf-8 value").to_string(),
@@ -274,9 +337,16 @@ async fn check_latest(url: &str, ledger: &Ledger) {
                     kv.create_revision(),
                     kv.version(),
                 ),
-            )
-        })
-        .collect();
+            );
+        }
+        match page.kvs().last() {
+            Some(last) if page.more() => {
+                from = last.key().to_vec();
+                from.push(0);
+            }
+            _ => break,
+        }
+    }
     let mut last_acked: HashMap<&str, &Ack> = HashMap::new();
     for ack in &ledger.acked {
         let entry = last_acked.entry(ack.key.as_str()).or_insert(ack);
@@ -352,6 +422,22 @@ async fn check_latest(url: &str, ledger: &Ledger) {
 /// `rounds` rounds of write → kill -9 (or SIGTERM) → restart → check everything
 /// acknowledged so far.
 fn crash_rounds(extra: &[&str], rounds: usize, how: Stop, expect_checkpoints: bool) {
+    let random_delay = |_: usize, rng: &mut StdRng, _: &Rivet| {
+        Trigger::After(Duration::from_millis(rng.random_range(300..1500)))
+    };
+    crash_rounds_with(extra, rounds, how, expect_checkpoints, 0, random_delay);
+}
+
+/// [`crash_rounds`] with a trigger per round and distinct values padded to `padding`
+/// bytes.
+fn crash_rounds_with(
+    extra: &[&str],
+    rounds: usize,
+    how: Stop,
+    expect_checkpoints: bool,
+    padding: usize,
+    trigger: impl Fn(usize, &mut StdRng, &Rivet) -> Trigger,
+) {
     let seed = seed();
     let mut rng = StdRng::seed_from_u64(seed);
     let started = Instant::now();
@@ -359,9 +445,11 @@ fn crash_rounds(extra: &[&str], rounds: usize, how: Stop, expect_checkpoints: bo
     let rt = runtime();
     let mut ledger = Ledger::default();
     for round in 0..rounds {
-        let delay = Duration::from_millis(rng.random_range(300..1500));
-        println!("round {round}: {how:?} after {delay:?}");
-        let logs = rt.block_on(write_and_stop(&mut rivet, round, seed, delay, how));
+        let trigger = trigger(round, &mut rng, &rivet);
+        println!("round {round}: {how:?} at {trigger:?}");
+        let logs = rt.block_on(write_and_stop(
+            &mut rivet, round, seed, trigger, how, padding,
+        ));
         if how == Stop::Term {
             let log = rivet.log_text();
             assert!(
@@ -401,6 +489,32 @@ fn acknowledged_writes_survive_kill9() {
 #[test]
 fn acknowledged_writes_survive_kill9_with_checkpoints() {
     crash_rounds(&["--snapshot-count", "50"], 4, Stop::Kill, true);
+}
+
+/// Checkpoints release whole WAL segments (64 MiB) once they lie behind the checkpoint by
+/// more than the raft log tail kept for followers (5000 entries): 16 KiB values get there
+/// in about 9000 puts. The kill comes shortly after the first segment is deleted.
+#[test]
+fn acknowledged_writes_survive_kill9_after_the_wal_is_released() {
+    let trigger = |round: usize, rng: &mut StdRng, rivet: &Rivet| {
+        let then = Duration::from_millis(rng.random_range(0..800));
+        if round == 0 {
+            Trigger::WalReleased {
+                wal_dir: rivet.data_dir.join("member").join("wal"),
+                then,
+            }
+        } else {
+            Trigger::After(then + Duration::from_millis(300))
+        }
+    };
+    crash_rounds_with(
+        &["--snapshot-count", "50"],
+        3,
+        Stop::Kill,
+        true,
+        16 * 1024,
+        trigger,
+    );
 }
 
 #[test]
