@@ -465,11 +465,18 @@ fn crash_rounds_with(
             );
         }
         ledger.record(round, logs);
+        let restarting = Instant::now();
         rivet.restart();
+        let checking = Instant::now();
         rt.block_on(async {
             check_acknowledged_at_their_revisions(&rivet.url(), &ledger.acked).await;
             check_latest(&rivet.url(), &ledger).await;
         });
+        println!(
+            "round {round}: restart took {:?}, checks {:?}",
+            checking - restarting,
+            checking.elapsed()
+        );
     }
     // The member still takes writes after the last restart, above every old revision.
     let max_acked = ledger.acked.iter().map(|a| a.revision).max().unwrap_or(0);
@@ -520,6 +527,16 @@ fn acknowledged_writes_survive_kill9_after_the_wal_is_released() {
 #[test]
 fn acknowledged_writes_survive_kill9_with_three_shards() {
     crash_rounds(&["--shards", "3"], 3, Stop::Kill, false);
+}
+
+#[test]
+fn acknowledged_writes_survive_kill9_with_three_shards_and_checkpoints() {
+    crash_rounds(
+        &["--shards", "3", "--snapshot-count", "50"],
+        3,
+        Stop::Kill,
+        true,
+    );
 }
 
 #[test]
