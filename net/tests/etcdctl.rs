@@ -128,8 +128,20 @@ fn put_and_get_match_etcd() {
     assert_eq!(pair.same_ok(&["put", "a", "2", "--prev-kv"]), "OK\na\n1\n");
     pair.same_ok(&["put", "a", "3", "--prev-kv", "-w", "json"]);
     pair.same_ok(&["put", "new", "n", "--prev-kv"]);
+    pair.same_ok(&["put", "a", "--ignore-value"]);
+    pair.same_ok(&["put", "a", "4", "--ignore-lease", "-w", "json"]);
     pair.same_ok(&["del", "a"]);
     pair.same_ok(&["del", "new"]);
+    for refused in [
+        &["put", "missing", "--ignore-value"][..],
+        &["put", "", "v"],
+        &["get", ""],
+        &["del", ""],
+    ] {
+        assert!(!pair.same(refused).success, "{refused:?}");
+    }
+    pair.same_ok(&["get", "c", "a"]);
+    pair.same_ok(&["del", "c", "a"]);
     pair.same_ok(&["put", "empty", ""]);
     pair.same_ok(&["put", "empty", "again", "--prev-kv", "-w", "fields"]);
     pair.same_ok(&["put", "empty", "", "--prev-kv"]);
@@ -245,6 +257,11 @@ fn interactive_txn_matches_etcd() {
         "value(\"d\") != \"v0\"\n\nput d v00\n\nget d\n\n",
         "mod(\"missing\") = \"0\"\n\nput missing m\n\n\n",
         "\nget e\n\n\n",
+        "value(\"missing\") = \"\"\n\nput m1 1\n\nput m2 2\n\n",
+        "create(\"missing\") = \"0\"\n\nput m3 1\n\nput m4 2\n\n",
+        "mod(\"d\") < \"1000\"\nvalue(\"d\") > \"a\"\nvalue(\"d\") < \"zz\"\n\nget d\n\n\n",
+        "version(\"d\") > \"0\"\n\nput d dd --prev-kv\ndel --prefix m --prev-kv\n\n\n",
+        "version(\"d\") > \"0\"\n\nget --prefix \"\" --limit 1 --sort-by MODIFY --order DESCEND\nget d --rev 2\n\n\n",
     ] {
         let plain = pair.same_with_stdin(&["txn"], Some(txn));
         assert!(plain.success, "txn {txn:?}: {plain:?}");
@@ -264,6 +281,16 @@ fn interactive_txn_matches_etcd() {
         assert!(interactive.success, "txn -i {txn:?}: {interactive:?}");
         assert!(interactive.stdout.starts_with("compares:\n"));
         pair.same_with_stdin(&["txn", "-w", "json"], Some(txn));
+    }
+    pair.same_ok(&["get", "--prefix", "", "-w", "json"]);
+    // Errors: the same key twice, a revision in the future.
+    for txn in [
+        "version(\"d\") > \"0\"\n\nput d x\nput d y\n\n\n",
+        "version(\"d\") > \"0\"\n\nput d x\ndel d\n\n\n",
+        "version(\"d\") > \"0\"\n\nget d --rev 100\n\n\n",
+    ] {
+        let refused = pair.same_with_stdin(&["txn"], Some(txn));
+        assert!(!refused.success, "txn {txn:?}: {refused:?}");
     }
     pair.same_ok(&["get", "--prefix", "", "-w", "json"]);
 }
