@@ -335,6 +335,17 @@ fn max_txn_ops_limits_txns() {
     rt.block_on(check_max_txn_ops(format!("http://{}", etcd.endpoint())));
     let rivet = Rivet::start(&["--max-txn-ops", "2"]);
     rt.block_on(check_max_txn_ops(rivet.url()));
+    drop(rivet);
+    // The same through the environment.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = free_port();
+    let mut rivet = Proc::spawn(
+        dir.path(),
+        &["--listen-client-urls", &url(port)],
+        &[("ETCD_MAX_TXN_OPS", "2")],
+    );
+    rivet.wait_healthy(port);
+    rt.block_on(check_max_txn_ops(url(port)));
 }
 
 /// A 2 KiB put is refused with `--max-request-bytes 1024` and changes nothing.
@@ -477,4 +488,37 @@ fn a_small_quota_eventually_refuses_puts_but_not_reads_or_deletes() {
     drop(etcd);
     let rivet = Rivet::start(&["--quota-backend-bytes", &quota, "--shards", "1"]);
     rt.block_on(check_quota(rivet.url()));
+}
+
+#[test]
+fn a_data_dir_keeps_its_shard_count() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("data");
+    let mut rivet = Rivet::start_in(&data, &["--shards", "3"]);
+    common::etcdctl_ok(&rivet.endpoint(), &["put", "k", "v"]);
+    rivet.stop();
+    let port = free_port();
+    let mut other = Proc::spawn(
+        dir.path(),
+        &[
+            "--data-dir",
+            data.to_str().expect("utf-8"),
+            "--listen-client-urls",
+            &url(port),
+            "--shards",
+            "2",
+        ],
+        &[],
+    );
+    let (success, output) = other.wait_exit();
+    assert!(!success, "rivet opened a 3-shard data dir with --shards 2");
+    assert!(
+        output.contains("--shards 3") && output.contains("--shards 2"),
+        "{output}"
+    );
+    rivet.restart();
+    assert_eq!(
+        common::etcdctl_ok(&rivet.endpoint(), &["get", "k"]),
+        "k\nv\n"
+    );
 }
