@@ -391,9 +391,6 @@ fn max_request_bytes_limits_requests() {
     rt.block_on(check_max_request_bytes(rivet.url()));
 }
 
-/// The backend quota for the quota test: small, far above what phase 1 writes.
-const QUOTA_BYTES: u64 = 8 * 1024 * 1024;
-
 fn is_no_space(error: &etcd_client::Error) -> bool {
     grpc_status(error)
         == (
@@ -402,14 +399,13 @@ fn is_no_space(error: &etcd_client::Error) -> bool {
         )
 }
 
-/// Under a `QUOTA_BYTES` quota: 1 MiB of data fits; writing on is eventually refused with
-/// "database space exceeded"; then reads and deletes still work, puts stay refused, and the
-/// NOSPACE alarm is raised (etcd's documented behaviour).
-async fn check_quota(url: String) {
-    let mut client = Client::connect([url], None).await.expect("connect");
+/// Under a `quota`-byte quota: 1 MiB of data fits; writing on with `value_bytes` values is
+/// eventually refused with "database space exceeded"; then reads and deletes still work
+/// and puts stay refused.
+async fn check_quota_refusals(client: &mut Client, quota: u64, value_bytes: usize) {
     let status = client.status().await.expect("status");
     println!(
-        "empty member: Status.dbSize {} (quota {QUOTA_BYTES})",
+        "empty member: Status.dbSize {} (quota {quota})",
         status.db_size()
     );
     let small = "s".repeat(16 * 1024);
@@ -420,15 +416,15 @@ async fn check_quota(url: String) {
         {
             let status = client.status().await.expect("status");
             panic!(
-                "put {i} of 64 × 16 KiB (1 MiB in all) under a {QUOTA_BYTES}-byte quota \
-                 failed: {e}; Status.dbSize is {}",
+                "put {i} of 64 × 16 KiB (1 MiB in all) under a {quota}-byte quota failed: \
+                 {e}; Status.dbSize is {}",
                 status.db_size()
             );
         }
     }
-    let big = "b".repeat(64 * 1024);
+    let big = "b".repeat(value_bytes);
     let mut refused = None;
-    for i in 0..(4 * QUOTA_BYTES / (64 * 1024)) {
+    for i in 0..(4 * quota / value_bytes as u64) {
         if let Err(e) = client.put(format!("big/{i:04}"), big.as_str(), None).await {
             refused = Some((i, e));
             break;
@@ -436,7 +432,11 @@ async fn check_quota(url: String) {
     }
     let (i, error) = refused.expect("puts past the quota were never refused");
     assert!(is_no_space(&error), "put {i}: {error:?}");
-    println!("refused after {i} puts of 64 KiB");
+    let status = client.status().await.expect("status");
+    println!(
+        "refused after {i} puts of {value_bytes} bytes; Status.dbSize {}",
+        status.db_size()
+    );
 
     // Reads and deletes still work.
     let read = client.get("small/000", None).await.expect("get");
@@ -448,9 +448,13 @@ async fn check_quota(url: String) {
     assert_eq!(all.kvs().len() as u64, 64 + i);
     let deleted = client.delete("small/000", None).await.expect("delete");
     assert_eq!(deleted.deleted(), 1);
-    // Puts stay refused (the alarm stays until an operator disarms it).
+    // Puts stay refused (in etcd, the alarm stays until an operator disarms it).
     let error = client.put("tiny", "t", None).await.expect_err("a tiny put");
     assert!(is_no_space(&error), "{error:?}");
+}
+
+/// The NOSPACE alarm is raised: in `Status.errors` and in the alarm list.
+async fn check_nospace_alarm(client: &mut Client) {
     let status = client.status().await.expect("status");
     assert!(
         status.errors().iter().any(|e| e.contains("alarm:NOSPACE")),
@@ -479,46 +483,35 @@ async fn check_quota(url: String) {
     );
 }
 
+/// etcd 3.4 with an 8 MiB quota takes 1 MiB, refuses puts at about 9 MiB written, keeps
+/// serving reads and deletes, and raises NOSPACE. rivet must do the same.
 #[test]
 fn a_small_quota_eventually_refuses_puts_but_not_reads_or_deletes() {
+    const QUOTA: u64 = 8 * 1024 * 1024;
     let rt = runtime();
-    let quota = QUOTA_BYTES.to_string();
+    let quota = QUOTA.to_string();
+    let check = |url: String| async move {
+        let mut client = Client::connect([url], None).await.expect("connect");
+        check_quota_refusals(&mut client, QUOTA, 64 * 1024).await;
+        check_nospace_alarm(&mut client).await;
+    };
     let etcd = Etcd::start(&["--quota-backend-bytes", &quota]);
-    rt.block_on(check_quota(format!("http://{}", etcd.endpoint())));
+    rt.block_on(check(format!("http://{}", etcd.endpoint())));
     drop(etcd);
     let rivet = Rivet::start(&["--quota-backend-bytes", &quota, "--shards", "1"]);
-    rt.block_on(check_quota(rivet.url()));
+    rt.block_on(check(rivet.url()));
 }
 
+/// A quota above what rivet preallocates for an empty member (one 64 MiB page segment
+/// per shard): puts are refused once the data outgrows it, reads and deletes go on.
 #[test]
-fn a_data_dir_keeps_its_shard_count() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let data = dir.path().join("data");
-    let mut rivet = Rivet::start_in(&data, &["--shards", "3"]);
-    common::etcdctl_ok(&rivet.endpoint(), &["put", "k", "v"]);
-    rivet.stop();
-    let port = free_port();
-    let mut other = Proc::spawn(
-        dir.path(),
-        &[
-            "--data-dir",
-            data.to_str().expect("utf-8"),
-            "--listen-client-urls",
-            &url(port),
-            "--shards",
-            "2",
-        ],
-        &[],
-    );
-    let (success, output) = other.wait_exit();
-    assert!(!success, "rivet opened a 3-shard data dir with --shards 2");
-    assert!(
-        output.contains("--shards 3") && output.contains("--shards 2"),
-        "{output}"
-    );
-    rivet.restart();
-    assert_eq!(
-        common::etcdctl_ok(&rivet.endpoint(), &["get", "k"]),
-        "k\nv\n"
-    );
+fn a_quota_above_the_preallocated_size_refuses_puts_once_exceeded() {
+    const QUOTA: u64 = 72 * 1024 * 1024;
+    let rt = runtime();
+    let quota = QUOTA.to_string();
+    let rivet = Rivet::start(&["--quota-backend-bytes", &quota, "--shards", "1"]);
+    rt.block_on(async {
+        let mut client = Client::connect([rivet.url()], None).await.expect("connect");
+        check_quota_refusals(&mut client, QUOTA, 1024 * 1024).await;
+    });
 }
