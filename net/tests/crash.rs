@@ -8,7 +8,7 @@
 mod common;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -128,6 +128,7 @@ async fn writer(
     round: usize,
     seed: u64,
     killed: Arc<AtomicBool>,
+    acks: Arc<AtomicUsize>,
     padding: usize,
 ) -> WriterLog {
     let mut rng = StdRng::seed_from_u64(seed ^ ((round as u64) << 32) ^ id as u64);
@@ -149,6 +150,7 @@ async fn writer(
         match tokio::time::timeout(PUT_TIMEOUT, kv.put(key.as_str(), value.as_str(), None)).await {
             Ok(Ok(response)) => {
                 let revision = response.header().expect("put response header").revision();
+                acks.fetch_add(1, Ordering::SeqCst);
                 log.acked.push(Ack {
                     key,
                     value,
@@ -179,8 +181,9 @@ enum Stop {
 /// When a round ends.
 #[derive(Clone, Debug)]
 enum Trigger {
-    /// This long after the writers start.
-    After(Duration),
+    /// `then` after the writers have had `at_least` puts acknowledged (at most
+    /// `ROUND_LIMIT` after the start).
+    Acks { at_least: usize, then: Duration },
     /// This long after the member has deleted the first WAL segment of `wal_dir`
     /// (checkpoints release the WAL), at most `ROUND_LIMIT` after the start.
     WalReleased {
@@ -211,14 +214,25 @@ async fn write_and_stop(
     padding: usize,
 ) -> Vec<WriterLog> {
     let killed = Arc::new(AtomicBool::new(false));
+    let acks = Arc::new(AtomicUsize::new(0));
     let writers: Vec<_> = (0..WRITERS)
         .map(|id| {
-            let killed = Arc::clone(&killed);
-            tokio::spawn(writer(rivet.url(), id, round, seed, killed, padding))
+            let (killed, acks) = (Arc::clone(&killed), Arc::clone(&acks));
+            tokio::spawn(writer(rivet.url(), id, round, seed, killed, acks, padding))
         })
         .collect();
     match trigger {
-        Trigger::After(delay) => tokio::time::sleep(delay).await,
+        Trigger::Acks { at_least, then } => {
+            let started = Instant::now();
+            while acks.load(Ordering::SeqCst) < at_least {
+                assert!(
+                    started.elapsed() < ROUND_LIMIT,
+                    "round {round}: not {at_least} puts acknowledged within {ROUND_LIMIT:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            tokio::time::sleep(then).await;
+        }
         Trigger::WalReleased { wal_dir, then } => {
             let first = wal_segments(&wal_dir)
                 .first()
@@ -422,8 +436,11 @@ async fn check_latest(url: &str, ledger: &Ledger) {
 /// `rounds` rounds of write → kill -9 (or SIGTERM) → restart → check everything
 /// acknowledged so far.
 fn crash_rounds(extra: &[&str], rounds: usize, how: Stop, expect_checkpoints: bool) {
-    let random_delay = |_: usize, rng: &mut StdRng, _: &Rivet| {
-        Trigger::After(Duration::from_millis(rng.random_range(300..1500)))
+    // With checkpoints every 50 entries, enough puts that several happen before the kill.
+    let at_least = if expect_checkpoints { 150 } else { 20 };
+    let random_delay = move |_: usize, rng: &mut StdRng, _: &Rivet| Trigger::Acks {
+        at_least,
+        then: Duration::from_millis(rng.random_range(0..1200)),
     };
     crash_rounds_with(extra, rounds, how, expect_checkpoints, 0, random_delay);
 }
@@ -511,7 +528,10 @@ fn acknowledged_writes_survive_kill9_after_the_wal_is_released() {
                 then,
             }
         } else {
-            Trigger::After(then + Duration::from_millis(300))
+            Trigger::Acks {
+                at_least: 150,
+                then,
+            }
         }
     };
     crash_rounds_with(
