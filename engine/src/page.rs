@@ -1299,7 +1299,7 @@ impl PageFile {
             source,
         };
         let tail = last.map.get(last.data_end..).unwrap_or_default();
-        let discarded = tail.iter().rposition(|byte| *byte != 0);
+        let discarded = last_nonzero(tail);
         let file_bytes = last.map.len();
         drop(last.map);
         if let Some(last_nonzero) = discarded {
@@ -1770,4 +1770,41 @@ fn find_checkpoint_beyond(
             probe_checkpoint(&map, start, checkpoint_index)
                 .map(|found| format!("{}:{found}", path.display()))
         })
+}
+
+/// The position of the last non-zero byte of `bytes`. Compares 64 KiB chunks against
+/// zeros with `memcmp` from the end, so a mostly empty 64 MiB segment tail is checked fast
+/// (also in debug builds) and only the chunk that holds data is scanned byte by byte.
+fn last_nonzero(bytes: &[u8]) -> Option<usize> {
+    const CHUNK: usize = 64 * 1024;
+    static ZEROS: [u8; CHUNK] = [0; CHUNK];
+    let mut end = bytes.len();
+    while end > 0 {
+        let start = end.saturating_sub(CHUNK);
+        let chunk = bytes.get(start..end).unwrap_or_default();
+        if chunk != ZEROS.get(..chunk.len()).unwrap_or_default() {
+            return chunk.iter().rposition(|byte| *byte != 0).map(|i| start + i);
+        }
+        end = start;
+    }
+    None
+}
+
+#[cfg(test)]
+#[expect(clippy::indexing_slicing, reason = "tests index fixed-size buffers")]
+mod last_nonzero_tests {
+    use super::last_nonzero;
+
+    #[test]
+    fn finds_the_last_nonzero_byte() {
+        let mut bytes = vec![0u8; 200_000];
+        assert_eq!(last_nonzero(&bytes), None);
+        bytes[5] = 1;
+        assert_eq!(last_nonzero(&bytes), Some(5));
+        bytes[131_072] = 7;
+        assert_eq!(last_nonzero(&bytes), Some(131_072));
+        bytes[199_999] = 1;
+        assert_eq!(last_nonzero(&bytes), Some(199_999));
+        assert_eq!(last_nonzero(&[]), None);
+    }
 }

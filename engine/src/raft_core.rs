@@ -139,8 +139,13 @@ pub enum StartError {
 
 /// Opens the WAL in `config.wal_dir`, or creates it with this member's metadata, and
 /// returns what it holds. Done before the cores start, so the shards know which
-/// checkpoint to load.
-pub fn open_wal(config: &RaftCoreConfig) -> Result<Recovered, StartError> {
+/// checkpoint to load. `requested_shards` is `--shards` if given: a data dir keeps the
+/// shard count it was created with, and refuses a different one; without the flag the
+/// data dir's count is used, and a new data dir gets `config.shard_count`.
+pub fn open_wal(
+    config: &mut RaftCoreConfig,
+    requested_shards: Option<usize>,
+) -> Result<Recovered, StartError> {
     let options = WalOptions::default();
     if !Wal::exists(&config.wal_dir) {
         let metadata = WalMetadata {
@@ -180,11 +185,14 @@ pub fn open_wal(config: &RaftCoreConfig) -> Result<Recovered, StartError> {
             expected_cluster: config.cluster_id,
         });
     }
-    if metadata.shard_count as usize != config.shard_count {
-        return Err(StartError::ShardCount {
-            found: metadata.shard_count,
-            requested: config.shard_count,
-        });
+    match requested_shards {
+        Some(requested) if requested != metadata.shard_count as usize => {
+            return Err(StartError::ShardCount {
+                found: metadata.shard_count,
+                requested,
+            });
+        }
+        _ => config.shard_count = (metadata.shard_count as usize).max(1),
     }
     let mut hard_state = HardState::default();
     let mut checkpoint: Option<CheckpointMarker> = None;

@@ -84,7 +84,7 @@ pub fn run(flags: Flags) -> anyhow::Result<()> {
     } else {
         cpus.iter().map(|c| c.id).collect()
     };
-    let shard_count = flags
+    let default_shards = flags
         .shards
         .unwrap_or(cpu_ids.len().saturating_sub(1))
         .max(1);
@@ -113,12 +113,11 @@ pub fn run(flags: Flags) -> anyhow::Result<()> {
             })
             .collect()
     };
-    let shared = Arc::new(Shared::new(member, cluster, shard_count));
-    let raft_config = RaftCoreConfig {
+    let mut raft_config = RaftCoreConfig {
         wal_dir,
         member_id: member,
         cluster_id: cluster,
-        shard_count,
+        shard_count: default_shards,
         snapshot_count: flags.snapshot_count.max(1),
         max_request_bytes: flags.max_request_bytes,
         quota_backend_bytes: if flags.quota_backend_bytes == 0 {
@@ -135,7 +134,9 @@ pub fn run(flags: Flags) -> anyhow::Result<()> {
         cluster_token: flags.initial_cluster_token.clone(),
         snap_dir: snap_dir.clone(),
     };
-    let recovered = open_wal(&raft_config)?;
+    let recovered = open_wal(&mut raft_config, flags.shards)?;
+    let shard_count = raft_config.shard_count;
+    let shared = Arc::new(Shared::new(member, cluster, shard_count));
     let checkpoint_index = recovered.checkpoint.as_ref().map_or(0, |c| c.applied_index);
     // A snapshot install interrupted by a crash is finished (or discarded) first.
     rivet_engine::snapshot::finish_install(&snap_dir, checkpoint_index, shard_count)
