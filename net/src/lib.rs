@@ -4,5 +4,6 @@
 pub mod config;
 pub mod glommio_hyper;
 pub mod http;
+pub mod peer;
 pub mod server;
 pub mod services;
