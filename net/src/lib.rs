@@ -1,11 +1,12 @@
 //! rivet's network layer: the etcd v3 gRPC services and HTTP endpoints served on every
-//! shard core, flags, and member start-up.
+//! shard core, the peer transport (QUIC), flags, and member start-up.
 
 pub mod config;
 pub mod glommio_hyper;
 pub mod http;
 pub mod lease;
 pub mod lock;
+pub mod peer;
 pub mod server;
 pub mod services;
 pub mod watch;
