@@ -176,6 +176,10 @@ pub fn open_wal(
             index: 0,
             reason: e.to_string(),
         })?;
+    // A joining member restarting takes the cluster ID its WAL learned.
+    if config.cluster_id == 0 {
+        config.cluster_id = metadata.cluster_id;
+    }
     if metadata.member_id != config.member_id || metadata.cluster_id != config.cluster_id {
         return Err(StartError::Identity {
             dir: config.wal_dir.display().to_string(),
@@ -1092,11 +1096,16 @@ impl RaftCore {
                 peer_urls,
                 is_learner,
             } => {
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs());
+                // The ID a member computes for itself from its peer URLs and the token, as
+                // for initial members, so that it can join with `existing` (rivet learns
+                // nothing else from its peers before raft runs).
+                let id = crate::identity::member_id(&peer_urls, &self.config.cluster_token);
+                if self.members.contains(id) || self.members.is_removed(id) {
+                    let _ = reply.send(Err(EtcdError::MemberExist));
+                    return;
+                }
                 let member = Member {
-                    id: new_member_id(&peer_urls, &self.config.cluster_token, now),
+                    id,
                     name: String::new(),
                     peer_urls,
                     client_urls: Vec::new(),
@@ -1376,7 +1385,11 @@ impl RaftCore {
         };
         let context = self.next_read_context;
         self.next_read_context += 1;
-        self.node.read_index(context.to_be_bytes().to_vec());
+        // The member ID makes contexts unique across members: raft ignores a ReadIndex
+        // whose context is already pending, and followers forward theirs to the leader.
+        let mut ctx = self.config.member_id.to_be_bytes().to_vec();
+        ctx.extend_from_slice(&context.to_be_bytes());
+        self.node.read_index(ctx);
         self.reads_in_raft.insert(context, batch);
     }
 
@@ -1553,10 +1566,19 @@ impl RaftCore {
     }
 
     fn read_state(&mut self, context: &[u8], index: u64) {
-        let Ok(bytes) = <[u8; 8]>::try_from(context) else {
+        let Ok(bytes) = <[u8; 16]>::try_from(context) else {
             return;
         };
-        if let Some(batch) = self.reads_in_raft.remove(&u64::from_be_bytes(bytes)) {
+        let (member, sequence) = bytes.split_at(8);
+        if member != self.config.member_id.to_be_bytes() {
+            return;
+        }
+        let mut sequence_bytes = [0u8; 8];
+        sequence_bytes.copy_from_slice(sequence);
+        if let Some(batch) = self
+            .reads_in_raft
+            .remove(&u64::from_be_bytes(sequence_bytes))
+        {
             self.reads_waiting.push_back((index, batch));
         }
     }
@@ -1820,15 +1842,4 @@ fn txn_has_put(txn: &rivet_api::etcdserverpb::TxnRequest) -> bool {
             Some(Request::RequestTxn(nested)) => txn_has_put(nested),
             _ => false,
         })
-}
-
-/// etcd's ID for a member added at runtime: SHA-1 of its sorted peer URLs, the cluster
-/// token and the time, so re-adding the same URLs later gives a new ID.
-fn new_member_id(peer_urls: &[String], cluster_token: &str, unix_seconds: u64) -> u64 {
-    let mut sorted = peer_urls.to_vec();
-    sorted.sort();
-    let mut material = sorted.concat();
-    material.push_str(cluster_token);
-    material.push_str(&unix_seconds.to_string());
-    crate::identity::sha1_prefix(material.as_bytes())
 }

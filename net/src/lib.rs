@@ -7,6 +7,7 @@ pub mod http;
 pub mod lease;
 pub mod lock;
 pub mod peer;
+pub mod peer_link;
 pub mod server;
 pub mod services;
 pub mod watch;

@@ -27,14 +27,19 @@ use rivet_engine::page::PageOptions;
 use rivet_engine::raft_core::{open_wal, RaftCore, RaftCoreConfig, RaftCoreLinks};
 use rivet_engine::shard::Shard;
 use rivet_engine::shared::Shared;
+use rivet_wal::Wal;
 
 use crate::config::{bootstrap, listen_addresses, url_list, Flags};
 use crate::glommio_hyper::{GlommioExecutor, GlommioIo};
 use crate::http::ClientService;
+use crate::peer::{PeerConfig, PeerTransport};
+use crate::peer_link::{peer_address, QuicLink};
 use crate::services::{ClusterService, CoreHandle, KvService, MaintenanceService};
 
 /// etcd's default quota when `--quota-backend-bytes` is 0: 2 GiB.
 const DEFAULT_QUOTA_BYTES: u64 = 2 * 1024 * 1024 * 1024;
+/// How long a joining member looks for a member that knows it.
+const DISCOVERY_WAIT: Duration = Duration::from_secs(30);
 /// etcd's request timeout with default timings: 5 s plus two election timeouts.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(7);
 /// gRPC framing on top of `--max-request-bytes` that the decoder must still accept, so
@@ -93,11 +98,37 @@ pub fn run(flags: Flags) -> anyhow::Result<()> {
     let member = cluster_plan.member_id;
     let cluster = cluster_plan.cluster_id;
     let join_existing = flags.initial_cluster_state == "existing";
-    if join_existing || cluster_plan.members.len() > 1 {
-        return Err(anyhow!(
-            "clusters of several members need the peer transport, which is not wired in yet"
-        ));
-    }
+    let peer_listen = peer_address(&url_list(&flags.listen_peer_urls)).ok_or_else(|| {
+        anyhow!(
+            "--listen-peer-urls {:?} has no usable URL",
+            flags.listen_peer_urls
+        )
+    })?;
+    let initial_peers: Vec<(u64, std::net::SocketAddr)> = cluster_plan
+        .members
+        .iter()
+        .filter(|(id, _, _)| *id != member)
+        .filter_map(|(id, _, urls)| peer_address(urls).map(|a| (*id, a)))
+        .collect();
+    // A member joining an existing cluster learns the cluster ID from its peers the first
+    // time; after that its WAL holds it (0 here: take the WAL's).
+    let cluster = if join_existing {
+        if Wal::exists(&wal_dir) {
+            0
+        } else {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(PeerTransport::discover_cluster_id(
+                member,
+                peer_listen,
+                initial_peers.clone(),
+                DISCOVERY_WAIT,
+            ))?
+        }
+    } else {
+        cluster
+    };
     let initial_members = if join_existing {
         Vec::new()
     } else {
@@ -136,6 +167,7 @@ pub fn run(flags: Flags) -> anyhow::Result<()> {
     };
     let recovered = open_wal(&mut raft_config, flags.shards)?;
     let shard_count = raft_config.shard_count;
+    let cluster = raft_config.cluster_id;
     let shared = Arc::new(Shared::new(member, cluster, shard_count));
     let checkpoint_index = recovered.checkpoint.as_ref().map_or(0, |c| c.applied_index);
     // A snapshot install interrupted by a crash is finished (or discarded) first.
@@ -172,7 +204,7 @@ pub fn run(flags: Flags) -> anyhow::Result<()> {
         .spawn(move || {
             core_affinity::set_for_current(core_affinity::CoreId { id: raft_cpu });
             let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_time()
+                .enable_all()
                 .build()
             {
                 Ok(runtime) => runtime,
@@ -183,10 +215,20 @@ pub fn run(flags: Flags) -> anyhow::Result<()> {
             };
             runtime.block_on(async move {
                 let (peer_tx, peer_rx) = tokio::sync::mpsc::channel(limits::PEER_EVENT_QUEUE);
+                let peer_config = PeerConfig::new(member, cluster, peer_listen, initial_peers);
+                let link = match PeerTransport::start(peer_config).await {
+                    Ok((transport, incoming)) => {
+                        QuicLink::new(transport, incoming, peer_tx.clone())
+                    }
+                    Err(e) => {
+                        let _ = raft_fatal.send(format!("peer transport on {peer_listen}: {e}"));
+                        return;
+                    }
+                };
                 let links = RaftCoreLinks {
                     apply_senders: apply_txs,
                     restore: restore_rx,
-                    peers: Box::new(NoPeers),
+                    peers: Box::new(link),
                     shard_requests: raft_shard_requests,
                     events: peer_tx,
                 };
@@ -346,17 +388,4 @@ async fn accept_loop(listener: TcpListener, core: Rc<ShardCore>, max_request_byt
             Err(e) => tracing::error!("cannot spawn a connection: {e}"),
         };
     }
-}
-
-/// The link of a member that has no peers.
-struct NoPeers;
-
-impl rivet_engine::raft_core::PeerLink for NoPeers {
-    fn send(&self, _to: u64, _message: bytes::Bytes) -> bool {
-        false
-    }
-
-    fn set_peers(&self, _peers: Vec<(u64, Vec<String>)>) {}
-
-    fn send_snapshot(&self, _to: u64, _message: bytes::Bytes, _data: bytes::Bytes) {}
 }

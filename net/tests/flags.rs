@@ -28,6 +28,15 @@ impl Proc {
                 command.env_remove(name);
             }
         }
+        // Each member gets a UDP peer port of its own (the default 2380 would be shared by
+        // tests running in parallel), unless the test sets peer URLs itself.
+        let sets_peers = args.iter().any(|a| a.contains("peer-urls"))
+            || envs.iter().any(|(n, _)| n.contains("PEER_URLS"));
+        if !sets_peers {
+            let peer = format!("http://127.0.0.1:{}", common::free_udp_port());
+            command.env("ETCD_LISTEN_PEER_URLS", &peer);
+            command.env("ETCD_INITIAL_ADVERTISE_PEER_URLS", &peer);
+        }
         let child = command
             .current_dir(cwd)
             .args(args)

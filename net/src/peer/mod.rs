@@ -213,6 +213,8 @@ pub enum PeerError {
     OwnId(u64),
     #[error("too many peers: the limit is {PEERS_MAX}")]
     TooManyPeers,
+    #[error("no member of the cluster answered within {0:?}: was this member added with `member add` first, and are the peer URLs in --initial-cluster right?")]
+    Discovery(Duration),
 }
 
 /// Why [`PeerTransport::send`] did not queue a message. Every case means the message is
@@ -396,7 +398,9 @@ impl Drop for Handle {
 
 struct Shared {
     member_id: u64,
-    cluster_id: u64,
+    /// 0 while a joining member has not learned its cluster's ID yet (see
+    /// [`PeerTransport::discover_cluster_id`]); then the ID the first peer answered with.
+    cluster_id: std::sync::atomic::AtomicU64,
     /// Drawn at start; see [`Hello::incarnation`].
     incarnation: u64,
     endpoint: Endpoint,
@@ -517,7 +521,7 @@ impl PeerTransport {
         let (incoming, incoming_receiver) = mpsc::channel(INCOMING_QUEUE_MAX);
         let shared = Arc::new(Shared {
             member_id: config.member_id,
-            cluster_id: config.cluster_id,
+            cluster_id: std::sync::atomic::AtomicU64::new(config.cluster_id),
             incarnation: random_u64(),
             endpoint,
             runtime: tokio::runtime::Handle::current(),
@@ -539,12 +543,44 @@ impl PeerTransport {
         }
         info!(
             member_id = %format_args!("{:x}", shared.member_id),
-            cluster_id = %format_args!("{:x}", shared.cluster_id),
+            cluster_id = %format_args!("{:x}", shared.cluster_id()),
             listen = %shared.endpoint.local_addr().map_err(|source| PeerError::Bind { address: config.listen, source })?,
             "peer transport listening (QUIC; peer certificates are not verified yet)"
         );
         shared.runtime.spawn(run_acceptor(shared.clone()));
         Ok((transport, incoming_receiver))
+    }
+
+    /// The cluster ID this transport speaks for (a joiner's is 0 until a peer answered).
+    pub fn cluster_id(&self) -> u64 {
+        self.handle.shared.cluster_id()
+    }
+
+    /// For a member joining an existing cluster (`--initial-cluster-state existing`): dials
+    /// the given members with cluster ID 0 until one that already knows this member (it was
+    /// added with MemberAdd) answers with the cluster's ID. etcd learns it the same way,
+    /// from its peers.
+    pub async fn discover_cluster_id(
+        member_id: u64,
+        listen: SocketAddr,
+        peers: Vec<(u64, SocketAddr)>,
+        wait: Duration,
+    ) -> Result<u64, PeerError> {
+        let (transport, _incoming) =
+            PeerTransport::start(PeerConfig::new(member_id, 0, listen, peers)).await?;
+        let deadline = tokio::time::Instant::now() + wait;
+        let found = loop {
+            let id = transport.cluster_id();
+            if id != 0 || tokio::time::Instant::now() >= deadline {
+                break id;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        transport.shutdown().await;
+        if found == 0 {
+            return Err(PeerError::Discovery(wait));
+        }
+        Ok(found)
     }
 
     /// The UDP address the transport listens on (useful when started on port 0).
@@ -790,9 +826,13 @@ impl Shared {
             .close(VarInt::from_u32(close_code::SHUTDOWN), b"shutdown");
     }
 
+    fn cluster_id(&self) -> u64 {
+        self.cluster_id.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     fn hello_to(&self, to: u64) -> Hello {
         Hello {
-            cluster_id: self.cluster_id,
+            cluster_id: self.cluster_id(),
             from: self.member_id,
             to,
             incarnation: self.incarnation,
@@ -1119,11 +1159,18 @@ async fn dial(shared: &Arc<Shared>, peer: &Arc<Peer>) -> Result<(), HandshakeErr
         tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
             .await
             .map_err(|_| HandshakeError::Timeout)??;
-    if hello.cluster_id != shared.cluster_id {
+    // A joining member (cluster ID 0) learns the cluster's ID from the first answer.
+    let _ = shared.cluster_id.compare_exchange(
+        0,
+        hello.cluster_id,
+        std::sync::atomic::Ordering::AcqRel,
+        std::sync::atomic::Ordering::Acquire,
+    );
+    if hello.cluster_id != shared.cluster_id() {
         warn!(
             peer = %format_args!("{:x}", peer.id),
             %address,
-            local_cluster_id = %format_args!("{:x}", shared.cluster_id),
+            local_cluster_id = %format_args!("{:x}", shared.cluster_id()),
             remote_cluster_id = %format_args!("{:x}", hello.cluster_id),
             "cluster ID mismatch"
         );
@@ -1234,11 +1281,14 @@ async fn accept(shared: &Arc<Shared>, incoming: quinn::Incoming) -> Result<(), H
         connection.close(VarInt::from_u32(code), reason.as_bytes());
         Err(HandshakeError::Refused(reason.to_string()))
     };
-    if hello.cluster_id != shared.cluster_id {
+    // A joining member says cluster ID 0; it is accepted only if it is already a member
+    // here (MemberAdd applied), and learns the ID from this side's answer.
+    let known_joiner = hello.cluster_id == 0 && lock(&shared.table).peers.contains_key(&hello.from);
+    if hello.cluster_id != shared.cluster_id() && !known_joiner {
         warn!(
             %remote,
             remote_member_id = %format_args!("{:x}", hello.from),
-            local_cluster_id = %format_args!("{:x}", shared.cluster_id),
+            local_cluster_id = %format_args!("{:x}", shared.cluster_id()),
             remote_cluster_id = %format_args!("{:x}", hello.cluster_id),
             "cluster ID mismatch: refusing the peer connection"
         );

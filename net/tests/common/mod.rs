@@ -15,6 +15,12 @@ pub fn free_port() -> u16 {
     listener.local_addr().expect("local addr").port()
 }
 
+/// A loopback UDP port (rivet's peer transport is QUIC) that was free a moment ago.
+pub fn free_udp_port() -> u16 {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind an ephemeral UDP port");
+    socket.local_addr().expect("local addr").port()
+}
+
 fn wait_for_health(endpoint: &str, child: &mut Child, log: &Path) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -87,6 +93,18 @@ impl Rivet {
             "--advertise-client-urls".to_string(),
             format!("http://127.0.0.1:{port}"),
         ];
+        // A member of its own: a peer URL of its own, unless the test sets cluster flags.
+        if !extra.iter().any(|a| a.starts_with("--listen-peer-urls")) {
+            let peer = format!("http://127.0.0.1:{}", free_udp_port());
+            args.extend([
+                "--listen-peer-urls".to_string(),
+                peer.clone(),
+                "--initial-advertise-peer-urls".to_string(),
+                peer.clone(),
+                "--initial-cluster".to_string(),
+                format!("default={peer}"),
+            ]);
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
         let mut rivet = Rivet {
             child: None,
