@@ -497,6 +497,13 @@ impl ShardCore {
         })
     }
 
+    pub async fn isolate_for_tests(&self, isolate: bool) -> Result<(), EtcdError> {
+        self.raft
+            .send(RaftCommand::IsolateForTests { isolate })
+            .await
+            .map_err(|_| EtcdError::Stopped)
+    }
+
     pub async fn member_list(&self) -> Result<Vec<rivet_api::etcdserverpb::Member>, EtcdError> {
         let (reply, answer) = oneshot::channel();
         self.ask_raft(RaftCommand::MemberList { reply }, answer)

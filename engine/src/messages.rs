@@ -77,6 +77,11 @@ pub enum RaftCommand {
     AlarmList {
         reply: oneshot::Sender<Vec<rivet_api::etcdserverpb::AlarmMember>>,
     },
+    /// Test-only fault switch (enabled by `RIVET_TEST_FAULTS=1`): cut this member off
+    /// from every peer, or restore it.
+    IsolateForTests {
+        isolate: bool,
+    },
     MemberList {
         reply: oneshot::Sender<Vec<rivet_api::etcdserverpb::Member>>,
     },

@@ -84,6 +84,8 @@ pub trait PeerLink {
     /// Streams a raft snapshot (the `MsgSnapshot` and the shards' records) to `to` on its
     /// own stream; the link reports the outcome as [`PeerEvent::SnapshotStatus`].
     fn send_snapshot(&self, to: u64, message: bytes::Bytes, data: bytes::Bytes);
+    /// Test-only fault switch: drop all traffic to and from these peers (empty: heal).
+    fn set_blocked(&self, peers: &[u64]);
 }
 
 /// What the transport delivers to the raft core.
@@ -613,6 +615,23 @@ impl RaftCore {
             }
             RaftCommand::LeaseLeases { reply } => {
                 let _ = reply.send(self.sequencer.leases().keys().copied().collect());
+            }
+            RaftCommand::IsolateForTests { isolate } => {
+                let peers: Vec<u64> = if isolate {
+                    self.members
+                        .members()
+                        .map(|m| m.id)
+                        .filter(|id| *id != self.config.member_id)
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                tracing::warn!(
+                    isolate,
+                    "test fault switch: peer traffic {}",
+                    if isolate { "cut" } else { "restored" }
+                );
+                self.peers.set_blocked(&peers);
             }
             RaftCommand::MemberList { reply } => {
                 let _ = reply.send(self.members.to_api());

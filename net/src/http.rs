@@ -71,6 +71,10 @@ fn version() -> Response<Body> {
     )
 }
 
+fn test_faults_enabled() -> bool {
+    std::env::var("RIVET_TEST_FAULTS").is_ok_and(|v| v == "1")
+}
+
 fn is_grpc<B>(request: &Request<B>) -> bool {
     request
         .headers()
@@ -126,6 +130,19 @@ impl Service<Request<hyper::body::Incoming>> for ClientService {
                 "/health" => health(core).await,
                 "/version" => version(),
                 "/metrics" => metrics(core).await,
+                // Test-only fault switch, off unless RIVET_TEST_FAULTS=1: isolate this
+                // member from its peers (etcd's tests isolate the leader the same way).
+                "/rivet/test/isolate" | "/rivet/test/heal" if test_faults_enabled() => {
+                    let isolate = path == "/rivet/test/isolate";
+                    match core.isolate_for_tests(isolate).await {
+                        Ok(()) => text(StatusCode::OK, "text/plain; charset=utf-8", "ok\n".into()),
+                        Err(e) => text(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "text/plain; charset=utf-8",
+                            e.to_string(),
+                        ),
+                    }
+                }
                 _ => text(
                     StatusCode::NOT_FOUND,
                     "text/plain; charset=utf-8",

@@ -115,6 +115,10 @@ impl PeerLink for QuicLink {
         *known = now;
     }
 
+    fn set_blocked(&self, peers: &[u64]) {
+        self.transport.set_blocked(peers);
+    }
+
     fn send_snapshot(&self, to: u64, message: Bytes, data: Bytes) {
         let sending = self
             .transport
