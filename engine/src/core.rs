@@ -371,9 +371,26 @@ impl ShardCore {
 
     pub async fn lease_keep_alive(&self, id: i64) -> Result<LeaseKeepAliveResponse, EtcdError> {
         let (reply, answer) = oneshot::channel();
-        let ttl = self
+        let ttl = match self
             .ask_raft(RaftCommand::LeaseKeepAlive { id, reply }, answer)
-            .await??;
+            .await?
+        {
+            Ok(ttl) => ttl,
+            // Only the leader holds lease clocks: a follower sends the keep-alive through
+            // the log, and the leader renews when it applies it.
+            Err(EtcdError::NotLeader) => {
+                let forwarded = rivet_api::etcdserverpb::LeaseKeepAliveRequest { id };
+                match self
+                    .propose(internal_request::Request::LeaseKeepAlive(forwarded))
+                    .await?
+                    .applied
+                {
+                    Applied::LeaseKeepAlive(ttl) => ttl,
+                    other => return Err(unexpected(other)),
+                }
+            }
+            Err(e) => return Err(e),
+        };
         Ok(LeaseKeepAliveResponse {
             header: Some(self.current_header()),
             id,

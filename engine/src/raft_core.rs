@@ -286,6 +286,9 @@ pub struct RaftCore {
     db_size_bytes: u64,
     stopping: bool,
     shutdown_done: Option<oneshot::Sender<()>>,
+    /// A leader stopping gracefully hands leadership over first (ETCD_LESSONS 8); it
+    /// stops when another member leads, or at this deadline.
+    stop_after_transfer: Option<Instant>,
     members: MemberTable,
     peers: Box<dyn PeerLink>,
     /// Membership changes proposed here, waiting for their entry to apply.
@@ -499,6 +502,7 @@ impl RaftCore {
             db_size_bytes: 0,
             stopping: false,
             shutdown_done: None,
+            stop_after_transfer: None,
             members,
             peers,
             member_waiters: HashMap::new(),
@@ -566,6 +570,11 @@ impl RaftCore {
             }
             self.maybe_checkpoint().await;
             self.maybe_publish_attributes();
+            if let Some(deadline) = self.stop_after_transfer {
+                if self.node.raft.state != StateRole::Leader || Instant::now() >= deadline {
+                    self.stopping = true;
+                }
+            }
             if self.stopping {
                 break;
             }
@@ -641,8 +650,8 @@ impl RaftCore {
             }
             RaftCommand::MoveLeader { target, reply } => self.start_move_leader(target, reply),
             RaftCommand::Shutdown { done } => {
-                self.stopping = true;
                 self.shutdown_done = Some(done);
+                self.begin_stop();
             }
             RaftCommand::Status { reply } => {
                 let status = self.node.status();
@@ -1309,6 +1318,36 @@ impl RaftCore {
         }
     }
 
+    /// A graceful stop: a leader with peers first transfers leadership to the most
+    /// up-to-date voter, so the cluster does not wait an election timeout for a new one.
+    fn begin_stop(&mut self) {
+        let me = self.config.member_id;
+        if self.node.raft.state != StateRole::Leader {
+            self.stopping = true;
+            return;
+        }
+        let progress = self.node.raft.prs();
+        let transferee = progress
+            .conf()
+            .voters()
+            .ids()
+            .iter()
+            .filter(|id| *id != me)
+            .max_by_key(|id| progress.get(*id).map_or(0, |p| p.matched));
+        match transferee {
+            Some(target) => {
+                tracing::info!(
+                    target = format_args!("{target:x}"),
+                    "stopping: transferring leadership first"
+                );
+                self.node.transfer_leader(target);
+                let election = self.config.heartbeat_interval * self.config.election_ticks as u32;
+                self.stop_after_transfer = Some(Instant::now() + election);
+            }
+            None => self.stopping = true,
+        }
+    }
+
     fn start_move_leader(&mut self, target: u64, reply: oneshot::Sender<Result<(), EtcdError>>) {
         if self.node.raft.state != StateRole::Leader {
             let _ = reply.send(Err(EtcdError::NotLeader));
@@ -1656,6 +1695,13 @@ impl RaftCore {
                 Some(internal_request::Request::LeaseRevoke(revoke)) => {
                     self.lessor.revoked(revoke.id);
                     self.sequencer.apply_lease_revoke(revoke)
+                }
+                Some(internal_request::Request::LeaseKeepAlive(keep_alive)) => {
+                    let ttl = self.sequencer.lease(keep_alive.id).map_or(0, |l| l.ttl);
+                    if ttl > 0 {
+                        self.lessor.renew(keep_alive.id, ttl, Instant::now());
+                    }
+                    Outcome::applied(Applied::LeaseKeepAlive(ttl))
                 }
                 Some(internal_request::Request::LeaseCheckpoint(checkpoint)) => {
                     self.sequencer.apply_lease_checkpoint(checkpoint)

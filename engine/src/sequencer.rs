@@ -80,6 +80,8 @@ pub enum Applied {
     LeaseGrant(LeaseGrantResponse),
     LeaseRevoke(LeaseRevokeResponse),
     Alarm(rivet_api::etcdserverpb::AlarmResponse),
+    /// A forwarded keep-alive: the lease's TTL (0: no such lease).
+    LeaseKeepAlive(i64),
     /// An internal request (lease checkpoint, membership) that answers nobody.
     Internal,
 }
