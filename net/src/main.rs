@@ -3,6 +3,11 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+
+/// mimalloc instead of glibc malloc: per-thread heaps without arena locks; glibc malloc
+/// cost ~20% of the server's CPU under load.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use rivet_net::config::{normalize_args, Flags};
 
 /// The `ETCD_*` variables rivet reads; any other one is reported, as etcd does.
