@@ -257,6 +257,7 @@ pub fn run(flags: Flags) -> anyhow::Result<()> {
         let executor = LocalExecutorBuilder::new(Placement::Fixed(cpu))
             .name(&format!("shard-{id}"))
             .io_memory(limits::GLOMMIO_IO_MEMORY_BYTES)
+            .spin_before_park(limits::SHARD_SPIN_BEFORE_PARK)
             .spawn(move || async move {
                 let shard = match Shard::open(&shard_dir, id, checkpoint_index, PageOptions::default()) {
                     Ok(shard) => shard,

@@ -374,7 +374,12 @@ fn endpoint_status_and_health_match_etcd() {
     // The harness gives each member a peer URL of its own, so the ID is derived from it
     // (with etcd's default flags it is etcd's 8e9e05c52164694d: a unit test checks that).
     let members = common::etcdctl_ok(&pair.rivet.endpoint(), &["member", "list"]);
-    let member_id = members.split(',').next().unwrap_or_default().trim().to_string();
+    let member_id = members
+        .split(',')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_string();
     assert_eq!(fields[1], member_id, "the ID in member list");
     assert_eq!(fields[2], "3.4.23");
     assert!(fields[3].ends_with(" B") || fields[3].ends_with("kB") || fields[3].ends_with("MB"));
