@@ -97,6 +97,8 @@ pub enum PeerEvent {
         message: bytes::Bytes,
         data: bytes::Bytes,
     },
+    /// A peer refused this member as removed from the cluster: stop.
+    RemovedFromCluster,
     /// Whether a snapshot sent to `to` arrived.
     SnapshotStatus { to: u64, delivered: bool },
     /// The shards finished exporting a snapshot for `to` (internal).
@@ -669,6 +671,10 @@ impl RaftCore {
     async fn handle_peer_event(&mut self, event: PeerEvent) {
         match event {
             PeerEvent::Snapshot { message, data } => self.install_snapshot(message, data).await,
+            PeerEvent::RemovedFromCluster => {
+                tracing::warn!("the cluster removed this member; stopping");
+                self.stopping = true;
+            }
             PeerEvent::SnapshotStatus { to, delivered } => {
                 self.snapshots_in_flight.remove(&to);
                 let status = if delivered {

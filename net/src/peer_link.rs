@@ -45,6 +45,7 @@ impl QuicLink {
             while let Some(item) = incoming.recv().await {
                 let event = match item {
                     Incoming::Message { bytes, .. } => PeerEvent::Message(bytes),
+                    Incoming::RemovedFromCluster { .. } => PeerEvent::RemovedFromCluster,
                     Incoming::Snapshot {
                         from,
                         metadata,

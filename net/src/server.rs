@@ -233,7 +233,13 @@ pub fn run(flags: Flags) -> anyhow::Result<()> {
                     events: peer_tx,
                 };
                 match RaftCore::start(raft_config, recovered, raft_shared, links).await {
-                    Ok(core) => core.run(command_rx, ack_rx, peer_rx).await,
+                    Ok(core) => {
+                        core.run(command_rx, ack_rx, peer_rx).await;
+                        // After a stop signal the main thread is already done waiting;
+                        // otherwise the core stopped by itself (this member was removed).
+                        let _ = raft_fatal
+                            .send("stopped: this member was removed from the cluster".into());
+                    }
                     Err(e) => {
                         let _ = raft_fatal.send(format!("raft core: {e}"));
                     }

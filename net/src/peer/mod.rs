@@ -141,6 +141,9 @@ pub enum Incoming {
         metadata: Bytes,
         data: SnapshotReceiver,
     },
+    /// A peer refused us because this member was removed from the cluster (etcd's
+    /// "the member has been permanently removed"): the member should stop.
+    RemovedFromCluster { by: u64 },
 }
 
 /// The data of an incoming snapshot, chunk by chunk, bounded
@@ -1041,6 +1044,13 @@ async fn run_dialer(shared: Arc<Shared>, peer: Arc<Peer>) {
                 delay = Some(backoff.next_delay());
             }
             Err(error) => {
+                if error.is_removed() {
+                    warn!(peer = %format_args!("{:x}", peer.id), "this member was removed from the cluster");
+                    let _ = shared
+                        .incoming
+                        .send(Incoming::RemovedFromCluster { by: peer.id })
+                        .await;
+                }
                 failures_in_a_row += 1;
                 add(&shared.counters.dial_failures, 1);
                 peer.mark_unreachable(&shared.counters);
@@ -1090,6 +1100,12 @@ impl HandshakeError {
     fn is_duplicate(&self) -> bool {
         matches!(self, HandshakeError::Connection(ConnectionError::ApplicationClosed(close))
             if close.error_code == VarInt::from_u32(close_code::DUPLICATE))
+    }
+
+    /// The peer refused us because we were removed from the cluster.
+    fn is_removed(&self) -> bool {
+        matches!(self, HandshakeError::Connection(ConnectionError::ApplicationClosed(close))
+            if close.error_code == VarInt::from_u32(close_code::MEMBER_REMOVED))
     }
 
     /// The peer answered but refused us (e.g. another cluster): always worth a warning.

@@ -1,0 +1,361 @@
+//! A 3-member rivet cluster on loopback: replication, reads on every member, the leader
+//! killed, the leader isolated (ETCD_LESSONS 1), a member added after the log was
+//! compacted (it catches up from a snapshot) and removed again.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{etcdctl, etcdctl_ok, free_port, free_udp_port, http_get, Rivet};
+
+struct Member {
+    name: String,
+    client: u16,
+    peer: u16,
+    dir: std::path::PathBuf,
+    child: Option<Child>,
+}
+
+impl Member {
+    fn endpoint(&self) -> String {
+        format!("127.0.0.1:{}", self.client)
+    }
+
+    fn peer_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.peer)
+    }
+
+    fn start(&mut self, initial_cluster: &str, state: &str, extra: &[&str]) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.with_extension("log"))
+            .expect("log");
+        let client = format!("http://127.0.0.1:{}", self.client);
+        let child = Command::new(Rivet::binary())
+            .env("RIVET_TEST_FAULTS", "1")
+            .args(["--name", &self.name, "--data-dir"])
+            .arg(&self.dir)
+            .args([
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+            ])
+            .args(["--listen-peer-urls", &self.peer_url()])
+            .args(["--initial-advertise-peer-urls", &self.peer_url()])
+            .args(["--initial-cluster-token", "cluster-test"])
+            .args([
+                "--initial-cluster",
+                initial_cluster,
+                "--initial-cluster-state",
+                state,
+            ])
+            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start rivet");
+        self.child = Some(child);
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn exited(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_none_or(|c| c.try_wait().ok().flatten().is_some())
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(self.dir.with_extension("log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+struct Cluster {
+    members: Vec<Member>,
+    _dir: tempfile::TempDir,
+}
+
+fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+impl Cluster {
+    fn start(size: usize, extra: &[&str]) -> Cluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut members: Vec<Member> = (0..size)
+            .map(|i| Member {
+                name: format!("m{i}"),
+                client: free_port(),
+                peer: free_udp_port(),
+                dir: dir.path().join(format!("m{i}.rivet")),
+                child: None,
+            })
+            .collect();
+        let initial = Cluster::initial(&members);
+        for member in &mut members {
+            member.start(&initial, "new", extra);
+        }
+        let cluster = Cluster { members, _dir: dir };
+        cluster.wait_for_leader(None);
+        cluster
+    }
+
+    fn initial(members: &[Member]) -> String {
+        members
+            .iter()
+            .map(|m| format!("{}={}", m.name, m.peer_url()))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn endpoints(&self) -> Vec<String> {
+        self.members
+            .iter()
+            .filter(|m| m.child.is_some())
+            .map(Member::endpoint)
+            .collect()
+    }
+
+    /// The index of the member that says it leads, if a running member does.
+    fn leader(&self) -> Option<usize> {
+        self.members.iter().position(|m| {
+            m.child.is_some() && {
+                let out = etcdctl(
+                    &m.endpoint(),
+                    &[
+                        "endpoint",
+                        "status",
+                        "-w",
+                        "json",
+                        "--command-timeout",
+                        "2s",
+                    ],
+                    None,
+                );
+                let text = String::from_utf8_lossy(&out.stdout).to_string();
+                let status: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+                let s = &status[0]["Status"];
+                !s.is_null() && s["leader"] == s["header"]["member_id"]
+            }
+        })
+    }
+
+    fn wait_for_leader(&self, not: Option<usize>) -> usize {
+        let mut found = None;
+        wait_until("a member leads", Duration::from_secs(30), || {
+            found = self.leader().filter(|l| Some(*l) != not);
+            found.is_some()
+        });
+        found.unwrap_or_default()
+    }
+
+    fn hashes(&self) -> Vec<String> {
+        self.endpoints()
+            .iter()
+            .map(|e| {
+                let out = etcdctl_ok(e, &["endpoint", "hashkv", "-w", "json"]);
+                let v: serde_json::Value = serde_json::from_str(&out).expect("hashkv json");
+                v[0]["HashKV"]["hash"].to_string()
+            })
+            .collect()
+    }
+
+    fn wait_converged(&self) {
+        wait_until(
+            "every member has the same HashKV",
+            Duration::from_secs(30),
+            || {
+                let hashes = self.hashes();
+                hashes.windows(2).all(|w| w[0] == w[1])
+            },
+        );
+    }
+}
+
+fn put_ok(endpoint: &str, key: &str, value: &str) -> bool {
+    etcdctl(
+        endpoint,
+        &["put", key, value, "--command-timeout", "3s"],
+        None,
+    )
+    .status
+    .success()
+}
+
+#[test]
+fn three_members_replicate_and_survive_the_leaders_death() {
+    let mut cluster = Cluster::start(3, &[]);
+    for (i, endpoint) in cluster.endpoints().iter().enumerate() {
+        assert_eq!(
+            etcdctl_ok(endpoint, &["put", &format!("k{i}"), &format!("v{i}")]),
+            "OK\n"
+        );
+    }
+    for endpoint in cluster.endpoints() {
+        for i in 0..3 {
+            let got = etcdctl_ok(&endpoint, &["get", &format!("k{i}"), "--print-value-only"]);
+            assert_eq!(got, format!("v{i}\n"), "linearizable read on {endpoint}");
+        }
+    }
+    let members = etcdctl_ok(&cluster.members[0].endpoint(), &["member", "list"]);
+    assert_eq!(members.lines().count(), 3, "{members}");
+
+    let leader = cluster.wait_for_leader(None);
+    cluster.members[leader].kill9();
+    let survivor = (leader + 1) % 3;
+    let new_leader = cluster.wait_for_leader(Some(leader));
+    assert_ne!(new_leader, leader);
+    wait_until(
+        "a write through a survivor succeeds",
+        Duration::from_secs(20),
+        || put_ok(&cluster.members[survivor].endpoint(), "after", "election"),
+    );
+    let initial = Cluster::initial(&cluster.members);
+    cluster.members[leader].start(&initial, "new", &[]);
+    wait_until("the old leader caught up", Duration::from_secs(30), || {
+        etcdctl(
+            &cluster.members[leader].endpoint(),
+            &["get", "after", "--print-value-only", "--consistency", "s"],
+            None,
+        )
+        .stdout
+            == b"election\n"
+    });
+    cluster.wait_converged();
+}
+
+#[test]
+fn an_isolated_leader_steps_down_and_rejoins() {
+    let cluster = Cluster::start(3, &[]);
+    let leader = cluster.wait_for_leader(None);
+    let isolated = cluster.members[leader].endpoint();
+    assert!(http_get(&isolated, "/rivet/test/isolate")
+        .expect("isolate")
+        .ends_with("ok\n"));
+    // The majority elects another leader and keeps writing.
+    let majority: Vec<String> = (0..3)
+        .filter(|i| *i != leader)
+        .map(|i| cluster.members[i].endpoint())
+        .collect();
+    wait_until(
+        "the majority accepts writes",
+        Duration::from_secs(30),
+        || put_ok(&majority[0], "during", "isolation"),
+    );
+    // The isolated member steps down (check quorum) and reports itself unhealthy.
+    wait_until(
+        "the isolated member reports no leader",
+        Duration::from_secs(30),
+        || http_get(&isolated, "/health").is_ok_and(|r| r.ends_with("{\"health\":\"false\"}")),
+    );
+    // A client pinned to it fails instead of hanging.
+    let out = etcdctl(
+        &isolated,
+        &["put", "x", "y", "--command-timeout", "2s"],
+        None,
+    );
+    assert!(!out.status.success());
+    assert!(http_get(&isolated, "/rivet/test/heal")
+        .expect("heal")
+        .ends_with("ok\n"));
+    wait_until(
+        "the healed member sees the write",
+        Duration::from_secs(30),
+        || {
+            etcdctl(&isolated, &["get", "during", "--print-value-only"], None).stdout
+                == b"isolation\n"
+        },
+    );
+    cluster.wait_converged();
+}
+
+#[test]
+fn a_member_added_after_compaction_catches_up_from_a_snapshot_and_can_be_removed() {
+    let mut cluster = Cluster::start(3, &["--snapshot-count", "100"]);
+    let first = cluster.members[0].endpoint();
+    for i in 0..400 {
+        assert!(put_ok(&first, &format!("key{i:04}"), &format!("value{i}")));
+    }
+    etcdctl_ok(&first, &["compaction", "300"]);
+    let mut joiner = Member {
+        name: "m3".into(),
+        client: free_port(),
+        peer: free_udp_port(),
+        dir: cluster._dir.path().join("m3.rivet"),
+        child: None,
+    };
+    let added = etcdctl_ok(
+        &first,
+        &["member", "add", "m3", "--peer-urls", &joiner.peer_url()],
+    );
+    assert!(
+        added.contains("ETCD_INITIAL_CLUSTER_STATE=\"existing\""),
+        "{added}"
+    );
+    cluster.members.push(joiner);
+    let initial = Cluster::initial(&cluster.members);
+    joiner = cluster.members.pop().expect("joiner");
+    joiner.start(&initial, "existing", &["--snapshot-count", "100"]);
+    cluster.members.push(joiner);
+    let joined = cluster.members[3].endpoint();
+    wait_until(
+        "the new member serves the data",
+        Duration::from_secs(60),
+        || {
+            etcdctl(
+                &joined,
+                &["get", "key0399", "--print-value-only", "--consistency", "s"],
+                None,
+            )
+            .stdout
+                == b"value399\n"
+        },
+    );
+    assert!(cluster.members[3]
+        .log_text()
+        .contains("installed a snapshot from the leader"));
+    cluster.wait_converged();
+    // History below the compaction is gone there too; above it, it is served.
+    let compacted = etcdctl(
+        &joined,
+        &["get", "key0001", "--rev", "10", "--consistency", "s"],
+        None,
+    );
+    assert!(
+        String::from_utf8_lossy(&compacted.stderr).contains("required revision has been compacted")
+    );
+
+    // Remove it again: it stops, and the member list shrinks.
+    let list = etcdctl_ok(&first, &["member", "list"]);
+    let id = list
+        .lines()
+        .find(|l| l.contains(", m3,"))
+        .and_then(|l| l.split(',').next())
+        .expect("m3 listed")
+        .to_string();
+    etcdctl_ok(&first, &["member", "remove", &id]);
+    wait_until("the removed member stops", Duration::from_secs(30), || {
+        cluster.members[3].exited()
+    });
+    assert_eq!(etcdctl_ok(&first, &["member", "list"]).lines().count(), 3);
+}
