@@ -458,6 +458,7 @@ async fn a_50_mb_snapshot_arrives_intact_while_messages_flow() {
                     break data;
                 }
                 Incoming::Message { .. } => {}
+                Incoming::RemovedFromCluster { by } => panic!("unexpectedly removed by {by:x}"),
             }
         };
         // Read 5 MB, then stop reading: flow control holds the rest of the snapshot at
