@@ -1,0 +1,7 @@
+//! `rivet-bench`: a load generator for any etcd v3 endpoint (rivet or etcd), with the
+//! workloads and flag names of etcd's `benchmark` tool.
+
+pub mod cli;
+pub mod progress;
+pub mod report;
+pub mod workloads;
