@@ -2,6 +2,8 @@
 //! flags (`--endpoints --conns --clients --total --rate --target-leader …`) may appear
 //! before or after the subcommand, as with etcd's persistent flags.
 
+use std::path::PathBuf;
+
 use clap::{Args as ClapArgs, Parser, Subcommand};
 
 #[derive(Parser, Debug, Clone)]
@@ -38,6 +40,18 @@ pub struct Args {
     /// Print the summary as JSON (no progress bar).
     #[arg(long, global = true)]
     pub json: bool,
+    /// Write the latency percentile distribution to FILE in HdrHistogram's .hgrm format
+    /// (values in milliseconds).
+    #[arg(long = "hdr-out", global = true, value_name = "FILE")]
+    pub hdr_out: Option<PathBuf>,
+    /// Draw latency by percentile into FILE.svg; runs already plotted in FILE.svg are kept
+    /// and overlaid, with a legend.
+    #[arg(long, global = true, value_name = "FILE.svg")]
+    pub plot: Option<PathBuf>,
+    /// The legend entry of this run in --plot (default: command and endpoints). A run with
+    /// the same label replaces the one plotted before.
+    #[arg(long = "plot-label", global = true)]
+    pub plot_label: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }

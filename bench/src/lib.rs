@@ -2,6 +2,8 @@
 //! workloads and flag names of etcd's `benchmark` tool.
 
 pub mod cli;
+pub mod hgrm;
+pub mod plot;
 pub mod progress;
 pub mod report;
 pub mod workloads;

@@ -5,9 +5,10 @@
 
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::Parser;
 use rivet_bench::cli::Args;
-use rivet_bench::workloads;
+use rivet_bench::{hgrm, plot, workloads};
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let outcome = workloads::run(&args).await?;
@@ -15,6 +16,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&outcome.json())?);
     } else {
         print!("{}", outcome.text());
+    }
+    if let Some(path) = &args.hdr_out {
+        std::fs::write(path, hgrm::render(&outcome.main.histogram))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &args.plot {
+        let label = args
+            .plot_label
+            .clone()
+            .unwrap_or_else(|| format!("{} {}", outcome.command, outcome.endpoints.join(",")));
+        plot::update(path, plot::Series::of(&label, &outcome.main.histogram))?;
     }
     Ok(())
 }
