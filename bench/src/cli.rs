@@ -74,6 +74,9 @@ pub enum Command {
     WatchLatency(WatchLatencyArgs),
     /// Benchmark lease keep-alive round trips on granted leases.
     LeaseKeepalive,
+    /// Start rivet and etcd with equivalent settings, run the same workloads against each
+    /// and print one comparison table.
+    Compare(CompareArgs),
 }
 
 #[derive(ClapArgs, Debug, Clone)]
@@ -199,6 +202,33 @@ pub struct WatchLatencyArgs {
     pub val_size: usize,
 }
 
+#[derive(ClapArgs, Debug, Clone)]
+pub struct CompareArgs {
+    /// Members per server: 1, or 3 of each (rivet falls back to 1 if its 3-member cluster
+    /// does not start).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=3))]
+    pub members: u8,
+    /// rivet's binary (default: target/release/rivet of the repository, or next to
+    /// rivet-bench).
+    #[arg(long)]
+    pub rivet: Option<PathBuf>,
+    /// etcd's binary (default: etcd on PATH).
+    #[arg(long, default_value = "etcd")]
+    pub etcd: PathBuf,
+    /// A workload to run, as rivet-bench's own arguments, e.g. "--conns 100 --clients 1000
+    /// put --val-size 256" (repeatable; the global --total, --conns, --clients and --rate
+    /// are its defaults).
+    #[arg(long = "workload", value_name = "ARGS")]
+    pub workloads: Vec<String>,
+    /// One more workload, written after the flags: `compare --total 1000 put --val-size 64`.
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "WORKLOAD"
+    )]
+    pub workload: Vec<String>,
+}
+
 impl Command {
     /// etcd benchmark's subcommand name.
     pub fn name(&self) -> &'static str {
@@ -210,6 +240,7 @@ impl Command {
             Command::Watch(_) => "watch",
             Command::WatchLatency(_) => "watch-latency",
             Command::LeaseKeepalive => "lease-keepalive",
+            Command::Compare(_) => "compare",
         }
     }
 
@@ -263,7 +294,7 @@ impl Command {
                 "{name} --put-rate {} --streams {} --watchers-per-stream {} --key-size {} --val-size {}",
                 a.put_rate, a.streams, a.watchers_per_stream, a.key_size, a.val_size
             ),
-            Command::LeaseKeepalive => name.to_string(),
+            Command::LeaseKeepalive | Command::Compare(_) => name.to_string(),
         }
     }
 }

@@ -7,10 +7,22 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use rivet_bench::cli::Args;
-use rivet_bench::{hgrm, plot, workloads};
+use rivet_bench::cli::{Args, Command};
+use rivet_bench::{compare, hgrm, plot, workloads};
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    if let Command::Compare(compare_args) = &args.command {
+        let table = tokio::select! {
+            table = compare::run(&args, compare_args) => table?,
+            signal = interrupted() => anyhow::bail!("interrupted by {signal}; servers stopped"),
+        };
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&table)?);
+        } else {
+            print!("{}", table.text());
+        }
+        return Ok(());
+    }
     let outcome = workloads::run(&args).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&outcome.json())?);
@@ -29,6 +41,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
         plot::update(path, plot::Series::of(&label, &outcome.main.histogram))?;
     }
     Ok(())
+}
+
+/// SIGINT or SIGTERM: returning drops the compare future, whose guards kill the servers.
+async fn interrupted() -> &'static str {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
+    }
 }
 
 fn main() -> ExitCode {

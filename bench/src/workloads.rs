@@ -432,7 +432,7 @@ pub fn prefix_end(key: &[u8]) -> Bytes {
     Bytes::from_static(b"\0")
 }
 
-/// Runs the workload of `args`.
+/// Runs the workload of `args` (any command but `compare`).
 pub async fn run(args: &Args) -> anyhow::Result<Outcome> {
     if args.endpoints.is_empty() {
         bail!("--endpoints: no endpoint given");
@@ -580,6 +580,7 @@ pub async fn run(args: &Args) -> anyhow::Result<Outcome> {
             phases = run.phases;
             (run.main, run.first_error)
         }
+        Command::Compare(_) => bail!("compare is not a workload"),
     };
     Ok(Outcome {
         command: name.to_string(),
