@@ -1,0 +1,488 @@
+//! `rivet-bench compare`: starts rivet, runs the workloads against it, stops it; then the
+//! same with etcd; and prints one table of both servers' throughput, latency, CPU time per
+//! operation and peak memory.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use clap::Parser;
+use rivet_api::etcdserverpb::kv_client::KvClient;
+use rivet_api::etcdserverpb::PutRequest;
+use serde::Serialize;
+
+use crate::cli::{Args, Command, CompareArgs};
+use crate::servers::{find_on_path, Cluster, Kind};
+use crate::{plot, procstat, workloads};
+
+/// How long a server gets to start and elect a leader.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One workload to run against both servers.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    pub label: String,
+    pub args: Args,
+}
+
+/// The default workloads: put with 1 connection and 1 client, put with 100 connections and
+/// 1000 clients, linearizable and serializable range with 100/1000 (etcd's performance
+/// documentation's set).
+pub const DEFAULT_WORKLOADS: [&str; 4] = [
+    "--conns 1 --clients 1 put --key-size 8 --val-size 256 --sequential-keys",
+    "--conns 100 --clients 1000 put --key-size 8 --val-size 256 --sequential-keys",
+    "--conns 100 --clients 1000 range foo --consistency l",
+    "--conns 100 --clients 1000 range foo --consistency s",
+];
+
+/// Parses a workload, the global flags of the `compare` invocation being its defaults.
+pub fn parse_spec(global: &Args, tokens: &[String]) -> anyhow::Result<Spec> {
+    let mut argv: Vec<String> = vec![
+        "rivet-bench".into(),
+        "--total".into(),
+        global.total().to_string(),
+        "--conns".into(),
+        global.conns.to_string(),
+        "--clients".into(),
+        global.clients.to_string(),
+        "--rate".into(),
+        global.rate.to_string(),
+    ];
+    if global.target_leader {
+        argv.push("--target-leader".into());
+    }
+    if global.json {
+        argv.push("--json".into());
+    }
+    argv.extend(tokens.iter().cloned());
+    let mut args = Args::try_parse_from(&argv)
+        .map_err(|e| anyhow::anyhow!("workload {:?}: {e}", tokens.join(" ")))?;
+    if matches!(args.command, Command::Compare(_)) {
+        bail!(
+            "workload {:?}: compare cannot be a workload",
+            tokens.join(" ")
+        );
+    }
+    // Output options belong to compare itself.
+    args.hdr_out = None;
+    args.plot = None;
+    let label = short_label(&args);
+    Ok(Spec { label, args })
+}
+
+/// E.g. `put conns=1 clients=1`, `range serializable conns=100 clients=1000`.
+pub fn short_label(args: &Args) -> String {
+    let consistency = |c: &str| {
+        if c == "s" {
+            "serializable"
+        } else {
+            "linearizable"
+        }
+    };
+    let detail = match &args.command {
+        Command::Range(a) => format!(
+            " {}{}",
+            consistency(&a.consistency),
+            if a.count_only { " count-only" } else { "" }
+        ),
+        Command::TxnMixed(a) => {
+            format!(" {} rw-ratio={}", consistency(&a.consistency), a.rw_ratio)
+        }
+        Command::TxnPut(a) => format!(" txn-ops={}", a.txn_ops),
+        _ => String::new(),
+    };
+    let mut label = format!(
+        "{}{detail} conns={} clients={}",
+        args.command.name(),
+        args.conns,
+        args.clients
+    );
+    if args.rate > 0 {
+        label.push_str(&format!(" rate={}", args.rate));
+    }
+    if args.target_leader {
+        label.push_str(" target-leader");
+    }
+    label
+}
+
+/// The workloads of a `compare` invocation: `--workload`s, then the trailing one; the
+/// defaults if neither is given.
+pub fn specs(global: &Args, compare: &CompareArgs) -> anyhow::Result<Vec<Spec>> {
+    let mut lists: Vec<Vec<String>> = compare
+        .workloads
+        .iter()
+        .map(|w| w.split_whitespace().map(String::from).collect())
+        .collect();
+    if !compare.workload.is_empty() {
+        lists.push(compare.workload.clone());
+    }
+    if lists.is_empty() {
+        lists = DEFAULT_WORKLOADS
+            .iter()
+            .map(|w| w.split_whitespace().map(String::from).collect())
+            .collect();
+    }
+    lists
+        .iter()
+        .map(|tokens| parse_spec(global, tokens))
+        .collect()
+}
+
+/// rivet's binary: `--rivet`, else `release/rivet` under $CARGO_TARGET_DIR or the
+/// repository's `target/`, else next to this binary.
+pub fn rivet_binary(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
+    if let Some(path) = explicit {
+        if path.is_file() {
+            return Ok(path.to_path_buf());
+        }
+        bail!("--rivet {}: no such file", path.display());
+    }
+    let mut candidates = Vec::new();
+    if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
+        candidates.push(PathBuf::from(dir).join("release/rivet"));
+    }
+    if let Some(root) = Path::new(env!("CARGO_MANIFEST_DIR")).parent() {
+        candidates.push(root.join("target/release/rivet"));
+    }
+    if let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_path_buf))
+    {
+        candidates.push(dir.join("rivet"));
+    }
+    candidates
+        .iter()
+        .find(|c| c.is_file())
+        .cloned()
+        .with_context(|| {
+            format!(
+                "rivet's binary not found (looked at {}): build it with `cargo build --release --bin rivet` or pass --rivet PATH",
+                candidates
+                    .iter()
+                    .map(|c| c.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })
+}
+
+fn version_of(binary: &Path) -> String {
+    std::process::Command::new(binary)
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.lines().next().map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// One server's figures for one workload.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Cell {
+    pub requests: u64,
+    pub errors: u64,
+    pub qps: f64,
+    pub p50_seconds: f64,
+    pub p99_seconds: f64,
+    /// utime + stime of the server's processes during the workload.
+    pub cpu_seconds: f64,
+    pub cpu_seconds_per_op: f64,
+    /// The largest VmHWM of the server's processes after the workload.
+    pub peak_rss_bytes: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Ratio {
+    pub qps: Option<f64>,
+    pub p50: Option<f64>,
+    pub p99: Option<f64>,
+    pub cpu_per_op: Option<f64>,
+    pub peak_rss: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    pub label: String,
+    pub workload: String,
+    pub rivet: Cell,
+    pub etcd: Cell,
+    /// rivet ÷ etcd.
+    pub ratio: Ratio,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerInfo {
+    pub binary: String,
+    pub version: String,
+    pub members: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Table {
+    pub command: String,
+    pub rivet: ServerInfo,
+    pub etcd: ServerInfo,
+    pub notes: Vec<String>,
+    pub workloads: Vec<Row>,
+}
+
+fn ratio(a: f64, b: f64) -> Option<f64> {
+    (a > 0.0 && b > 0.0).then(|| a / b)
+}
+
+impl Row {
+    fn new(spec: &Spec, rivet: Cell, etcd: Cell) -> Row {
+        let usable = rivet.error.is_none() && etcd.error.is_none();
+        let r = |f: fn(&Cell) -> f64| {
+            if usable {
+                ratio(f(&rivet), f(&etcd))
+            } else {
+                None
+            }
+        };
+        Row {
+            label: spec.label.clone(),
+            workload: spec.args.describe(),
+            ratio: Ratio {
+                qps: r(|c| c.qps),
+                p50: r(|c| c.p50_seconds),
+                p99: r(|c| c.p99_seconds),
+                cpu_per_op: r(|c| c.cpu_seconds_per_op),
+                peak_rss: r(|c| c.peak_rss_bytes as f64),
+            },
+            rivet,
+            etcd,
+        }
+    }
+}
+
+/// Writes a small value under each single-key range workload's key, so reads find one.
+async fn seed(endpoint: &str, specs: &[Spec]) -> anyhow::Result<()> {
+    let mut kv = KvClient::new(workloads::connect(endpoint).await?);
+    for spec in specs {
+        if let Command::Range(a) = &spec.args.command {
+            if a.end.is_none() {
+                kv.put(PutRequest {
+                    key: Bytes::copy_from_slice(a.key.as_bytes()),
+                    value: Bytes::from_static(b"rivet-bench"),
+                    ..Default::default()
+                })
+                .await
+                .with_context(|| format!("seeding key {:?}", a.key))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn cpu_of(pids: &[u32]) -> f64 {
+    pids.iter()
+        .filter_map(|pid| procstat::cpu_seconds(*pid).ok())
+        .sum()
+}
+
+fn peak_rss_of(pids: &[u32]) -> u64 {
+    pids.iter()
+        .filter_map(|pid| procstat::peak_rss_bytes(*pid).ok())
+        .max()
+        .unwrap_or(0)
+}
+
+/// Runs every spec against `cluster`.
+async fn run_all(
+    cluster: &Cluster,
+    specs: &[Spec],
+    plot_to: Option<&Path>,
+) -> anyhow::Result<Vec<Cell>> {
+    let endpoints = cluster.endpoints();
+    seed(&endpoints[0], specs).await?;
+    let pids = cluster.pids();
+    let mut cells = Vec::with_capacity(specs.len());
+    for spec in specs {
+        eprintln!("{}: {}", cluster.kind, spec.args.describe());
+        let mut args = spec.args.clone();
+        args.endpoints = endpoints.clone();
+        let cpu_before = cpu_of(&pids);
+        let outcome = workloads::run(&args).await;
+        let cpu_seconds = (cpu_of(&pids) - cpu_before).max(0.0);
+        let peak_rss_bytes = peak_rss_of(&pids);
+        let cell = match outcome {
+            Ok(outcome) => {
+                let summary = outcome.main.summary();
+                if let Some(path) = plot_to {
+                    let label = format!("{} {}", cluster.kind, spec.label);
+                    plot::update(path, plot::Series::of(&label, &outcome.main.histogram))?;
+                }
+                let ops = summary.requests;
+                Cell {
+                    requests: ops,
+                    errors: summary.errors,
+                    qps: summary.requests_per_second,
+                    p50_seconds: summary.at(50.0).unwrap_or(0.0),
+                    p99_seconds: summary.at(99.0).unwrap_or(0.0),
+                    cpu_seconds,
+                    cpu_seconds_per_op: if ops > 0 {
+                        cpu_seconds / ops as f64
+                    } else {
+                        0.0
+                    },
+                    peak_rss_bytes,
+                    error: outcome.first_error.filter(|_| summary.errors > 0),
+                }
+            }
+            Err(e) => {
+                eprintln!("{}: {} failed: {e:#}", cluster.kind, spec.label);
+                Cell {
+                    cpu_seconds,
+                    peak_rss_bytes,
+                    error: Some(format!("{e:#}")),
+                    ..Default::default()
+                }
+            }
+        };
+        cells.push(cell);
+    }
+    Ok(cells)
+}
+
+pub async fn run(global: &Args, compare: &CompareArgs) -> anyhow::Result<Table> {
+    let specs = specs(global, compare)?;
+    let rivet = rivet_binary(compare.rivet.as_deref())?;
+    let etcd = find_on_path(&compare.etcd).with_context(|| {
+        format!(
+            "etcd not found ({} is not a file nor on PATH): install etcd 3.4 or pass --etcd PATH",
+            compare.etcd.display()
+        )
+    })?;
+    if global.hdr_out.is_some() {
+        eprintln!("compare: --hdr-out is ignored (use --plot, or run a workload alone)");
+    }
+    let mut members = usize::from(compare.members);
+    if members == 2 {
+        bail!("--members: 1 or 3");
+    }
+    let mut notes = Vec::new();
+
+    let rivet_cluster = match Cluster::start(Kind::Rivet, &rivet, members, START_TIMEOUT).await {
+        Ok(cluster) => cluster,
+        Err(e) if members > 1 => {
+            let note = format!(
+                "rivet's {members}-member cluster failed to start, so both servers run with 1 member: {e:#}"
+            );
+            eprintln!("compare: {note}");
+            notes.push(note);
+            members = 1;
+            Cluster::start(Kind::Rivet, &rivet, members, START_TIMEOUT).await?
+        }
+        Err(e) => return Err(e),
+    };
+    eprintln!(
+        "compare: rivet running ({members} member{}, in {})",
+        if members == 1 { "" } else { "s" },
+        rivet_cluster.dir().display()
+    );
+    let rivet_cells = run_all(&rivet_cluster, &specs, global.plot.as_deref()).await?;
+    drop(rivet_cluster);
+
+    let etcd_cluster = Cluster::start(Kind::Etcd, &etcd, members, START_TIMEOUT).await?;
+    eprintln!(
+        "compare: etcd running ({members} member{}, in {})",
+        if members == 1 { "" } else { "s" },
+        etcd_cluster.dir().display()
+    );
+    let etcd_cells = run_all(&etcd_cluster, &specs, global.plot.as_deref()).await?;
+    drop(etcd_cluster);
+
+    Ok(Table {
+        command: "compare".into(),
+        rivet: ServerInfo {
+            version: version_of(&rivet),
+            binary: rivet.display().to_string(),
+            members,
+        },
+        etcd: ServerInfo {
+            version: version_of(&etcd),
+            binary: etcd.display().to_string(),
+            members,
+        },
+        notes,
+        workloads: specs
+            .iter()
+            .zip(rivet_cells)
+            .zip(etcd_cells)
+            .map(|((spec, r), e)| Row::new(spec, r, e))
+            .collect(),
+    })
+}
+
+fn times(r: Option<f64>) -> String {
+    r.map(|r| format!("{r:.2}x")).unwrap_or_else(|| "-".into())
+}
+
+impl Table {
+    /// The table as text: per workload, a row for each server and one of rivet ÷ etcd.
+    pub fn text(&self) -> String {
+        let width = self
+            .workloads
+            .iter()
+            .map(|r| r.label.chars().count())
+            .max()
+            .unwrap_or(8)
+            .max(8);
+        let mut out = format!(
+            "rivet: {} ({}), etcd: {} ({}), {} member{} each\n",
+            self.rivet.binary,
+            self.rivet.version,
+            self.etcd.binary,
+            self.etcd.version,
+            self.rivet.members,
+            if self.rivet.members == 1 { "" } else { "s" }
+        );
+        for note in &self.notes {
+            out.push_str(&format!("note: {note}\n"));
+        }
+        out.push_str(&format!(
+            "\n{:<width$}  {:<10} {:>10} {:>9} {:>9} {:>11} {:>14} {:>7}\n",
+            "WORKLOAD", "SERVER", "QPS", "p50 ms", "p99 ms", "CPU µs/op", "peak RSS MiB", "errors"
+        ));
+        for row in &self.workloads {
+            for (i, (server, cell)) in [("rivet", &row.rivet), ("etcd", &row.etcd)]
+                .into_iter()
+                .enumerate()
+            {
+                let label = if i == 0 { row.label.as_str() } else { "" };
+                if let (Some(error), 0) = (&cell.error, cell.requests) {
+                    out.push_str(&format!(
+                        "{label:<width$}  {server:<10} failed: {}\n",
+                        error.lines().next().unwrap_or("")
+                    ));
+                    continue;
+                }
+                out.push_str(&format!(
+                    "{label:<width$}  {server:<10} {:>10.1} {:>9.3} {:>9.3} {:>11.1} {:>14.1} {:>7}\n",
+                    cell.qps,
+                    cell.p50_seconds * 1e3,
+                    cell.p99_seconds * 1e3,
+                    cell.cpu_seconds_per_op * 1e6,
+                    cell.peak_rss_bytes as f64 / (1024.0 * 1024.0),
+                    cell.errors
+                ));
+            }
+            out.push_str(&format!(
+                "{:<width$}  {:<10} {:>10} {:>9} {:>9} {:>11} {:>14}\n",
+                "",
+                "rivet/etcd",
+                times(row.ratio.qps),
+                times(row.ratio.p50),
+                times(row.ratio.p99),
+                times(row.ratio.cpu_per_op),
+                times(row.ratio.peak_rss)
+            ));
+        }
+        out
+    }
+}

@@ -1,0 +1,13 @@
+//! `rivet-bench`: a load generator for any etcd v3 endpoint (rivet or etcd), with the
+//! workloads and flag names of etcd's `benchmark` tool, plus `compare`, which starts rivet
+//! and etcd side by side and tabulates both.
+
+pub mod cli;
+pub mod compare;
+pub mod hgrm;
+pub mod plot;
+pub mod procstat;
+pub mod progress;
+pub mod report;
+pub mod servers;
+pub mod workloads;
