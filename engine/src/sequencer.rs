@@ -587,8 +587,53 @@ impl<'s> WriteTxn<'s> {
     fn finish(&mut self) -> i64 {
         if self.changed() {
             self.sequencer.revision = self.begin_revision + 1;
+            self.coalesce();
         }
         self.sequencer.revision
+    }
+
+    /// Leaves at most one mutation per key: the state the key ends the request in.
+    ///
+    /// One request can change a key more than once: etcd's duplicate-key check takes a
+    /// from-key delete (`range_end` "\0") inside a txn as an empty interval, so
+    /// `txn [put b, delete "a".."\0"]` passes and deletes the `b` it just put. etcd gives
+    /// each change a sub-revision of the same main revision; reads see only main revisions,
+    /// so what a read at this revision sees is the last change of each key, and a key
+    /// created and deleted within the request was never visible at all. The shards index
+    /// one version per key and revision, so they get exactly that.
+    fn coalesce(&mut self) {
+        let mutations = &mut self.outcome.mutations;
+        if mutations.len() < 2 {
+            return;
+        }
+        let mut seen = std::collections::HashSet::with_capacity(mutations.len());
+        if mutations.iter().all(|m| seen.insert(m.key().clone())) {
+            return;
+        }
+        let revision = self.begin_revision + 1;
+        // For each key: did it exist before this request (its first change did not create
+        // it), and where is its last change. Kept changes stay in the request's op order,
+        // which watch events within a revision follow.
+        let mut first_creates: std::collections::HashMap<Bytes, bool> =
+            std::collections::HashMap::new();
+        let mut last_at: std::collections::HashMap<Bytes, usize> = std::collections::HashMap::new();
+        for (i, mutation) in mutations.iter().enumerate() {
+            first_creates.entry(mutation.key().clone()).or_insert_with(|| {
+                matches!(mutation, Mutation::Put { head, .. } if head.create_revision == revision)
+            });
+            last_at.insert(mutation.key().clone(), i);
+        }
+        let kept: Vec<Mutation> = std::mem::take(mutations)
+            .into_iter()
+            .enumerate()
+            .filter(|(i, m)| last_at.get(m.key()) == Some(i))
+            .map(|(_, m)| m)
+            .filter(|m| {
+                let created_here = first_creates.get(m.key()).copied().unwrap_or(false);
+                !(matches!(m, Mutation::Delete { .. }) && created_here)
+            })
+            .collect();
+        *mutations = kept;
     }
 
     fn put(&mut self, request: &PutRequest) -> Result<PutResponse, EtcdError> {
@@ -853,6 +898,89 @@ mod tests {
             s.apply_compaction(&c(2)).result,
             Some(Err(EtcdError::Compacted))
         ));
+    }
+
+    fn op(request: request_op::Request) -> RequestOp {
+        RequestOp {
+            request: Some(request),
+        }
+    }
+
+    fn put_op(key: &str, value: &str) -> RequestOp {
+        op(request_op::Request::RequestPut(PutRequest {
+            key: b(key),
+            value: b(value),
+            ..Default::default()
+        }))
+    }
+
+    fn delete_from_op(key: &str) -> RequestOp {
+        op(request_op::Request::RequestDeleteRange(
+            DeleteRangeRequest {
+                key: b(key),
+                range_end: b("\0"),
+                prev_kv: true,
+            },
+        ))
+    }
+
+    /// etcd lets a txn change a key twice (a from-key delete passes its duplicate-key
+    /// check); the shards get one mutation per key: its state at the end of the request.
+    #[test]
+    fn a_key_changed_twice_in_a_txn_gives_one_mutation() {
+        let mut s = Sequencer::new();
+        put(&mut s, "a", "1"); // revision 2
+        put(&mut s, "c", "1"); // revision 3
+        let txn = TxnRequest {
+            compare: vec![],
+            // b: created and deleted; a and c: deleted; a: put again.
+            success: vec![put_op("b", "x"), delete_from_op("a"), put_op("a", "2")],
+            failure: vec![],
+        };
+        let out = s.apply_txn(&txn);
+        let Some(Ok(Applied::Txn(r))) = &out.result else {
+            panic!("{:?}", out.result)
+        };
+        assert_eq!(r.header.as_ref().unwrap().revision, 4);
+        let Some(response_op::Response::ResponseDeleteRange(d)) = &r.responses[1].response else {
+            panic!()
+        };
+        assert_eq!(d.deleted, 3);
+        assert_eq!(d.prev_kvs[1].key, b("b"));
+        assert_eq!(d.prev_kvs[1].mod_revision, 4);
+        let a = Head {
+            create_revision: 4,
+            mod_revision: 4,
+            version: 1,
+            lease: 0,
+            value: b("2"),
+        };
+        assert_eq!(
+            out.mutations,
+            // Each key's last change, in the order the ops made them: delete c (by the
+            // from-key delete), then put a.
+            vec![
+                Mutation::Delete {
+                    key: b("c"),
+                    revision: 4
+                },
+                Mutation::Put {
+                    key: b("a"),
+                    head: a.clone()
+                },
+            ]
+        );
+        assert_eq!(s.get(b"a"), Some(&a));
+        assert_eq!(s.get(b"b"), None);
+        // A request whose only change vanished still took a revision, as in etcd.
+        let txn = TxnRequest {
+            compare: vec![],
+            success: vec![put_op("d", "x"), delete_from_op("d")],
+            failure: vec![],
+        };
+        let out = s.apply_txn(&txn);
+        assert!(out.mutations.is_empty());
+        assert_eq!(s.revision(), 5);
     }
 
     #[test]
