@@ -217,15 +217,8 @@ impl Shard {
                     self.id
                 )
             });
-            let record = KeyRecord {
-                key: view.key,
-                create_revision: view.create_revision,
-                mod_revision: view.mod_revision,
-                version: view.version,
-                lease: view.lease,
-                value: view.value,
-            };
-            crate::page::encode_key_record(&record, &mut out)
+            // A page view is a `KeyRecord`: it encodes as it is.
+            crate::page::encode_key_record(&view, &mut out)
                 .unwrap_or_else(|e| panic!("shard {}: cannot encode a record: {e}", self.id));
         }
         out
@@ -242,15 +235,7 @@ impl Shard {
                 continue;
             };
             buffer.clear();
-            let record = KeyRecord {
-                key: view.key,
-                create_revision: view.create_revision,
-                mod_revision: view.mod_revision,
-                version: view.version,
-                lease: view.lease,
-                value: view.value,
-            };
-            if crate::page::encode_key_record(&record, &mut buffer).is_ok() {
+            if crate::page::encode_key_record(&view, &mut buffer).is_ok() {
                 sum = sum.wrapping_add(crc32c::crc32c(&buffer));
             }
         }

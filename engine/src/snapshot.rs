@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 
-use crate::page::{self, Checkpoint, KeyRecord, PageFile, PageOptions, Record};
+use crate::page::{self, Checkpoint, PageFile, PageOptions, Record};
 use crate::sequencer::Head;
 use crate::shard::shard_of;
 
@@ -126,15 +126,7 @@ pub fn stage(
         if failure.is_some() {
             return;
         }
-        let record = KeyRecord {
-            key: view.key,
-            create_revision: view.create_revision,
-            mod_revision: view.mod_revision,
-            version: view.version,
-            lease: view.lease,
-            value: view.value,
-        };
-        if let Err(e) = files[shard_of(view.key, shard_count)].append(&record) {
+        if let Err(e) = files[shard_of(view.key, shard_count)].append(&view) {
             failure = Some(e.to_string());
         }
     })?;
@@ -195,6 +187,7 @@ pub fn swap_in(staged: &Path, target: &Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::page::KeyRecord;
 
     fn record(out: &mut Vec<u8>, key: &str, revision: i64, value: Option<&str>) {
         page::encode_key_record(
