@@ -312,17 +312,26 @@ impl ShardCore {
         reply.await.map_err(|_| EtcdError::Stopped)
     }
 
+    /// Proposes a write and returns once every shard has applied it, so the answer is
+    /// visible to any read on any core that follows it (read-your-writes).
     async fn propose(&self, request: internal_request::Request) -> Result<Reply, EtcdError> {
         let (reply, answer) = oneshot::channel();
-        self.ask_raft(RaftCommand::Propose { request, reply }, answer)
-            .await?
+        let reply = self
+            .ask_raft(RaftCommand::Propose { request, reply }, answer)
+            .await??;
+        self.wait_applied(reply.index).await;
+        Ok(reply)
     }
 
-    /// A revision that reflects every write acknowledged before this call (ReadIndex).
+    /// A revision that reflects every write acknowledged before this call (ReadIndex),
+    /// applied by every shard when this returns.
     pub async fn read_index(&self) -> Result<ReadPoint, EtcdError> {
         let (reply, answer) = oneshot::channel();
-        self.ask_raft(RaftCommand::ReadIndex { reply }, answer)
-            .await?
+        let point = self
+            .ask_raft(RaftCommand::ReadIndex { reply }, answer)
+            .await??;
+        self.wait_applied(point.index).await;
+        Ok(point)
     }
 
     pub async fn raft_status(&self) -> Result<RaftStatus, EtcdError> {

@@ -810,9 +810,6 @@ fn differential_against_etcd_one_shard() {
 }
 
 #[test]
-#[ignore = "known race: with --shards 3 a serializable read right after a write can report \
-            one revision less than etcd (RIVET_DIFF_SEED=0x5eede7cd03400001, fails at a \
-            varying step); see the issue's closing note"]
 fn differential_against_etcd_three_shards() {
     differential("3");
 }
