@@ -1,1 +1,6 @@
-//! rivet tools (being written).
+//! rivet tools: offline tools for testing and operating rivet.
+//!
+//! * [`linearizability`]: a linearizability checker for key-value histories
+//!   recorded by test clients, with a text format to save and replay them.
+
+pub mod linearizability;

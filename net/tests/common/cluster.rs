@@ -1,0 +1,213 @@
+//! A rivet cluster of real processes on loopback for tests: each member gets free client
+//! and peer ports and a data directory under one temp dir; `RIVET_TEST_FAULTS=1` enables
+//! the transport's isolate/heal switch. Members are killed when dropped.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{etcdctl, etcdctl_ok, free_port, free_udp_port, Rivet};
+
+pub struct Member {
+    pub name: String,
+    pub client: u16,
+    pub peer: u16,
+    pub dir: std::path::PathBuf,
+    pub child: Option<Child>,
+}
+
+impl Member {
+    pub fn endpoint(&self) -> String {
+        format!("127.0.0.1:{}", self.client)
+    }
+
+    pub fn peer_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.peer)
+    }
+
+    pub fn start(&mut self, initial_cluster: &str, state: &str, extra: &[&str]) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.with_extension("log"))
+            .expect("log");
+        let client = format!("http://127.0.0.1:{}", self.client);
+        let child = Command::new(Rivet::binary())
+            .env("RIVET_TEST_FAULTS", "1")
+            .args(["--name", &self.name, "--data-dir"])
+            .arg(&self.dir)
+            .args([
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+            ])
+            .args(["--listen-peer-urls", &self.peer_url()])
+            .args(["--initial-advertise-peer-urls", &self.peer_url()])
+            .args(["--initial-cluster-token", "cluster-test"])
+            .args([
+                "--initial-cluster",
+                initial_cluster,
+                "--initial-cluster-state",
+                state,
+            ])
+            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start rivet");
+        self.child = Some(child);
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn exited(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_none_or(|c| c.try_wait().ok().flatten().is_some())
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(self.dir.with_extension("log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub struct Cluster {
+    pub members: Vec<Member>,
+    pub dir: tempfile::TempDir,
+}
+
+pub fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+impl Cluster {
+    pub fn start(size: usize, extra: &[&str]) -> Cluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut members: Vec<Member> = (0..size)
+            .map(|i| Member {
+                name: format!("m{i}"),
+                client: free_port(),
+                peer: free_udp_port(),
+                dir: dir.path().join(format!("m{i}.rivet")),
+                child: None,
+            })
+            .collect();
+        let initial = Cluster::initial(&members);
+        for member in &mut members {
+            member.start(&initial, "new", extra);
+        }
+        let cluster = Cluster { members, dir };
+        cluster.wait_for_leader(None);
+        cluster
+    }
+
+    /// A member that is not started yet, with fresh ports and a data dir beside the
+    /// others (for `member add` tests).
+    pub fn new_member(&self, name: &str) -> Member {
+        Member {
+            name: name.into(),
+            client: free_port(),
+            peer: free_udp_port(),
+            dir: self.dir.path().join(format!("{name}.rivet")),
+            child: None,
+        }
+    }
+
+    pub fn initial(members: &[Member]) -> String {
+        members
+            .iter()
+            .map(|m| format!("{}={}", m.name, m.peer_url()))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members
+            .iter()
+            .filter(|m| m.child.is_some())
+            .map(Member::endpoint)
+            .collect()
+    }
+
+    /// The index of the member that says it leads, if a running member does.
+    pub fn leader(&self) -> Option<usize> {
+        self.members.iter().position(|m| {
+            m.child.is_some() && {
+                let out = etcdctl(
+                    &m.endpoint(),
+                    &[
+                        "endpoint",
+                        "status",
+                        "-w",
+                        "json",
+                        "--command-timeout",
+                        "2s",
+                    ],
+                    None,
+                );
+                let text = String::from_utf8_lossy(&out.stdout).to_string();
+                let status: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+                let s = &status[0]["Status"];
+                !s.is_null() && s["leader"] == s["header"]["member_id"]
+            }
+        })
+    }
+
+    pub fn wait_for_leader(&self, not: Option<usize>) -> usize {
+        let mut found = None;
+        wait_until("a member leads", Duration::from_secs(30), || {
+            found = self.leader().filter(|l| Some(*l) != not);
+            found.is_some()
+        });
+        found.unwrap_or_default()
+    }
+
+    pub fn hashes(&self) -> Vec<String> {
+        self.endpoints()
+            .iter()
+            .map(|e| {
+                let out = etcdctl_ok(e, &["endpoint", "hashkv", "-w", "json"]);
+                let v: serde_json::Value = serde_json::from_str(&out).expect("hashkv json");
+                v[0]["HashKV"]["hash"].to_string()
+            })
+            .collect()
+    }
+
+    pub fn wait_converged(&self) {
+        wait_until(
+            "every member has the same HashKV",
+            Duration::from_secs(30),
+            || {
+                let hashes = self.hashes();
+                hashes.windows(2).all(|w| w[0] == w[1])
+            },
+        );
+    }
+}
+
+pub fn put_ok(endpoint: &str, key: &str, value: &str) -> bool {
+    etcdctl(
+        endpoint,
+        &["put", key, value, "--command-timeout", "3s"],
+        None,
+    )
+    .status
+    .success()
+}
