@@ -107,8 +107,15 @@ pub struct PeerTuning {
     pub segmentation_offload: bool,
     /// Kernel send and receive buffer of the UDP socket; `None` keeps the system default.
     pub socket_buffer_bytes: Option<usize>,
-    /// Per-stream and per-connection flow-control windows.
+    /// Per-stream flow-control window (the connection's is four times larger): how much
+    /// the peer may send that our side has not read yet.
     pub stream_receive_window_bytes: u32,
+    /// Smallest send window (bytes in flight) of a connection; it grows with the RTT
+    /// (see [`limits::SEND_WINDOW_BYTES_PER_SECOND`]).
+    pub send_window_bytes_min: u64,
+    /// Largest UDP payload path MTU discovery may probe for; `None` disables discovery
+    /// (packets stay at 1200 bytes).
+    pub mtu_upper_bound: Option<u16>,
 }
 
 /// Congestion controllers quinn offers.
@@ -126,6 +133,8 @@ impl Default for PeerTuning {
             segmentation_offload: true,
             socket_buffer_bytes: Some(SOCKET_BUFFER_BYTES),
             stream_receive_window_bytes: STREAM_RECEIVE_WINDOW_BYTES,
+            send_window_bytes_min: SEND_WINDOW_BYTES_MIN,
+            mtu_upper_bound: Some(MTU_UPPER_BOUND),
         }
     }
 }
@@ -406,6 +415,7 @@ struct Shared {
     cluster_id: std::sync::atomic::AtomicU64,
     /// Drawn at start; see [`Hello::incarnation`].
     incarnation: u64,
+    send_window_bytes_min: u64,
     endpoint: Endpoint,
     runtime: tokio::runtime::Handle,
     table: Mutex<PeerTable>,
@@ -526,6 +536,7 @@ impl PeerTransport {
             member_id: config.member_id,
             cluster_id: std::sync::atomic::AtomicU64::new(config.cluster_id),
             incarnation: random_u64(),
+            send_window_bytes_min: config.tuning.send_window_bytes_min,
             endpoint,
             runtime: tokio::runtime::Handle::current(),
             table: Mutex::new(PeerTable::default()),
@@ -918,8 +929,13 @@ fn transport_config(tuning: &PeerTuning) -> Result<quinn::TransportConfig, PeerE
         .keep_alive_interval(Some(KEEP_ALIVE_INTERVAL))
         .stream_receive_window(VarInt::from_u32(stream_window))
         .receive_window(VarInt::from_u64(4 * u64::from(stream_window)).unwrap_or(VarInt::MAX))
-        .send_window(4 * u64::from(stream_window))
+        .send_window(tuning.send_window_bytes_min)
         .enable_segmentation_offload(tuning.segmentation_offload)
+        .mtu_discovery_config(tuning.mtu_upper_bound.map(|upper_bound| {
+            let mut discovery = quinn::MtuDiscoveryConfig::default();
+            discovery.upper_bound(upper_bound);
+            discovery
+        }))
         // Datagrams are not used.
         .datagram_receive_buffer_size(None);
     match tuning.congestion {
@@ -1430,6 +1446,7 @@ async fn run_link(
         Err(error) = write_link(&shared, &peer, send) => error,
         Err(error) = read_link(&shared, &peer, recv, buffer) => error,
         Err(error) = accept_snapshots(&shared, &peer, &connection) => error,
+        Err(error) = follow_rtt(&connection, shared.send_window_bytes_min) => error,
         _ = closing.wait_for(|closing| *closing) => LinkError::Closing,
     };
     connection.close(VarInt::from_u32(close_code::LINK_FAILED), b"link failed");
@@ -1450,6 +1467,23 @@ async fn run_link(
     } else {
         info!(peer = %format_args!("{:x}", peer.id), %error, "peer link down");
     }
+}
+
+/// Sizes the link's send window to its minimum round-trip time, now and then.
+async fn follow_rtt(connection: &Connection, window_bytes_min: u64) -> Result<(), LinkError> {
+    loop {
+        tokio::time::sleep(SEND_WINDOW_UPDATE_INTERVAL).await;
+        connection.set_send_window(send_window_bytes(connection.min_rtt(), window_bytes_min));
+    }
+}
+
+/// The send window for a path whose minimum round-trip time is `min_rtt`.
+fn send_window_bytes(min_rtt: Duration, window_bytes_min: u64) -> u64 {
+    let bytes = u128::from(SEND_WINDOW_BYTES_PER_SECOND) * min_rtt.as_nanos() / 1_000_000_000;
+    u64::try_from(bytes).unwrap_or(u64::MAX).clamp(
+        window_bytes_min,
+        SEND_WINDOW_BYTES_MAX.max(window_bytes_min),
+    )
 }
 
 /// Writes the peer's queued messages to the link stream, batching what is queued.
@@ -1628,6 +1662,9 @@ async fn receive_snapshot(shared: Arc<Shared>, peer: Arc<Peer>, mut recv: RecvSt
                     add(&shared.counters.snapshots_receive_failed, 1);
                     return;
                 }
+                // A chunk is up to a megabyte of copying and checksumming: let the link
+                // tasks on this thread (heartbeats) run between chunks.
+                tokio::task::yield_now().await;
             }
             Ok(Some(Frame::SnapshotEnd(SnapshotEnd {
                 data_bytes,
@@ -1793,6 +1830,20 @@ mod tests {
         }
         // A connection from a restarted peer replaces whatever was there.
         assert!(connection_replaces((2, 7), (1, 6), 1, 2));
+    }
+
+    #[test]
+    fn send_window_follows_the_round_trip_time() {
+        let floor = SEND_WINDOW_BYTES_MIN;
+        assert_eq!(send_window_bytes(Duration::from_micros(30), floor), floor);
+        assert_eq!(
+            send_window_bytes(Duration::from_millis(10), floor),
+            10_000_000
+        );
+        assert_eq!(
+            send_window_bytes(Duration::from_secs(3), floor),
+            SEND_WINDOW_BYTES_MAX
+        );
     }
 
     #[test]
