@@ -77,6 +77,9 @@ pub enum Command {
     /// Start rivet and etcd with equivalent settings, run the same workloads against each
     /// and print one comparison table.
     Compare(CompareArgs),
+    /// Start rivet and etcd (one member each) and measure their memory: resident memory
+    /// per key and per extra version after loading keys, and per watch stream and watcher.
+    Memory(MemoryArgs),
 }
 
 #[derive(ClapArgs, Debug, Clone)]
@@ -203,6 +206,37 @@ pub struct WatchLatencyArgs {
 }
 
 #[derive(ClapArgs, Debug, Clone)]
+pub struct MemoryArgs {
+    /// Key counts to load and measure at, in increasing order.
+    #[arg(long, value_delimiter = ',', default_value = "100000,1000000")]
+    pub keys: Vec<u64>,
+    /// Key size of the loaded keys.
+    #[arg(long = "key-size", default_value_t = 8)]
+    pub key_size: usize,
+    /// Value size of the loaded keys.
+    #[arg(long = "val-size", default_value_t = 256)]
+    pub val_size: usize,
+    /// Watch streams of the first watch shape (one watcher each).
+    #[arg(long, default_value_t = 1000)]
+    pub streams: usize,
+    /// Watch streams of the second watch shape.
+    #[arg(long = "watch-streams", default_value_t = 10)]
+    pub watch_streams: usize,
+    /// Watchers per stream of the second watch shape.
+    #[arg(long = "watch-per-stream", default_value_t = 10_000)]
+    pub watch_per_stream: usize,
+    /// rivet's binary (default: as for compare).
+    #[arg(long)]
+    pub rivet: Option<PathBuf>,
+    /// etcd's binary (default: etcd on PATH).
+    #[arg(long, default_value = "etcd")]
+    pub etcd: PathBuf,
+    /// Measure rivet only.
+    #[arg(long = "rivet-only")]
+    pub rivet_only: bool,
+}
+
+#[derive(ClapArgs, Debug, Clone)]
 pub struct CompareArgs {
     /// Members per server: 1, or 3 of each (rivet falls back to 1 if its 3-member cluster
     /// does not start).
@@ -241,6 +275,7 @@ impl Command {
             Command::WatchLatency(_) => "watch-latency",
             Command::LeaseKeepalive => "lease-keepalive",
             Command::Compare(_) => "compare",
+            Command::Memory(_) => "memory",
         }
     }
 
@@ -294,7 +329,9 @@ impl Command {
                 "{name} --put-rate {} --streams {} --watchers-per-stream {} --key-size {} --val-size {}",
                 a.put_rate, a.streams, a.watchers_per_stream, a.key_size, a.val_size
             ),
-            Command::LeaseKeepalive | Command::Compare(_) => name.to_string(),
+            Command::LeaseKeepalive | Command::Compare(_) | Command::Memory(_) => {
+                name.to_string()
+            }
         }
     }
 }

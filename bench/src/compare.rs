@@ -58,9 +58,9 @@ pub fn parse_spec(global: &Args, tokens: &[String]) -> anyhow::Result<Spec> {
     argv.extend(tokens.iter().cloned());
     let mut args = Args::try_parse_from(&argv)
         .map_err(|e| anyhow::anyhow!("workload {:?}: {e}", tokens.join(" ")))?;
-    if matches!(args.command, Command::Compare(_)) {
+    if matches!(args.command, Command::Compare(_) | Command::Memory(_)) {
         bail!(
-            "workload {:?}: compare cannot be a workload",
+            "workload {:?}: compare and memory cannot be workloads",
             tokens.join(" ")
         );
     }
@@ -168,7 +168,7 @@ pub fn rivet_binary(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
         })
 }
 
-fn version_of(binary: &Path) -> String {
+pub fn version_of(binary: &Path) -> String {
     std::process::Command::new(binary)
         .arg("--version")
         .output()

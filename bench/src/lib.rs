@@ -5,6 +5,7 @@
 pub mod cli;
 pub mod compare;
 pub mod hgrm;
+pub mod memory;
 pub mod plot;
 pub mod procstat;
 pub mod progress;

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use rivet_bench::cli::{Args, Command};
-use rivet_bench::{compare, hgrm, plot, workloads};
+use rivet_bench::{compare, hgrm, memory, plot, workloads};
 
 async fn run(args: Args) -> anyhow::Result<()> {
     if let Command::Compare(compare_args) = &args.command {
@@ -20,6 +20,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&table)?);
         } else {
             print!("{}", table.text());
+        }
+        return Ok(());
+    }
+    if let Command::Memory(memory_args) = &args.command {
+        let report = tokio::select! {
+            report = memory::run(memory_args) => report?,
+            signal = interrupted() => anyhow::bail!("interrupted by {signal}; servers stopped"),
+        };
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            print!("{}", report.text());
         }
         return Ok(());
     }

@@ -581,6 +581,7 @@ pub async fn run(args: &Args) -> anyhow::Result<Outcome> {
             (run.main, run.first_error)
         }
         Command::Compare(_) => bail!("compare is not a workload"),
+        Command::Memory(_) => bail!("memory is not a workload"),
     };
     Ok(Outcome {
         command: name.to_string(),
