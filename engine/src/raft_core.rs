@@ -1534,8 +1534,14 @@ impl RaftCore {
                 );
             }
         }
-        // The leader's messages go out before its own fdatasync (raft allows it).
+        // The leader's messages go out before its own fdatasync (raft allows it), so the
+        // followers' fdatasyncs overlap the leader's. The transport's tasks run on this
+        // thread's runtime and the WAL append below blocks it: yield once so that they put
+        // the messages on the wire first (otherwise the followers would start only after
+        // the leader's fdatasync, and a commit would take two in a row) — after handing
+        // committed entries to the shards, which the yield must not delay.
         let messages = ready.take_messages();
+        let sent = !messages.is_empty();
         self.send_messages(messages);
         if !ready.snapshot().is_empty() {
             // The state was installed when the snapshot arrived (`install_snapshot`); here
@@ -1550,6 +1556,9 @@ impl RaftCore {
         }
         let committed = ready.take_committed_entries();
         self.apply_entries(committed).await;
+        if sent && !ready.entries().is_empty() {
+            tokio::task::yield_now().await;
+        }
         self.persist(&ready)?;
         let messages = ready.take_persisted_messages();
         self.send_messages(messages);
@@ -1580,9 +1589,27 @@ impl RaftCore {
     }
 
     /// Entries and hard state of one Ready: one WAL append, one fdatasync.
+    ///
+    /// As etcd (`raft.MustSync`), a hard state whose term and vote did not change is not
+    /// written on its own: only its commit index moved, which need not be durable (a
+    /// restarted member starts from its checkpoint's applied index and learns the rest of
+    /// the commit index again from the leader, or as a single member by committing its
+    /// log). Writing it cost a second fdatasync per write on a leader of several members,
+    /// after the followers acknowledged. So the WAL's hard state may lag in commit index
+    /// only; recovery raises it to the checkpoint's applied index.
     fn persist(&mut self, ready: &raft::Ready) -> Result<(), String> {
         let entries = ready.entries();
         let hard_state = ready.hs();
+        if entries.is_empty() {
+            if let Some(hs) = hard_state {
+                let store = self.node.mut_store();
+                let previous = store.rl().hard_state().clone();
+                if hs.term == previous.term && hs.vote == previous.vote {
+                    store.wl().set_hardstate(hs.clone());
+                    return Ok(());
+                }
+            }
+        }
         if entries.is_empty() && hard_state.is_none() {
             return Ok(());
         }
