@@ -1,4 +1,4 @@
-//! Measures `Wal::append` (one io_uring write + fdatasync per call) for batches of 1 and
+//! Measures `Wal::append` (one write + one fdatasync per call) for batches of 1 and
 //! 64 entries, next to a plain pwrite + fdatasync loop on the same disk for reference, and
 //! counts heap allocations per append (steady state should be zero).
 //!

@@ -1,5 +1,5 @@
 //! rivet's write-ahead log: CRC-chained records in preallocated segment files, each
-//! append made durable by one write and one fdatasync submitted together to io_uring.
+//! append made durable by one write and one fdatasync.
 //!
 //! The WAL knows nothing about raft: records are a kind, an index and opaque bytes. The
 //! byte-level format is specified in `docs/format/wal.md` and, identically, by the
@@ -61,10 +61,10 @@
 //! Damage that removes the *last* segment entirely, or whole records at the end of the last
 //! segment with nothing after them, cannot be told from a log that simply ended there.
 
+mod durable;
 mod error;
 pub mod format;
 pub mod limits;
-mod ring;
 mod segment;
 mod wal;
 
@@ -204,11 +204,11 @@ pub struct WalStats {
     pub records: u64,
     /// Encoded bytes written by them (segment headers excluded).
     pub bytes_written: u64,
-    /// fdatasyncs completed through io_uring (appends and segment headers).
+    /// fdatasyncs completed (appends and segment headers).
     pub fdatasyncs: u64,
     /// fsyncs of the directory (segment creation, release, recovery repairs).
     pub directory_syncs: u64,
-    /// Writes resubmitted because the kernel wrote less than asked.
+    /// Writes continued because the kernel wrote less than asked.
     pub short_write_retries: u64,
     /// Segment files created (including the first).
     pub segments_created: u64,

@@ -28,7 +28,7 @@ pub const SEGMENT_BYTES_MAX: u64 = 1024 * 1024 * 1024;
 pub const RECORD_PAYLOAD_BYTES_MAX: u64 = 64 * 1024 * 1024;
 
 /// Largest encoded batch handed to one `append`. Linux transfers at most 0x7fff_f000
-/// bytes in one write(2) and io_uring's write length is a u32, so one batch must stay below
+/// bytes in one write(2), so one batch must stay below
 /// that to remain ONE write; 1 GiB is a round number under it.
 pub const BATCH_BYTES_MAX: u64 = 1024 * 1024 * 1024;
 
@@ -44,11 +44,6 @@ pub const SEGMENT_BYTES_LIMIT: u64 =
 /// (metadata, hard state, snapshot marker) each at most one record payload, plus the
 /// record framing and alignment padding.
 pub const SEGMENT_HEADER_RECORD_BYTES_MAX: u64 = 128 + 3 * RECORD_PAYLOAD_BYTES_MAX;
-
-/// Submission queue entries of each WAL's io_uring. One append uses two (a write linked to
-/// an fdatasync); a few more leave room without costing memory worth mentioning (one SQE
-/// is 64 bytes, one CQE 16).
-pub const RING_ENTRIES: u32 = 8;
 
 /// How many chain seeds the resumption scan keeps when it looks for valid records after
 /// damage (see `format::scan_for_resumption`). Each seed is the CRC of a recent record
@@ -78,5 +73,4 @@ const _: () = assert!(BATCH_BYTES_MAX <= LINUX_WRITE_BYTES_MAX);
 const _: () = assert!(SEGMENT_HEADER_RECORD_BYTES_MAX <= LINUX_WRITE_BYTES_MAX);
 // Whole segments are read into memory and addressed with usize.
 const _: () = assert!(SEGMENT_BYTES_LIMIT <= usize::MAX as u64);
-const _: () = assert!(RING_ENTRIES >= 2);
 const _: () = assert!(RESUME_SCAN_SEEDS_MAX >= 2);

@@ -6,6 +6,7 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
+use crate::durable::{Durable, WriteError};
 use crate::error::{
     AppendError, CreateError, Damage, InvalidRecord, IoError, OpenError, OptionsError, ReleaseError,
 };
@@ -13,7 +14,6 @@ use crate::format::{self, AfterDamage, SegmentEnd, SegmentHeader, FLAG_BATCH_STA
 use crate::limits::{
     BATCH_BYTES_MAX, PAGE_BYTES, RECORD_PAYLOAD_BYTES_MAX, SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN,
 };
-use crate::ring::{Ring, RingError};
 use crate::segment::{self, SegmentName};
 use crate::{OwnedRecord, Record, RecordKind, Recovery, TornTail, WalOptions, WalStats};
 
@@ -23,7 +23,7 @@ pub struct Wal {
     /// Held open for the directory flock and for directory fsyncs.
     directory: File,
     options: WalOptions,
-    ring: Ring,
+    durable: Durable,
     /// The segment being written (always the last of `segments`).
     active: ActiveSegment,
     /// Every live segment, oldest first; the last one is `active`.
@@ -128,7 +128,7 @@ impl Wal {
                 dir: dir.to_path_buf(),
             });
         }
-        let mut ring = Ring::new().map_err(|e| IoError::new("io_uring setup", dir, e))?;
+        let mut durable = Durable::default();
         let mut buf = Vec::new();
         let mut header = SegmentHeader {
             sequence: 0,
@@ -140,14 +140,7 @@ impl Wal {
             snapshot: None,
         };
         header.segment_bytes = segment_bytes_for(&options, &header, 0);
-        let created = write_segment_file(&mut ring, dir, &directory, &mut buf, &header).map_err(
-            |failure| {
-                if failure.buffer_in_flight {
-                    std::mem::forget(buf);
-                }
-                failure.error
-            },
-        )?;
+        let created = write_segment_file(&mut durable, dir, &directory, &mut buf, &header)?;
         let stats = WalStats {
             directory_syncs: 1,
             segments_created: 1,
@@ -157,7 +150,7 @@ impl Wal {
             dir: dir.to_path_buf(),
             directory,
             options,
-            ring,
+            durable,
             active: created.active,
             segments: VecDeque::from([LiveSegment {
                 path: created.path,
@@ -227,12 +220,11 @@ impl Wal {
         }
 
         let file = segment::open_for_writing(&last, false)?;
-        let ring = Ring::new().map_err(|e| IoError::new("io_uring setup", dir, e))?;
         let wal = Wal {
             dir: dir.to_path_buf(),
             directory,
             options,
-            ring,
+            durable: Durable::default(),
             active: ActiveSegment {
                 file,
                 path: last,
@@ -261,8 +253,8 @@ impl Wal {
         Ok((wal, recovery))
     }
 
-    /// Appends `records` durably: ONE write of the whole encoded batch linked to ONE
-    /// fdatasync, submitted together to io_uring; returns once the fdatasync completed.
+    /// Appends `records` durably: ONE write of the whole encoded batch, then ONE
+    /// fdatasync; returns once the fdatasync completed.
     /// When the batch does not fit in the current segment, a new preallocated segment is
     /// created first (it gets a larger size if the batch needs it). An empty batch does
     /// nothing.
@@ -320,9 +312,9 @@ impl Wal {
         );
         let offset = self.active.write_offset;
         let result = self
-            .ring
+            .durable
             .write_and_sync(self.active.file.as_raw_fd(), &self.buf, offset);
-        self.ring_result(result, "append to segment")?;
+        self.write_result(result, "append to segment")?;
 
         self.active.write_offset += batch_bytes;
         self.crc_last = crc;
@@ -395,15 +387,15 @@ impl Wal {
     /// Counters since create/open.
     pub fn stats(&self) -> WalStats {
         WalStats {
-            fdatasyncs: self.ring.counts.fdatasyncs,
-            short_write_retries: self.ring.counts.short_write_retries,
+            fdatasyncs: self.durable.counts.fdatasyncs,
+            short_write_retries: self.durable.counts.short_write_retries,
             ..self.stats
         }
     }
 
     /// fdatasyncs completed since create/open (appends and segment headers).
     pub fn fsync_count(&self) -> u64 {
-        self.ring.counts.fdatasyncs
+        self.durable.counts.fdatasyncs
     }
 
     /// The directory of this WAL.
@@ -439,7 +431,7 @@ impl Wal {
         };
         header.segment_bytes = segment_bytes_for(&self.options, &header, batch_bytes);
         match write_segment_file(
-            &mut self.ring,
+            &mut self.durable,
             &self.dir,
             &self.directory,
             &mut self.buf,
@@ -456,12 +448,7 @@ impl Wal {
                 self.crc_last = created.header_crc;
                 Ok(())
             }
-            Err(failure) => {
-                if failure.buffer_in_flight {
-                    std::mem::forget(std::mem::take(&mut self.buf));
-                }
-                Err(self.poison(failure.error))
-            }
+            Err(error) => Err(self.poison(error)),
         }
     }
 
@@ -470,17 +457,14 @@ impl Wal {
         AppendError::Io(error)
     }
 
-    fn ring_result(
+    fn write_result(
         &mut self,
-        result: Result<(), RingError>,
+        result: Result<(), WriteError>,
         operation: &'static str,
     ) -> Result<(), AppendError> {
         result.map_err(|error| {
-            let failure = SegmentWriteFailure::from_ring(error, operation, &self.active.path);
-            if failure.buffer_in_flight {
-                std::mem::forget(std::mem::take(&mut self.buf));
-            }
-            self.poison(failure.error)
+            let error = io_error(error, operation, &self.active.path);
+            self.poison(error)
         })
     }
 }
@@ -492,42 +476,10 @@ struct CreatedSegment {
     header_crc: u32,
 }
 
-/// A failed segment write. When `buffer_in_flight`, the kernel may still read the buffer,
-/// which therefore must be leaked, never freed or reused.
-struct SegmentWriteFailure {
-    error: IoError,
-    buffer_in_flight: bool,
-}
-
-impl SegmentWriteFailure {
-    fn from_ring(error: RingError, operation: &'static str, path: &Path) -> Self {
-        let (source, buffer_in_flight) = match error {
-            RingError::Failed {
-                operation: ring_operation,
-                source,
-            } => {
-                tracing::error!(file = %path.display(), %source, ring_operation, "WAL write failed");
-                (source, false)
-            }
-            RingError::BufferMaybeInFlight { source } => {
-                tracing::error!(file = %path.display(), %source, "io_uring_enter failed; leaking the buffer");
-                (source, true)
-            }
-        };
-        Self {
-            error: IoError::new(operation, path, source),
-            buffer_in_flight,
-        }
-    }
-}
-
-impl From<IoError> for SegmentWriteFailure {
-    fn from(error: IoError) -> Self {
-        Self {
-            error,
-            buffer_in_flight: false,
-        }
-    }
+/// The WAL's error for a failed write or fdatasync of `path`, logged.
+fn io_error(error: WriteError, operation: &'static str, path: &Path) -> IoError {
+    tracing::error!(file = %path.display(), source = %error.source, write_operation = error.operation, "WAL write failed");
+    IoError::new(operation, path, error.source)
 }
 
 /// Creates the segment file for `header`: under a temporary name, preallocated to
@@ -535,12 +487,12 @@ impl From<IoError> for SegmentWriteFailure {
 /// and the directory fsynced. So a segment that has its name always has a valid header,
 /// and the records appended after it chain from the returned header CRC.
 fn write_segment_file(
-    ring: &mut Ring,
+    durable: &mut Durable,
     dir: &Path,
     directory: &File,
     buf: &mut Vec<u8>,
     header: &SegmentHeader<'_>,
-) -> Result<CreatedSegment, SegmentWriteFailure> {
+) -> Result<CreatedSegment, IoError> {
     buf.clear();
     let header_crc = format::encode_segment_header(buf, header);
     let name = segment::segment_file_name(header.sequence, header.first_index);
@@ -551,10 +503,9 @@ fn write_segment_file(
     ));
     let file = segment::open_for_writing(&temporary, true)?;
     segment::preallocate(&file, &temporary, header.segment_bytes)?;
-    ring.write_and_sync(file.as_raw_fd(), buf, 0)
-        .map_err(|error| {
-            SegmentWriteFailure::from_ring(error, "write segment header", &temporary)
-        })?;
+    durable
+        .write_and_sync(file.as_raw_fd(), buf, 0)
+        .map_err(|error| io_error(error, "write segment header", &temporary))?;
     fs::rename(&temporary, &path).map_err(|e| IoError::new("rename segment", &temporary, e))?;
     segment::sync_directory(directory, dir)?;
     tracing::debug!(file = %path.display(), segment_bytes = header.segment_bytes, "created segment");
