@@ -1,0 +1,721 @@
+//! Differential tests of the Watch and Lease services (and of etcdctl's `watch`, `lease`,
+//! `lock` and `elect` commands) against a real etcd 3.4 started by the test.
+//!
+//! Both servers start empty and see the same requests in the same order, so revisions,
+//! lease TTLs and watch IDs match. Compared field by field with the raw generated gRPC
+//! clients; only the top-level `member_id` and `cluster_id` (random per cluster) are
+//! ignored. `raft_term` is compared: rivet elects itself at term 2 like etcd's bootstrap.
+//!
+//! Without `etcd` on PATH the tests fail (CI installs it); they never skip.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{runtime, Etcd, Rivet};
+use futures::channel::mpsc;
+use futures::StreamExt;
+use rivet_api::etcdserverpb::{
+    compare::{CompareResult, CompareTarget, TargetUnion},
+    kv_client::KvClient,
+    request_op,
+    watch_client::WatchClient,
+    watch_create_request::FilterType,
+    watch_request::RequestUnion,
+    CompactionRequest, Compare, DeleteRangeRequest, PutRequest, RequestOp, ResponseHeader,
+    TxnRequest, WatchCancelRequest, WatchCreateRequest, WatchProgressRequest, WatchRequest,
+    WatchResponse,
+};
+use tonic::transport::Channel;
+
+const DEFAULT_SEED: u64 = 0x5eed_3a7c_4000_0001;
+/// How long without a new watch response counts as "the server has sent everything".
+/// etcd syncs unsynced (catching-up) watchers every 100 ms; this is well above that.
+const QUIET: Duration = Duration::from_millis(350);
+/// The bound on waiting for quiescence (a server that never stops sending fails).
+const QUIET_BOUND: Duration = Duration::from_secs(15);
+/// How long one unary request may take before the test calls it a hang.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// SplitMix64: the replayed sequence depends on the seed alone.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    fn percent(&mut self, p: u64) -> bool {
+        self.next() % 100 < p
+    }
+
+    fn pick<T: Clone>(&mut self, items: &[T]) -> T {
+        items[self.below(items.len())].clone()
+    }
+
+    /// Uniform in `lo..=hi` (`lo` when `hi <= lo`).
+    fn between(&mut self, lo: i64, hi: i64) -> i64 {
+        if hi <= lo {
+            return lo;
+        }
+        lo + (self.next() % ((hi - lo + 1) as u64)) as i64
+    }
+}
+
+fn env_seed() -> u64 {
+    match std::env::var("RIVET_DIFF_SEED") {
+        Ok(text) => {
+            let text = text.trim();
+            match text.strip_prefix("0x") {
+                Some(hex) => u64::from_str_radix(hex, 16),
+                None => text.parse(),
+            }
+            .unwrap_or_else(|e| panic!("RIVET_DIFF_SEED={text:?}: {e}"))
+        }
+        Err(_) => DEFAULT_SEED,
+    }
+}
+
+fn require_etcd_34() {
+    assert!(
+        Etcd::available(),
+        "these tests need etcd 3.4 on PATH (apt-get install etcd-server); they fail rather \
+         than skip"
+    );
+    let version = std::process::Command::new("etcd")
+        .arg("--version")
+        .output()
+        .expect("etcd --version");
+    let text = String::from_utf8_lossy(&version.stdout);
+    assert!(text.contains("etcd Version: 3.4."), "need etcd 3.4: {text}");
+}
+
+async fn channel(endpoint: &str) -> Channel {
+    let url = format!("http://{endpoint}");
+    Channel::from_shared(url.clone())
+        .expect("endpoint url")
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("connect to {url}: {e}"))
+}
+
+fn b(text: &[u8]) -> Bytes {
+    Bytes::copy_from_slice(text)
+}
+
+fn clear_ids(header: &mut Option<ResponseHeader>) {
+    if let Some(h) = header {
+        h.member_id = 0;
+        h.cluster_id = 0;
+    }
+}
+
+/// A unary answer or the error, comparable across servers.
+fn outcome<T: std::fmt::Debug>(result: Result<tonic::Response<T>, tonic::Status>) -> String {
+    match result {
+        Ok(r) => format!("{:?}", r.into_inner()),
+        Err(s) => format!("error {:?}: {}", s.code(), s.message()),
+    }
+}
+
+async fn bounded<F: std::future::Future>(what: &str, f: F) -> F::Output {
+    tokio::time::timeout(ANSWER_TIMEOUT, f)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: no answer within {ANSWER_TIMEOUT:?}"))
+}
+
+// ---- Watch -----------------------------------------------------------------------------
+
+/// The keys written: shared prefixes, so prefixes and ranges overlap.
+const KEYS: [&[u8]; 10] = [
+    b"a", b"a/1", b"a/2", b"ab", b"b", b"b/1", b"c", b"foo", b"foo/x", b"fop",
+];
+
+/// One open watch stream: the request sender and every response received, in order.
+struct Stream {
+    requests: mpsc::UnboundedSender<WatchRequest>,
+    received: Arc<Mutex<Vec<WatchResponse>>>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+/// One server's side of the watch test.
+struct Side {
+    name: &'static str,
+    channel: Channel,
+    kv: KvClient<Channel>,
+    streams: Vec<Stream>,
+}
+
+impl Side {
+    async fn new(name: &'static str, endpoint: &str) -> Side {
+        let channel = channel(endpoint).await;
+        Side {
+            name,
+            kv: KvClient::new(channel.clone()),
+            channel,
+            streams: Vec::new(),
+        }
+    }
+
+    async fn open_stream(&mut self) {
+        let (requests, inbound) = mpsc::unbounded();
+        let mut client = WatchClient::new(self.channel.clone());
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let sink = received.clone();
+        let name = self.name;
+        // etcd (grpc-go) sends the stream's headers with its first response, so the call
+        // is awaited by the reader, not here.
+        let reader = tokio::spawn(async move {
+            let mut responses = client
+                .watch(inbound)
+                .await
+                .unwrap_or_else(|e| panic!("{name}: watch: {e}"))
+                .into_inner();
+            while let Some(Ok(mut response)) = responses.next().await {
+                clear_ids(&mut response.header);
+                sink.lock().expect("lock").push(response);
+            }
+        });
+        self.streams.push(Stream {
+            requests,
+            received,
+            reader,
+        });
+    }
+
+    fn send(&self, stream: usize, request: RequestUnion) {
+        self.streams[stream]
+            .requests
+            .unbounded_send(WatchRequest {
+                request_union: Some(request),
+            })
+            .expect("watch stream open");
+    }
+
+    fn received_count(&self) -> usize {
+        self.streams
+            .iter()
+            .map(|s| s.received.lock().expect("lock").len())
+            .sum()
+    }
+
+    /// Waits until no stream received anything for [`QUIET`].
+    async fn quiesce(&self) {
+        let deadline = Instant::now() + QUIET_BOUND;
+        let mut seen = self.received_count();
+        loop {
+            tokio::time::sleep(QUIET).await;
+            let now = self.received_count();
+            if now == seen {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: watch responses still arriving after {QUIET_BOUND:?}",
+                self.name
+            );
+            seen = now;
+        }
+    }
+
+    /// Every stream's responses grouped by watch ID, each group in arrival order. etcd
+    /// sends the responses of different watchers of one revision in map order (random),
+    /// so only the order within a watcher is compared.
+    fn by_watcher(&self) -> BTreeMap<(usize, i64), Vec<WatchResponse>> {
+        let mut groups: BTreeMap<(usize, i64), Vec<WatchResponse>> = BTreeMap::new();
+        for (i, stream) in self.streams.iter().enumerate() {
+            for response in stream.received.lock().expect("lock").iter() {
+                groups
+                    .entry((i, response.watch_id))
+                    .or_default()
+                    .push(response.clone());
+            }
+        }
+        groups
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Write {
+    Put(PutRequest),
+    Delete(DeleteRangeRequest),
+    Txn(TxnRequest),
+    Compact(CompactionRequest),
+}
+
+async fn write(kv: &mut KvClient<Channel>, op: &Write) -> (String, i64) {
+    let (text, revision) = match op {
+        Write::Put(r) => match kv.put(r.clone()).await {
+            Ok(a) => {
+                let mut a = a.into_inner();
+                clear_ids(&mut a.header);
+                (format!("{a:?}"), a.header.map_or(0, |h| h.revision))
+            }
+            Err(e) => (outcome::<()>(Err(e)), 0),
+        },
+        Write::Delete(r) => match kv.delete_range(r.clone()).await {
+            Ok(a) => {
+                let mut a = a.into_inner();
+                clear_ids(&mut a.header);
+                (format!("{a:?}"), a.header.map_or(0, |h| h.revision))
+            }
+            Err(e) => (outcome::<()>(Err(e)), 0),
+        },
+        Write::Txn(r) => match kv.txn(r.clone()).await {
+            Ok(a) => {
+                let mut a = a.into_inner();
+                clear_ids(&mut a.header);
+                for response in &mut a.responses {
+                    use rivet_api::etcdserverpb::response_op::Response;
+                    match &mut response.response {
+                        Some(Response::ResponsePut(p)) => clear_ids(&mut p.header),
+                        Some(Response::ResponseDeleteRange(d)) => clear_ids(&mut d.header),
+                        Some(Response::ResponseRange(r)) => clear_ids(&mut r.header),
+                        Some(Response::ResponseTxn(t)) => clear_ids(&mut t.header),
+                        None => {}
+                    }
+                }
+                (format!("{a:?}"), a.header.map_or(0, |h| h.revision))
+            }
+            Err(e) => (outcome::<()>(Err(e)), 0),
+        },
+        Write::Compact(r) => match kv.compact(*r).await {
+            Ok(a) => {
+                let mut a = a.into_inner();
+                clear_ids(&mut a.header);
+                (format!("{a:?}"), a.header.map_or(0, |h| h.revision))
+            }
+            Err(e) => (outcome::<()>(Err(e)), 0),
+        },
+    };
+    (text, revision)
+}
+
+/// The generator: knows the revision and the compaction from etcd's answers.
+struct WatchGen {
+    rng: Rng,
+    revision: i64,
+    compacted: i64,
+    streams: usize,
+}
+
+fn prefix_end(key: &[u8]) -> Bytes {
+    let mut end = key.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return Bytes::from(end);
+        }
+    }
+    b(b"\0")
+}
+
+impl WatchGen {
+    fn distinct_keys(&mut self, n: usize) -> Vec<&'static [u8]> {
+        let mut keys: Vec<&'static [u8]> = KEYS.to_vec();
+        // Fisher-Yates: the txn's op order is not the key order.
+        for i in (1..keys.len()).rev() {
+            let j = self.rng.below(i + 1);
+            keys.swap(i, j);
+        }
+        keys.truncate(n);
+        keys
+    }
+
+    fn value(&mut self) -> Bytes {
+        Bytes::from(format!("v{}", self.rng.below(1000)))
+    }
+
+    fn delete_range(&mut self, key: &[u8]) -> DeleteRangeRequest {
+        let range_end = match self.rng.below(4) {
+            0 => Bytes::new(),
+            1 => prefix_end(key),
+            2 => b(b"\0"),
+            _ => {
+                let other = self.rng.pick(&KEYS);
+                if other > key {
+                    b(other)
+                } else {
+                    prefix_end(key)
+                }
+            }
+        };
+        DeleteRangeRequest {
+            key: b(key),
+            range_end,
+            prev_kv: self.rng.percent(50),
+        }
+    }
+
+    fn request_op(&mut self, key: &[u8]) -> RequestOp {
+        let request = if self.rng.percent(70) {
+            request_op::Request::RequestPut(PutRequest {
+                key: b(key),
+                value: self.value(),
+                prev_kv: self.rng.percent(30),
+                ..Default::default()
+            })
+        } else {
+            request_op::Request::RequestDeleteRange(DeleteRangeRequest {
+                key: b(key),
+                prev_kv: self.rng.percent(30),
+                ..Default::default()
+            })
+        };
+        RequestOp {
+            request: Some(request),
+        }
+    }
+
+    fn write(&mut self) -> Write {
+        match self.rng.below(100) {
+            0..=39 => {
+                let key = self.rng.pick(&KEYS);
+                Write::Put(PutRequest {
+                    key: b(key),
+                    value: self.value(),
+                    prev_kv: self.rng.percent(30),
+                    ..Default::default()
+                })
+            }
+            40..=54 => {
+                let key = self.rng.pick(&KEYS);
+                Write::Delete(DeleteRangeRequest {
+                    key: b(key),
+                    prev_kv: self.rng.percent(30),
+                    ..Default::default()
+                })
+            }
+            55..=64 => {
+                let key = self.rng.pick(&[&b"a"[..], b"a/", b"b", b"f", b"foo"]);
+                let request = self.delete_range(key);
+                Write::Delete(request)
+            }
+            65..=92 => {
+                let n = 2 + self.rng.below(4);
+                let keys = self.distinct_keys(n);
+                let (then, otherwise) = keys.split_at(keys.len() / 2 + 1);
+                let success = then.iter().map(|k| self.request_op(k)).collect();
+                let failure = otherwise.iter().map(|k| self.request_op(k)).collect();
+                let compared = self.rng.pick(&KEYS);
+                Write::Txn(TxnRequest {
+                    compare: vec![Compare {
+                        result: CompareResult::Greater as i32,
+                        target: CompareTarget::Version as i32,
+                        key: b(compared),
+                        range_end: Bytes::new(),
+                        target_union: Some(TargetUnion::Version(0)),
+                    }],
+                    success,
+                    failure,
+                })
+            }
+            _ => {
+                let revision = self.rng.between(self.compacted + 1, self.revision);
+                Write::Compact(CompactionRequest {
+                    revision,
+                    physical: true,
+                })
+            }
+        }
+    }
+
+    fn create(&mut self) -> WatchCreateRequest {
+        let key = self.rng.pick(&KEYS);
+        let (key, range_end) = match self.rng.below(6) {
+            0 | 1 => (b(key), Bytes::new()),
+            2 => {
+                let prefix = self.rng.pick(&[&b"a"[..], b"a/", b"b", b"f", b"foo"]);
+                (b(prefix), prefix_end(prefix))
+            }
+            3 => (b(b"\0"), b(b"\0")),
+            4 => (b(key), b(b"\0")),
+            _ => {
+                let other = self.rng.pick(&KEYS);
+                if other > key {
+                    (b(key), b(other))
+                } else {
+                    (b(key), prefix_end(key))
+                }
+            }
+        };
+        let start_revision = match self.rng.below(10) {
+            0..=3 => 0,
+            4..=6 => self.rng.between(self.compacted.max(1), self.revision),
+            7 if self.compacted > 1 => self.rng.between(1, self.compacted - 1),
+            7 => self.compacted,
+            8 => self.revision + 1 + self.rng.between(0, 2),
+            _ => self.compacted.max(1),
+        };
+        let mut filters = Vec::new();
+        if self.rng.percent(15) {
+            filters.push(FilterType::Noput as i32);
+        }
+        if self.rng.percent(15) {
+            filters.push(FilterType::Nodelete as i32);
+        }
+        let watch_id = if self.rng.percent(25) {
+            self.rng.pick(&[1, 2, 3, 7, 100, 101])
+        } else {
+            0
+        };
+        WatchCreateRequest {
+            key,
+            range_end,
+            start_revision,
+            progress_notify: false,
+            filters,
+            prev_kv: self.rng.percent(40),
+            watch_id,
+            fragment: false,
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Step {
+    Write(Write),
+    OpenStream,
+    Create(usize, WatchCreateRequest),
+    Cancel(usize, i64),
+    Progress(usize),
+}
+
+/// The watch IDs of a stream that were created and not (yet) cancelled, from responses.
+fn live_ids(responses: &[WatchResponse]) -> Vec<i64> {
+    let mut live = Vec::new();
+    for r in responses {
+        if r.created && !r.canceled {
+            live.push(r.watch_id);
+        } else if r.canceled {
+            live.retain(|id| *id != r.watch_id);
+        }
+    }
+    live
+}
+
+fn first_difference(etcd: &[WatchResponse], rivet: &[WatchResponse]) -> String {
+    for (i, (e, r)) in etcd.iter().zip(rivet).enumerate() {
+        if e != r {
+            return format!("response {i}:\n  etcd:  {e:?}\n  rivet: {r:?}");
+        }
+    }
+    format!(
+        "etcd sent {} responses, rivet {}; the extra ones:\n  etcd:  {:?}\n  rivet: {:?}",
+        etcd.len(),
+        rivet.len(),
+        etcd.get(rivet.len()..),
+        rivet.get(etcd.len()..)
+    )
+}
+
+fn watch_differential(shards: &str) {
+    require_etcd_34();
+    let seed = env_seed();
+    let steps = std::env::var("RIVET_DIFF_STEPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(70usize);
+    let etcd = Etcd::start(&[]);
+    let rivet = Rivet::start(&["--shards", shards]);
+    runtime().block_on(async {
+        let mut etcd_side = Side::new("etcd", &etcd.endpoint()).await;
+        let mut rivet_side = Side::new("rivet", &rivet.endpoint()).await;
+        let mut gen = WatchGen {
+            rng: Rng(seed),
+            revision: 1,
+            compacted: 0,
+            streams: 0,
+        };
+        // A fixed start: watchers of every kind on one stream before any write, so the
+        // live path sees every write.
+        let mut script = vec![Step::OpenStream];
+        let all = WatchCreateRequest {
+            key: b(b"\0"),
+            range_end: b(b"\0"),
+            prev_kv: true,
+            ..Default::default()
+        };
+        script.push(Step::Create(0, all.clone()));
+        script.push(Step::Create(
+            0,
+            WatchCreateRequest {
+                key: b(b"a"),
+                ..Default::default()
+            },
+        ));
+        script.push(Step::Create(
+            0,
+            WatchCreateRequest {
+                key: b(b"a/"),
+                range_end: prefix_end(b"a/"),
+                filters: vec![FilterType::Nodelete as i32],
+                ..Default::default()
+            },
+        ));
+        script.push(Step::Create(
+            0,
+            WatchCreateRequest {
+                key: b(b"b"),
+                range_end: b(b"c"),
+                filters: vec![FilterType::Noput as i32],
+                prev_kv: true,
+                ..Default::default()
+            },
+        ));
+        script.push(Step::Create(
+            0,
+            WatchCreateRequest {
+                key: b(b"foo"),
+                range_end: prefix_end(b"foo"),
+                watch_id: 100,
+                ..Default::default()
+            },
+        ));
+        script.push(Step::OpenStream);
+        let mut log: Vec<String> = Vec::new();
+        let mut step = 0;
+        let mut scripted = script.into_iter();
+        let mut stats: BTreeMap<&str, usize> = BTreeMap::new();
+        loop {
+            let next = match scripted.next() {
+                Some(s) => s,
+                None if step >= steps => break,
+                None => {
+                    step += 1;
+                    match gen.rng.below(100) {
+                        0..=64 => Step::Write(gen.write()),
+                        65..=82 => {
+                            let stream = gen.rng.below(gen.streams);
+                            Step::Create(stream, gen.create())
+                        }
+                        83..=90 => {
+                            let stream = gen.rng.below(gen.streams);
+                            let live =
+                                live_ids(&etcd_side.streams[stream].received.lock().expect("lock"));
+                            let id = if live.is_empty() || gen.rng.percent(10) {
+                                55
+                            } else {
+                                gen.rng.pick(&live)
+                            };
+                            Step::Cancel(stream, id)
+                        }
+                        91..=95 if gen.streams < 4 => Step::OpenStream,
+                        _ => Step::Progress(gen.rng.below(gen.streams)),
+                    }
+                }
+            };
+            log.push(format!("{next:?}"));
+            match &next {
+                Step::Write(op) => {
+                    *stats.entry("write").or_default() += 1;
+                    let (etcd_answer, revision) =
+                        bounded("etcd write", write(&mut etcd_side.kv, op)).await;
+                    let (rivet_answer, _) =
+                        bounded("rivet write", write(&mut rivet_side.kv, op)).await;
+                    assert_eq!(
+                        rivet_answer, etcd_answer,
+                        "seed {seed:#x}: write {op:?}: rivet (left) differs from etcd"
+                    );
+                    if revision > 0 {
+                        gen.revision = revision;
+                    }
+                    if let Write::Compact(c) = op {
+                        if !etcd_answer.starts_with("error") {
+                            gen.compacted = c.revision;
+                        }
+                    }
+                }
+                Step::OpenStream => {
+                    etcd_side.open_stream().await;
+                    rivet_side.open_stream().await;
+                    gen.streams += 1;
+                }
+                Step::Create(stream, create) => {
+                    *stats.entry("create").or_default() += 1;
+                    let request = RequestUnion::CreateRequest(create.clone());
+                    etcd_side.send(*stream, request.clone());
+                    rivet_side.send(*stream, request);
+                }
+                Step::Cancel(stream, id) => {
+                    *stats.entry("cancel").or_default() += 1;
+                    let request = RequestUnion::CancelRequest(WatchCancelRequest { watch_id: *id });
+                    etcd_side.send(*stream, request.clone());
+                    rivet_side.send(*stream, request);
+                }
+                Step::Progress(stream) => {
+                    *stats.entry("progress").or_default() += 1;
+                    let request = RequestUnion::ProgressRequest(WatchProgressRequest {});
+                    etcd_side.send(*stream, request.clone());
+                    rivet_side.send(*stream, request);
+                }
+            }
+            if !matches!(next, Step::Write(_)) {
+                // Watch requests answer asynchronously; catching-up watchers must be
+                // synced before the next write, or its events may join their catch-up.
+                tokio::join!(etcd_side.quiesce(), rivet_side.quiesce());
+            }
+        }
+        tokio::join!(etcd_side.quiesce(), rivet_side.quiesce());
+        let etcd_groups = etcd_side.by_watcher();
+        let rivet_groups = rivet_side.by_watcher();
+        let mut events = 0;
+        let mut compacted_cancels = 0;
+        for ((stream, id), etcd_responses) in &etcd_groups {
+            let rivet_responses = rivet_groups
+                .get(&(*stream, *id))
+                .map_or(&[][..], Vec::as_slice);
+            assert!(
+                rivet_responses == etcd_responses.as_slice(),
+                "seed {seed:#x} --shards {shards}: stream {stream}, watch {id}: {}\n\
+                 steps:\n{}",
+                first_difference(etcd_responses, rivet_responses),
+                log.join("\n")
+            );
+            events += etcd_responses.iter().map(|r| r.events.len()).sum::<usize>();
+            compacted_cancels += etcd_responses
+                .iter()
+                .filter(|r| r.compact_revision != 0)
+                .count();
+        }
+        let extra: Vec<_> = rivet_groups
+            .keys()
+            .filter(|k| !etcd_groups.contains_key(k))
+            .collect();
+        assert!(
+            extra.is_empty(),
+            "seed {seed:#x}: rivet answered for watchers etcd did not: {extra:?}: {:?}",
+            extra.iter().map(|k| &rivet_groups[k]).collect::<Vec<_>>()
+        );
+        println!(
+            "seed {seed:#x} --shards {shards}: {} watchers equal, {events} events, \
+             {compacted_cancels} compacted cancels, revision {}, compacted at {}, {stats:?}",
+            etcd_groups.len(),
+            gen.revision,
+            gen.compacted
+        );
+        assert!(events > 50, "the scenario must exercise the watchers");
+    });
+}
+
+#[test]
+fn watch_streams_match_etcd_one_shard() {
+    watch_differential("1");
+}
