@@ -192,6 +192,8 @@ impl WatchStream {
         let mut response = self.response(id, current);
         response.created = true;
         if self.watchers.contains_key(&id) {
+            // etcd answers a refused create with watch ID -1, not the one asked for.
+            response.watch_id = -1;
             response.canceled = true;
             response.cancel_reason = DUPLICATE_WATCH_ID.to_string();
             return self.send(response).await;
