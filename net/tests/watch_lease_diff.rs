@@ -526,6 +526,102 @@ fn first_difference(etcd: &[WatchResponse], rivet: &[WatchResponse]) -> String {
     )
 }
 
+fn put(key: &[u8], value: &[u8]) -> RequestOp {
+    RequestOp {
+        request: Some(request_op::Request::RequestPut(PutRequest {
+            key: b(key),
+            value: b(value),
+            prev_kv: true,
+            ..Default::default()
+        })),
+    }
+}
+
+fn delete(key: &[u8]) -> RequestOp {
+    RequestOp {
+        request: Some(request_op::Request::RequestDeleteRange(
+            DeleteRangeRequest {
+                key: b(key),
+                prev_kv: true,
+                ..Default::default()
+            },
+        )),
+    }
+}
+
+/// A txn that succeeds (nothing has the key "never") with `ops`.
+fn txn(ops: Vec<RequestOp>) -> Write {
+    Write::Txn(TxnRequest {
+        compare: vec![Compare {
+            result: CompareResult::Equal as i32,
+            target: CompareTarget::Version as i32,
+            key: b(b"never"),
+            range_end: Bytes::new(),
+            target_union: Some(TargetUnion::Version(0)),
+        }],
+        success: ops,
+        failure: vec![],
+    })
+}
+
+fn create(key: &[u8], range_end: &[u8], start_revision: i64, watch_id: i64) -> WatchCreateRequest {
+    WatchCreateRequest {
+        key: b(key),
+        range_end: b(range_end),
+        start_revision,
+        watch_id,
+        prev_kv: true,
+        ..Default::default()
+    }
+}
+
+/// The cases the seeded part may miss, spelled out (`revision`: the current one): txns
+/// whose op order is not the key order, replayed from history after a compaction at
+/// their revision; a start below the compaction; a duplicate client-chosen ID (on one
+/// stream, and the same ID on another stream); a start in the future; cancels; progress.
+fn fixed_epilogue(revision: i64) -> Vec<Step> {
+    let first_txn = revision + 1;
+    vec![
+        Step::Write(txn(vec![
+            put(b"fop", b"1"),
+            put(b"c", b"1"),
+            put(b"b/1", b"1"),
+            put(b"a/2", b"1"),
+            put(b"a", b"1"),
+        ])),
+        Step::Write(txn(vec![delete(b"c"), put(b"b", b"2"), delete(b"fop")])),
+        Step::Write(Write::Compact(CompactionRequest {
+            revision: first_txn,
+            physical: true,
+        })),
+        Step::Create(1, create(b"\0", b"\0", first_txn, 0)),
+        Step::Create(1, create(b"a", b"b", first_txn - 1, 0)),
+        Step::Create(0, create(b"a", b"", 0, 500)),
+        Step::Create(0, create(b"b", b"", 0, 500)),
+        Step::Create(1, create(b"a", b"", 0, 500)),
+        Step::Create(1, create(b"a", b"b", first_txn + 3, 0)),
+        Step::Write(Write::Put(PutRequest {
+            key: b(b"a"),
+            value: b(b"2"),
+            ..Default::default()
+        })),
+        Step::Write(txn(vec![
+            put(b"a/1", b"3"),
+            delete(b"a"),
+            put(b"a/2", b"3"),
+        ])),
+        Step::Write(txn(vec![put(b"a", b"4"), put(b"ab", b"4")])),
+        Step::Cancel(0, 500),
+        Step::Cancel(1, 500),
+        Step::Progress(1),
+        Step::Write(Write::Put(PutRequest {
+            key: b(b"a"),
+            value: b(b"5"),
+            ..Default::default()
+        })),
+    ]
+}
+
 fn watch_differential(shards: &str) {
     require_etcd_34();
     let seed = env_seed();
@@ -594,9 +690,17 @@ fn watch_differential(shards: &str) {
         let mut step = 0;
         let mut scripted = script.into_iter();
         let mut stats: BTreeMap<&str, usize> = BTreeMap::new();
+        let mut epilogue = None;
         loop {
             let next = match scripted.next() {
                 Some(s) => s,
+                None if step >= steps && epilogue.is_none() => {
+                    let mut steps = fixed_epilogue(gen.revision).into_iter();
+                    let first = steps.next().expect("an epilogue");
+                    epilogue = Some(());
+                    scripted = steps.collect::<Vec<_>>().into_iter();
+                    first
+                }
                 None if step >= steps => break,
                 None => {
                     step += 1;
@@ -674,8 +778,24 @@ fn watch_differential(shards: &str) {
             }
         }
         tokio::join!(etcd_side.quiesce(), rivet_side.quiesce());
-        let etcd_groups = etcd_side.by_watcher();
-        let rivet_groups = rivet_side.by_watcher();
+        let mut etcd_groups = etcd_side.by_watcher();
+        let mut rivet_groups = rivet_side.by_watcher();
+        if shards != "1" {
+            // Known deviation (docs/ARCHITECTURE.md, Watch): with several shards, the
+            // events of one revision come in shard order (apply order within a shard), not
+            // in the txn's op order, because shards share no sub-revision. Compared here
+            // by (revision, key) on both sides; the one-shard test compares the order.
+            for group in etcd_groups.values_mut().chain(rivet_groups.values_mut()) {
+                for response in group {
+                    response.events.sort_by(|x, y| {
+                        let key = |e: &rivet_api::mvccpb::Event| {
+                            e.kv.as_ref().map(|kv| (kv.mod_revision, kv.key.clone()))
+                        };
+                        key(x).cmp(&key(y))
+                    });
+                }
+            }
+        }
         let mut events = 0;
         let mut compacted_cancels = 0;
         for ((stream, id), etcd_responses) in &etcd_groups {
@@ -718,4 +838,9 @@ fn watch_differential(shards: &str) {
 #[test]
 fn watch_streams_match_etcd_one_shard() {
     watch_differential("1");
+}
+
+#[test]
+fn watch_streams_match_etcd_three_shards() {
+    watch_differential("3");
 }
