@@ -1160,3 +1160,368 @@ fn lease_operations_match_etcd() {
         );
     });
 }
+
+// ---- etcdctl ---------------------------------------------------------------------------
+
+use std::io::{Read, Write as _};
+use std::process::{Child, ChildStdin, Command, Stdio};
+
+/// A long-running etcdctl (watch, lock, elect, ...) whose output is collected while it
+/// runs; killed and reaped on drop, also when the test panics.
+struct Running {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    out: Arc<Mutex<Vec<u8>>>,
+    err: Arc<Mutex<Vec<u8>>>,
+    readers: Vec<std::thread::JoinHandle<()>>,
+}
+
+fn collect(
+    mut pipe: impl Read + Send + 'static,
+    into: Arc<Mutex<Vec<u8>>>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut buffer = [0u8; 4096];
+        while let Ok(n) = pipe.read(&mut buffer) {
+            if n == 0 {
+                break;
+            }
+            into.lock().expect("lock").extend_from_slice(&buffer[..n]);
+        }
+    })
+}
+
+impl Running {
+    fn spawn(endpoint: &str, args: &[&str], with_stdin: bool) -> Running {
+        let mut child = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg("--endpoints")
+            .arg(endpoint)
+            .args(args)
+            .stdin(if with_stdin {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run etcdctl");
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let err = Arc::new(Mutex::new(Vec::new()));
+        let readers = vec![
+            collect(child.stdout.take().expect("stdout"), out.clone()),
+            collect(child.stderr.take().expect("stderr"), err.clone()),
+        ];
+        Running {
+            stdin: child.stdin.take(),
+            child,
+            out,
+            err,
+            readers,
+        }
+    }
+
+    fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.out.lock().expect("lock")).into_owned()
+    }
+
+    fn input(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("spawned with stdin");
+        stdin.write_all(line.as_bytes()).expect("write to etcdctl");
+        stdin.flush().expect("flush");
+    }
+
+    /// Waits (bounded) until stdout contains `needle`; false if it never does.
+    fn wait_for(&self, needle: &str) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if self.stdout().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
+    fn signal(&self, signal: i32) {
+        // SAFETY: signalling our own child, which has not been reaped yet.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+    }
+
+    /// SIGTERM (etcdctl's lock and elect release what they hold), then the exit status
+    /// and everything it wrote (stderr without the client's JSON log lines).
+    fn finish(mut self) -> (bool, String, String) {
+        self.signal(libc::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                break self.child.wait().expect("wait");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        for reader in self.readers.drain(..) {
+            let _ = reader.join();
+        }
+        let err = String::from_utf8_lossy(&self.err.lock().expect("lock"))
+            .lines()
+            .filter(|l| !l.starts_with("{\"level\":"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        (status.success(), self.stdout(), err)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits until none of `running` wrote anything for 500 ms (bounded).
+fn settle(running: &[&Running]) {
+    let total = || running.iter().map(|r| r.stdout().len()).sum::<usize>();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut seen = total();
+    loop {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = total();
+        if now == seen || Instant::now() > deadline {
+            return;
+        }
+        seen = now;
+    }
+}
+
+/// Replaces every lowercase hex run after `prefix` with `<lease>`.
+fn mask_hex_after(text: &str, prefix: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(at) = rest.find(prefix) {
+        let after = at + prefix.len();
+        out.push_str(&rest[..after]);
+        rest = &rest[after..];
+        let hex = rest
+            .bytes()
+            .take_while(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c))
+            .count();
+        if hex > 0 {
+            out.push_str("<lease>");
+            rest = &rest[hex..];
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Masks what legitimately differs in etcdctl output: member and cluster IDs (JSON).
+fn mask_ids(text: &str) -> String {
+    let mut out = text.to_string();
+    for pattern in ["\"cluster_id\":", "\"member_id\":"] {
+        let mut masked = String::new();
+        let mut rest = out.as_str();
+        while let Some(at) = rest.find(pattern) {
+            let after = at + pattern.len();
+            masked.push_str(&rest[..after]);
+            rest = &rest[after..];
+            let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+            masked.push('N');
+            rest = &rest[digits..];
+        }
+        masked.push_str(rest);
+        out = masked;
+    }
+    out
+}
+
+/// Runs one etcdctl command to completion on `endpoint`: (success, stdout, stderr).
+fn run(endpoint: &str, args: &[&str]) -> (bool, String, String) {
+    let output = common::etcdctl(endpoint, args, None);
+    let err = String::from_utf8_lossy(&output.stderr)
+        .lines()
+        .filter(|l| !l.starts_with("{\"level\":"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        err,
+    )
+}
+
+/// Runs `args` on both; panics unless the outputs are equal. Returns etcd's.
+fn both_same(etcd: &str, rivet: &str, args: &[&str]) -> (bool, String, String) {
+    let e = run(etcd, args);
+    let r = run(rivet, args);
+    assert_eq!(
+        (r.0, mask_ids(&r.1), &r.2),
+        (e.0, mask_ids(&e.1), &e.2),
+        "etcdctl {args:?}: rivet (left) differs from etcd"
+    );
+    e
+}
+
+/// Output of a watcher that saw `ready` puts before the compared part: what follows
+/// the last `ready` value (the number of readiness rounds each watcher saw differs).
+fn after_ready(text: &str) -> String {
+    match text.rfind("ready\n") {
+        Some(at) => text[at + "ready\n".len()..].to_string(),
+        None => text.to_string(),
+    }
+}
+
+#[test]
+fn etcdctl_watch_matches_etcd() {
+    require_etcd_34();
+    let etcd = Etcd::start(&[]);
+    let rivet = Rivet::start(&[]);
+    let (e, r) = (etcd.endpoint(), rivet.endpoint());
+    // History: replayed by the watchers with --rev.
+    for args in [
+        &["put", "foo", "1"][..],
+        &["put", "foo/a", "1"],
+        &["put", "bar", "1"],
+        &["put", "foo", "2"],
+        &["del", "foo/a"],
+    ] {
+        both_same(&e, &r, args);
+    }
+    let specs: Vec<Vec<&str>> = vec![
+        vec!["watch", "foo"],
+        vec!["watch", "--prefix", "foo", "--prev-kv"],
+        vec!["watch", "foo", "--rev", "2"],
+        vec!["watch", "--prefix", "", "--rev", "1", "-w", "json"],
+        vec!["watch", "--prefix", "foo", "--rev", "3", "--prev-kv"],
+        vec!["watch", "bar", "foo/z"],
+    ];
+    let start = |endpoint: &str| -> Vec<Running> {
+        specs
+            .iter()
+            .map(|args| Running::spawn(endpoint, args, false))
+            .collect()
+    };
+    let (etcd_watchers, rivet_watchers) = (start(&e), start(&r));
+    // The --rev watchers print the history first; the next write must not join that
+    // catch-up (etcd batches what an unsynced watcher has not seen yet).
+    for (spec, (etcd_w, rivet_w)) in specs.iter().zip(etcd_watchers.iter().zip(&rivet_watchers)) {
+        if spec.contains(&"--rev") {
+            assert!(etcd_w.wait_for("1"), "etcd: {spec:?} printed no history");
+            assert!(rivet_w.wait_for("1"), "rivet: {spec:?} printed no history");
+        }
+    }
+    settle(
+        &etcd_watchers
+            .iter()
+            .chain(&rivet_watchers)
+            .collect::<Vec<_>>(),
+    );
+    // Readiness: puts of foo=ready on both in lockstep (so revisions stay equal) until
+    // the plain watchers of both have seen one.
+    let mut rounds = 0;
+    loop {
+        both_same(&e, &r, &["put", "foo", "ready"]);
+        rounds += 1;
+        std::thread::sleep(Duration::from_millis(300));
+        let ready =
+            |w: &[Running]| w[0].stdout().contains("ready") && w[1].stdout().contains("ready");
+        if ready(&etcd_watchers) && ready(&rivet_watchers) {
+            break;
+        }
+        assert!(rounds < 50, "the watchers never saw a put");
+    }
+    for args in [
+        &["put", "foo", "3"][..],
+        &["put", "foo/b", "x"],
+        &["put", "bar", "2"],
+        &["put", "bar/1", "2"],
+        &["del", "--prefix", "foo/"],
+        &["del", "foo", "--prev-kv"],
+        &["put", "foo", "4"],
+    ] {
+        both_same(&e, &r, args);
+    }
+    let txn = "\n\nput foo/c c\nput bar b\ndel foo\nput foo/a a\n\n";
+    let e_txn = common::etcdctl(&e, &["txn"], Some(txn));
+    let r_txn = common::etcdctl(&r, &["txn"], Some(txn));
+    assert_eq!(r_txn.stdout, e_txn.stdout, "txn");
+    let all: Vec<&Running> = etcd_watchers.iter().chain(&rivet_watchers).collect();
+    settle(&all);
+    drop(all);
+    let mut events = 0;
+    for ((spec, etcd_w), rivet_w) in specs.iter().zip(etcd_watchers).zip(rivet_watchers) {
+        let (_, etcd_out, etcd_err) = etcd_w.finish();
+        let (_, rivet_out, rivet_err) = rivet_w.finish();
+        let plain = spec.iter().all(|a| *a != "--rev");
+        let norm = |t: &str| mask_ids(&if plain { after_ready(t) } else { t.to_string() });
+        assert_eq!(
+            (norm(&rivet_out), rivet_err),
+            (norm(&etcd_out), etcd_err),
+            "etcdctl {spec:?}: rivet (left) differs from etcd"
+        );
+        events += etcd_out.matches("PUT").count() + etcd_out.matches("DELETE").count();
+    }
+    assert!(events > 20, "the watchers saw events: {events}");
+
+    // A watch from a compacted revision: etcdctl reports the cancel and exits.
+    both_same(&e, &r, &["compaction", "4"]);
+    let compacted = both_same(&e, &r, &["watch", "foo", "--rev", "2"]);
+    assert!(compacted.2.contains("compacted"), "{compacted:?}");
+}
+
+#[test]
+fn etcdctl_interactive_watch_matches_etcd() {
+    require_etcd_34();
+    let etcd = Etcd::start(&[]);
+    let rivet = Rivet::start(&[]);
+    let (e, r) = (etcd.endpoint(), rivet.endpoint());
+    let mut etcd_w = Running::spawn(&e, &["watch", "-i"], true);
+    let mut rivet_w = Running::spawn(&r, &["watch", "-i"], true);
+    for w in [&mut etcd_w, &mut rivet_w] {
+        w.input("watch foo\n");
+        w.input("watch --prefix bar --prev-kv\n");
+    }
+    // Readiness, in lockstep as above, for both watchers; then every write is awaited on
+    // both before the next, since the two watchers print from goroutines of their own.
+    let mut rounds = 0;
+    loop {
+        both_same(&e, &r, &["put", "foo", "ready"]);
+        both_same(&e, &r, &["put", "bar", "ready"]);
+        rounds += 1;
+        std::thread::sleep(Duration::from_millis(300));
+        let ready = |w: &Running| w.stdout().matches("ready").count() >= 3;
+        if ready(&etcd_w) && ready(&rivet_w) {
+            break;
+        }
+        assert!(rounds < 50, "the watchers never saw a put");
+    }
+    settle(&[&etcd_w, &rivet_w]);
+    let before = (etcd_w.stdout().len(), rivet_w.stdout().len());
+    for args in [
+        &["put", "foo", "1"][..],
+        &["put", "bar/x", "1"],
+        &["put", "bar", "2"],
+        &["put", "other", "1"],
+        &["del", "--prefix", "bar"],
+        &["del", "foo"],
+        &["put", "foo", "3"],
+    ] {
+        both_same(&e, &r, args);
+        settle(&[&etcd_w, &rivet_w]);
+    }
+    let (_, etcd_out, etcd_err) = etcd_w.finish();
+    let (_, rivet_out, rivet_err) = rivet_w.finish();
+    assert_eq!(
+        (&rivet_out[before.1..], rivet_err),
+        (&etcd_out[before.0..], etcd_err),
+        "watch -i: rivet (left) differs from etcd"
+    );
+    assert!(
+        etcd_out[before.0..].matches("DELETE").count() >= 3,
+        "{etcd_out}"
+    );
+}
