@@ -1525,3 +1525,234 @@ fn etcdctl_interactive_watch_matches_etcd() {
         "{etcd_out}"
     );
 }
+
+/// One side of the etcdctl lease test: its endpoint and the lease IDs it granted (hex).
+struct CtlSide {
+    endpoint: String,
+    leases: Vec<String>,
+}
+
+impl CtlSide {
+    /// Runs `args` with `{L1}`, `{L2}`, … replaced by this side's lease IDs; the output
+    /// with the IDs replaced back, remaining TTLs masked, and listed IDs and attached
+    /// keys sorted (etcd lists both in Go map order).
+    fn run(&mut self, args: &[&str]) -> (bool, String, String) {
+        let args: Vec<String> = args
+            .iter()
+            .map(|a| {
+                let mut a = a.to_string();
+                for (i, id) in self.leases.iter().enumerate() {
+                    a = a.replace(&format!("{{L{}}}", i + 1), id);
+                }
+                a
+            })
+            .collect();
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (ok, mut out, mut err) = run(&self.endpoint, &refs);
+        if let Some(rest) = out.strip_prefix("lease ") {
+            if let Some((id, tail)) = rest.split_once(' ') {
+                if refs.get(1) == Some(&"grant") && tail.starts_with("granted") {
+                    self.leases.push(id.to_string());
+                }
+            }
+        }
+        for (i, id) in self.leases.iter().enumerate() {
+            out = out.replace(id.as_str(), &format!("{{L{}}}", i + 1));
+            err = err.replace(id.as_str(), &format!("{{L{}}}", i + 1));
+        }
+        out = mask_ids(&mask_remaining(&out));
+        if out.starts_with("found ") {
+            let mut lines: Vec<&str> = out.lines().collect();
+            lines[1..].sort_unstable();
+            out = lines.iter().map(|l| format!("{l}\n")).collect();
+        }
+        if let Some(at) = out.find("attached keys([") {
+            let start = at + "attached keys([".len();
+            if let Some(len) = out[start..].find(']') {
+                let mut keys: Vec<&str> = out[start..start + len].split(' ').collect();
+                keys.sort_unstable();
+                out = format!("{}{}{}", &out[..start], keys.join(" "), &out[start + len..]);
+            }
+        }
+        (ok, out, err)
+    }
+}
+
+/// `remaining(59s)` → `remaining(Ns)`: the servers' lease clocks started apart.
+fn mask_remaining(text: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("remaining(") {
+        let after = at + "remaining(".len();
+        out.push_str(&rest[..after]);
+        rest = &rest[after..];
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        out.push('N');
+        rest = &rest[digits..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[test]
+fn etcdctl_lease_matches_etcd() {
+    require_etcd_34();
+    let etcd = Etcd::start(&[]);
+    let rivet = Rivet::start(&[]);
+    let mut e = CtlSide {
+        endpoint: etcd.endpoint(),
+        leases: Vec::new(),
+    };
+    let mut r = CtlSide {
+        endpoint: rivet.endpoint(),
+        leases: Vec::new(),
+    };
+    let mut same = |args: &[&str]| {
+        let etcd_answer = e.run(args);
+        let rivet_answer = r.run(args);
+        assert_eq!(
+            rivet_answer, etcd_answer,
+            "etcdctl {args:?}: rivet (left) differs from etcd"
+        );
+        println!("{args:?}: {etcd_answer:?}");
+        etcd_answer
+    };
+    assert!(same(&["lease", "grant", "60"])
+        .1
+        .contains("{L1} granted with TTL(60s)"));
+    same(&["lease", "grant", "30"]);
+    same(&["lease", "list"]);
+    same(&["put", "k1", "v", "--lease={L1}"]);
+    same(&["put", "k2", "v", "--lease", "{L1}"]);
+    same(&["put", "k3", "v", "--lease={L2}"]);
+    assert!(!same(&["put", "k4", "v", "--lease=1234abcd"]).0);
+    same(&["get", "--prefix", "k"]);
+    same(&["lease", "timetolive", "{L1}"]);
+    same(&["lease", "timetolive", "{L1}", "--keys"]);
+    same(&["lease", "timetolive", "{L2}", "--keys"]);
+    same(&["lease", "timetolive", "1234abcd"]);
+    same(&["lease", "keep-alive", "--once", "{L1}"]);
+    same(&["lease", "keep-alive", "--once", "1234abcd"]);
+    same(&["lease", "revoke", "{L1}"]);
+    same(&["get", "--prefix", "k"]);
+    assert!(!same(&["lease", "revoke", "{L1}"]).0);
+    same(&["lease", "timetolive", "{L1}"]);
+    same(&["lease", "list"]);
+    same(&["lease", "revoke", "{L2}"]);
+    same(&["get", "--prefix", "k", "-w", "json"]);
+    // Below etcd's minimum TTL (2 s with the default election timeout): raised to it.
+    // Revoked at once, so that no comparison races its expiry.
+    assert!(same(&["lease", "grant", "1"])
+        .1
+        .contains("{L3} granted with TTL(2s)"));
+    same(&["lease", "revoke", "{L3}"]);
+}
+
+/// `etcdctl lock`: the holder prints its key (the lease in hex, masked); a second
+/// `lock` waits while the first holds it and gets it when the first is stopped (SIGTERM:
+/// etcdctl unlocks and revokes its session); `lock NAME command` runs the command.
+fn lock_scenario(endpoint: &str) -> Vec<String> {
+    let mut seen = Vec::new();
+    let first = Running::spawn(endpoint, &["lock", "mylock"], false);
+    assert!(
+        first.wait_for("\n"),
+        "{endpoint}: the first lock never printed its key"
+    );
+    let second = Running::spawn(endpoint, &["lock", "mylock"], false);
+    // Not a timing assertion: whatever it printed while the first held the lock is
+    // compared (it must be nothing, on both).
+    std::thread::sleep(Duration::from_secs(1));
+    seen.push(format!("second while held: {:?}", second.stdout()));
+    let (ok, out, err) = first.finish();
+    seen.push(format!(
+        "first: {ok} {:?} {err:?}",
+        mask_hex_after(&out, "mylock/")
+    ));
+    assert!(
+        second.wait_for("\n"),
+        "{endpoint}: the second lock never got it"
+    );
+    let (ok, out, err) = second.finish();
+    seen.push(format!(
+        "second: {ok} {:?} {err:?}",
+        mask_hex_after(&out, "mylock/")
+    ));
+    let (ok, out, err) = run(endpoint, &["lock", "other", "echo", "acquired"]);
+    seen.push(format!("with a command: {ok} {out:?} {err:?}"));
+    seen
+}
+
+#[test]
+fn etcdctl_lock_matches_etcd() {
+    require_etcd_34();
+    let etcd = Etcd::start(&[]);
+    let rivet = Rivet::start(&[]);
+    let etcd_seen = lock_scenario(&etcd.endpoint());
+    let rivet_seen = lock_scenario(&rivet.endpoint());
+    println!("{etcd_seen:#?}");
+    assert_eq!(
+        rivet_seen, etcd_seen,
+        "etcdctl lock: rivet (left) differs from etcd"
+    );
+    assert!(etcd_seen[1].contains("mylock/<lease>\\n"), "{etcd_seen:?}");
+    assert!(etcd_seen[2].contains("mylock/<lease>\\n"), "{etcd_seen:?}");
+}
+
+/// `etcdctl elect`: an observer (`elect -l`), a leader, a second candidate that waits
+/// until the leader resigns (SIGTERM), then leads.
+fn elect_scenario(endpoint: &str) -> Vec<String> {
+    let mut seen = Vec::new();
+    let observer = Running::spawn(endpoint, &["elect", "-l", "myelection"], false);
+    let first = Running::spawn(endpoint, &["elect", "myelection", "p1"], false);
+    assert!(
+        first.wait_for("p1\n"),
+        "{endpoint}: the first candidate never led"
+    );
+    assert!(
+        observer.wait_for("p1\n"),
+        "{endpoint}: the observer never saw p1"
+    );
+    let second = Running::spawn(endpoint, &["elect", "myelection", "p2"], false);
+    std::thread::sleep(Duration::from_secs(1));
+    seen.push(format!("second while first leads: {:?}", second.stdout()));
+    let (ok, out, err) = first.finish();
+    seen.push(format!(
+        "first: {ok} {:?} {err:?}",
+        mask_hex_after(&out, "myelection/")
+    ));
+    assert!(second.wait_for("p2\n"), "{endpoint}: the second never led");
+    assert!(
+        observer.wait_for("p2\n"),
+        "{endpoint}: the observer never saw p2"
+    );
+    let (ok, out, err) = second.finish();
+    seen.push(format!(
+        "second: {ok} {:?} {err:?}",
+        mask_hex_after(&out, "myelection/")
+    ));
+    settle(&[&observer]);
+    let (ok, out, err) = observer.finish();
+    seen.push(format!(
+        "observer: {ok} {:?} {err:?}",
+        mask_hex_after(&out, "myelection/")
+    ));
+    seen
+}
+
+#[test]
+fn etcdctl_elect_matches_etcd() {
+    require_etcd_34();
+    let etcd = Etcd::start(&[]);
+    let rivet = Rivet::start(&[]);
+    let etcd_seen = elect_scenario(&etcd.endpoint());
+    let rivet_seen = elect_scenario(&rivet.endpoint());
+    println!("{etcd_seen:#?}");
+    assert_eq!(
+        rivet_seen, etcd_seen,
+        "etcdctl elect: rivet (left) differs from etcd"
+    );
+    assert!(
+        etcd_seen[3].contains("p1") && etcd_seen[3].contains("p2"),
+        "{etcd_seen:?}"
+    );
+}
