@@ -6,6 +6,14 @@
 //! clients; only the top-level `member_id` and `cluster_id` (random per cluster) are
 //! ignored. `raft_term` is compared: rivet elects itself at term 2 like etcd's bootstrap.
 //!
+//! What is compared loosely, and why: responses of different watchers are compared per
+//! watcher (etcd sends one revision's responses in Go map order); with three shards the
+//! events of one revision are compared sorted by key (a documented deviation, see
+//! docs/ARCHITECTURE.md, Watch); lease key lists and lease lists are sorted (Go map order
+//! in etcd); remaining TTLs may differ by a second (granted TTLs compare exactly);
+//! etcdctl output has lease IDs (random) masked. The seeded watch scenario takes its
+//! seed from `RIVET_DIFF_SEED` and its length from `RIVET_DIFF_STEPS`.
+//!
 //! Without `etcd` on PATH the tests fail (CI installs it); they never skip.
 
 mod common;
