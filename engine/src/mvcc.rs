@@ -180,7 +180,10 @@ impl KeyIndex {
     }
 
     /// Every version (puts and tombstones) of the keys in the range with
-    /// `from_revision <= revision <= to_revision`, ordered by revision, then key.
+    /// `from_revision <= revision <= to_revision`, ordered by revision, then page pointer.
+    /// A shard appends the records of one revision in apply order (a txn's op order, a
+    /// range delete's key order) and never moves them, so within a revision this is the
+    /// order etcd's sub-revisions give; equal pointers keep key order.
     ///
     /// This walks every key of the range; for a catch-up over the whole key space that is
     /// the whole index.
@@ -211,8 +214,8 @@ impl KeyIndex {
                 });
             }
         }
-        // Stable: keys stay ascending within a revision.
-        changes.sort_by_key(|change| change.revision);
+        // Stable: equal pointers keep keys ascending.
+        changes.sort_by_key(|change| (change.revision, change.ptr));
         changes
     }
 

@@ -331,7 +331,7 @@ impl Shard {
     }
 
     /// The changes of one key range with `from <= revision <= to`, read from the index
-    /// (the catch-up path), ordered by revision.
+    /// (the catch-up path), ordered by revision, within a revision in apply order.
     pub fn history(
         &self,
         key: &[u8],

@@ -192,6 +192,8 @@ impl WatchStream {
         let mut response = self.response(id, current);
         response.created = true;
         if self.watchers.contains_key(&id) {
+            // etcd answers a refused create with watch ID -1, not the one asked for.
+            response.watch_id = -1;
             response.canceled = true;
             response.cancel_reason = DUPLICATE_WATCH_ID.to_string();
             return self.send(response).await;
@@ -320,11 +322,11 @@ impl WatchStream {
                     }
                     Err(CompactedAt(compact_revision)) => {
                         self.watchers.remove(&id);
-                        let mut response = self.response(id, revision);
+                        // As etcd 3.4 sends it: a header at revision 0 and no cancel
+                        // reason (its mvcc layer reports only the compact revision).
+                        let mut response = self.response(id, 0);
                         response.canceled = true;
                         response.compact_revision = compact_revision;
-                        response.cancel_reason =
-                            "etcdserver: mvcc: required revision has been compacted".to_string();
                         if !self.send(response).await {
                             return false;
                         }
