@@ -11,8 +11,27 @@ use std::task::{Context, Poll};
 use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
 
-/// hyper's `Read`/`Write` over a glommio socket.
-pub struct GlommioIo(pub TcpStream);
+use crate::authority::AuthorityFilter;
+
+/// hyper's `Read`/`Write` over a glommio socket. What the client sends passes through
+/// an [`AuthorityFilter`] (Go clients' URL authorities) until the connection shows it
+/// is not HTTP/2 with prior knowledge.
+pub struct GlommioIo {
+    socket: TcpStream,
+    filter: Option<AuthorityFilter>,
+}
+
+impl GlommioIo {
+    pub fn new(socket: TcpStream) -> GlommioIo {
+        GlommioIo {
+            socket,
+            filter: Some(AuthorityFilter::new()),
+        }
+    }
+}
+
+/// Bytes read from the socket per filtered read.
+const FILTERED_READ_BYTES: usize = 16 * 1024;
 
 impl hyper::rt::Read for GlommioIo {
     fn poll_read(
@@ -20,6 +39,26 @@ impl hyper::rt::Read for GlommioIo {
         cx: &mut Context<'_>,
         mut buf: hyper::rt::ReadBufCursor<'_>,
     ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        while let Some(filter) = this.filter.as_mut() {
+            let ready = filter.output();
+            if !ready.is_empty() {
+                let n = ready.len().min(buf.remaining());
+                buf.put_slice(&ready.split_to(n));
+                return Poll::Ready(Ok(()));
+            }
+            if filter.is_passthrough() {
+                this.filter = None;
+                break;
+            }
+            let mut scratch = [0u8; FILTERED_READ_BYTES];
+            match Pin::new(&mut this.socket).poll_read(cx, &mut scratch) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Ok(())),
+                Poll::Ready(Ok(n)) => filter.feed(&scratch[..n]),
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
         // SAFETY: the bytes are initialized (zeroed) before they are handed out as `u8`s,
         // and `advance` is called with exactly the number of bytes the read wrote.
         let slice = unsafe {
@@ -29,7 +68,7 @@ impl hyper::rt::Read for GlommioIo {
             }
             &mut *(uninit as *mut [MaybeUninit<u8>] as *mut [u8])
         };
-        match Pin::new(&mut self.0).poll_read(cx, slice) {
+        match Pin::new(&mut this.socket).poll_read(cx, slice) {
             Poll::Ready(Ok(n)) => {
                 // SAFETY: `n` bytes were just written by the read.
                 unsafe { buf.advance(n) };
@@ -47,15 +86,15 @@ impl hyper::rt::Write for GlommioIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
+        Pin::new(&mut self.socket).poll_write(cx, buf)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
+        Pin::new(&mut self.socket).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_close(cx)
+        Pin::new(&mut self.socket).poll_close(cx)
     }
 }
 

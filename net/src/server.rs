@@ -384,7 +384,10 @@ async fn accept_loop(listener: TcpListener, core: Rc<ShardCore>, max_request_byt
             let mut builder = auto::Builder::new(GlommioExecutor);
             // Never cap concurrent streams low: proxies multiplex many (etcd lesson 34).
             builder.http2().max_concurrent_streams(u32::MAX);
-            if let Err(e) = builder.serve_connection(GlommioIo(stream), service).await {
+            if let Err(e) = builder
+                .serve_connection(GlommioIo::new(stream), service)
+                .await
+            {
                 tracing::debug!("client connection ended: {e}");
             }
         };
