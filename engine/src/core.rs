@@ -708,6 +708,11 @@ impl ShardCore {
     }
 
     pub async fn range(&self, request: RangeRequest) -> Result<RangeResponse, EtcdError> {
+        // A learner serves serializable reads only (the rest of its refusals are in the
+        // client service, which sees every gRPC method before it runs).
+        if !request.serializable && self.shared.is_learner.load(Ordering::Acquire) {
+            return Err(EtcdError::NotSupportedForLearner);
+        }
         check::check_range(&request)?;
         let end = RangeEnd::from_request(&request.range_end);
         let current = if request.serializable {

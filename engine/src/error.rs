@@ -57,6 +57,8 @@ pub enum EtcdError {
     LearnerNotReady,
     #[error("etcdserver: too many learner members in cluster")]
     TooManyLearners,
+    #[error("etcdserver: rpc not supported for learner")]
+    NotSupportedForLearner,
     #[error("etcdserver: unhealthy cluster")]
     Unhealthy,
     #[error("etcdserver: not leader")]
@@ -67,6 +69,9 @@ pub enum EtcdError {
     LeaderChanged,
     #[error("etcdserver: {0}")]
     Internal(String),
+    /// The answer of another member this request was handed to, passed on as it came.
+    #[error("{1}")]
+    Forwarded(Code, String),
     /// An error whose text carries no `etcdserver:` prefix (etcd's `concurrency` errors
     /// from the election service), answered with code Unknown like etcd does.
     #[error("{0}")]
@@ -95,13 +100,16 @@ impl EtcdError {
             | EtcdError::TooManyLearners
             | EtcdError::NotLeader
             | EtcdError::BadLeaderTransferee => Code::FailedPrecondition,
-            EtcdError::Unhealthy | EtcdError::LeaderChanged => Code::Unavailable,
+            EtcdError::Unhealthy | EtcdError::LeaderChanged | EtcdError::NotSupportedForLearner => {
+                Code::Unavailable
+            }
             EtcdError::NoSpace => Code::ResourceExhausted,
             EtcdError::LeaseNotFound => Code::NotFound,
             EtcdError::LeaseExist => Code::FailedPrecondition,
             EtcdError::LeaseTtlTooLarge => Code::OutOfRange,
             EtcdError::NoLeader | EtcdError::Timeout | EtcdError::Stopped => Code::Unavailable,
             EtcdError::Internal(_) | EtcdError::Plain(_) => Code::Unknown,
+            EtcdError::Forwarded(code, _) => *code,
         }
     }
 }

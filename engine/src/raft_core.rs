@@ -86,6 +86,35 @@ pub trait PeerLink {
     fn send_snapshot(&self, to: u64, message: bytes::Bytes, data: bytes::Bytes);
     /// Test-only fault switch: drop all traffic to and from these peers (empty: heal).
     fn set_blocked(&self, peers: &[u64]);
+    /// Since when the link to `to` has been up (keep-alives close a dead peer's link);
+    /// `None` while it is down.
+    fn connected_since(&self, to: u64) -> Option<Instant>;
+}
+
+/// How long a follower waits for the leader to answer a forwarded promotion.
+const FORWARD_PROMOTE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Asks the leader, at its client URL, to promote learner `id`, and answers what it did.
+async fn forward_promote(url: String, id: u64) -> Result<MemberChangeResult, EtcdError> {
+    use rivet_api::etcdserverpb::{cluster_client::ClusterClient, MemberPromoteRequest};
+    let call = async {
+        let channel = tonic::transport::Endpoint::from_shared(url.clone())
+            .map_err(|e| EtcdError::Internal(format!("leader client URL {url}: {e}")))?
+            .connect()
+            .await
+            .map_err(|_| EtcdError::NoLeader)?;
+        let response = ClusterClient::new(channel)
+            .member_promote(MemberPromoteRequest { id })
+            .await
+            .map_err(|status| EtcdError::Forwarded(status.code(), status.message().into()))?;
+        Ok(MemberChangeResult {
+            member: None,
+            members: response.into_inner().members,
+        })
+    };
+    tokio::time::timeout(FORWARD_PROMOTE_TIMEOUT, call)
+        .await
+        .unwrap_or(Err(EtcdError::Timeout))
 }
 
 /// What the transport delivers to the raft core.
@@ -1060,6 +1089,13 @@ impl RaftCore {
             .map(|m| (m.id, m.peer_urls.clone()))
             .collect();
         self.peers.set_peers(peers);
+        let learner = self
+            .members
+            .get(self.config.member_id)
+            .is_some_and(|m| m.is_learner);
+        self.shared
+            .is_learner
+            .store(learner, std::sync::atomic::Ordering::Release);
     }
 
     /// Once there is a leader, publishes this member's name and client URLs (etcd's
@@ -1097,9 +1133,31 @@ impl RaftCore {
         change: MemberChange,
         reply: oneshot::Sender<Result<MemberChangeResult, EtcdError>>,
     ) {
-        if self.node.raft.leader_id == raft::INVALID_ID {
+        let leader = self.node.raft.leader_id;
+        if leader == raft::INVALID_ID {
             let _ = reply.send(Err(EtcdError::NoLeader));
             return;
+        }
+        if let MemberChange::Promote { id } = change {
+            if self.node.raft.state != StateRole::Leader {
+                // Only the leader knows whether the learner is in sync: like etcd, a
+                // follower hands the promotion to the leader's client port.
+                let url = self
+                    .members
+                    .get(leader)
+                    .and_then(|m| m.client_urls.first().cloned());
+                match url {
+                    Some(url) => {
+                        tokio::spawn(async move {
+                            let _ = reply.send(forward_promote(url, id).await);
+                        });
+                    }
+                    None => {
+                        let _ = reply.send(Err(EtcdError::NoLeader));
+                    }
+                }
+                return;
+            }
         }
         if let Err(e) = self.check_member_change(&change) {
             let _ = reply.send(Err(e));
@@ -1191,15 +1249,41 @@ impl RaftCore {
         }
     }
 
-    /// etcd's checks before a membership change, including `--strict-reconfig-check`:
-    /// a change may not leave fewer started (recently active) voters than a quorum.
+    /// Whether this member can count on `id` for a membership change: its peer link has
+    /// been up for [`limits::RECONFIG_CONNECTED_FOR`] (etcd asks its transport the same)
+    /// and, on the leader, raft heard from it within the last election timeout.
+    fn peer_active(&self, id: u64) -> bool {
+        if id == self.config.member_id {
+            return true;
+        }
+        let heard = self.node.raft.state != StateRole::Leader
+            || self
+                .node
+                .raft
+                .prs()
+                .get(id)
+                .is_some_and(|p| p.recent_active);
+        let settled = self
+            .peers
+            .connected_since(id)
+            .is_some_and(|since| since.elapsed() >= limits::RECONFIG_CONNECTED_FOR);
+        heard && settled
+    }
+
+    /// etcd 3.4's checks before a membership change (`mayAddMember`, `mayRemoveMember`,
+    /// `mayPromoteMember`), made by the member that received the request. With
+    /// `--strict-reconfig-check` a change may not leave fewer started voters than a
+    /// quorum, nor be made while this member is cut off from voters it would need.
+    /// "Started" is etcd's: the member has published its name.
     fn check_member_change(&self, change: &MemberChange) -> Result<(), EtcdError> {
-        let voters = self.node.raft.prs().conf().voters().ids();
-        let progress = self.node.raft.prs();
-        let active = |id: u64| {
-            id == self.config.member_id || progress.get(id).is_some_and(|p| p.recent_active)
-        };
-        let is_leader = self.node.raft.state == StateRole::Leader;
+        let strict = self.config.strict_reconfig_check;
+        let voters: Vec<u64> = self
+            .members
+            .members()
+            .filter(|m| !m.is_learner)
+            .map(|m| m.id)
+            .collect();
+        let started = |id: &u64| self.members.get(*id).is_some_and(|m| !m.name.is_empty());
         match change {
             MemberChange::Add {
                 peer_urls,
@@ -1212,34 +1296,50 @@ impl RaftCore {
                 if bad {
                     return Err(EtcdError::MemberBadUrls);
                 }
+                if strict {
+                    if !*is_learner {
+                        // The cluster with the new member, which has not started yet.
+                        let members = voters.len() + 1;
+                        let started = voters.iter().filter(|id| started(id)).count();
+                        // etcd lets a single started member take a second one (restoring
+                        // a cluster from one member's data).
+                        let restoring = started == 1 && members == 2;
+                        if !restoring && started < members / 2 + 1 {
+                            return Err(EtcdError::MemberNotEnoughStarted);
+                        }
+                    }
+                    if !voters.iter().all(|id| self.peer_active(*id)) {
+                        return Err(EtcdError::Unhealthy);
+                    }
+                }
                 if self.members.peer_url_in_use(peer_urls, None) {
                     return Err(EtcdError::PeerUrlExist);
                 }
                 if *is_learner && self.members.learner_count() >= limits::LEARNERS_MAX {
                     return Err(EtcdError::TooManyLearners);
                 }
-                if !*is_learner && self.config.strict_reconfig_check && is_leader {
-                    let started = voters.iter().filter(|id| active(*id)).count();
-                    // The quorum of the cluster with the new member: (n + 1) / 2 + 1.
-                    let quorum_after = voters.len().div_ceil(2) + 1;
-                    // etcd lets a single started member take a second one (restoring a
-                    // cluster from one member's data).
-                    let restoring = started == 1 && voters.len() == 1;
-                    if started < quorum_after && !restoring {
-                        return Err(EtcdError::MemberNotEnoughStarted);
-                    }
-                }
             }
             MemberChange::Remove { id } => {
+                let learner = self.members.get(*id).is_some_and(|m| m.is_learner);
+                if strict && !learner {
+                    let remaining: Vec<u64> = voters.iter().copied().filter(|v| v != id).collect();
+                    let started = remaining.iter().filter(|v| started(v)).count();
+                    if started < remaining.len() / 2 + 1 {
+                        return Err(EtcdError::MemberNotEnoughStarted);
+                    }
+                    // A member that is down is not part of the active quorum: removing
+                    // it is safe. Otherwise the active voters but it must be a quorum
+                    // of the voters that remain.
+                    let down = *id != self.config.member_id && !self.peer_active(*id);
+                    if !down {
+                        let active = voters.iter().filter(|v| self.peer_active(**v)).count();
+                        if active - 1 < 1 + (voters.len() - 1) / 2 {
+                            return Err(EtcdError::Unhealthy);
+                        }
+                    }
+                }
                 if !self.members.contains(*id) {
                     return Err(EtcdError::MemberNotFound);
-                }
-                if self.config.strict_reconfig_check && is_leader && voters.contains(*id) {
-                    let remaining = voters.len() - 1;
-                    let started = voters.iter().filter(|v| *v != *id && active(*v)).count();
-                    if remaining > 0 && started < remaining / 2 + 1 {
-                        return Err(EtcdError::Unhealthy);
-                    }
                 }
             }
             MemberChange::Update { id, peer_urls } => {
@@ -1254,18 +1354,28 @@ impl RaftCore {
                 let Some(member) = self.members.get(*id) else {
                     return Err(EtcdError::MemberNotFound);
                 };
-                if !member.is_learner {
-                    return Err(EtcdError::MemberNotLearner);
+                if self.node.raft.state != StateRole::Leader {
+                    // etcd decides promotions on the leader, which alone knows how far
+                    // the learner's log has come.
+                    return Err(EtcdError::NotLeader);
                 }
-                if is_leader {
-                    // etcd promotes a learner only once it has 90% of the leader's log.
-                    let committed = self.node.raft.raft_log.committed;
-                    let ready = progress.get(*id).is_some_and(|p| {
-                        p.matched * 100 >= committed * limits::LEARNER_READY_PERCENT
-                    });
-                    if !ready {
+                // A learner is promoted only once its log holds 90% of the leader's.
+                let progress = self.node.raft.prs();
+                let leader_match = progress.get(self.config.member_id).map_or(0, |p| p.matched);
+                if let Some(p) = progress.get(*id) {
+                    if p.matched * 100 < leader_match * limits::LEARNER_READY_PERCENT {
                         return Err(EtcdError::LearnerNotReady);
                     }
+                }
+                if strict {
+                    let members = voters.len() + 1;
+                    let started = voters.iter().filter(|v| started(v)).count();
+                    if started < members / 2 + 1 {
+                        return Err(EtcdError::MemberNotEnoughStarted);
+                    }
+                }
+                if !member.is_learner {
+                    return Err(EtcdError::MemberNotLearner);
                 }
             }
         }

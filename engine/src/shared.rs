@@ -35,6 +35,9 @@ pub struct Shared {
     /// Written by the raft core.
     pub term: AtomicU64,
     pub leader: AtomicU64,
+    /// Whether this member is a learner (written by the raft core when membership
+    /// changes): a learner serves only Status and serializable ranges, as in etcd 3.4.
+    pub is_learner: AtomicBool,
     pub shards: Vec<ShardProgress>,
 }
 
@@ -45,6 +48,7 @@ impl Shared {
             cluster_id,
             term: AtomicU64::new(0),
             leader: AtomicU64::new(0),
+            is_learner: AtomicBool::new(false),
             shards: (0..shard_count).map(|_| ShardProgress::new()).collect(),
         }
     }

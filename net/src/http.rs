@@ -10,7 +10,9 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body_util::Full;
 use rivet_engine::core::ShardCore;
+use rivet_engine::error::EtcdError;
 use tonic::body::Body;
+use tonic::Status;
 use tower::Service;
 
 use crate::services::{ETCD_CLUSTER_VERSION, ETCD_VERSION};
@@ -75,6 +77,16 @@ fn test_faults_enabled() -> bool {
     std::env::var("RIVET_TEST_FAULTS").is_ok_and(|v| v == "1")
 }
 
+/// The gRPC methods a learner serves, as in etcd 3.4: Status, and Range (which itself
+/// refuses linearizable reads). Every other method, streams included, is refused with
+/// "rpc not supported for learner" so that clients move on to a voting member.
+fn served_by_learner(path: &str) -> bool {
+    matches!(
+        path,
+        "/etcdserverpb.Maintenance/Status" | "/etcdserverpb.KV/Range"
+    )
+}
+
 fn is_grpc<B>(request: &Request<B>) -> bool {
     request
         .headers()
@@ -107,8 +119,14 @@ impl Service<Request<hyper::body::Incoming>> for ClientService {
             if let Some(method) = method {
                 rivet_engine::metrics::grpc_started(method);
             }
+            let refused = self.core.shared.is_learner.load(Ordering::Acquire)
+                && !served_by_learner(request.uri().path());
             return Box::pin(async move {
-                let response = grpc.call(request).await;
+                let response = if refused {
+                    Ok(Status::from(EtcdError::NotSupportedForLearner).into_http())
+                } else {
+                    grpc.call(request).await
+                };
                 if let (Some(method), Ok(response)) = (method, &response) {
                     // Errors travel in the headers (trailers-only responses); a response
                     // without `grpc-status` there went on and is counted as OK.

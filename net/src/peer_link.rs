@@ -120,6 +120,10 @@ impl PeerLink for QuicLink {
         self.transport.set_blocked(peers);
     }
 
+    fn connected_since(&self, to: u64) -> Option<std::time::Instant> {
+        self.transport.connected_since(to)
+    }
+
     fn send_snapshot(&self, to: u64, message: Bytes, data: Bytes) {
         let sending = self
             .transport

@@ -174,7 +174,10 @@ impl Maintenance for MaintenanceService {
                         })
                         .collect(),
                     db_size_in_use: db_size,
-                    is_learner: false,
+                    is_learner: core
+                        .shared
+                        .is_learner
+                        .load(std::sync::atomic::Ordering::Acquire),
                 })
             })
             .await

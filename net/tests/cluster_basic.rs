@@ -6,8 +6,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::cluster::{put_ok, wait_until, Cluster, Member};
-use common::{etcdctl, etcdctl_ok, free_port, free_udp_port, http_get};
+use common::cluster::{put_ok, wait_until, Cluster};
+use common::{etcdctl, etcdctl_ok, http_get};
 
 #[test]
 fn three_members_replicate_and_survive_the_leaders_death() {
@@ -104,13 +104,7 @@ fn a_member_added_after_compaction_catches_up_from_a_snapshot_and_can_be_removed
         assert!(put_ok(&first, &format!("key{i:04}"), &format!("value{i}")));
     }
     etcdctl_ok(&first, &["compaction", "300"]);
-    let mut joiner = Member {
-        name: "m3".into(),
-        client: free_port(),
-        peer: free_udp_port(),
-        dir: cluster.dir.path().join("m3.rivet"),
-        child: None,
-    };
+    let mut joiner = cluster.new_member("m3");
     let added = etcdctl_ok(
         &first,
         &["member", "add", "m3", "--peer-urls", &joiner.peer_url()],

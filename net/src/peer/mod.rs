@@ -754,6 +754,13 @@ impl PeerTransport {
         }
     }
 
+    /// Since when the link to `id` has been up; `None` while there is none.
+    pub fn connected_since(&self, id: u64) -> Option<Instant> {
+        let peer = self.handle.shared.peer(id)?;
+        let link = lock(&peer.link);
+        link.as_ref().map(|link| link.established_at)
+    }
+
     /// Whether `id` has a link up right now.
     pub fn is_connected(&self, id: u64) -> bool {
         self.handle

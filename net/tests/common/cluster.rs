@@ -1,6 +1,9 @@
 //! A rivet cluster of real processes on loopback for tests: each member gets free client
 //! and peer ports and a data directory under one temp dir; `RIVET_TEST_FAULTS=1` enables
 //! the transport's isolate/heal switch. Members are killed when dropped.
+//!
+//! The same harness starts a real etcd 3.4 cluster ([`Cluster::start_etcd`]) with the
+//! same flags, so that tests can run one script against both and compare.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -13,6 +16,8 @@ pub struct Member {
     pub peer: u16,
     pub dir: std::path::PathBuf,
     pub child: Option<Child>,
+    /// A real etcd member (peer port on TCP) instead of rivet (peer port on UDP).
+    pub etcd: bool,
 }
 
 impl Member {
@@ -31,7 +36,8 @@ impl Member {
             .open(self.dir.with_extension("log"))
             .expect("log");
         let client = format!("http://127.0.0.1:{}", self.client);
-        let child = Command::new(Rivet::binary())
+        let binary = if self.etcd { "etcd" } else { Rivet::binary() };
+        let child = Command::new(binary)
             .env("RIVET_TEST_FAULTS", "1")
             .args(["--name", &self.name, "--data-dir"])
             .arg(&self.dir)
@@ -99,14 +105,26 @@ pub fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
 
 impl Cluster {
     pub fn start(size: usize, extra: &[&str]) -> Cluster {
+        Cluster::start_of(false, size, extra)
+    }
+
+    /// A real etcd 3.4 cluster started with the same flags as [`Cluster::start`].
+    pub fn start_etcd(size: usize, extra: &[&str]) -> Cluster {
+        Cluster::start_of(true, size, extra)
+    }
+
+    fn start_of(etcd: bool, size: usize, extra: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut members: Vec<Member> = (0..size)
             .map(|i| Member {
                 name: format!("m{i}"),
                 client: free_port(),
-                peer: free_udp_port(),
-                dir: dir.path().join(format!("m{i}.rivet")),
+                peer: if etcd { free_port() } else { free_udp_port() },
+                dir: dir
+                    .path()
+                    .join(format!("m{i}.{}", if etcd { "etcd" } else { "rivet" })),
                 child: None,
+                etcd,
             })
             .collect();
         let initial = Cluster::initial(&members);
@@ -121,12 +139,14 @@ impl Cluster {
     /// A member that is not started yet, with fresh ports and a data dir beside the
     /// others (for `member add` tests).
     pub fn new_member(&self, name: &str) -> Member {
+        let etcd = self.members.first().is_some_and(|m| m.etcd);
         Member {
             name: name.into(),
             client: free_port(),
-            peer: free_udp_port(),
+            peer: if etcd { free_port() } else { free_udp_port() },
             dir: self.dir.path().join(format!("{name}.rivet")),
             child: None,
+            etcd,
         }
     }
 
