@@ -173,7 +173,8 @@ pub fn txn_is_read_only(request: &TxnRequest) -> bool {
         })
 }
 
-/// True when every range in the txn (recursively) is serializable.
+/// True when every op of both branches is a serializable range (etcd's rule: an empty
+/// txn is served locally, one that nests a txn is not).
 pub fn txn_is_serializable(request: &TxnRequest) -> bool {
     request
         .success
@@ -181,8 +182,8 @@ pub fn txn_is_serializable(request: &TxnRequest) -> bool {
         .chain(request.failure.iter())
         .all(|op| match &op.request {
             Some(request_op::Request::RequestRange(r)) => r.serializable,
-            Some(request_op::Request::RequestTxn(t)) => txn_is_serializable(t),
-            _ => true,
+            // etcd 3.4 reads a txn that nests another linearizably.
+            _ => false,
         })
 }
 

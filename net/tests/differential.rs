@@ -12,6 +12,11 @@
 //! for up to 12 elements; above that its order among equal sort keys is not a stable
 //! sort's. With at most 12 results per range, the orders compare exactly.
 //!
+//! The same sequence also runs against a 3-member rivet cluster, its connections spread
+//! over the members (writes forwarded by followers, linearizable reads by ReadIndex on
+//! followers); there `raft_term` is left out of the comparison, as it depends on how
+//! many election rounds the cluster's start took.
+//!
 //! Without `etcd` on PATH the test fails (CI installs it); it never skips.
 
 mod common;
@@ -21,12 +26,13 @@ use std::fmt::Debug;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::cluster::Cluster;
 use common::{runtime, Etcd, Rivet};
 use rivet_api::etcdserverpb::{
     compare::{CompareResult, CompareTarget, TargetUnion},
     kv_client::KvClient,
     range_request::{SortOrder, SortTarget},
-    request_op, CompactionRequest, CompactionResponse, Compare, DeleteRangeRequest,
+    request_op, response_op, CompactionRequest, CompactionResponse, Compare, DeleteRangeRequest,
     DeleteRangeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp,
     ResponseHeader, TxnRequest, TxnResponse,
 };
@@ -137,6 +143,35 @@ impl Answer {
             h.cluster_id = 0;
         }
         self
+    }
+
+    /// Clears `raft_term` in the header and in the headers of nested responses.
+    fn clear_term(&mut self) {
+        fn clear(header: &mut Option<ResponseHeader>) {
+            if let Some(h) = header {
+                h.raft_term = 0;
+            }
+        }
+        fn clear_txn(txn: &mut TxnResponse) {
+            clear(&mut txn.header);
+            for op in &mut txn.responses {
+                match &mut op.response {
+                    Some(response_op::Response::ResponseRange(r)) => clear(&mut r.header),
+                    Some(response_op::Response::ResponsePut(r)) => clear(&mut r.header),
+                    Some(response_op::Response::ResponseDeleteRange(r)) => clear(&mut r.header),
+                    Some(response_op::Response::ResponseTxn(t)) => clear_txn(t),
+                    None => {}
+                }
+            }
+        }
+        match self {
+            Answer::Range(r) => clear(&mut r.header),
+            Answer::Put(r) => clear(&mut r.header),
+            Answer::Delete(r) => clear(&mut r.header),
+            Answer::Txn(t) => clear_txn(t),
+            Answer::Compact(r) => clear(&mut r.header),
+            Answer::Error { .. } => {}
+        }
     }
 
     /// A short label for the statistics printed at the end.
@@ -613,9 +648,9 @@ fn report(
     op: &impl Debug,
     etcd: &Answer,
     rivet: &Answer,
-    rivet_server: &Rivet,
+    rivet_log: &str,
 ) {
-    let log = rivet_server.log_text();
+    let log = rivet_log;
     let log_tail: Vec<&str> = log.lines().rev().take(30).collect();
     let log_tail: Vec<&str> = log_tail.into_iter().rev().collect();
     let etcd_text = format!("{etcd:#?}");
@@ -681,7 +716,15 @@ async fn connect(url: &str) -> KvClient<Channel> {
 struct Pair<'a> {
     etcd: KvClient<Channel>,
     rivets: Vec<KvClient<Channel>>,
-    rivet: &'a Rivet,
+    /// The end of rivet's log (of every member), for reports.
+    rivet_log: &'a dyn Fn() -> String,
+    /// rivet is a cluster: headers are compared without `raft_term` (a cluster's term
+    /// depends on how many election rounds its start took), and every read is preceded
+    /// by a linearizable range on the same connection. A serializable read
+    /// on a follower may lag writes acknowledged by other members — allowed, and not
+    /// what etcd's single member shows — but not writes a linearizable read on the
+    /// same member has already waited for.
+    cluster: bool,
     /// The last steps, for the report.
     recent: VecDeque<String>,
 }
@@ -691,8 +734,24 @@ impl Pair<'_> {
     /// returns etcd's.
     async fn run(&mut self, op: &Op, connection: usize, context: impl Fn() -> String) -> Answer {
         let rivet_client = &mut self.rivets[connection % RIVET_CONNECTIONS];
-        let (etcd_answer, rivet_answer) =
+        // Serializable reads: ranges, and read-only txns whose ops are all serializable
+        // ranges (an empty txn among them), so simply every range and txn.
+        if self.cluster && matches!(op, Op::Range(_) | Op::Txn(_)) {
+            {
+                let barrier = Op::Range(RangeRequest {
+                    key: bytes(b"\0"),
+                    count_only: true,
+                    ..Default::default()
+                });
+                execute(rivet_client, &barrier).await;
+            }
+        }
+        let (mut etcd_answer, mut rivet_answer) =
             tokio::join!(execute(&mut self.etcd, op), execute(rivet_client, op));
+        if self.cluster {
+            etcd_answer.clear_term();
+            rivet_answer.clear_term();
+        }
         if etcd_answer != rivet_answer {
             report(
                 &context(),
@@ -700,7 +759,7 @@ impl Pair<'_> {
                 op,
                 &etcd_answer,
                 &rivet_answer,
-                self.rivet,
+                &(self.rivet_log)(),
             );
         }
         etcd_answer
@@ -733,23 +792,67 @@ impl Pair<'_> {
 /// Steps between two read-backs of the history written since the previous one.
 const HISTORY_EVERY: usize = 200;
 
-fn differential(shards: &str) {
+/// What rivet runs as in a differential run.
+enum Target {
+    /// One member with `--shards`.
+    Member(&'static str),
+    /// Three members (default shards); connections spread over them, so that writes
+    /// are forwarded by followers and linearizable reads go through ReadIndex there.
+    Cluster,
+}
+
+fn differential(target: Target) {
     require_etcd_34();
     let seed = env_number("RIVET_DIFF_SEED", DEFAULT_SEED);
     let steps = env_number("RIVET_DIFF_STEPS", DEFAULT_STEPS as u64) as usize;
     let max_txn_ops = MAX_TXN_OPS.to_string();
     let etcd = Etcd::start(&["--max-txn-ops", &max_txn_ops]);
-    let rivet = Rivet::start(&["--shards", shards, "--max-txn-ops", &max_txn_ops]);
+    let (rivet, cluster, shards) = match target {
+        Target::Member(shards) => (
+            Some(Rivet::start(&[
+                "--shards",
+                shards,
+                "--max-txn-ops",
+                &max_txn_ops,
+            ])),
+            None,
+            shards,
+        ),
+        Target::Cluster => (
+            None,
+            Some(Cluster::start(3, &["--max-txn-ops", &max_txn_ops])),
+            "default, 3 members",
+        ),
+    };
+    let urls: Vec<String> = match (&rivet, &cluster) {
+        (Some(rivet), _) => vec![rivet.url(); RIVET_CONNECTIONS],
+        (_, Some(cluster)) => cluster
+            .endpoints()
+            .iter()
+            .map(|e| format!("http://{e}"))
+            .collect(),
+        _ => unreachable!("a target"),
+    };
+    let rivet_log = || match (&rivet, &cluster) {
+        (Some(rivet), _) => rivet.log_text(),
+        (_, Some(cluster)) => cluster
+            .members
+            .iter()
+            .map(|m| format!("--- {}:\n{}", m.name, m.log_text()))
+            .collect(),
+        _ => String::new(),
+    };
     let started = Instant::now();
     runtime().block_on(async {
         let mut rivets = Vec::new();
-        for _ in 0..RIVET_CONNECTIONS {
-            rivets.push(connect(&rivet.url()).await);
+        for url in urls.iter().cycle().take(RIVET_CONNECTIONS) {
+            rivets.push(connect(url).await);
         }
         let mut pair = Pair {
             etcd: connect(&format!("http://{}", etcd.endpoint())).await,
             rivets,
-            rivet: &rivet,
+            rivet_log: &rivet_log,
+            cluster: cluster.is_some(),
             recent: VecDeque::new(),
         };
         let reproduce = |steps: usize| {
@@ -806,10 +909,15 @@ fn differential(shards: &str) {
 
 #[test]
 fn differential_against_etcd_one_shard() {
-    differential("1");
+    differential(Target::Member("1"));
 }
 
 #[test]
 fn differential_against_etcd_three_shards() {
-    differential("3");
+    differential(Target::Member("3"));
+}
+
+#[test]
+fn differential_against_etcd_three_members() {
+    differential(Target::Cluster);
 }
