@@ -99,6 +99,7 @@ pub static PROPOSALS_PENDING: Counter = Counter::new();
 pub static PROPOSALS_FAILED: Counter = Counter::new();
 pub static HAS_LEADER: Counter = Counter::new();
 pub static IS_LEADER: Counter = Counter::new();
+pub static HEARTBEAT_SEND_FAILURES: Counter = Counter::new();
 
 /// gRPC methods counted by `grpc_server_started_total` and `grpc_server_handled_total`.
 pub const GRPC_METHODS: &[(&str, &str, &str)] = &[
@@ -223,6 +224,13 @@ pub fn render(gauges: &Gauges) -> String {
         "counter",
         "The number of leader changes seen.",
         LEADER_CHANGES.get(),
+    );
+    simple(
+        &mut out,
+        "etcd_server_heartbeat_send_failures_total",
+        "counter",
+        "The total number of leader heartbeat send failures (likely overloaded from slow disk).",
+        HEARTBEAT_SEND_FAILURES.get(),
     );
     simple(
         &mut out,

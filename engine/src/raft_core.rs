@@ -554,6 +554,21 @@ impl RaftCore {
         })
     }
 
+    /// etcd's warning when a leader's heartbeats go out later than twice the heartbeat
+    /// interval: followers may soon start an election.
+    fn warn_late_heartbeat(&self, since_last_tick: Duration) {
+        let expected = self.config.heartbeat_interval * 2;
+        if self.node.raft.state == StateRole::Leader && since_last_tick > expected {
+            tracing::warn!(
+                expected_duration = ?expected,
+                exceeded_duration = ?(since_last_tick - expected),
+                "leader failed to send out heartbeat on time; took too long, leader is \
+                 overloaded likely from slow disk"
+            );
+            crate::metrics::HEARTBEAT_SEND_FAILURES.inc();
+        }
+    }
+
     /// Runs until `commands` closes (every shard core stopped), then checkpoints so the
     /// next start replays nothing.
     pub async fn run(
@@ -565,6 +580,7 @@ impl RaftCore {
         self.update_peers();
         let mut ticker = tokio::time::interval(self.config.heartbeat_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_tick = Instant::now();
         loop {
             tokio::select! {
                 command = commands.recv() => match command {
@@ -576,6 +592,9 @@ impl RaftCore {
                     Err(_) => break,
                 },
                 _ = ticker.tick() => {
+                    let now = Instant::now();
+                    self.warn_late_heartbeat(now - last_tick);
+                    last_tick = now;
                     self.node.tick();
                     self.check_move_leader();
                     self.expire_leases();
