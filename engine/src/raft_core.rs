@@ -91,19 +91,49 @@ pub trait PeerLink {
     fn connected_since(&self, to: u64) -> Option<Instant>;
 }
 
-/// How long a follower waits for the leader to answer a forwarded promotion.
-const FORWARD_PROMOTE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a follower waits for the leader to answer a request handed to it.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A gRPC channel to the leader's client URL, for the requests only the leader can
+/// answer (etcd sends them over its peer URL).
+async fn leader_channel(url: &str) -> Result<tonic::transport::Channel, EtcdError> {
+    tonic::transport::Endpoint::from_shared(url.to_string())
+        .map_err(|e| EtcdError::Internal(format!("leader client URL {url}: {e}")))?
+        .connect()
+        .await
+        .map_err(|_| EtcdError::NoLeader)
+}
+
+/// Asks the leader for a lease's remaining TTL: only its lessor's clock is exact.
+async fn forward_time_to_live(
+    url: String,
+    id: i64,
+    keys: bool,
+) -> Result<crate::messages::LeaseTtl, EtcdError> {
+    use rivet_api::etcdserverpb::{lease_client::LeaseClient, LeaseTimeToLiveRequest};
+    let call = async {
+        let response = LeaseClient::new(leader_channel(&url).await?)
+            .lease_time_to_live(LeaseTimeToLiveRequest { id, keys })
+            .await
+            .map_err(|status| EtcdError::Forwarded(status.code(), status.message().into()))?
+            .into_inner();
+        Ok(crate::messages::LeaseTtl {
+            id: response.id,
+            ttl: response.ttl,
+            granted_ttl: response.granted_ttl,
+            keys: response.keys,
+        })
+    };
+    tokio::time::timeout(FORWARD_TIMEOUT, call)
+        .await
+        .unwrap_or(Err(EtcdError::Timeout))
+}
 
 /// Asks the leader, at its client URL, to promote learner `id`, and answers what it did.
 async fn forward_promote(url: String, id: u64) -> Result<MemberChangeResult, EtcdError> {
     use rivet_api::etcdserverpb::{cluster_client::ClusterClient, MemberPromoteRequest};
     let call = async {
-        let channel = tonic::transport::Endpoint::from_shared(url.clone())
-            .map_err(|e| EtcdError::Internal(format!("leader client URL {url}: {e}")))?
-            .connect()
-            .await
-            .map_err(|_| EtcdError::NoLeader)?;
-        let response = ClusterClient::new(channel)
+        let response = ClusterClient::new(leader_channel(&url).await?)
             .member_promote(MemberPromoteRequest { id })
             .await
             .map_err(|status| EtcdError::Forwarded(status.code(), status.message().into()))?;
@@ -112,7 +142,7 @@ async fn forward_promote(url: String, id: u64) -> Result<MemberChangeResult, Etc
             members: response.into_inner().members,
         })
     };
-    tokio::time::timeout(FORWARD_PROMOTE_TIMEOUT, call)
+    tokio::time::timeout(FORWARD_TIMEOUT, call)
         .await
         .unwrap_or(Err(EtcdError::Timeout))
 }
@@ -667,7 +697,20 @@ impl RaftCore {
                 let _ = reply.send(result);
             }
             RaftCommand::LeaseTimeToLive { id, keys, reply } => {
-                let _ = reply.send(self.time_to_live(id, keys));
+                let local = self.time_to_live(id, keys);
+                match self.leader_client_url() {
+                    // A follower knows the TTL only as of the last checkpoint; like
+                    // etcd, it asks the leader (and answers what it knows if it can't).
+                    Some(url) if !self.lessor.is_primary() => {
+                        tokio::spawn(async move {
+                            let ttl = forward_time_to_live(url, id, keys).await;
+                            let _ = reply.send(ttl.unwrap_or(local));
+                        });
+                    }
+                    _ => {
+                        let _ = reply.send(local);
+                    }
+                }
             }
             RaftCommand::AlarmList { reply } => {
                 let _ = reply.send(self.alarms.clone());
@@ -1147,6 +1190,17 @@ impl RaftCore {
         }
     }
 
+    /// The leader's first client URL, when another member leads.
+    fn leader_client_url(&self) -> Option<String> {
+        let leader = self.node.raft.leader_id;
+        if leader == raft::INVALID_ID || leader == self.config.member_id {
+            return None;
+        }
+        self.members
+            .get(leader)
+            .and_then(|m| m.client_urls.first().cloned())
+    }
+
     fn propose_member_change(
         &mut self,
         change: MemberChange,
@@ -1161,11 +1215,7 @@ impl RaftCore {
             if self.node.raft.state != StateRole::Leader {
                 // Only the leader knows whether the learner is in sync: like etcd, a
                 // follower hands the promotion to the leader's client port.
-                let url = self
-                    .members
-                    .get(leader)
-                    .and_then(|m| m.client_urls.first().cloned());
-                match url {
+                match self.leader_client_url() {
                     Some(url) => {
                         tokio::spawn(async move {
                             let _ = reply.send(forward_promote(url, id).await);

@@ -160,3 +160,34 @@ fn a_member_added_after_compaction_catches_up_from_a_snapshot_and_can_be_removed
     });
     assert_eq!(etcdctl_ok(&first, &["member", "list"]).lines().count(), 3);
 }
+
+/// Only the leader's lessor keeps lease clocks; a follower asks it for a lease's TTL (as
+/// etcd does) instead of answering the TTL of the last checkpoint.
+#[test]
+fn a_follower_answers_a_lease_ttl_from_the_leaders_clock() {
+    let cluster = Cluster::start(3, &[]);
+    let leader = cluster.wait_for_leader(None);
+    let follower = cluster.members[(leader + 1) % 3].endpoint();
+    let granted = etcdctl_ok(
+        &cluster.members[leader].endpoint(),
+        &["lease", "grant", "100"],
+    );
+    let id = granted
+        .split_whitespace()
+        .nth(1)
+        .expect("lease id")
+        .to_string();
+    etcdctl_ok(&follower, &["put", "leased", "v", "--lease", &id]);
+    // Let at least two seconds of the lease pass (a precondition, not a timing check).
+    std::thread::sleep(Duration::from_millis(2500));
+    let ttl = etcdctl_ok(&follower, &["lease", "timetolive", &id, "--keys"]);
+    // "lease 694d... granted with TTL(100s), remaining(97s), attached keys([leased])"
+    let remaining: i64 = ttl
+        .split("remaining(")
+        .nth(1)
+        .and_then(|r| r.split('s').next())
+        .and_then(|r| r.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected output: {ttl}"));
+    assert!(remaining <= 98, "the follower answered {remaining}s: {ttl}");
+    assert!(ttl.contains("attached keys([leased])"), "{ttl}");
+}
