@@ -122,8 +122,18 @@ impl WatchStream {
     async fn run(mut self, mut inbound: Streaming<WatchRequest>) {
         loop {
             let wake = {
+                // A watcher still catching up gets its next chunk without waiting for a
+                // new revision (requests still come first, so a cancel is not delayed).
+                let catching_up = self.catching_up();
+                let (core, seen_index) = (self.core.clone(), self.seen_index);
                 let request = std::pin::pin!(inbound.message());
-                let applied = std::pin::pin!(self.core.wait_applied(self.seen_index + 1));
+                let applied = std::pin::pin!(async move {
+                    if catching_up {
+                        glommio::yield_if_needed().await;
+                    } else {
+                        core.wait_applied(seen_index + 1).await;
+                    }
+                });
                 let timer = std::pin::pin!(glommio::timer::sleep(
                     limits::WATCH_PROGRESS_NOTIFY_INTERVAL
                 ));
@@ -143,6 +153,15 @@ impl WatchStream {
                 break;
             }
         }
+    }
+
+    /// Whether a watcher is behind the applied revision and reads history in chunks of
+    /// [`limits::WATCH_CATCH_UP_REVISIONS_MAX`]: the next chunk must not wait for a write.
+    fn catching_up(&self) -> bool {
+        let revision = self.core.shared.applied_revision();
+        self.watchers
+            .values()
+            .any(|w| !w.synced && w.next <= revision)
     }
 
     async fn send(&mut self, response: WatchResponse) -> bool {
