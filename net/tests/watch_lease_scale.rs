@@ -992,6 +992,7 @@ fn a_lease_expires_once_after_its_ttl_across_a_leader_change() {
         })
         .await;
         let observed = before_grant.elapsed();
+        println!("deletion observed {observed:?} after the grant was sent");
         assert!(
             observed >= Duration::from_secs(LEASE_TTL_SECONDS as u64),
             "keys deleted {observed:?} after the grant was sent, before the {LEASE_TTL_SECONDS} s TTL"
