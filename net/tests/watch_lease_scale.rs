@@ -449,7 +449,7 @@ const SCALE_STREAMS: usize = 20;
 const SCALE_WATCHES_PER_STREAM: usize = 500;
 const SCALE_CHANNELS: usize = 4;
 const SCALE_KEYS: usize = 100;
-const SCALE_REVISIONS: usize = 2000;
+const SCALE_REVISIONS: usize = 1000;
 
 #[derive(Clone, Debug)]
 struct Spec {
@@ -471,16 +471,17 @@ fn scale_key(i: usize) -> String {
     format!("w/k{:02}", i % SCALE_KEYS)
 }
 
-/// Watch `g` of all: most on one key, every tenth on a prefix of ten keys, a few on all.
+/// Watch `g` of all: most on one key, every fiftieth on a prefix of ten keys, a few on
+/// all keys.
 fn scale_spec(g: usize) -> Spec {
-    if g % 1000 == 5 {
+    if g % 2500 == 5 {
         Spec {
             key: "w/".into(),
             prefix: true,
         }
-    } else if g.is_multiple_of(10) {
+    } else if g.is_multiple_of(50) {
         Spec {
-            key: format!("w/k{}", (g / 10) % 10),
+            key: format!("w/k{}", (g / 50) % 10),
             prefix: true,
         }
     } else {
@@ -491,22 +492,25 @@ fn scale_spec(g: usize) -> Spec {
     }
 }
 
-/// Writes `revisions` revisions over the scale keys: mostly puts, every tenth a delete of
-/// the key just put, now and then a txn putting three keys in one revision. Returns the
-/// events written, in revision order.
-async fn scale_writes(kv: &mut KvClient<Channel>, revisions: usize) -> Vec<Ev> {
+/// Concurrent writers of the scale test; writer `w` owns the keys `k` with `k % 4 == w`.
+const SCALE_WRITERS: usize = 4;
+
+/// One writer's share of the revisions over its own keys: mostly puts, every tenth a
+/// delete of the key it put just before, every fiftieth a txn putting three of its keys
+/// in one revision. Returns the events written.
+async fn scale_writer(mut kv: KvClient<Channel>, writer: usize, revisions: usize) -> Vec<Ev> {
+    let own =
+        |step: usize| scale_key((step % (SCALE_KEYS / SCALE_WRITERS)) * SCALE_WRITERS + writer);
     let mut log = Vec::new();
-    let mut last = 0;
-    for i in 0..revisions {
-        let revision;
-        if i % 50 == 25 {
-            let keys = [scale_key(i), scale_key(i + 33), scale_key(i + 66)];
+    for step in 0..revisions {
+        if step % 50 == 25 {
+            let keys = [own(step), own(step + 8), own(step + 16)];
             let success = keys
                 .iter()
                 .map(|k| RequestOp {
                     request: Some(request_op::Request::RequestPut(PutRequest {
                         key: Bytes::copy_from_slice(k.as_bytes()),
-                        value: Bytes::from(format!("txn-{i}")),
+                        value: Bytes::from(format!("txn-{step}")),
                         ..Default::default()
                     })),
                 })
@@ -521,7 +525,7 @@ async fn scale_writes(kv: &mut KvClient<Channel>, revisions: usize) -> Vec<Ev> {
             .await
             .expect("txn")
             .into_inner();
-            revision = response.header.expect("header").revision;
+            let revision = response.header.expect("header").revision;
             for key in keys {
                 log.push(Ev {
                     revision,
@@ -529,8 +533,8 @@ async fn scale_writes(kv: &mut KvClient<Channel>, revisions: usize) -> Vec<Ev> {
                     put: true,
                 });
             }
-        } else if i % 10 == 9 {
-            let key = scale_key(i - 1);
+        } else if step % 10 == 9 {
+            let key = own(step - 1);
             let response = bounded(
                 "delete",
                 kv.delete_range(DeleteRangeRequest {
@@ -542,32 +546,47 @@ async fn scale_writes(kv: &mut KvClient<Channel>, revisions: usize) -> Vec<Ev> {
             .expect("delete")
             .into_inner();
             assert_eq!(response.deleted, 1, "{key} was just put");
-            revision = response.header.expect("header").revision;
             log.push(Ev {
-                revision,
+                revision: response.header.expect("header").revision,
                 key,
                 put: false,
             });
         } else {
-            let key = scale_key(i);
-            revision = put(kv, &key, format!("v{i}").into_bytes(), 0).await;
+            let key = own(step);
+            let revision = put(&mut kv, &key, format!("v{step}").into_bytes(), 0).await;
             log.push(Ev {
                 revision,
                 key,
                 put: true,
             });
         }
-        if last != 0 {
-            assert_eq!(revision, last + 1, "one writer: consecutive revisions");
-        }
-        last = revision;
     }
+    log
+}
+
+/// `revisions` revisions by [`SCALE_WRITERS`] concurrent writers; the events in revision
+/// order.
+async fn scale_writes(kv: &KvClient<Channel>, revisions: usize) -> Vec<Ev> {
+    let writers = (0..SCALE_WRITERS)
+        .map(|w| tokio::spawn(scale_writer(kv.clone(), w, revisions / SCALE_WRITERS)));
+    let mut log = Vec::new();
+    for writer in writers {
+        log.extend(bounded("a writer", writer).await.expect("writer task"));
+    }
+    log.sort();
+    let mut revisions: Vec<i64> = log.iter().map(|e| e.revision).collect();
+    revisions.dedup();
+    assert!(
+        revisions.windows(2).all(|w| w[1] == w[0] + 1),
+        "the only writers: consecutive revisions"
+    );
     log
 }
 
 #[test]
 fn ten_thousand_watchers_on_one_member_see_exactly_their_events() {
     let rivet = Rivet::start(&["--shards", "2"]);
+    let t0 = Instant::now();
     runtime().block_on(async {
         let endpoint = rivet.endpoint();
         let mut channels = Vec::new();
@@ -620,8 +639,10 @@ fn ten_thousand_watchers_on_one_member_see_exactly_their_events() {
             assert_eq!(unique.len(), ids.len(), "watch IDs repeat on one stream");
         }
 
-        let mut kv = KvClient::new(channel(&endpoint).await);
-        let log = scale_writes(&mut kv, SCALE_REVISIONS).await;
+        println!("created at {:?}", t0.elapsed());
+        let kv = KvClient::new(channel(&endpoint).await);
+        let log = scale_writes(&kv, SCALE_REVISIONS).await;
+        println!("written at {:?}", t0.elapsed());
         let expected: Vec<Vec<Vec<Ev>>> = specs
             .iter()
             .map(|specs| {
@@ -648,9 +669,11 @@ fn ten_thousand_watchers_on_one_member_see_exactly_their_events() {
                 .all(|(w, total)| w.events() >= *total)
         })
         .await;
+        println!("received at {:?}", t0.elapsed());
         for stream in &streams {
             stream.flush().await;
         }
+        println!("flushed at {:?}", t0.elapsed());
         for (s, stream) in streams.iter().enumerate() {
             stream.with(|all| {
                 let mut by_id: HashMap<i64, Vec<&Got>> = HashMap::new();
