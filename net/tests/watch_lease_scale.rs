@@ -449,7 +449,7 @@ const SCALE_STREAMS: usize = 20;
 const SCALE_WATCHES_PER_STREAM: usize = 500;
 const SCALE_CHANNELS: usize = 4;
 const SCALE_KEYS: usize = 100;
-const SCALE_REVISIONS: usize = 1000;
+const SCALE_REVISIONS: usize = 2000;
 
 #[derive(Clone, Debug)]
 struct Spec {
