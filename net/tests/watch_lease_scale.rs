@@ -815,6 +815,15 @@ fn a_slow_watcher_delays_no_other_watcher_and_catches_up() {
             }
             check_watcher("slow stream, prefix", &mine(1), &log);
             check_watcher("slow stream, s/3", &mine(2), &of_key3);
+            // The test did exercise the catch-up path: live responses hold one revision,
+            // catch-up responses (read from the index) hold many.
+            assert!(
+                mine(1)
+                    .iter()
+                    .any(|g| g.events.first().map(|e| e.revision)
+                        != g.events.last().map(|e| e.revision)),
+                "the slow watcher never caught up from the index"
+            );
         });
         assert!(healthy(&endpoint), "log:\n{}", {
             std::fs::read_to_string(&rivet.log).unwrap_or_default()
