@@ -73,6 +73,20 @@ pub const LEASE_CHECKPOINT_BATCH: usize = 1000;
 /// shard). A watcher that falls further behind reads the index instead (catch-up path),
 /// so a slow watcher costs reads, never memory or a blocked apply stream.
 pub const WATCH_RECENT_CHANGES_MAX: usize = 65_536;
+/// The recent-changes bound in force: [`WATCH_RECENT_CHANGES_MAX`], unless the test-only
+/// variable `RIVET_TEST_WATCH_RECENT_CHANGES=<n>` (n > 0) is set, which tests use to force
+/// the catch-up path with a tiny log (`net/tests/watch_lease_scale.rs`). Like
+/// `RIVET_TEST_FAULTS` it is honoured only when set; read once per process.
+pub fn watch_recent_changes_max() -> usize {
+    static MAX: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *MAX.get_or_init(|| {
+        std::env::var("RIVET_TEST_WATCH_RECENT_CHANGES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|&n: &usize| n > 0)
+            .unwrap_or(WATCH_RECENT_CHANGES_MAX)
+    })
+}
 /// Revisions one catch-up response covers at most (etcd: 1000), so that one response
 /// stays well below clients' message size limits.
 pub const WATCH_CATCH_UP_REVISIONS_MAX: i64 = 1000;

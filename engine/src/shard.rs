@@ -261,7 +261,7 @@ impl Shard {
             ptr,
             tombstone,
         });
-        while self.recent.len() > crate::limits::WATCH_RECENT_CHANGES_MAX {
+        while self.recent.len() > crate::limits::watch_recent_changes_max() {
             if let Some(old) = self.recent.pop_front() {
                 // A revision is complete in the log only if none of its changes left.
                 self.recent_from = self.recent_from.max(old.revision + 1);

@@ -7,7 +7,7 @@
 //! never the apply stream or other watchers (ETCD_LESSONS 19); cancelling is removing a
 //! cursor, with no channel left to write to (lesson 18).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::pin::Pin;
 use std::rc::Rc;
 
@@ -92,6 +92,10 @@ struct WatchStream {
     core: Rc<ShardCore>,
     out: mpsc::Sender<WatchResponse>,
     watchers: BTreeMap<i64, Watcher>,
+    /// The watchers of a single key, by key, and those of a range: the live path looks up
+    /// the watchers of each event instead of testing every watcher for every revision.
+    by_key: HashMap<Bytes, Vec<i64>>,
+    ranged: BTreeSet<i64>,
     next_id: i64,
     /// The next revision the synced watchers have not seen.
     live_next: i64,
@@ -113,6 +117,8 @@ impl WatchStream {
             core,
             out,
             watchers: BTreeMap::new(),
+            by_key: HashMap::new(),
+            ranged: BTreeSet::new(),
             next_id: 0,
             live_next,
             seen_index,
@@ -122,8 +128,18 @@ impl WatchStream {
     async fn run(mut self, mut inbound: Streaming<WatchRequest>) {
         loop {
             let wake = {
+                // A watcher still catching up gets its next chunk without waiting for a
+                // new revision (requests still come first, so a cancel is not delayed).
+                let catching_up = self.catching_up();
+                let (core, seen_index) = (self.core.clone(), self.seen_index);
                 let request = std::pin::pin!(inbound.message());
-                let applied = std::pin::pin!(self.core.wait_applied(self.seen_index + 1));
+                let applied = std::pin::pin!(async move {
+                    if catching_up {
+                        glommio::yield_if_needed().await;
+                    } else {
+                        core.wait_applied(seen_index + 1).await;
+                    }
+                });
                 let timer = std::pin::pin!(glommio::timer::sleep(
                     limits::WATCH_PROGRESS_NOTIFY_INTERVAL
                 ));
@@ -145,6 +161,15 @@ impl WatchStream {
         }
     }
 
+    /// Whether a watcher is behind the applied revision and reads history in chunks of
+    /// [`limits::WATCH_CATCH_UP_REVISIONS_MAX`]: the next chunk must not wait for a write.
+    fn catching_up(&self) -> bool {
+        let revision = self.core.shared.applied_revision();
+        self.watchers
+            .values()
+            .any(|w| !w.synced && w.next <= revision)
+    }
+
     async fn send(&mut self, response: WatchResponse) -> bool {
         self.out.send(response).await.is_ok()
     }
@@ -161,7 +186,7 @@ impl WatchStream {
         match request.request_union {
             Some(watch_request::RequestUnion::CreateRequest(create)) => self.create(create).await,
             Some(watch_request::RequestUnion::CancelRequest(cancel)) => {
-                if self.watchers.remove(&cancel.watch_id).is_some() {
+                if self.remove(cancel.watch_id) {
                     let mut response =
                         self.response(cancel.watch_id, self.core.shared.applied_revision());
                     response.canceled = true;
@@ -214,8 +239,28 @@ impl WatchStream {
             progress_notify: create.progress_notify,
             fragment: create.fragment,
         };
+        if matches!(watcher.end, RangeEnd::Single) {
+            self.by_key.entry(watcher.key.clone()).or_default().push(id);
+        } else {
+            self.ranged.insert(id);
+        }
         self.watchers.insert(id, watcher);
         self.send(response).await
+    }
+
+    /// Removes a watcher; false if there is none with this ID.
+    fn remove(&mut self, id: i64) -> bool {
+        let Some(watcher) = self.watchers.remove(&id) else {
+            return false;
+        };
+        if let Some(ids) = self.by_key.get_mut(&watcher.key) {
+            ids.retain(|i| *i != id);
+            if ids.is_empty() {
+                self.by_key.remove(&watcher.key);
+            }
+        }
+        self.ranged.remove(&id);
+        true
     }
 
     /// Brings every watcher up to the revision all shards have applied.
@@ -234,23 +279,19 @@ impl WatchStream {
         }
         let from = self.live_next;
         self.live_next = revision + 1;
-        let synced: Vec<i64> = self
-            .watchers
-            .iter()
-            .filter(|(_, w)| w.synced)
-            .map(|(id, _)| *id)
-            .collect();
-        if synced.is_empty() {
+        let (mut any, mut prev_kv) = (false, false);
+        for watcher in self.watchers.values().filter(|w| w.synced) {
+            any = true;
+            prev_kv |= watcher.prev_kv;
+        }
+        if !any {
             return true;
         }
-        let prev_kv = synced.iter().any(|id| self.watchers[id].prev_kv);
         let Some(events) = self.core.watch_recent(from, revision, prev_kv).await else {
             // The recent logs no longer reach back: these watchers catch up from history.
-            for id in synced {
-                if let Some(w) = self.watchers.get_mut(&id) {
-                    w.synced = false;
-                    w.next = from;
-                }
+            for watcher in self.watchers.values_mut().filter(|w| w.synced) {
+                watcher.synced = false;
+                watcher.next = from;
             }
             return true;
         };
@@ -263,27 +304,35 @@ impl WatchStream {
                     .iter()
                     .take_while(|e| event_revision(e) == at)
                     .count();
-            for id in &synced {
-                let Some(watcher) = self.watchers.get(id) else {
-                    continue;
-                };
-                let mine: Vec<Event> = events[start..stop]
-                    .iter()
-                    .filter(|e| watcher.wants(e))
-                    .map(|e| watcher.shape(e))
-                    .collect();
-                if !mine.is_empty() && !self.deliver(*id, at, mine).await {
+            for (id, mine) in self.synced_matches(&events[start..stop]) {
+                if !self.deliver(id, at, mine).await {
                     return false;
                 }
             }
             start = stop;
         }
-        for id in synced {
-            if let Some(w) = self.watchers.get_mut(&id) {
-                w.next = revision + 1;
-            }
+        for watcher in self.watchers.values_mut().filter(|w| w.synced) {
+            watcher.next = revision + 1;
         }
         true
+    }
+
+    /// The events of one revision each synced watcher wants, in event order, by watcher ID.
+    fn synced_matches(&self, events: &[Event]) -> BTreeMap<i64, Vec<Event>> {
+        let mut matches: BTreeMap<i64, Vec<Event>> = BTreeMap::new();
+        for event in events {
+            let Some(kv) = &event.kv else { continue };
+            let single = self.by_key.get(&kv.key).map_or(&[][..], Vec::as_slice);
+            for id in single.iter().chain(self.ranged.iter()) {
+                let Some(watcher) = self.watchers.get(id) else {
+                    continue;
+                };
+                if watcher.synced && watcher.wants(event) {
+                    matches.entry(*id).or_default().push(watcher.shape(event));
+                }
+            }
+        }
+        matches
     }
 
     async fn poll_unsynced(&mut self, revision: i64) -> bool {
@@ -321,7 +370,7 @@ impl WatchStream {
                         }
                     }
                     Err(CompactedAt(compact_revision)) => {
-                        self.watchers.remove(&id);
+                        self.remove(id);
                         // As etcd 3.4 sends it: a header at revision 0 and no cancel
                         // reason (its mvcc layer reports only the compact revision).
                         let mut response = self.response(id, 0);
