@@ -191,3 +191,75 @@ fn a_follower_answers_a_lease_ttl_from_the_leaders_clock() {
     assert!(remaining <= 98, "the follower answered {remaining}s: {ttl}");
     assert!(ttl.contains("attached keys([leased])"), "{ttl}");
 }
+
+/// The raft term a member reports (Maintenance.Status, answered locally).
+fn term_of(endpoint: &str) -> u64 {
+    let out = etcdctl_ok(endpoint, &["endpoint", "status", "-w", "json"]);
+    let status: serde_json::Value = serde_json::from_str(&out).expect("status json");
+    status[0]["Status"]["raftTerm"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no raftTerm in {out}"))
+}
+
+fn id_of(endpoint: &str, name: &str) -> String {
+    let list = etcdctl_ok(endpoint, &["member", "list"]);
+    list.lines()
+        .find(|l| l.split(", ").nth(2) == Some(name))
+        .and_then(|l| l.split(',').next())
+        .unwrap_or_else(|| panic!("{name} not in:\n{list}"))
+        .to_string()
+}
+
+/// ETCD_LESSONS 2: a member that fell behind in term (it was cut off while the others
+/// held elections) must still be able to elect a leader with the one member left when
+/// the leader goes: pre-votes are answered with the request's term.
+#[test]
+fn a_member_behind_in_term_still_completes_an_election() {
+    let cluster = Cluster::start(3, &[]);
+    let leader = cluster.wait_for_leader(None);
+    let behind = (leader + 1) % 3;
+    let other = (leader + 2) % 3;
+    let endpoint = |i: usize| cluster.members[i].endpoint();
+    assert!(http_get(&endpoint(behind), "/rivet/test/isolate")
+        .expect("isolate")
+        .ends_with("ok\n"));
+    // Leadership moves back and forth between the two others: every transfer is an
+    // election at a higher term, which the isolated member does not see.
+    let pair = format!("{},{}", endpoint(leader), endpoint(other));
+    let mut target = other;
+    for _ in 0..3 {
+        let id = id_of(&endpoint(leader), &cluster.members[target].name);
+        wait_until("leadership moved", Duration::from_secs(30), || {
+            etcdctl(&pair, &["move-leader", &id], None).status.success()
+        });
+        target = if target == other { leader } else { other };
+    }
+    let now_leading = if target == other { leader } else { other };
+    let left = if now_leading == leader { other } else { leader };
+    wait_until("the transfers settled", Duration::from_secs(30), || {
+        term_of(&endpoint(left)) == term_of(&endpoint(now_leading))
+    });
+    let behind_term = term_of(&endpoint(behind));
+    let ahead_term = term_of(&endpoint(left));
+    assert!(
+        behind_term < ahead_term,
+        "the isolated member is behind: term {behind_term} against {ahead_term}"
+    );
+    // Cut off the leader, then bring the member that is behind back: the two must elect.
+    assert!(http_get(&endpoint(now_leading), "/rivet/test/isolate")
+        .expect("isolate")
+        .ends_with("ok\n"));
+    assert!(http_get(&endpoint(behind), "/rivet/test/heal")
+        .expect("heal")
+        .ends_with("ok\n"));
+    wait_until(
+        "the member that was behind and the other elect a leader and take writes",
+        Duration::from_secs(30),
+        || put_ok(&endpoint(behind), "after", "election"),
+    );
+    assert!(put_ok(&endpoint(left), "and", "again"));
+    assert!(http_get(&endpoint(now_leading), "/rivet/test/heal")
+        .expect("heal")
+        .ends_with("ok\n"));
+    cluster.wait_converged();
+}
