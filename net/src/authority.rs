@@ -39,6 +39,7 @@ const FRAME_PAYLOAD_MAX: usize = 16_384;
 const HEADER_BLOCK_BYTES_MAX: usize = 256 * 1024;
 /// `:authority` is entry 1 of HPACK's static table (RFC 7541 Appendix A).
 const STATIC_AUTHORITY: u64 = 1;
+const AUTHORITY: &[u8] = b":authority";
 
 enum Mode {
     /// Matching the first bytes against the HTTP/2 preface.
@@ -313,17 +314,29 @@ fn write_integer(out: &mut BytesMut, first_bits: u8, prefix: u8, value: u64) {
     out.put_u8(rest as u8);
 }
 
-/// An HPACK string literal at the start of `src` (advanced past it), decoded.
-fn read_string(src: &mut &[u8]) -> Option<Vec<u8>> {
+/// An HPACK string literal at the start of `src` (advanced past it): its bytes as sent
+/// and whether they are Huffman-coded.
+fn read_string<'a>(src: &mut &'a [u8]) -> Option<(&'a [u8], bool)> {
     let huffman = src.first()? & 0x80 != 0;
     let length = usize::try_from(read_integer(src, 7)?).ok()?;
     if src.len() < length {
         return None;
     }
-    let raw = &src[..length];
-    src.advance(length);
+    let (raw, rest) = src.split_at(length);
+    *src = rest;
+    Some((raw, huffman))
+}
+
+thread_local! {
+    /// Building a Huffman decoder costs far more than decoding a header value with it.
+    static HUFFMAN: std::cell::RefCell<hpack::huffman::HuffmanDecoder> =
+        std::cell::RefCell::new(hpack::huffman::HuffmanDecoder::new());
+}
+
+/// The text of a string literal.
+fn decode_string(raw: &[u8], huffman: bool) -> Option<Vec<u8>> {
     if huffman {
-        hpack::huffman::HuffmanDecoder::new().decode(raw).ok()
+        HUFFMAN.with(|decoder| decoder.borrow_mut().decode(raw).ok())
     } else {
         Some(raw.to_vec())
     }
@@ -364,13 +377,23 @@ pub fn rewrite_authority(fragment: &[u8]) -> Option<BytesMut> {
         };
         let index = read_integer(&mut src, prefix)?;
         let is_authority = if index == 0 {
-            read_string(&mut src)? == b":authority"
+            // A literal name; ":authority" takes 10 bytes raw and fewer Huffman-coded,
+            // so longer names need no decoding.
+            let (raw, huffman) = read_string(&mut src)?;
+            raw.len() <= AUTHORITY.len()
+                && decode_string(raw, huffman).is_some_and(|name| name == AUTHORITY)
         } else {
             index == STATIC_AUTHORITY
         };
         let name_part = &start[..start.len() - src.len()];
         let value_start = src;
-        let value = read_string(&mut src)?;
+        let (raw, huffman) = read_string(&mut src)?;
+        // Only an authority's value is decoded (most values are Huffman-coded).
+        let value = if is_authority {
+            decode_string(raw, huffman)?
+        } else {
+            Vec::new()
+        };
         match authority_of_url(&value).filter(|_| is_authority) {
             Some(host) => {
                 out.extend_from_slice(name_part);

@@ -11,6 +11,8 @@ use std::task::{Context, Poll};
 use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
 
+use bytes::Buf;
+
 use crate::authority::AuthorityFilter;
 
 /// hyper's `Read`/`Write` over a glommio socket. What the client sends passes through
@@ -30,9 +32,6 @@ impl GlommioIo {
     }
 }
 
-/// Bytes read from the socket per filtered read.
-const FILTERED_READ_BYTES: usize = 16 * 1024;
-
 impl hyper::rt::Read for GlommioIo {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -40,27 +39,8 @@ impl hyper::rt::Read for GlommioIo {
         mut buf: hyper::rt::ReadBufCursor<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        while let Some(filter) = this.filter.as_mut() {
-            let ready = filter.output();
-            if !ready.is_empty() {
-                let n = ready.len().min(buf.remaining());
-                buf.put_slice(&ready.split_to(n));
-                return Poll::Ready(Ok(()));
-            }
-            if filter.is_passthrough() {
-                this.filter = None;
-                break;
-            }
-            let mut scratch = [0u8; FILTERED_READ_BYTES];
-            match Pin::new(&mut this.socket).poll_read(cx, &mut scratch) {
-                Poll::Ready(Ok(0)) => return Poll::Ready(Ok(())),
-                Poll::Ready(Ok(n)) => filter.feed(&scratch[..n]),
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
-            }
-        }
         // SAFETY: the bytes are initialized (zeroed) before they are handed out as `u8`s,
-        // and `advance` is called with exactly the number of bytes the read wrote.
+        // and `advance` is called with exactly the number of bytes written to them.
         let slice = unsafe {
             let uninit: &mut [MaybeUninit<u8>] = buf.as_mut();
             for byte in uninit.iter_mut() {
@@ -68,14 +48,39 @@ impl hyper::rt::Read for GlommioIo {
             }
             &mut *(uninit as *mut [MaybeUninit<u8>] as *mut [u8])
         };
-        match Pin::new(&mut this.socket).poll_read(cx, slice) {
-            Poll::Ready(Ok(n)) => {
-                // SAFETY: `n` bytes were just written by the read.
+        loop {
+            let Some(filter) = this.filter.as_mut() else {
+                return match Pin::new(&mut this.socket).poll_read(cx, slice) {
+                    Poll::Ready(Ok(n)) => {
+                        // SAFETY: `n` bytes were just written by the read.
+                        unsafe { buf.advance(n) };
+                        Poll::Ready(Ok(()))
+                    }
+                    Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                    Poll::Pending => Poll::Pending,
+                };
+            };
+            let ready = filter.output();
+            if !ready.is_empty() {
+                let n = ready.len().min(slice.len());
+                slice[..n].copy_from_slice(&ready[..n]);
+                ready.advance(n);
+                // SAFETY: `n` bytes were just written.
                 unsafe { buf.advance(n) };
-                Poll::Ready(Ok(()))
+                return Poll::Ready(Ok(()));
             }
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => Poll::Pending,
+            if filter.is_passthrough() {
+                this.filter = None;
+                continue;
+            }
+            // The read goes into hyper's own buffer, then through the filter, which
+            // hands the bytes back on the next turn of the loop.
+            match Pin::new(&mut this.socket).poll_read(cx, slice) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Ok(())),
+                Poll::Ready(Ok(n)) => filter.feed(&slice[..n]),
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
         }
     }
 }
