@@ -154,7 +154,14 @@ impl Cluster {
             let client_url = format!("http://127.0.0.1:{client}");
             let peer_url = format!("http://127.0.0.1:{peer}");
             let data_dir = cluster.dir.path().join(format!("{name}.{kind}"));
+            // Members of one cluster share this machine's CPUs: rivet's would queue on the
+            // same pinned CPUs (etcd's Go threads are never pinned).
+            let pin_cores: &[&str] = match (kind, members) {
+                (Kind::Rivet, 2..) => &["--pin-cores=false"],
+                _ => &[],
+            };
             let child = Command::new(binary)
+                .args(pin_cores)
                 .arg("--name")
                 .arg(name)
                 .arg("--data-dir")

@@ -111,6 +111,11 @@ pub struct Flags {
     /// Shard cores (each owns a partition of the keys); default: cores - 1, at least 1.
     #[arg(long, env = "RIVET_SHARDS")]
     pub shards: Option<usize>,
+    /// Pin the raft core and each shard core to its own CPU. Turn off (`--pin-cores=false`)
+    /// when several members share one machine's CPUs, as in a local test cluster: pinned,
+    /// their threads would queue on the same CPUs.
+    #[arg(long = "pin-cores", env = "RIVET_PIN_CORES", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub pin_cores: bool,
     /// Print the version and exit.
     #[arg(long)]
     pub version: bool,

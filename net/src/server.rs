@@ -196,13 +196,16 @@ pub fn run(flags: Flags) -> anyhow::Result<()> {
     let (fatal_tx, fatal_rx) = std::sync::mpsc::channel::<String>();
 
     let raft_cpu = cpu_ids[0];
+    let pin_cores = flags.pin_cores;
     let raft_shard_requests = peer_txs.clone();
     let raft_shared = Arc::clone(&shared);
     let raft_fatal = fatal_tx.clone();
     let raft_thread = std::thread::Builder::new()
         .name("raft".into())
         .spawn(move || {
-            core_affinity::set_for_current(core_affinity::CoreId { id: raft_cpu });
+            if pin_cores {
+                core_affinity::set_for_current(core_affinity::CoreId { id: raft_cpu });
+            }
             let runtime = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -260,7 +263,12 @@ pub fn run(flags: Flags) -> anyhow::Result<()> {
         let fatal = fatal_tx.clone();
         let max_txn_ops = flags.max_txn_ops;
         let max_request_bytes = flags.max_request_bytes;
-        let executor = LocalExecutorBuilder::new(Placement::Fixed(cpu))
+        let placement = if flags.pin_cores {
+            Placement::Fixed(cpu)
+        } else {
+            Placement::Unbound
+        };
+        let executor = LocalExecutorBuilder::new(placement)
             .name(&format!("shard-{id}"))
             .io_memory(limits::GLOMMIO_IO_MEMORY_BYTES)
             .spin_before_park(limits::SHARD_SPIN_BEFORE_PARK)

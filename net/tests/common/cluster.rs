@@ -57,6 +57,11 @@ impl Member {
                 state,
             ])
             .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+            .args(if self.etcd {
+                &[][..]
+            } else {
+                &["--pin-cores=false"][..]
+            })
             .args(extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
