@@ -1402,7 +1402,8 @@ impl RaftCore {
                     let down = *id != self.config.member_id && !self.peer_active(*id);
                     if !down {
                         let active = voters.iter().filter(|v| self.peer_active(**v)).count();
-                        if active - 1 < 1 + (voters.len() - 1) / 2 {
+                        let quorum_left = 1 + voters.len().saturating_sub(1) / 2;
+                        if active.saturating_sub(1) < quorum_left {
                             return Err(EtcdError::Unhealthy);
                         }
                     }
@@ -1437,8 +1438,9 @@ impl RaftCore {
                     }
                 }
                 if strict {
+                    // The learner counts as a started voter of the cluster to be.
                     let members = voters.len() + 1;
-                    let started = voters.iter().filter(|v| started(v)).count();
+                    let started = voters.iter().filter(|v| started(v)).count() + 1;
                     if started < members / 2 + 1 {
                         return Err(EtcdError::MemberNotEnoughStarted);
                     }

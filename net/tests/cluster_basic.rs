@@ -104,7 +104,7 @@ fn a_member_added_after_compaction_catches_up_from_a_snapshot_and_can_be_removed
         assert!(put_ok(&first, &format!("key{i:04}"), &format!("value{i}")));
     }
     etcdctl_ok(&first, &["compaction", "300"]);
-    let mut joiner = cluster.new_member("m3");
+    let joiner = cluster.new_member("m3");
     let added = etcdctl_ok(
         &first,
         &["member", "add", "m3", "--peer-urls", &joiner.peer_url()],
@@ -113,12 +113,8 @@ fn a_member_added_after_compaction_catches_up_from_a_snapshot_and_can_be_removed
         added.contains("ETCD_INITIAL_CLUSTER_STATE=\"existing\""),
         "{added}"
     );
-    cluster.members.push(joiner);
-    let initial = Cluster::initial(&cluster.members);
-    joiner = cluster.members.pop().expect("joiner");
-    joiner.start(&initial, "existing", &["--snapshot-count", "100"]);
-    cluster.members.push(joiner);
-    let joined = cluster.members[3].endpoint();
+    let joined = joiner.endpoint();
+    cluster.join(joiner, &["--snapshot-count", "100"]);
     wait_until(
         "the new member serves the data",
         Duration::from_secs(60),
@@ -201,15 +197,6 @@ fn term_of(endpoint: &str) -> u64 {
         .unwrap_or_else(|| panic!("no raftTerm in {out}"))
 }
 
-fn id_of(endpoint: &str, name: &str) -> String {
-    let list = etcdctl_ok(endpoint, &["member", "list"]);
-    list.lines()
-        .find(|l| l.split(", ").nth(2) == Some(name))
-        .and_then(|l| l.split(',').next())
-        .unwrap_or_else(|| panic!("{name} not in:\n{list}"))
-        .to_string()
-}
-
 /// ETCD_LESSONS 2: a member that fell behind in term (it was cut off while the others
 /// held elections) must still be able to elect a leader with the one member left when
 /// the leader goes: pre-votes are answered with the request's term.
@@ -228,7 +215,7 @@ fn a_member_behind_in_term_still_completes_an_election() {
     let pair = format!("{},{}", endpoint(leader), endpoint(other));
     let mut target = other;
     for _ in 0..3 {
-        let id = id_of(&endpoint(leader), &cluster.members[target].name);
+        let id = Cluster::member_id(&endpoint(leader), &cluster.members[target].name);
         wait_until("leadership moved", Duration::from_secs(30), || {
             etcdctl(&pair, &["move-leader", &id], None).status.success()
         });

@@ -172,14 +172,8 @@ fn require_etcd() {
     );
 }
 
-/// The hex ID of the member named `name` (from `member list`).
 fn member_id(endpoint: &str, name: &str) -> String {
-    let list = common::etcdctl_ok(endpoint, &["member", "list"]);
-    list.lines()
-        .find(|l| l.split(", ").nth(2) == Some(name))
-        .and_then(|l| l.split(',').next())
-        .unwrap_or_else(|| panic!("{name} not in member list:\n{list}"))
-        .to_string()
+    Cluster::member_id(endpoint, name)
 }
 
 /// A member of `cluster` that does not lead it.
@@ -401,15 +395,20 @@ fn refusals_script(cluster: &mut Cluster) -> Transcript {
     t
 }
 
-#[test]
-fn membership_refusals_match_etcd() {
+/// Runs `script` against a 3-member etcd 3.4, then a 3-member rivet, and compares.
+fn compare_with_etcd(script: fn(&mut Cluster) -> Transcript) {
     require_etcd();
     let mut etcd = Cluster::start_etcd(3, &[]);
-    let etcd_transcript = refusals_script(&mut etcd);
+    let etcd_transcript = script(&mut etcd);
     drop(etcd);
     let mut rivet = Cluster::start(3, &[]);
-    let rivet_transcript = refusals_script(&mut rivet);
+    let rivet_transcript = script(&mut rivet);
     assert_same(&etcd_transcript, &rivet_transcript);
+}
+
+#[test]
+fn membership_refusals_match_etcd() {
+    compare_with_etcd(refusals_script);
 }
 
 /// A learner joins an existing cluster, catches up, serves serializable reads, refuses
@@ -428,7 +427,7 @@ fn learner_script(cluster: &mut Cluster) -> Transcript {
             &format!("value{i}"),
         ));
     }
-    let mut learner: Member = cluster.new_member("m3");
+    let learner: Member = cluster.new_member("m3");
     t.run(
         "add a learner",
         &at_follower,
@@ -442,12 +441,8 @@ fn learner_script(cluster: &mut Cluster) -> Transcript {
         ],
         Shape::Text,
     );
-    cluster.members.push(learner);
-    let initial = Cluster::initial(&cluster.members);
-    learner = cluster.members.pop().expect("learner");
-    learner.start(&initial, "existing", &[]);
-    cluster.members.push(learner);
-    let at_learner = cluster.members[3].endpoint();
+    let at_learner = learner.endpoint();
+    cluster.join(learner, &[]);
     wait_until(
         "the learner serves the data",
         Duration::from_secs(60),
@@ -527,13 +522,7 @@ fn learner_script(cluster: &mut Cluster) -> Transcript {
 
 #[test]
 fn a_learner_joins_refuses_what_etcd_refuses_and_is_promoted() {
-    require_etcd();
-    let mut etcd = Cluster::start_etcd(3, &[]);
-    let etcd_transcript = learner_script(&mut etcd);
-    drop(etcd);
-    let mut rivet = Cluster::start(3, &[]);
-    let rivet_transcript = learner_script(&mut rivet);
-    assert_same(&etcd_transcript, &rivet_transcript);
+    compare_with_etcd(learner_script);
 }
 
 #[test]

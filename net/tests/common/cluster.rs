@@ -155,6 +155,30 @@ impl Cluster {
         }
     }
 
+    /// Starts `member`, already added with `member add`, with `--initial-cluster-state
+    /// existing` and the cluster's members plus itself; returns its index.
+    pub fn join(&mut self, mut member: Member, extra: &[&str]) -> usize {
+        let mut names: Vec<String> = self
+            .members
+            .iter()
+            .map(|m| format!("{}={}", m.name, m.peer_url()))
+            .collect();
+        names.push(format!("{}={}", member.name, member.peer_url()));
+        member.start(&names.join(","), "existing", extra);
+        self.members.push(member);
+        self.members.len() - 1
+    }
+
+    /// The ID of the member named `name` (hex, as `member list` prints it).
+    pub fn member_id(endpoint: &str, name: &str) -> String {
+        let list = etcdctl_ok(endpoint, &["member", "list"]);
+        list.lines()
+            .find(|l| l.split(", ").nth(2) == Some(name))
+            .and_then(|l| l.split(',').next())
+            .unwrap_or_else(|| panic!("{name} not in member list:\n{list}"))
+            .to_string()
+    }
+
     pub fn initial(members: &[Member]) -> String {
         members
             .iter()
