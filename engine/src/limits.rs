@@ -28,6 +28,9 @@ pub const LEARNERS_MAX: usize = 1;
 /// A learner is promoted only when its log holds this share of the leader's committed
 /// entries (etcd: 90%), so the promotion does not stall the quorum while it catches up.
 pub const LEARNER_READY_PERCENT: u64 = 90;
+/// A linearizable read raft has not answered for this long is asked about again (etcd
+/// 3.5's `readIndexRetryTime`): raft drops a ReadIndex that finds no leader.
+pub const READ_INDEX_RETRY: Duration = Duration::from_millis(500);
 /// With `--strict-reconfig-check`, a peer counts as connected for a membership change
 /// only when its link has been up this long (etcd's `HealthInterval`): a member that
 /// just came back may go again, and a change should not lean on it.

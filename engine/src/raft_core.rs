@@ -334,7 +334,8 @@ pub struct RaftCore {
         oneshot::Sender<Result<Reply, EtcdError>>,
     )>,
     /// Read batches sent to raft, by ReadIndex context.
-    reads_in_raft: HashMap<u64, ReadBatch>,
+    /// Read batches raft was asked about, with when they were last asked.
+    reads_in_raft: HashMap<u64, (ReadBatch, Instant)>,
     next_read_context: u64,
     /// Read batches with a known index, waiting for this member to apply it.
     reads_waiting: VecDeque<(u64, ReadBatch)>,
@@ -395,6 +396,14 @@ struct ReadBatch {
         rivet_api::etcdserverpb::TxnRequest,
         oneshot::Sender<Result<Reply, EtcdError>>,
     )>,
+}
+
+impl ReadBatch {
+    /// Whether every reader of the batch stopped waiting.
+    fn abandoned(&self) -> bool {
+        self.reads.iter().all(oneshot::Sender::is_canceled)
+            && self.txns.iter().all(|(_, reply)| reply.is_canceled())
+    }
 }
 
 /// Forwards raft-rs's slog records to tracing.
@@ -626,6 +635,7 @@ impl RaftCore {
                     self.warn_late_heartbeat(now - last_tick);
                     last_tick = now;
                     self.node.tick();
+                    self.retry_reads();
                     self.check_move_leader();
                     self.expire_leases();
                 }
@@ -1630,12 +1640,43 @@ impl RaftCore {
         };
         let context = self.next_read_context;
         self.next_read_context += 1;
-        // The member ID makes contexts unique across members: raft ignores a ReadIndex
-        // whose context is already pending, and followers forward theirs to the leader.
+        self.node.read_index(self.read_context(context));
+        self.reads_in_raft.insert(context, (batch, Instant::now()));
+    }
+
+    /// The member ID makes contexts unique across members: raft ignores a ReadIndex
+    /// whose context is already pending, and followers forward theirs to the leader.
+    fn read_context(&self, sequence: u64) -> Vec<u8> {
         let mut ctx = self.config.member_id.to_be_bytes().to_vec();
-        ctx.extend_from_slice(&context.to_be_bytes());
-        self.node.read_index(ctx);
-        self.reads_in_raft.insert(context, batch);
+        ctx.extend_from_slice(&sequence.to_be_bytes());
+        ctx
+    }
+
+    /// Asks again about reads raft has not answered for a while: raft drops a ReadIndex
+    /// that finds no leader (a follower that just rejoined) or that a leader change
+    /// loses, and nothing else would ever answer its readers. A duplicate is harmless: a
+    /// leader ignores a context already pending, and a second answer finds no batch.
+    fn retry_reads(&mut self) {
+        // Readers that gave up (their request timed out) need no answer any more.
+        self.reads_in_raft
+            .retain(|_, (batch, _)| !batch.abandoned());
+        if self.node.raft.leader_id == raft::INVALID_ID {
+            return;
+        }
+        let now = Instant::now();
+        let stale: Vec<u64> = self
+            .reads_in_raft
+            .iter()
+            .filter(|(_, (_, asked))| now.duration_since(*asked) >= limits::READ_INDEX_RETRY)
+            .map(|(sequence, _)| *sequence)
+            .collect();
+        for sequence in stale {
+            let ctx = self.read_context(sequence);
+            self.node.read_index(ctx);
+            if let Some((_, asked)) = self.reads_in_raft.get_mut(&sequence) {
+                *asked = now;
+            }
+        }
     }
 
     fn handle_ack(&mut self, ack: ShardAck) {
@@ -1847,7 +1888,7 @@ impl RaftCore {
         }
         let mut sequence_bytes = [0u8; 8];
         sequence_bytes.copy_from_slice(sequence);
-        if let Some(batch) = self
+        if let Some((batch, _)) = self
             .reads_in_raft
             .remove(&u64::from_be_bytes(sequence_bytes))
         {

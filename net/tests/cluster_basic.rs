@@ -248,5 +248,19 @@ fn a_member_behind_in_term_still_completes_an_election() {
     assert!(http_get(&endpoint(now_leading), "/rivet/test/heal")
         .expect("heal")
         .ends_with("ok\n"));
+    // A linearizable read on the member that comes back, asked at once (while it may
+    // still know no leader), is answered once it finds one: a ReadIndex raft dropped for
+    // want of a leader is asked again.
+    let read = etcdctl(
+        &endpoint(now_leading),
+        &["get", "after", "--print-value-only"],
+        None,
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&read.stdout),
+        "election\n",
+        "{}",
+        String::from_utf8_lossy(&read.stderr)
+    );
     cluster.wait_converged();
 }

@@ -228,13 +228,18 @@ impl Cluster {
         found.unwrap_or_default()
     }
 
-    pub fn hashes(&self) -> Vec<String> {
+    /// Every running member's HashKV; `None` while one does not answer (a member that
+    /// just rejoined may still be catching up).
+    pub fn hashes(&self) -> Option<Vec<String>> {
         self.endpoints()
             .iter()
             .map(|e| {
-                let out = etcdctl_ok(e, &["endpoint", "hashkv", "-w", "json"]);
-                let v: serde_json::Value = serde_json::from_str(&out).expect("hashkv json");
-                v[0]["HashKV"]["hash"].to_string()
+                let out = etcdctl(e, &["endpoint", "hashkv", "-w", "json"], None);
+                if !out.status.success() {
+                    return None;
+                }
+                let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+                Some(v[0]["HashKV"]["hash"].to_string())
             })
             .collect()
     }
@@ -244,8 +249,8 @@ impl Cluster {
             "every member has the same HashKV",
             Duration::from_secs(30),
             || {
-                let hashes = self.hashes();
-                hashes.windows(2).all(|w| w[0] == w[1])
+                self.hashes()
+                    .is_some_and(|hashes| hashes.windows(2).all(|w| w[0] == w[1]))
             },
         );
     }
