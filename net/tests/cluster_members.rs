@@ -187,15 +187,38 @@ fn unused_peer_url() -> String {
     format!("http://127.0.0.1:{}", free_port())
 }
 
+/// Who leads a script's cluster, and a follower, once connections settled.
+struct Roles {
+    leader: usize,
+    at_leader: String,
+    other: usize,
+    at_follower: String,
+}
+
+impl Roles {
+    fn settled(cluster: &Cluster) -> Roles {
+        std::thread::sleep(CONNECTIONS_SETTLE);
+        let leader = cluster.wait_for_leader(None);
+        let other = follower(cluster, leader);
+        Roles {
+            leader,
+            at_leader: cluster.members[leader].endpoint(),
+            other,
+            at_follower: cluster.members[other].endpoint(),
+        }
+    }
+}
+
 /// Refusals, a learner that never starts, move-leader, and strict reconfiguration with a
 /// member down.
 fn refusals_script(cluster: &mut Cluster) -> Transcript {
     let mut t = Transcript::new();
-    std::thread::sleep(CONNECTIONS_SETTLE);
-    let leader = cluster.wait_for_leader(None);
-    let at_leader = cluster.members[leader].endpoint();
-    let other = follower(cluster, leader);
-    let at_follower = cluster.members[other].endpoint();
+    let Roles {
+        leader,
+        at_leader,
+        other,
+        at_follower,
+    } = Roles::settled(cluster);
     let voter_id = member_id(&at_leader, &cluster.members[other].name);
     let voter_peer = cluster.members[other].peer_url();
 
@@ -415,11 +438,11 @@ fn membership_refusals_match_etcd() {
 /// writes and linearizable reads, and is promoted through a follower.
 fn learner_script(cluster: &mut Cluster) -> Transcript {
     let mut t = Transcript::new();
-    std::thread::sleep(CONNECTIONS_SETTLE);
-    let leader = cluster.wait_for_leader(None);
-    let at_leader = cluster.members[leader].endpoint();
-    let other = follower(cluster, leader);
-    let at_follower = cluster.members[other].endpoint();
+    let Roles {
+        at_leader,
+        at_follower,
+        ..
+    } = Roles::settled(cluster);
     for i in 0..200 {
         assert!(common::cluster::put_ok(
             &cluster.members[i % 3].endpoint(),

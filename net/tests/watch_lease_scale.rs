@@ -21,15 +21,13 @@ mod common;
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::cluster::Cluster;
-use common::{etcdctl, free_port, free_udp_port, http_get, runtime, Rivet};
+use common::{etcdctl, http_get, runtime, Rivet};
 use futures::channel::{mpsc, oneshot};
 use futures::StreamExt;
 use rivet_api::etcdserverpb::{
@@ -372,73 +370,6 @@ async fn grant(lease: &mut LeaseClient<Channel>, ttl: i64) -> i64 {
     .id
 }
 
-/// A single rivet member started with extra environment variables (the shared helper
-/// starts members with the test's environment only). Killed when dropped.
-struct EnvRivet {
-    child: Child,
-    port: u16,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl EnvRivet {
-    fn start(env: &[(&str, &str)], extra: &[&str]) -> EnvRivet {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let port = free_port();
-        let peer = format!("http://127.0.0.1:{}", free_udp_port());
-        let client = format!("http://127.0.0.1:{port}");
-        let log = dir.path().join("rivet.log");
-        let file = std::fs::File::create(&log).expect("log file");
-        let mut child = Command::new(Rivet::binary())
-            .envs(env.iter().copied())
-            .arg("--data-dir")
-            .arg(dir.path().join("data.rivet"))
-            .args(["--listen-client-urls", &client])
-            .args(["--advertise-client-urls", &client])
-            .args(["--listen-peer-urls", &peer])
-            .args(["--initial-advertise-peer-urls", &peer])
-            .args(["--initial-cluster", &format!("default={peer}")])
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().expect("log"))
-            .stderr(file)
-            .spawn()
-            .expect("start rivet");
-        let endpoint = format!("127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!(
-                    "rivet exited with {status}; log:\n{}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                );
-            }
-            if http_get(&endpoint, "/health").is_ok_and(|b| b.contains("\"health\":\"true\"")) {
-                break;
-            }
-            assert!(Instant::now() < deadline, "rivet not healthy after 30 s");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        EnvRivet {
-            child,
-            port,
-            log,
-            _dir: dir,
-        }
-    }
-
-    fn endpoint(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for EnvRivet {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn healthy(endpoint: &str) -> bool {
     http_get(endpoint, "/health").is_ok_and(|b| b.contains("\"health\":\"true\""))
 }
@@ -714,9 +645,9 @@ fn slow_key(i: usize) -> String {
 
 #[test]
 fn a_slow_watcher_delays_no_other_watcher_and_catches_up() {
-    let rivet = EnvRivet::start(
-        &[("RIVET_TEST_WATCH_RECENT_CHANGES", TINY_RECENT_CHANGES)],
+    let rivet = Rivet::start_with_env(
         &["--shards", "2"],
+        &[("RIVET_TEST_WATCH_RECENT_CHANGES", TINY_RECENT_CHANGES)],
     );
     runtime().block_on(async {
         let endpoint = rivet.endpoint();

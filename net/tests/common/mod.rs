@@ -67,6 +67,8 @@ pub struct Rivet {
     pub data_dir: PathBuf,
     pub log: PathBuf,
     args: Vec<String>,
+    /// Extra environment variables (test-only settings).
+    env: Vec<(String, String)>,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -77,15 +79,25 @@ impl Rivet {
 
     /// Starts a member in a fresh temporary data dir with extra flags.
     pub fn start(extra: &[&str]) -> Rivet {
+        Rivet::start_with_env(extra, &[])
+    }
+
+    /// Starts a member in a fresh temporary data dir with extra flags and environment
+    /// variables (test-only settings such as `RIVET_TEST_WATCH_RECENT_CHANGES`).
+    pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Rivet {
         let dir = tempfile::tempdir().expect("temp dir");
         let data_dir = dir.path().join("data.rivet");
-        let mut rivet = Rivet::start_in(&data_dir, extra);
+        let mut rivet = Rivet::start_in_with_env(&data_dir, extra, env);
         rivet._dir = Some(dir);
         rivet
     }
 
     /// Starts a member on `data_dir` (kept by the caller) with extra flags.
     pub fn start_in(data_dir: &Path, extra: &[&str]) -> Rivet {
+        Rivet::start_in_with_env(data_dir, extra, &[])
+    }
+
+    fn start_in_with_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Rivet {
         let port = free_port();
         let mut args = vec![
             "--data-dir".to_string(),
@@ -114,6 +126,10 @@ impl Rivet {
             data_dir: data_dir.to_path_buf(),
             log: data_dir.with_extension(format!("{port}.log")),
             args,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             _dir: None,
         };
         rivet.spawn();
@@ -124,6 +140,7 @@ impl Rivet {
         let log = std::fs::File::create(&self.log).expect("log file");
         let mut child = Command::new(Rivet::binary())
             .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
