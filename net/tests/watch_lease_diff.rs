@@ -1760,15 +1760,22 @@ fn etcdctl_lock_matches_etcd_on_clusters() {
     etcdctl_lock(&Servers::clusters());
 }
 
-fn etcdctl_lock(servers: &Servers) {
+/// Runs `scenario` against etcd, then rivet; panics unless they saw the same. Returns
+/// what etcd's side saw.
+fn same_on_both(servers: &Servers, what: &str, scenario: fn(&str) -> Vec<String>) -> Vec<String> {
     let (etcd, rivet) = servers.endpoints();
-    let etcd_seen = lock_scenario(&etcd);
-    let rivet_seen = lock_scenario(&rivet);
+    let etcd_seen = scenario(&etcd);
+    let rivet_seen = scenario(&rivet);
     println!("{etcd_seen:#?}");
     assert_eq!(
         rivet_seen, etcd_seen,
-        "etcdctl lock: rivet (left) differs from etcd"
+        "etcdctl {what}: rivet (left) differs from etcd"
     );
+    etcd_seen
+}
+
+fn etcdctl_lock(servers: &Servers) {
+    let etcd_seen = same_on_both(servers, "lock", lock_scenario);
     assert!(etcd_seen[1].contains("mylock/<lease>\\n"), "{etcd_seen:?}");
     assert!(etcd_seen[2].contains("mylock/<lease>\\n"), "{etcd_seen:?}");
 }
@@ -1825,14 +1832,7 @@ fn etcdctl_elect_matches_etcd_on_clusters() {
 }
 
 fn etcdctl_elect(servers: &Servers) {
-    let (etcd, rivet) = servers.endpoints();
-    let etcd_seen = elect_scenario(&etcd);
-    let rivet_seen = elect_scenario(&rivet);
-    println!("{etcd_seen:#?}");
-    assert_eq!(
-        rivet_seen, etcd_seen,
-        "etcdctl elect: rivet (left) differs from etcd"
-    );
+    let etcd_seen = same_on_both(servers, "elect", elect_scenario);
     assert!(
         etcd_seen[3].contains("p1") && etcd_seen[3].contains("p2"),
         "{etcd_seen:?}"
