@@ -5,6 +5,7 @@
 pub mod check;
 pub mod core;
 pub mod error;
+pub mod etcd_backend;
 pub mod identity;
 pub mod lessor;
 pub mod limits;
