@@ -80,14 +80,32 @@ where
     I: IntoIterator<Item = Result<KeyVersion, E>>,
     E: Into<Box<dyn StdError + Send + Sync>>,
 {
+    let mut part_name = path.as_os_str().to_owned();
+    part_name.push(".part");
+    let part = Path::new(&part_name);
+    let written = write_snapshot_part(path, part, state, key_versions);
+    if written.is_err() {
+        // As etcdctl does with its .part file; the error says what went wrong.
+        let _ = std::fs::remove_file(part);
+    }
+    written
+}
+
+fn write_snapshot_part<I, E>(
+    path: &Path,
+    part: &Path,
+    state: &BackendState,
+    key_versions: I,
+) -> Result<SnapshotSummary, SnapshotWriteError>
+where
+    I: IntoIterator<Item = Result<KeyVersion, E>>,
+    E: Into<Box<dyn StdError + Send + Sync>>,
+{
     let shown = path.display().to_string();
     let io_error = |source| SnapshotWriteError::Io {
         path: shown.clone(),
         source,
     };
-    let mut part_name = path.as_os_str().to_owned();
-    part_name.push(".part");
-    let part = Path::new(&part_name);
     let file = OpenOptions::new()
         .read(true)
         .write(true)

@@ -590,3 +590,28 @@ fn key_versions_out_of_order_are_refused() {
         assert!(result.is_err());
     }
 }
+
+#[test]
+fn a_failed_snapshot_write_leaves_no_file() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("out.db");
+    let versions = (2..1000i64).map(|revision| {
+        if revision == 500 {
+            return Err(std::io::Error::other("shard went away"));
+        }
+        Ok(KeyVersion {
+            key: Bytes::from(format!("k{revision}")),
+            mod_revision: revision,
+            sub_revision: 0,
+            create_revision: revision,
+            version: 1,
+            lease: 0,
+            value: Some(Bytes::from_static(b"v")),
+        })
+    });
+    let failure =
+        super::snapshot_file::write_snapshot_file(&path, &BackendState::default(), versions)
+            .expect_err("the source failed");
+    assert!(failure.to_string().contains("shard went away"), "{failure}");
+    assert_eq!(std::fs::read_dir(dir.path()).expect("list").count(), 0);
+}

@@ -160,8 +160,9 @@ pub enum ReadError {
     /// bbolt's message for a file shorter than two pages.
     #[error("file size too small")]
     FileTooSmall { len: u64 },
-    /// Neither meta page is usable; the errors of meta 0 and meta 1.
-    #[error("{meta0} (meta 1: {meta1})")]
+    /// Neither meta page is usable; the errors of meta 0 and meta 1. Shown as bbolt
+    /// shows it (etcdctl prints it): meta 0's error.
+    #[error("{meta0}")]
     NoValidMeta { meta0: MetaError, meta1: MetaError },
     #[error("page {page}: {damage}")]
     Damaged { page: u64, damage: Damage },
