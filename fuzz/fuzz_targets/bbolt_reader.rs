@@ -14,13 +14,18 @@
 
 use libfuzzer_sys::fuzz_target;
 use rivet_engine::etcd_backend::bbolt::format::{
-    fnv1a_64, read_u32, write_u64, META_CHECKSUM_OFFSET, META_OFFSET, META_PAGE_SIZE_OFFSET,
+    fnv1a_64, read_u32, write_u64, META_BYTES, META_CHECKSUM_OFFSET, META_OFFSET,
+    META_PAGE_SIZE_OFFSET,
 };
 use rivet_engine::etcd_backend::bbolt::{BucketRef, Db};
 use rivet_engine::etcd_backend::schema::{status, Backend};
 
 fn fix_checksum(file: &mut [u8], page: usize) {
     let start = page + META_OFFSET;
+    // The whole meta must be there, checksum field included.
+    if file.len() < start + META_BYTES {
+        return;
+    }
     let Some(meta) = file.get(start..start + META_CHECKSUM_OFFSET) else {
         return;
     };
