@@ -16,7 +16,8 @@ use std::net::TcpStream;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Etcd, Rivet};
+use common::cluster::{wait_until, Cluster};
+use common::{etcdctl, etcdctl_ok, Etcd, Rivet};
 
 /// Any single read from a server: a stuck server fails the test instead of hanging it.
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -397,6 +398,10 @@ const TRANSCRIPT: &[Step] = &[
     step("/v3/lease/leases", "{}"),
     step("/v3/kv/lease/leases", ""),
     step("/v3/lease/keepalive", r#"{"ID":${LEASE}}"#),
+    step(
+        "/v3/lease/keepalive",
+        r#"{"ID":${LEASE}} {"ID":${LEASE}}{"ID":"1"}"#,
+    ),
     step("/v3/lease/revoke", r#"{"ID":${LEASE}}"#),
     step("/v3/kv/lease/revoke", r#"{"ID":${LEASE}}"#),
     step("/v3/lease/timetolive", r#"{"ID":${LEASE}}"#),
@@ -757,4 +762,139 @@ fn readme_gateway_examples_run_as_written() {
         let expected: Vec<String> = expected.iter().map(|l| mask(l, ALWAYS_MASKED)).collect();
         assert_eq!(printed, expected, "{command}");
     }
+}
+
+/// Election observe over the gateway: the leader now, then every proclamation, one line
+/// each on the open stream.
+fn observe_session(endpoint: &str) -> Vec<String> {
+    let lease = post(endpoint, "/v3/lease/grant", r#"{"TTL":60}"#).text();
+    let lease: serde_json::Value = serde_json::from_str(&lease).expect("lease JSON");
+    let lease = lease["ID"].as_str().expect("lease ID").to_string();
+    let campaign = post(
+        endpoint,
+        "/v3/election/campaign",
+        &format!(r#"{{"name":"b2JzZXJ2ZQ==","value":"djE=","lease":"{lease}"}}"#),
+    );
+    assert_eq!(campaign.status, 200, "{}", campaign.text());
+    let leader: serde_json::Value = serde_json::from_str(&campaign.text()).expect("JSON");
+    let leader = leader["leader"].to_string();
+    let mut stream = Stream::open(
+        endpoint,
+        "/v3/election/observe",
+        r#"{"name":"b2JzZXJ2ZQ=="}"#,
+    );
+    assert_eq!(stream.status, 200);
+    let mut lines = vec![stream.line()];
+    for value in ["djI=", "djM="] {
+        let body = format!(r#"{{"leader":{leader},"value":"{value}"}}"#);
+        assert_eq!(post(endpoint, "/v3/election/proclaim", &body).status, 200);
+        lines.push(stream.line());
+    }
+    lines
+        .iter()
+        .map(|l| mask(l, &[ALWAYS_MASKED, &["key", "lease"]].concat()))
+        .collect()
+}
+
+#[test]
+fn election_observe_stream_matches_etcd() {
+    let etcd = Etcd::start(&[]);
+    let rivet = Rivet::start(&[]);
+    let from_etcd = observe_session(&etcd.endpoint());
+    let from_rivet = observe_session(&rivet.endpoint());
+    assert_eq!(from_rivet, from_etcd);
+}
+
+/// What a learner answers through the gateway: serializable reads and status, and etcd's
+/// "rpc not supported for learner" for the rest, streams included.
+fn learner_session(mut cluster: Cluster) -> Vec<String> {
+    let voter = cluster.members[0].endpoint();
+    assert_eq!(
+        post(&voter, "/v3/kv/put", r#"{"key":"YQ==","value":"MQ=="}"#).status,
+        200
+    );
+    let learner = cluster.new_member("m1");
+    etcdctl_ok(
+        &voter,
+        &[
+            "member",
+            "add",
+            "m1",
+            "--learner",
+            "--peer-urls",
+            &learner.peer_url(),
+        ],
+    );
+    let at_learner = learner.endpoint();
+    cluster.join(learner, &[]);
+    wait_until(
+        "the learner serves the data",
+        Duration::from_secs(60),
+        || {
+            etcdctl(
+                &at_learner,
+                &["get", "a", "--print-value-only", "--consistency", "s"],
+                None,
+            )
+            .stdout
+                == b"1\n"
+        },
+    );
+    let keys = [ALWAYS_MASKED, &["raft_term", "raftTerm", "revision"]].concat();
+    let mut seen = Vec::new();
+    for (path, body) in [
+        ("/v3/kv/range", r#"{"key":"YQ==","serializable":true}"#),
+        ("/v3/kv/range", r#"{"key":"YQ=="}"#),
+        ("/v3/kv/put", r#"{"key":"YQ==","value":"Mg=="}"#),
+        ("/v3/kv/txn", "{}"),
+        ("/v3/cluster/member/list", "{}"),
+        ("/v3/lease/grant", r#"{"TTL":60}"#),
+        ("/v3/watch", r#"{"create_request":{"key":"YQ=="}}"#),
+        ("/v3/lease/keepalive", r#"{"ID":"1"}"#),
+        ("/v3/lock/lock", r#"{"name":"bA=="}"#),
+    ] {
+        let answer = post(&at_learner, path, body);
+        seen.push(format!(
+            "{path} {body} -> {} {}",
+            answer.status,
+            mask(&answer.text(), &keys)
+        ));
+    }
+    let status = post(&at_learner, "/v3/maintenance/status", "{}");
+    let status: serde_json::Value = serde_json::from_str(&status.text()).expect("JSON");
+    seen.push(format!("status: isLearner {}", status["isLearner"]));
+    seen
+}
+
+#[test]
+fn learner_refuses_through_the_gateway_as_etcd() {
+    let from_etcd = learner_session(Cluster::start_etcd(1, &[]));
+    let from_rivet = learner_session(Cluster::start(1, &[]));
+    assert_eq!(from_rivet, from_etcd);
+}
+
+/// Gateway calls are gRPC calls to the server: the `grpc_server_*` metrics count them.
+#[test]
+fn gateway_calls_count_in_grpc_metrics() {
+    let rivet = Rivet::start(&[]);
+    let handled = |method: &str| -> u64 {
+        let metrics = request(&rivet.endpoint(), "GET", "/metrics", "", &[]).text();
+        metrics
+            .lines()
+            .filter(|l| {
+                l.starts_with("grpc_server_handled_total{")
+                    && l.contains(&format!("grpc_method=\"{method}\""))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    let before = handled("Range");
+    for _ in 0..3 {
+        assert_eq!(
+            post(&rivet.endpoint(), "/v3/kv/range", r#"{"key":"YQ=="}"#).status,
+            200
+        );
+    }
+    assert_eq!(post(&rivet.endpoint(), "/v3/kv/range", "{}").status, 400);
+    assert_eq!(handled("Range"), before + 4);
 }
