@@ -411,6 +411,12 @@ const TRANSCRIPT: &[Step] = &[
     step("/v3/cluster/member/list", "{}"),
     step("/v3/cluster/member/remove", r#"{"ID":"1"}"#),
     step("/v3/cluster/member/add", r#"{"peerURLs":["not a url"]}"#),
+    step(
+        "/v3/cluster/member/update",
+        r#"{"ID":"1","peerURLs":["http://127.0.0.1:1"]}"#,
+    ),
+    step("/v3/cluster/member/promote", r#"{"ID":"1"}"#),
+    step("/v3/maintenance/transfer-leadership", r#"{"targetID":"1"}"#),
     step("/v3/maintenance/status", "{}"),
     step("/v3/maintenance/alarm", r#"{"action":"GET"}"#),
     step("/v3/maintenance/alarm", "{}"),
