@@ -98,6 +98,20 @@ pub const WATCH_STREAM_QUEUE: usize = 128;
 /// etcd's default interval of progress notifications for watchers that asked for them.
 pub const WATCH_PROGRESS_NOTIFY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(600);
 
+// ---- JSON gateway (net/src/gateway) ----------------------------------------------------
+
+/// Requests of one gateway stream (watch, lease keep-alive) read from the HTTP body ahead
+/// of the service: a client that writes faster than the stream serves waits here instead
+/// of growing a buffer.
+pub const GATEWAY_STREAM_REQUEST_QUEUE: usize = 16;
+/// The JSON of one gateway request may be this many times `--max-request-bytes` (plus
+/// [`GATEWAY_REQUEST_OVERHEAD_BYTES`]): base64 makes keys and values 4/3 as long and JSON
+/// adds names and quotes; a larger body is refused before it is buffered, as the request
+/// it carries would be too large anyway.
+pub const GATEWAY_REQUEST_EXPANSION: usize = 2;
+/// Room for field names and punctuation of a gateway request with small keys and values.
+pub const GATEWAY_REQUEST_OVERHEAD_BYTES: usize = 64 * 1024;
+
 // ---- Executors -------------------------------------------------------------------------
 
 /// How long an idle shard core spins before it parks: a reply from the raft core usually

@@ -1,5 +1,6 @@
-//! The client port serves gRPC and plain HTTP/1.1 like etcd: `/health` and `/version`
-//! answer here; everything with a gRPC content type goes to the tonic routes.
+//! The client port serves gRPC and plain HTTP like etcd: everything with a gRPC content
+//! type goes to the tonic routes, `/v3/…` to the JSON gateway (`crate::gateway`), and
+//! `/health`, `/version` and `/metrics` answer here.
 
 use std::convert::Infallible;
 use std::rc::Rc;
@@ -15,9 +16,10 @@ use tonic::body::Body;
 use tonic::Status;
 use tower::Service;
 
+use crate::gateway::GatewayConfig;
 use crate::services::{ETCD_CLUSTER_VERSION, ETCD_VERSION};
 
-fn cors(response: &mut Response<Body>) {
+pub(crate) fn cors(response: &mut Response<Body>) {
     let headers = response.headers_mut();
     headers.insert(
         "Access-Control-Allow-Headers",
@@ -100,13 +102,53 @@ fn is_grpc<B>(request: &Request<B>) -> bool {
 pub struct ClientService {
     pub grpc: tonic::service::Routes,
     pub core: send_wrapper::SendWrapper<Rc<ShardCore>>,
+    pub gateway: GatewayConfig,
+}
+
+type ResponseFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response<Body>, Infallible>>>>;
+
+impl ClientService {
+    /// One gRPC call, from the wire or from the JSON gateway: learners refuse what etcd's
+    /// learners refuse, and the call is counted in the `grpc_server_*` metrics.
+    pub fn call_grpc<B>(&self, request: Request<B>) -> ResponseFuture
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<tower::BoxError>,
+    {
+        let mut grpc = self.grpc.clone();
+        let method = rivet_engine::metrics::grpc_method(request.uri().path());
+        if let Some(method) = method {
+            rivet_engine::metrics::grpc_started(method);
+        }
+        let refused = self.core.shared.is_learner.load(Ordering::Acquire)
+            && !served_by_learner(request.uri().path());
+        Box::pin(async move {
+            let response = if refused {
+                Ok(Status::from(EtcdError::NotSupportedForLearner).into_http())
+            } else {
+                grpc.call(request).await
+            };
+            if let (Some(method), Ok(response)) = (method, &response) {
+                // Errors travel in the headers (trailers-only responses); a response
+                // without `grpc-status` there went on and is counted as OK.
+                let code = response
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<usize>().ok())
+                    .unwrap_or(0);
+                rivet_engine::metrics::grpc_handled(method, code);
+            }
+            response
+        })
+    }
 }
 
 impl Service<Request<hyper::body::Incoming>> for ClientService {
     type Response = Response<Body>;
     type Error = Infallible;
-    type Future =
-        std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response<Body>, Infallible>>>>;
+    type Future = ResponseFuture;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         Poll::Ready(Ok(()))
@@ -114,32 +156,21 @@ impl Service<Request<hyper::body::Incoming>> for ClientService {
 
     fn call(&mut self, request: Request<hyper::body::Incoming>) -> Self::Future {
         if is_grpc(&request) {
-            let mut grpc = self.grpc.clone();
-            let method = rivet_engine::metrics::grpc_method(request.uri().path());
-            if let Some(method) = method {
-                rivet_engine::metrics::grpc_started(method);
-            }
-            let refused = self.core.shared.is_learner.load(Ordering::Acquire)
-                && !served_by_learner(request.uri().path());
-            return Box::pin(async move {
-                let response = if refused {
-                    Ok(Status::from(EtcdError::NotSupportedForLearner).into_http())
-                } else {
-                    grpc.call(request).await
-                };
-                if let (Some(method), Ok(response)) = (method, &response) {
-                    // Errors travel in the headers (trailers-only responses); a response
-                    // without `grpc-status` there went on and is counted as OK.
-                    let code = response
-                        .headers()
-                        .get("grpc-status")
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.parse::<usize>().ok())
-                        .unwrap_or(0);
-                    rivet_engine::metrics::grpc_handled(method, code);
-                }
-                response
+            return self.call_grpc(request);
+        }
+        // etcd answers a CORS preflight on any path with 200 and no body.
+        if request.method() == http::Method::OPTIONS {
+            return Box::pin(async {
+                let mut response = Response::new(Body::empty());
+                cors(&mut response);
+                Ok(response)
             });
+        }
+        if self.gateway.enabled && crate::gateway::handles(request.uri().path()) {
+            let (client, config) = (self.clone(), self.gateway);
+            return Box::pin(
+                async move { Ok(crate::gateway::serve(client, config, request).await) },
+            );
         }
         let core = Rc::clone(&self.core);
         let path = request.uri().path().to_string();

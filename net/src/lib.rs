@@ -1,8 +1,9 @@
-//! rivet's network layer: the etcd v3 gRPC services and HTTP endpoints served on every
-//! shard core, the peer transport (QUIC), flags, and member start-up.
+//! rivet's network layer: the etcd v3 gRPC services, their JSON gateway and the HTTP
+//! endpoints served on every shard core, the peer transport (QUIC), flags, and member start-up.
 
 pub mod authority;
 pub mod config;
+pub mod gateway;
 pub mod glommio_hyper;
 pub mod http;
 pub mod lease;

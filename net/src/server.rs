@@ -375,6 +375,7 @@ async fn accept_loop(listener: TcpListener, core: Rc<ShardCore>, max_request_byt
     let service = ClientService {
         grpc: routes,
         core: send_wrapper::SendWrapper::new(core),
+        gateway: crate::gateway::GatewayConfig::new(max_request_bytes),
     };
     loop {
         let stream = match listener.accept().await {

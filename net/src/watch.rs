@@ -126,13 +126,26 @@ impl WatchStream {
     }
 
     async fn run(mut self, mut inbound: Streaming<WatchRequest>) {
+        // A client that half-closes its side (as etcd's JSON gateway does when the HTTP
+        // body ends) keeps receiving events, as from etcd: only an error on the inbound
+        // side or a client that stopped reading ends the stream.
+        let mut inbound_open = true;
         loop {
+            if self.out.is_closed() {
+                break;
+            }
             let wake = {
                 // A watcher still catching up gets its next chunk without waiting for a
                 // new revision (requests still come first, so a cancel is not delayed).
                 let catching_up = self.catching_up();
                 let (core, seen_index) = (self.core.clone(), self.seen_index);
-                let request = std::pin::pin!(inbound.message());
+                let request = std::pin::pin!(async {
+                    if inbound_open {
+                        inbound.message().await
+                    } else {
+                        futures::future::pending().await
+                    }
+                });
                 let applied = std::pin::pin!(async move {
                     if catching_up {
                         glommio::yield_if_needed().await;
@@ -151,7 +164,11 @@ impl WatchStream {
             };
             let open = match wake {
                 Wake::Request(Some(Ok(request))) => self.handle(request).await,
-                Wake::Request(_) => false,
+                Wake::Request(None) => {
+                    inbound_open = false;
+                    true
+                }
+                Wake::Request(Some(Err(_))) => false,
                 Wake::Applied => true,
                 Wake::Progress => self.progress_notify().await,
             };
