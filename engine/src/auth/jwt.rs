@@ -622,3 +622,380 @@ fn sec1_private_key(der: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
     }
     Some((scalar.to_vec(), point?))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::{Path, PathBuf};
+    use std::process::Command;
+
+    /// A token issued by real etcd 3.4.23 (`--auth-token jwt,...,sign-method=RS256,
+    /// ttl=876000h`, user root at auth revision 3), and its public key.
+    const ETCD_TOKEN: &str = "eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCJ9.eyJleHAiOjQ5NTAyMDY3MzUsInJldmlzaW9uIjozLCJ1c2VybmFtZSI6InJvb3QifQ.Aed89MnHwM1p8BaKR53ufXBr3syi7S-QEYqsjCd1zBrONr-cORZoaUz9OIQwx18FVQQkPEHU4PL4yF43gCXQRh7haEo-UVhQTIxcbkMBCXM7hMkd3nXnYFvKdgdHGP9xxKOotgFXR9r996fIdhGC1ldM6TCjz3YP8hVCjaium6kuv2wzUiJP4HjWbjd2aBETdnujWYQ7tYrmK8CZJkNLPLggESr5pl09OdF9a2QEPoYJjxv8WWnQFAy7xvOnjgnzkpBZZjqTMhCeRdwElqaKrwEFH7G0wqpV-bZ0PRPEpBErwm8oz_uqJMUMFSDVmLpbdPqCvGUmkzk8vkDYzk2W2Q";
+    const ETCD_PUBLIC_KEY: &str = "-----BEGIN PUBLIC KEY-----
+MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEAtdxp7xqN0t8SoCYwiiJ9
+KcD9b5hERK5m7w6SU9sZg4NAltaekNdVzrVSw9SdnpUwQnQih6k2wEWDwdENvylj
+HeS/dmo4YF3zxAgQAcdEkOFavZSqUqjfeO4U6L+tdkm5VmVeTidGW6YRVOrlUinQ
+r6yp7aWqqoUgjWwm5sjnjKls2C+P25AvJrQDadDavfB/QtiMzh89kxxpYq/nbrsQ
+EqG9IvKAaFqtoTpt4KveGLuiyKm+ehb78NW+tyoYT6oE2KlRx+jqvRlf8DGxq7R9
+eM9NB1nlQthBirJHJOXNnoO5QSOTxPspwLVa2wwUjMIMFsqvqBRFyaIdKfqB2V2K
+aQIDAQAB
+-----END PUBLIC KEY-----
+";
+    const ETCD_TOKEN_EXP: i64 = 4_950_206_735;
+
+    #[test]
+    fn etcd_tokens_verify_here() {
+        let provider =
+            JwtProvider::from_keys(SignMethod::Rs256, ETCD_PUBLIC_KEY.as_bytes(), b"", 0)
+                .expect("public key");
+        assert!(provider.is_verify_only());
+        assert_eq!(
+            provider.verify(ETCD_TOKEN, 1_800_000_000),
+            Some(AuthInfo::new("root", 3))
+        );
+        // exp is exclusive, as in golang-jwt.
+        assert!(provider.verify(ETCD_TOKEN, ETCD_TOKEN_EXP - 1).is_some());
+        assert_eq!(provider.verify(ETCD_TOKEN, ETCD_TOKEN_EXP), None);
+        // Another configured method refuses it.
+        let rs384 = JwtProvider::from_keys(SignMethod::Rs384, ETCD_PUBLIC_KEY.as_bytes(), b"", 0)
+            .expect("public key");
+        assert_eq!(rs384.verify(ETCD_TOKEN, 1_800_000_000), None);
+        // Tampered claims or signature.
+        let mut parts: Vec<String> = ETCD_TOKEN.split('.').map(String::from).collect();
+        let claims =
+            URL_SAFE_NO_PAD.encode(br#"{"exp":4950206735,"revision":3,"username":"rooT"}"#);
+        parts[1] = claims;
+        assert_eq!(provider.verify(&parts.join("."), 1_800_000_000), None);
+        assert_eq!(
+            provider.verify(&format!("{ETCD_TOKEN}x"), 1_800_000_000),
+            None
+        );
+        for garbage in ["", ".", "..", "a.b.c", "a.b.c.d", "\u{1F600}.x.y"] {
+            assert_eq!(provider.verify(garbage, 0), None);
+        }
+        // Verify-only: no signing, with etcd's error.
+        assert_eq!(
+            provider.sign("root", 3, 0),
+            Err(EtcdError::Plain(
+                "auth: token signing attempted with verify-only key"
+            ))
+        );
+    }
+
+    fn openssl(args: &[&str]) {
+        let status = Command::new("openssl")
+            .args(args)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("openssl runs");
+        assert!(status.success(), "openssl {args:?}");
+    }
+
+    struct Keys {
+        private: PathBuf,
+        public: PathBuf,
+        certificate: PathBuf,
+    }
+
+    fn make_keys(dir: &Path, name: &str, generate: &[&str]) -> Keys {
+        let private = dir.join(format!("{name}.key"));
+        let public = dir.join(format!("{name}.pub"));
+        let certificate = dir.join(format!("{name}.crt"));
+        let mut args: Vec<&str> = generate.to_vec();
+        let private_text = private.to_str().expect("utf-8 path");
+        args.extend(["-out", private_text]);
+        openssl(&args);
+        openssl(&[
+            "pkey",
+            "-in",
+            private_text,
+            "-pubout",
+            "-out",
+            public.to_str().expect("path"),
+        ]);
+        openssl(&[
+            "req",
+            "-x509",
+            "-new",
+            "-key",
+            private_text,
+            "-subj",
+            "/CN=jwt",
+            "-days",
+            "1",
+            "-out",
+            certificate.to_str().expect("path"),
+        ]);
+        Keys {
+            private,
+            public,
+            certificate,
+        }
+    }
+
+    fn provider(
+        method: &str,
+        public: Option<&Path>,
+        private: Option<&Path>,
+        ttl: &str,
+    ) -> Result<JwtProvider, JwtError> {
+        let mut options = HashMap::new();
+        options.insert("sign-method".to_string(), method.to_string());
+        if let Some(p) = public {
+            options.insert("pub-key".to_string(), p.display().to_string());
+        }
+        if let Some(p) = private {
+            options.insert("priv-key".to_string(), p.display().to_string());
+        }
+        if !ttl.is_empty() {
+            options.insert("ttl".to_string(), ttl.to_string());
+        }
+        JwtProvider::from_options(&options)
+    }
+
+    #[test]
+    fn every_supported_method_signs_and_verifies() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rsa_pkcs8 = make_keys(
+            dir.path(),
+            "rsa8",
+            &[
+                "genpkey",
+                "-algorithm",
+                "RSA",
+                "-pkeyopt",
+                "rsa_keygen_bits:2048",
+            ],
+        );
+        let rsa_pkcs1 = make_keys(dir.path(), "rsa1", &["genrsa", "-traditional"]);
+        let p256_sec1 = make_keys(
+            dir.path(),
+            "p256",
+            &["ecparam", "-name", "prime256v1", "-genkey", "-noout"],
+        );
+        let p384_pkcs8 = make_keys(
+            dir.path(),
+            "p384",
+            &[
+                "genpkey",
+                "-algorithm",
+                "EC",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-384",
+            ],
+        );
+        let now_nanos: i128 = 1_700_000_000 * 1_000_000_000;
+        let now = 1_700_000_000;
+        let cases: Vec<(&str, &Keys)> = vec![
+            ("RS256", &rsa_pkcs8),
+            ("RS384", &rsa_pkcs1),
+            ("RS512", &rsa_pkcs8),
+            ("PS256", &rsa_pkcs8),
+            ("PS384", &rsa_pkcs1),
+            ("PS512", &rsa_pkcs8),
+            ("ES256", &p256_sec1),
+            ("ES384", &p384_pkcs8),
+        ];
+        for (method, keys) in cases {
+            let signer = provider(method, Some(&keys.public), Some(&keys.private), "")
+                .unwrap_or_else(|e| panic!("{method}: {e}"));
+            let token = signer.sign("alice", 42, now_nanos).expect("signs");
+            assert_eq!(
+                signer.verify(&token, now),
+                Some(AuthInfo::new("alice", 42)),
+                "{method}"
+            );
+            // Default TTL 5 minutes.
+            assert!(signer.verify(&token, now + 299).is_some());
+            assert!(signer.verify(&token, now + 300).is_none());
+            // Verify-only members check it with the public key, or a certificate.
+            for public in [&keys.public, &keys.certificate] {
+                let verifier = provider(method, Some(public), None, "").expect("public key");
+                assert_eq!(
+                    verifier.verify(&token, now),
+                    Some(AuthInfo::new("alice", 42)),
+                    "{method}"
+                );
+            }
+            // A token of another method is refused.
+            let other = if method.starts_with("RS") {
+                "PS256"
+            } else {
+                "RS256"
+            };
+            let header = URL_SAFE_NO_PAD.encode(format!(r#"{{"alg":"{other}","typ":"JWT"}}"#));
+            let mut parts: Vec<&str> = token.split('.').collect();
+            parts[0] = &header;
+            assert_eq!(signer.verify(&parts.join("."), now), None);
+        }
+        // HMAC: the priv-key file's bytes are the secret.
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, b"a shared secret").expect("write");
+        for method in ["HS256", "HS384", "HS512"] {
+            let p = provider(method, None, Some(&secret), "1h").expect("hmac");
+            let token = p.sign("bob", 7, now_nanos).expect("signs");
+            assert_eq!(p.verify(&token, now + 3599), Some(AuthInfo::new("bob", 7)));
+            assert_eq!(p.verify(&token, now + 3600), None);
+        }
+        // The claims as etcd writes them.
+        let p = provider("HS256", None, Some(&secret), "10s").expect("hmac");
+        let token = p.sign("bob", 7, now_nanos + 500_000_000).expect("signs");
+        let claims = token.split('.').nth(1).expect("claims");
+        assert_eq!(
+            URL_SAFE_NO_PAD.decode(claims).expect("base64"),
+            br#"{"exp":1700000010,"revision":7,"username":"bob"}"#
+        );
+        let header = token.split('.').next().expect("header");
+        assert_eq!(
+            URL_SAFE_NO_PAD.decode(header).expect("base64"),
+            br#"{"alg":"HS256","typ":"JWT"}"#
+        );
+    }
+
+    #[test]
+    fn claims_follow_golang_jwt() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, b"s").expect("write");
+        let p = provider("HS256", None, Some(&secret), "").expect("hmac");
+        let key = hmac::Key::new(hmac::HMAC_SHA256, b"s");
+        let token = |claims: &str| {
+            let mut t = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
+            t.push('.');
+            t.push_str(&URL_SAFE_NO_PAD.encode(claims));
+            let signature = hmac::sign(&key, t.as_bytes());
+            t.push('.');
+            t.push_str(&URL_SAFE_NO_PAD.encode(signature.as_ref()));
+            t
+        };
+        let now = 1000;
+        let user = Some(AuthInfo::new("u", 5));
+        assert_eq!(
+            p.verify(&token(r#"{"username":"u","revision":5}"#), now),
+            user
+        );
+        assert_eq!(
+            p.verify(&token(r#"{"username":"u","revision":5,"exp":0}"#), now),
+            user
+        );
+        assert_eq!(
+            p.verify(&token(r#"{"username":"u","revision":5,"exp":1000.9}"#), now),
+            None
+        );
+        assert_eq!(
+            p.verify(&token(r#"{"username":"u","revision":5,"exp":"2000"}"#), now),
+            None
+        );
+        assert_eq!(
+            p.verify(&token(r#"{"username":"u","revision":5,"nbf":1000}"#), now),
+            user
+        );
+        assert_eq!(
+            p.verify(&token(r#"{"username":"u","revision":5,"nbf":1001}"#), now),
+            None
+        );
+        assert_eq!(
+            p.verify(&token(r#"{"username":"u","revision":5,"iat":1001}"#), now),
+            None
+        );
+        assert_eq!(
+            p.verify(&token(r#"{"username":"u","revision":5.7}"#), now),
+            user
+        );
+        assert_eq!(p.verify(&token(r#"{"username":"u"}"#), now), None);
+        assert_eq!(
+            p.verify(&token(r#"{"username":5,"revision":5}"#), now),
+            None
+        );
+        assert_eq!(p.verify(&token(r#"{"revision":5}"#), now), None);
+        assert_eq!(p.verify(&token(r#"[1,2]"#), now), None);
+    }
+
+    #[test]
+    fn configuration_errors_are_etcds() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rsa = make_keys(
+            dir.path(),
+            "rsa",
+            &[
+                "genpkey",
+                "-algorithm",
+                "RSA",
+                "-pkeyopt",
+                "rsa_keygen_bits:2048",
+            ],
+        );
+        let missing = dir.path().join("missing");
+        let garbage = dir.path().join("garbage");
+        std::fs::write(&garbage, b"not a key").expect("write");
+        assert_eq!(
+            provider("", None, Some(&rsa.private), "").err(),
+            Some(JwtError::InvalidAuthOptions)
+        );
+        assert_eq!(
+            provider("RS257", None, Some(&rsa.private), "").err(),
+            Some(JwtError::InvalidAuthOptions)
+        );
+        assert_eq!(
+            provider("RS256", None, Some(&rsa.private), "5").err(),
+            Some(JwtError::InvalidAuthOptions)
+        );
+        assert_eq!(
+            provider("RS256", None, Some(&missing), "").err(),
+            Some(JwtError::InvalidAuthOptions)
+        );
+        assert_eq!(
+            provider("RS256", None, None, "").err(),
+            Some(JwtError::MissingKey)
+        );
+        assert_eq!(
+            provider("HS256", Some(&rsa.public), None, "").err(),
+            Some(JwtError::MissingKey)
+        );
+        assert_eq!(
+            provider("RS256", None, Some(&garbage), "").err(),
+            Some(JwtError::KeyMustBePem)
+        );
+        assert_eq!(
+            provider("ES256", None, Some(&rsa.private), "").err(),
+            Some(JwtError::NotEcPrivateKey)
+        );
+        assert_eq!(
+            provider("ES256", Some(&rsa.public), None, "").err(),
+            Some(JwtError::NotEcPublicKey)
+        );
+        assert!(matches!(
+            provider("ES512", None, Some(&rsa.private), ""),
+            Err(JwtError::Unsupported(_))
+        ));
+        assert!(matches!(
+            provider("EdDSA", None, Some(&rsa.private), ""),
+            Err(JwtError::Unsupported(_))
+        ));
+        assert_eq!(JwtError::MissingKey.to_string(), "auth: missing key data");
+        // Through --auth-token.
+        let options = format!(
+            "jwt,priv-key={},sign-method=RS256,ttl=1m,unknown=x",
+            rsa.private.display()
+        );
+        assert!(matches!(
+            super::super::TokenConfig::parse(&options, 0),
+            Ok(super::super::TokenConfig::Jwt(_))
+        ));
+    }
+
+    #[test]
+    fn der_reader_never_panics_on_prefixes() {
+        let pem = pem_block(ETCD_PUBLIC_KEY.as_bytes()).expect("pem");
+        let (label, der) = pem;
+        assert_eq!(label, "PUBLIC KEY");
+        assert!(public_key_of(&der).is_some());
+        for cut in 0..der.len() {
+            let _ = public_key_of(&der[..cut]);
+            let _ = sec1_private_key(&der[..cut]);
+        }
+        assert!(pem_block(b"-----BEGIN X-----\n!!!\n-----END X-----").is_none());
+        assert!(pem_block(b"-----BEGIN X-----\nAAAA\n").is_none());
+    }
+}
