@@ -299,6 +299,62 @@ impl JwtProvider {
     }
 }
 
+/// One core's memory of JWTs it already checked, so that a client sending the same token
+/// on every request pays the signature check once (RS256: ~0.1 ms, ES256: ~0.2 ms of CPU
+/// per check; etcd checks every time). An entry is trusted until the token's `exp`;
+/// the cache is emptied when full (tokens are short-lived, a refill is cheap).
+#[derive(Debug, Default)]
+pub struct VerifiedJwtCache {
+    entries: HashMap<String, (AuthInfo, Option<i64>)>,
+}
+
+impl VerifiedJwtCache {
+    pub fn new() -> VerifiedJwtCache {
+        VerifiedJwtCache::default()
+    }
+
+    /// [`JwtProvider::verify`], remembered. `capacity` bounds the entries.
+    pub fn verify(
+        &mut self,
+        provider: &JwtProvider,
+        token: &str,
+        now_unix_seconds: i64,
+        capacity: usize,
+    ) -> Option<AuthInfo> {
+        if let Some((info, exp)) = self.entries.get(token) {
+            if exp.is_none_or(|exp| now_unix_seconds < exp) {
+                return Some(info.clone());
+            }
+            self.entries.remove(token);
+            return None;
+        }
+        let info = provider.verify(token, now_unix_seconds)?;
+        if self.entries.len() >= capacity {
+            self.entries.clear();
+        }
+        let exp = token_exp(token);
+        self.entries.insert(token.to_string(), (info.clone(), exp));
+        Some(info)
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+/// The `exp` of a token already verified (seconds, truncated; 0 or absent: none).
+fn token_exp(token: &str) -> Option<i64> {
+    let claims = token.split('.').nth(1)?;
+    let claims: serde_json::Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(claims).ok()?).ok()?;
+    let exp = claims.get("exp")?.as_f64()?;
+    (exp != 0.0).then_some(exp.trunc() as i64)
+}
+
 /// golang-jwt v4 `MapClaims.Valid`: `exp` (valid while now < exp), `iat` and `nbf`
 /// (now >= them); each optional, 0 counting as absent, fractions truncated to seconds; a
 /// present claim that is not a number makes the token invalid.
@@ -851,6 +907,22 @@ aQIDAQAB
             URL_SAFE_NO_PAD.decode(header).expect("base64"),
             br#"{"alg":"HS256","typ":"JWT"}"#
         );
+    }
+
+    #[test]
+    fn verified_tokens_are_cached_until_exp() {
+        let provider =
+            JwtProvider::from_keys(SignMethod::Rs256, ETCD_PUBLIC_KEY.as_bytes(), b"", 0)
+                .expect("public key");
+        let mut cache = VerifiedJwtCache::new();
+        let root = Some(AuthInfo::new("root", 3));
+        assert_eq!(cache.verify(&provider, ETCD_TOKEN, 1_800_000_000, 2), root);
+        assert_eq!(cache.len(), 1);
+        assert_eq!(cache.verify(&provider, ETCD_TOKEN, 1_800_000_001, 2), root);
+        assert_eq!(cache.verify(&provider, ETCD_TOKEN, ETCD_TOKEN_EXP, 2), None);
+        assert!(cache.is_empty());
+        assert_eq!(cache.verify(&provider, "a.b.c", 0, 2), None);
+        assert!(cache.is_empty(), "failures are not remembered");
     }
 
     #[test]

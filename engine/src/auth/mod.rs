@@ -53,7 +53,7 @@ pub mod token;
 
 use std::time::Instant;
 
-pub use jwt::{JwtError, JwtProvider, SignMethod};
+pub use jwt::{JwtError, JwtProvider, SignMethod, VerifiedJwtCache};
 pub use password::{PasswordCheck, PasswordPool};
 pub use perms::{Access, KeySet, RangePermissions};
 pub use store::{
