@@ -36,6 +36,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/etcd/v3lock.proto",
         "proto/etcd/v3election.proto",
         "proto/rivet/internal.proto",
+        "proto/rivet/auth.proto",
     ];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");

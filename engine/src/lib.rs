@@ -2,6 +2,7 @@
 //! and page file per core) and the messages between them. No sockets: the `net` crate
 //! serves clients on top of it.
 
+pub mod auth;
 pub mod check;
 pub mod core;
 pub mod error;

@@ -180,3 +180,19 @@ const _: () = assert!(SEGMENT_BYTES_DEFAULT <= SEGMENT_BYTES_MAX);
 const _: () =
     assert!((RECORD_BYTES_MAX as u64) + 2 * (SEGMENT_ALIGNMENT_BYTES as u64) < u32::MAX as u64);
 const _: () = assert!(KEY_BYTES_MAX <= RECORD_BYTES_MAX);
+
+/// Threads that run bcrypt (password hashing and checks, `auth::password::PasswordPool`).
+/// One bcrypt at cost 10 takes tens of milliseconds of CPU; two threads keep logins going
+/// while one is slow, and at most two cores' worth of CPU ever goes to them, however many
+/// clients log in at once.
+pub const PASSWORD_HASH_THREADS: usize = 2;
+
+/// bcrypt jobs waiting for a thread. Beyond this a login or password change is refused at
+/// once with etcd's `too many requests`: 64 jobs are about 2 s of work for two threads at
+/// cost 10, under etcdctl's 5 s command timeout.
+pub const PASSWORD_HASH_QUEUE: usize = 64;
+
+/// JWTs a core remembers as checked (`auth::jwt::VerifiedJwtCache`): a signature check
+/// costs 0.1-0.2 ms of CPU, a lookup well under a microsecond. 4096 tokens of ~400 bytes
+/// is ~2 MiB per core at most; past it the cache is emptied and refills.
+pub const JWT_VERIFIED_CACHE_ENTRIES: usize = 4096;

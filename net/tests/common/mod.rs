@@ -58,6 +58,32 @@ fn wait_for_health_body(
     }
 }
 
+/// A minimal HTTP/1.1 POST of a JSON body with extra headers (etcd's JSON gateway).
+pub fn http_post(
+    endpoint: &str,
+    path: &str,
+    body: &str,
+    headers: &[(&str, &str)],
+) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(endpoint)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {endpoint}\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
+    stream.write_all(request.as_bytes())?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    Ok(response)
+}
+
 /// A minimal HTTP/1.1 GET (no client library needed for two endpoints).
 pub fn http_get(endpoint: &str, path: &str) -> std::io::Result<String> {
     use std::io::{Read, Write};
