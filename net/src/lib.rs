@@ -7,6 +7,7 @@ pub mod glommio_hyper;
 pub mod http;
 pub mod lease;
 pub mod lock;
+pub mod logging;
 pub mod peer;
 pub mod peer_link;
 pub mod server;

@@ -68,14 +68,12 @@ fn wait_for_stop_signal(set: &libc::sigset_t) -> i32 {
 }
 
 pub fn run(flags: Flags) -> anyhow::Result<()> {
-    let data_dir = flags
-        .data_dir
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(format!("{}.rivet", flags.name)));
-    let wal_dir = flags
-        .wal_dir
-        .clone()
-        .unwrap_or_else(|| data_dir.join("member").join("wal"));
+    let data_dir = PathBuf::from(flags.data_dir_or_default());
+    let wal_dir = if flags.wal_dir.is_empty() {
+        data_dir.join("member").join("wal")
+    } else {
+        PathBuf::from(&flags.wal_dir)
+    };
     let snap_dir = data_dir.join("member").join("snap");
     std::fs::create_dir_all(&snap_dir)
         .with_context(|| format!("creating {}", snap_dir.display()))?;
@@ -90,7 +88,7 @@ pub fn run(flags: Flags) -> anyhow::Result<()> {
         cpus.iter().map(|c| c.id).collect()
     };
     let default_shards = flags
-        .shards
+        .shards_given()
         .unwrap_or(cpu_ids.len().saturating_sub(1))
         .max(1);
 
@@ -101,7 +99,7 @@ pub fn run(flags: Flags) -> anyhow::Result<()> {
     let peer_listen = peer_address(&url_list(&flags.listen_peer_urls)).ok_or_else(|| {
         anyhow!(
             "--listen-peer-urls {:?} has no usable URL",
-            flags.listen_peer_urls
+            flags.listen_peer_urls.join(",")
         )
     })?;
     let initial_peers: Vec<(u64, std::net::SocketAddr)> = cluster_plan
@@ -151,10 +149,10 @@ pub fn run(flags: Flags) -> anyhow::Result<()> {
         shard_count: default_shards,
         snapshot_count: flags.snapshot_count.max(1),
         max_request_bytes: flags.max_request_bytes,
-        quota_backend_bytes: if flags.quota_backend_bytes == 0 {
-            DEFAULT_QUOTA_BYTES
-        } else {
-            flags.quota_backend_bytes
+        // etcd: 0 means the default quota; a negative quota is as good as none.
+        quota_backend_bytes: match flags.quota_backend_bytes {
+            0 => DEFAULT_QUOTA_BYTES,
+            bytes => u64::try_from(bytes).unwrap_or(u64::MAX),
         },
         heartbeat_interval: Duration::from_millis(flags.heartbeat_interval.max(1)),
         election_ticks: (flags.election_timeout / flags.heartbeat_interval.max(1)).max(2) as usize,
@@ -165,7 +163,7 @@ pub fn run(flags: Flags) -> anyhow::Result<()> {
         cluster_token: flags.initial_cluster_token.clone(),
         snap_dir: snap_dir.clone(),
     };
-    let recovered = open_wal(&mut raft_config, flags.shards)?;
+    let recovered = open_wal(&mut raft_config, flags.shards_given())?;
     let shard_count = raft_config.shard_count;
     let cluster = raft_config.cluster_id;
     let shared = Arc::new(Shared::new(member, cluster, shard_count));

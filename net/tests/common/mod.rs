@@ -309,3 +309,51 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .build()
         .expect("tokio runtime")
 }
+
+/// What a process that was expected to stop by itself printed.
+#[derive(Debug)]
+pub struct Exited {
+    /// The exit code (`None` if it had to be killed: it did not stop within 20 s).
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `program args` in `cwd` with only `env` for its `ETCD_*`/`RIVET_*` variables and
+/// waits (at most 20 s) for it to exit by itself: for command lines that must be refused.
+pub fn run_to_exit(program: &str, args: &[&str], env: &[(&str, &str)], cwd: &Path) -> Exited {
+    let mut command = Command::new(program);
+    for (name, _) in std::env::vars() {
+        if name.starts_with("ETCD_") || name.starts_with("RIVET_") {
+            command.env_remove(name);
+        }
+    }
+    let out = cwd.join(format!("exit-{}.out", free_port()));
+    let err = cwd.join(format!("exit-{}.err", free_port()));
+    let mut child = command
+        .current_dir(cwd)
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out).expect("stdout file"))
+        .stderr(std::fs::File::create(&err).expect("stderr file"))
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {program}: {e}"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let code = loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            break status.code();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Exited {
+        code,
+        stdout: std::fs::read_to_string(&out).unwrap_or_default(),
+        stderr: std::fs::read_to_string(&err).unwrap_or_default(),
+    }
+}
