@@ -18,6 +18,29 @@ struct Proc {
 }
 
 impl Proc {
+    /// Starts `program args` in `cwd` with `envs` and nothing else of the caller's
+    /// `ETCD_*` variables or of the helpers `spawn` adds.
+    fn spawn_plain(program: &str, cwd: &Path, args: &[&str], envs: &[(&str, &str)]) -> Proc {
+        let log = cwd.join(format!("{program}-{}.log", free_port()).replace('/', "_"));
+        let file = std::fs::File::create(&log).expect("log");
+        let mut command = Command::new(program);
+        for (name, _) in std::env::vars() {
+            if name.starts_with("ETCD_") || name.starts_with("RIVET_") {
+                command.env_remove(name);
+            }
+        }
+        let child = command
+            .current_dir(cwd)
+            .args(args)
+            .envs(envs.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("log"))
+            .stderr(file)
+            .spawn()
+            .expect("start the server");
+        Proc { child, log }
+    }
+
     /// Starts `rivet args` in `cwd` with `envs` (and no other `ETCD_*` variable).
     fn spawn(cwd: &Path, args: &[&str], envs: &[(&str, &str)]) -> Proc {
         let log = cwd.join(format!("rivet-{}.log", free_port()));
@@ -743,5 +766,240 @@ fn bad_flags_are_refused_with_etcds_messages() {
             !dir.path().join("refused.data").exists(),
             "{args:?} created the data dir"
         );
+    }
+}
+
+/// A config file for a one-member cluster on `port` (client) and `peer`, with
+/// `--max-txn-ops 2`, zap logs into `log` and settings rivet accepts for later work.
+fn config_file(dir: &Path, name: &str, port: u16, peer: u16, log: &Path) -> PathBuf {
+    let path = dir.join(format!("{name}.conf.yml"));
+    let data = dir.join(format!("{name}.data"));
+    let text = format!(
+        "# etcd.conf.yml.sample's keys\n\
+         name: '{name}'\n\
+         data-dir: {data}\n\
+         wal-dir:\n\
+         snapshot-count: 10000\n\
+         heartbeat-interval: 100\n\
+         election-timeout: 1000\n\
+         quota-backend-bytes: 0\n\
+         listen-peer-urls: http://127.0.0.1:{peer}\n\
+         listen-client-urls: http://127.0.0.1:{port}\n\
+         max-snapshots: 5\n\
+         max-wals: 5\n\
+         max-txn-ops: 2\n\
+         cors:\n\
+         initial-advertise-peer-urls: http://127.0.0.1:{peer}\n\
+         advertise-client-urls: http://127.0.0.1:{port}\n\
+         discovery:\n\
+         discovery-fallback: 'proxy'\n\
+         discovery-proxy:\n\
+         discovery-srv:\n\
+         initial-cluster: {name}=http://127.0.0.1:{peer}\n\
+         initial-cluster-token: 'etcd-cluster'\n\
+         initial-cluster-state: 'new'\n\
+         strict-reconfig-check: false\n\
+         enable-v2: false\n\
+         enable-pprof: true\n\
+         proxy: 'off'\n\
+         proxy-failure-wait: 5000\n\
+         proxy-refresh-interval: 30000\n\
+         proxy-dial-timeout: 1000\n\
+         proxy-write-timeout: 5000\n\
+         proxy-read-timeout: 0\n\
+         client-transport-security:\n\
+         \x20 cert-file:\n\
+         \x20 key-file:\n\
+         \x20 client-cert-auth: false\n\
+         \x20 trusted-ca-file:\n\
+         \x20 auto-tls: false\n\
+         peer-transport-security:\n\
+         \x20 cert-file:\n\
+         \x20 key-file:\n\
+         \x20 client-cert-auth: false\n\
+         \x20 trusted-ca-file:\n\
+         \x20 auto-tls: false\n\
+         debug: false\n\
+         logger: zap\n\
+         log-outputs: [{log}]\n\
+         force-new-cluster: false\n\
+         auto-compaction-mode: periodic\n\
+         auto-compaction-retention: \"1\"\n",
+        data = data.display(),
+        log = log.display(),
+    );
+    std::fs::write(&path, text).expect("write the config file");
+    path
+}
+
+/// The same config file starts etcd 3.4 and rivet: its values take effect (ports, name,
+/// data dir, `max-txn-ops`, zap logs into the file), and the flags and variables given
+/// beside it are ignored, as etcd ignores them.
+#[test]
+fn a_config_file_configures_etcd_and_rivet_alike() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().expect("temp dir");
+    for program in ["etcd", Rivet::binary()] {
+        let port = free_port();
+        let peer = if program == "etcd" {
+            free_port()
+        } else {
+            common::free_udp_port()
+        };
+        let name = if program == "etcd" {
+            "etcdfile"
+        } else {
+            "rivetfile"
+        };
+        let log = dir.path().join(format!("{name}.json.log"));
+        let path = config_file(dir.path(), name, port, peer, &log);
+        let path = path.to_str().expect("utf-8");
+        let mut server = Proc::spawn_plain(
+            program,
+            dir.path(),
+            &[
+                "--config-file",
+                path,
+                "--max-txn-ops",
+                "100",
+                "--name",
+                "ignored",
+            ],
+            &[("ETCD_MAX_TXN_OPS", "100"), ("ETCD_NAME", "ignored-too")],
+        );
+        server.wait_healthy(port);
+        rt.block_on(check_max_txn_ops(url(port)));
+        assert!(dir.path().join(format!("{name}.data/member/wal")).is_dir());
+        assert!(!dir.path().join("ignored.etcd").exists());
+        assert!(!dir.path().join("ignored.rivet").exists());
+        let members = common::etcdctl_ok(&format!("127.0.0.1:{port}"), &["member", "list"]);
+        assert!(members.contains(name), "{program}: {members}");
+        let text = std::fs::read_to_string(&log).expect("the log file");
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{program}: {e}: {l}")))
+            .collect();
+        assert!(
+            lines.iter().any(|l| l["msg"]
+                == "loaded server configuration, other configuration command line flags and environment variables will be ignored if provided"
+                && l["path"] == path),
+            "{program}: {text}"
+        );
+        for line in &lines {
+            for key in ["level", "ts", "caller", "msg"] {
+                assert!(line[key].is_string(), "{program}: no {key} in {line}");
+            }
+        }
+    }
+}
+
+/// True when `line` has capnslog's shape: `2026-12-07 01:00:00.000000 I | pkg: text`.
+fn is_capnslog(line: &str) -> bool {
+    let b = line.as_bytes();
+    line.len() > 32
+        && b[4] == b'-'
+        && b[7] == b'-'
+        && b[10] == b' '
+        && b[13] == b':'
+        && b[16] == b':'
+        && b[19] == b'.'
+        && b[26] == b' '
+        && b"DIWENC".contains(&b[27])
+        && &line[28..31] == " | "
+        && line[31..].contains(": ")
+}
+
+/// `--logger capnslog` (the default) writes capnslog lines; `--log-level warn` keeps
+/// info lines out; `--logger zap` writes one JSON object per line, with etcd's fields
+/// first, to every output of `--log-outputs`.
+#[test]
+fn logs_take_etcds_two_forms_and_outputs() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = free_port();
+    let mut rivet = Proc::spawn(dir.path(), &["--listen-client-urls", &url(port)], &[]);
+    rivet.wait_healthy(port);
+    let text = rivet.log_text();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with("[WARNING]"))
+        .collect();
+    assert!(lines.iter().all(|l| is_capnslog(l)), "{text}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(" I | embed: ready to serve client requests")),
+        "{text}"
+    );
+    drop(rivet);
+
+    let port = free_port();
+    let mut quiet = Proc::spawn(
+        dir.path(),
+        &[
+            "--listen-client-urls",
+            &url(port),
+            "--log-level",
+            "warn",
+            "--data-dir",
+            "quiet",
+        ],
+        &[],
+    );
+    quiet.wait_healthy(port);
+    // Only pkg/flags' lines, written before the level is set (as etcd's), are info.
+    let text = quiet.log_text();
+    assert!(
+        text.lines()
+            .all(|l| !l.contains(" I | ") || l.contains(" I | pkg/flags: ")),
+        "{text}"
+    );
+    drop(quiet);
+
+    let port = free_port();
+    let file = dir.path().join("zap.log");
+    let outputs = format!("stdout,{}", file.display());
+    let mut zap = Proc::spawn(
+        dir.path(),
+        &[
+            "--listen-client-urls",
+            &url(port),
+            "--logger",
+            "zap",
+            "--log-outputs",
+            &outputs,
+            "--data-dir",
+            "zap",
+        ],
+        &[],
+    );
+    zap.wait_healthy(port);
+    let in_file = std::fs::read_to_string(&file).expect("zap log file");
+    let on_stdout = zap.log_text();
+    for text in [&in_file, &on_stdout] {
+        let mut ready = false;
+        // The variables' lines of pkg/flags are written before the logger exists, in
+        // capnslog form to stderr (the process log here), as etcd writes them.
+        for line in text.lines().filter(|l| !l.contains(" I | pkg/flags: ")) {
+            let value: serde_json::Value =
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+            let keys: Vec<&str> = line
+                .trim_start_matches('{')
+                .split(',')
+                .take(4)
+                .map(|k| k.split(':').next().unwrap_or(""))
+                .collect();
+            assert_eq!(
+                keys,
+                ["\"level\"", "\"ts\"", "\"caller\"", "\"msg\""],
+                "{line}"
+            );
+            assert!(
+                ["debug", "info", "warn", "error"].contains(&value["level"].as_str().unwrap_or(""))
+            );
+            ready |= value["msg"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("ready to serve client requests"));
+        }
+        assert!(ready, "{text}");
     }
 }
