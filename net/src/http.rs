@@ -17,26 +17,12 @@ use tower::Service;
 
 use crate::services::{ETCD_CLUSTER_VERSION, ETCD_VERSION};
 
-fn cors(response: &mut Response<Body>) {
-    let headers = response.headers_mut();
-    headers.insert(
-        "Access-Control-Allow-Headers",
-        HeaderValue::from_static("accept, content-type, authorization"),
-    );
-    headers.insert(
-        "Access-Control-Allow-Methods",
-        HeaderValue::from_static("POST, GET, OPTIONS, PUT, DELETE"),
-    );
-    headers.insert("Access-Control-Allow-Origin", HeaderValue::from_static("*"));
-}
-
 fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {
     let mut response = Response::new(Body::new(Full::new(Bytes::from(body))));
     *response.status_mut() = status;
     response
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    cors(&mut response);
     response
 }
 
@@ -63,6 +49,14 @@ async fn metrics(core: Rc<ShardCore>) -> Response<Body> {
         keys,
     });
     text(StatusCode::OK, "text/plain; version=0.0.4", body)
+}
+
+fn not_found() -> Response<Body> {
+    text(
+        StatusCode::NOT_FOUND,
+        "text/plain; charset=utf-8",
+        "404 page not found\n".into(),
+    )
 }
 
 fn version() -> Response<Body> {
@@ -100,6 +94,8 @@ fn is_grpc<B>(request: &Request<B>) -> bool {
 pub struct ClientService {
     pub grpc: tonic::service::Routes,
     pub core: send_wrapper::SendWrapper<Rc<ShardCore>>,
+    /// `--cors`, `--host-whitelist`, `--enable-pprof`.
+    pub http: std::sync::Arc<crate::access::HttpSettings>,
 }
 
 impl Service<Request<hyper::body::Incoming>> for ClientService {
@@ -143,8 +139,17 @@ impl Service<Request<hyper::body::Incoming>> for ClientService {
         }
         let core = Rc::clone(&self.core);
         let path = request.uri().path().to_string();
+        let query = request.uri().query().unwrap_or("").to_string();
+        let settings = std::sync::Arc::clone(&self.http);
+        // etcd's access controller: the Host check, CORS and OPTIONS (plain HTTP only).
+        let origin = match crate::access::check(&settings, &request, false) {
+            crate::access::Decision::Answer(response) => {
+                return Box::pin(async move { Ok(response) })
+            }
+            crate::access::Decision::Route(origin) => origin,
+        };
         Box::pin(async move {
-            Ok(match path.as_str() {
+            let mut response = match path.as_str() {
                 "/health" => health(core).await,
                 "/version" => version(),
                 "/metrics" => metrics(core).await,
@@ -161,12 +166,16 @@ impl Service<Request<hyper::body::Incoming>> for ClientService {
                         ),
                     }
                 }
-                _ => text(
-                    StatusCode::NOT_FOUND,
-                    "text/plain; charset=utf-8",
-                    "404 page not found\n".into(),
-                ),
-            })
+                _ if settings.enable_pprof && path.starts_with("/debug/pprof/") => {
+                    match crate::pprof::route(&path, &query).await {
+                        Some(response) => response,
+                        None => not_found(),
+                    }
+                }
+                _ => not_found(),
+            };
+            crate::access::add_cors(&mut response, origin);
+            Ok(response)
         })
     }
 }

@@ -1,6 +1,7 @@
 //! rivet's network layer: the etcd v3 gRPC services and HTTP endpoints served on every
 //! shard core, the peer transport (QUIC), flags, and member start-up.
 
+pub mod access;
 pub mod authority;
 pub mod config;
 pub mod glommio_hyper;
@@ -10,6 +11,7 @@ pub mod lock;
 pub mod logging;
 pub mod peer;
 pub mod peer_link;
+pub mod pprof;
 pub mod server;
 pub mod services;
 pub mod watch;

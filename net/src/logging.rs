@@ -236,6 +236,10 @@ struct Fields {
 
 impl Visit for Fields {
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        // Records of the `log` crate (from dependencies) carry their origin as fields.
+        if field.name().starts_with("log.") {
+            return;
+        }
         if field.name() == "message" {
             let _ = write!(self.message, "{value:?}");
         } else {
@@ -246,6 +250,9 @@ impl Visit for Fields {
         }
     }
     fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name().starts_with("log.") {
+            return;
+        }
         if field.name() == "message" {
             self.message.push_str(value);
         } else {
@@ -257,6 +264,9 @@ impl Visit for Fields {
         self.fields.push((field.name(), value.into()));
     }
     fn record_u64(&mut self, field: &Field, value: u64) {
+        if field.name().starts_with("log.") {
+            return;
+        }
         self.fields.push((field.name(), value.into()));
     }
     fn record_bool(&mut self, field: &Field, value: bool) {

@@ -30,7 +30,7 @@ use rivet_engine::shared::Shared;
 use rivet_wal::Wal;
 
 use crate::config::{bootstrap, listen_addresses, url_list, Flags};
-use crate::glommio_hyper::{GlommioExecutor, GlommioIo};
+use crate::glommio_hyper::{GlommioExecutor, GlommioIo, GlommioTimer};
 use crate::http::ClientService;
 use crate::peer::{PeerConfig, PeerTransport};
 use crate::peer_link::{peer_address, QuicLink};
@@ -65,6 +65,38 @@ fn wait_for_stop_signal(set: &libc::sigset_t) -> i32 {
     // SAFETY: `set` was initialized by `block_stop_signals`.
     unsafe { libc::sigwait(set, &mut signal) };
     signal
+}
+
+/// What the client listeners take from the flags; one copy shared by every shard core.
+#[derive(Debug)]
+pub struct ClientSettings {
+    pub max_request_bytes: usize,
+    /// `--max-concurrent-streams`: HTTP/2 streams per client connection.
+    pub max_concurrent_streams: u32,
+    /// `--grpc-keepalive-interval` and `--grpc-keepalive-timeout`: server pings, as
+    /// grpc-go's `keepalive.ServerParameters` (off when either is 0, as in etcd).
+    pub keepalive_interval: Duration,
+    pub keepalive_timeout: Duration,
+    /// `--grpc-keepalive-min-time`: the client's shortest ping interval.
+    pub keepalive_min_time: Duration,
+    pub http: Arc<crate::access::HttpSettings>,
+}
+
+impl ClientSettings {
+    pub fn from_flags(flags: &Flags) -> ClientSettings {
+        ClientSettings {
+            max_request_bytes: flags.max_request_bytes,
+            max_concurrent_streams: flags.max_concurrent_streams,
+            keepalive_interval: flags.grpc_keepalive_interval,
+            keepalive_timeout: flags.grpc_keepalive_timeout,
+            keepalive_min_time: flags.grpc_keepalive_min_time,
+            http: Arc::new(crate::access::HttpSettings {
+                cors: flags.cors.clone(),
+                host_whitelist: flags.host_whitelist.clone(),
+                enable_pprof: flags.enable_pprof,
+            }),
+        }
+    }
 }
 
 pub fn run(flags: Flags) -> anyhow::Result<()> {
@@ -162,6 +194,9 @@ pub fn run(flags: Flags) -> anyhow::Result<()> {
         strict_reconfig_check: flags.strict_reconfig_check,
         cluster_token: flags.initial_cluster_token.clone(),
         snap_dir: snap_dir.clone(),
+        pre_vote: flags.pre_vote,
+        initial_election_tick_advance: flags.initial_election_tick_advance,
+        warning_apply_duration: flags.experimental_warning_apply_duration,
     };
     let recovered = open_wal(&mut raft_config, flags.shards_given())?;
     let shard_count = raft_config.shard_count;
@@ -248,6 +283,7 @@ pub fn run(flags: Flags) -> anyhow::Result<()> {
             });
         })?;
 
+    let client_settings = Arc::new(ClientSettings::from_flags(&flags));
     let mut executors = Vec::with_capacity(shard_count);
     for (id, (apply_rx, peer_rx)) in apply_rxs.into_iter().zip(peer_rxs).enumerate() {
         let cpu = cpu_ids[(1 + id) % cpu_ids.len()];
@@ -260,7 +296,7 @@ pub fn run(flags: Flags) -> anyhow::Result<()> {
         let addresses = addresses.clone();
         let fatal = fatal_tx.clone();
         let max_txn_ops = flags.max_txn_ops;
-        let max_request_bytes = flags.max_request_bytes;
+        let client_settings = Arc::clone(&client_settings);
         let placement = if flags.pin_cores {
             Placement::Fixed(cpu)
         } else {
@@ -292,7 +328,7 @@ pub fn run(flags: Flags) -> anyhow::Result<()> {
                                     "ready to serve client requests; serving insecure client requests on {address}"
                                 );
                             }
-                            glommio::spawn_local(accept_loop(listener, Rc::clone(&core), max_request_bytes))
+                            glommio::spawn_local(accept_loop(listener, Rc::clone(&core), Arc::clone(&client_settings)))
                                 .detach();
                         }
                         Err(e) => {
@@ -342,9 +378,9 @@ pub fn run(flags: Flags) -> anyhow::Result<()> {
     }
 }
 
-async fn accept_loop(listener: TcpListener, core: Rc<ShardCore>, max_request_bytes: usize) {
+async fn accept_loop(listener: TcpListener, core: Rc<ShardCore>, settings: Arc<ClientSettings>) {
     let handle = CoreHandle::new(Rc::clone(&core), REQUEST_TIMEOUT);
-    let decode_limit = max_request_bytes + GRPC_OVERHEAD_BYTES;
+    let decode_limit = settings.max_request_bytes + GRPC_OVERHEAD_BYTES;
     let routes = tonic::service::Routes::new(
         KvServer::new(KvService(handle.clone()))
             .max_decoding_message_size(decode_limit)
@@ -373,6 +409,7 @@ async fn accept_loop(listener: TcpListener, core: Rc<ShardCore>, max_request_byt
     let service = ClientService {
         grpc: routes,
         core: send_wrapper::SendWrapper::new(core),
+        http: Arc::clone(&settings.http),
     };
     loop {
         let stream = match listener.accept().await {
@@ -386,10 +423,18 @@ async fn accept_loop(listener: TcpListener, core: Rc<ShardCore>, max_request_byt
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(service.clone());
         let queue = glommio::executor().current_task_queue();
+        let settings = Arc::clone(&settings);
         let connection = async move {
             let mut builder = auto::Builder::new(GlommioExecutor);
-            // Never cap concurrent streams low: proxies multiplex many (etcd lesson 34).
-            builder.http2().max_concurrent_streams(u32::MAX);
+            // etcd's default is math.MaxUint32: proxies multiplex many (etcd lesson 34).
+            let mut http2 = builder.http2();
+            http2.max_concurrent_streams(settings.max_concurrent_streams);
+            if !settings.keepalive_interval.is_zero() && !settings.keepalive_timeout.is_zero() {
+                http2
+                    .timer(GlommioTimer)
+                    .keep_alive_interval(settings.keepalive_interval)
+                    .keep_alive_timeout(settings.keepalive_timeout);
+            }
             if let Err(e) = builder
                 .serve_connection(GlommioIo::new(stream), service)
                 .await

@@ -1003,3 +1003,184 @@ fn logs_take_etcds_two_forms_and_outputs() {
         assert!(ready, "{text}");
     }
 }
+
+fn decode_profile(gzipped: &[u8]) -> rivet_net::pprof::proto::Profile {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    flate2::read::GzDecoder::new(gzipped)
+        .read_to_end(&mut bytes)
+        .expect("a gzip'd body");
+    prost::Message::decode(bytes.as_slice()).expect("a perftools.profiles.Profile")
+}
+
+/// `--enable-pprof`: a CPU profile taken while clients write is a gzip'd pprof Profile
+/// with CPU samples and symbolized functions; the heap endpoint answers a Profile with
+/// the totals; without the flag both are 404.
+#[test]
+fn pprof_serves_profiles_go_tool_pprof_reads() {
+    let rivet = Rivet::start(&["--enable-pprof"]);
+    let endpoint = rivet.endpoint();
+    let writer_url = rivet.url();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer_stop = std::sync::Arc::clone(&stop);
+    let writer = std::thread::spawn(move || {
+        runtime().block_on(async move {
+            let mut client = Client::connect([writer_url], None).await.expect("connect");
+            let mut i = 0u64;
+            while !writer_stop.load(std::sync::atomic::Ordering::Relaxed) {
+                client
+                    .put(format!("k{}", i % 100), "v", None)
+                    .await
+                    .expect("put");
+                i += 1;
+            }
+            i
+        })
+    });
+    let answer = common::http_request(
+        &endpoint,
+        "GET",
+        "/debug/pprof/profile?seconds=2",
+        &[],
+        Duration::from_secs(120),
+    )
+    .expect("profile");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let puts = writer.join().expect("writer");
+    assert_eq!(
+        answer.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&answer.body)
+    );
+    assert_eq!(
+        answer.header("content-type"),
+        Some("application/octet-stream")
+    );
+    let profile = decode_profile(&answer.body);
+    let name = |i: i64| profile.string_table[i as usize].as_str();
+    let types: Vec<(&str, &str)> = profile
+        .sample_type
+        .iter()
+        .map(|t| (name(t.r#type), name(t.unit)))
+        .collect();
+    assert_eq!(types, [("samples", "count"), ("cpu", "nanoseconds")]);
+    assert_eq!(profile.period, 10_000_000);
+    assert!(
+        !profile.sample.is_empty(),
+        "no samples while {puts} puts ran"
+    );
+    assert!(profile.duration_nanos >= 2_000_000_000);
+    let functions: Vec<&str> = profile.function.iter().map(|f| name(f.name)).collect();
+    assert!(
+        functions.iter().any(|f| f.contains("rivet")),
+        "no rivet function among {} functions",
+        functions.len()
+    );
+    for sample in &profile.sample {
+        assert_eq!(sample.value.len(), 2);
+        assert_eq!(sample.value[1], sample.value[0] * profile.period);
+        for id in &sample.location_id {
+            assert!(profile.location.iter().any(|l| l.id == *id));
+        }
+    }
+
+    let heap = common::http_request(
+        &endpoint,
+        "GET",
+        "/debug/pprof/heap",
+        &[],
+        Duration::from_secs(30),
+    )
+    .expect("heap");
+    assert_eq!(heap.status, 200);
+    let profile = decode_profile(&heap.body);
+    assert_eq!(profile.sample.len(), 2);
+    assert!(profile
+        .sample
+        .iter()
+        .all(|s| s.value[0] > 0 && s.value[1] >= s.value[0]));
+    drop(rivet);
+
+    let plain = Rivet::start(&[]);
+    let answer = common::http_request(
+        &plain.endpoint(),
+        "GET",
+        "/debug/pprof/heap",
+        &[],
+        Duration::from_secs(10),
+    )
+    .expect("heap");
+    assert_eq!(answer.status, 404);
+}
+
+/// A method, a path and extra headers.
+type Request<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)]);
+
+/// `--host-whitelist` and `--cors` on plain HTTP requests, against etcd 3.4: the same
+/// status, body and CORS headers for an allowed host, a refused one (421 with etcd's
+/// text), an allowed and a foreign origin, and `OPTIONS`.
+#[test]
+fn host_whitelist_and_cors_answer_as_etcd() {
+    let flags = [
+        "--host-whitelist",
+        "127.0.0.1,localhost",
+        "--cors",
+        "http://a.example:80",
+    ];
+    let etcd = Etcd::start(&flags);
+    let rivet = Rivet::start(&flags);
+    let requests: &[Request] = &[
+        ("GET", "/version", &[]),
+        ("GET", "/version", &[("Host", "evil.example:2379")]),
+        ("GET", "/health", &[("Host", "evil.example")]),
+        ("GET", "/version", &[("Origin", "http://a.example:80")]),
+        ("GET", "/version", &[("Origin", "http://b.example:80")]),
+        ("OPTIONS", "/version", &[("Origin", "http://a.example:80")]),
+    ];
+    for (method, path, headers) in requests {
+        let ask = |endpoint: &str| {
+            common::http_request(endpoint, method, path, headers, Duration::from_secs(10))
+                .expect("request")
+        };
+        let theirs = ask(&etcd.endpoint());
+        let ours = ask(&rivet.endpoint());
+        assert_eq!(theirs.status, ours.status, "{method} {path} {headers:?}");
+        for header in [
+            "access-control-allow-origin",
+            "access-control-allow-methods",
+            "access-control-allow-headers",
+        ] {
+            assert_eq!(
+                theirs.header(header),
+                ours.header(header),
+                "{header} of {method} {path} {headers:?}"
+            );
+        }
+        if theirs.status == 421 {
+            assert_eq!(
+                String::from_utf8_lossy(&theirs.body),
+                String::from_utf8_lossy(&ours.body)
+            );
+        }
+    }
+}
+
+/// `--pre-vote` (off by default, as in etcd 3.4) turns raft's PreVote phase on, and
+/// `--experimental-warning-apply-duration` sets when applying is warned about.
+#[test]
+fn pre_vote_and_the_apply_warning_follow_their_flags() {
+    let plain = Rivet::start(&[]);
+    common::etcdctl_ok(&plain.endpoint(), &["put", "k", "v"]);
+    let text = plain.log_text();
+    assert!(text.contains("became candidate"), "{text}");
+    assert!(!text.contains("pre-candidate"), "{text}");
+    assert!(!text.contains("apply request took too long"), "{text}");
+    drop(plain);
+
+    let tuned = Rivet::start(&["--pre-vote", "--experimental-warning-apply-duration", "1ns"]);
+    common::etcdctl_ok(&tuned.endpoint(), &["put", "k", "v"]);
+    let text = tuned.log_text();
+    assert!(text.contains("became pre-candidate"), "{text}");
+    assert!(text.contains("W | etcdserver: apply request took too long"), "{text}");
+}
