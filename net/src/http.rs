@@ -117,12 +117,20 @@ impl Service<Request<hyper::body::Incoming>> for ClientService {
             }
             let refused = self.core.shared.is_learner.load(Ordering::Acquire)
                 && !served_by_learner(request.uri().path());
+            let started = std::time::Instant::now();
             return Box::pin(async move {
                 let response = if refused {
                     Ok(Status::from(EtcdError::NotSupportedForLearner).into_http())
                 } else {
                     grpc.call(request).await
                 };
+                // `--metrics extensive`: a unary RPC is handled when its response is
+                // ready (streams run on past this point and are not timed).
+                if let Some(method) = method {
+                    if rivet_engine::metrics::GRPC_METHODS[method].2 == "unary" {
+                        rivet_engine::metrics::grpc_handling(method, started.elapsed());
+                    }
+                }
                 if let (Some(method), Ok(response)) = (method, &response) {
                     // Errors travel in the headers (trailers-only responses); a response
                     // without `grpc-status` there went on and is counted as OK.

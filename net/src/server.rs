@@ -284,6 +284,12 @@ pub fn run(flags: Flags) -> anyhow::Result<()> {
         })?;
 
     let client_settings = Arc::new(ClientSettings::from_flags(&flags));
+    rivet_engine::metrics::set_extensive(flags.metrics == "extensive");
+    if !flags.experimental_watch_progress_notify_interval.is_zero() {
+        crate::watch::set_progress_report_interval(
+            flags.experimental_watch_progress_notify_interval,
+        );
+    }
     let mut executors = Vec::with_capacity(shard_count);
     for (id, (apply_rx, peer_rx)) in apply_rxs.into_iter().zip(peer_rxs).enumerate() {
         let cpu = cpu_ids[(1 + id) % cpu_ids.len()];

@@ -1182,5 +1182,90 @@ fn pre_vote_and_the_apply_warning_follow_their_flags() {
     common::etcdctl_ok(&tuned.endpoint(), &["put", "k", "v"]);
     let text = tuned.log_text();
     assert!(text.contains("became pre-candidate"), "{text}");
-    assert!(text.contains("W | etcdserver: apply request took too long"), "{text}");
+    assert!(
+        text.contains("W | etcdserver: apply request took too long"),
+        "{text}"
+    );
+}
+
+/// Counts a watch stream's progress notifications (no events, not created/canceled)
+/// until `wanted` arrived or `limit` passed; returns (notifications, revision seen).
+async fn progress_notifications(
+    stream: &mut etcd_client::WatchStream,
+    wanted: usize,
+    limit: Duration,
+) -> (usize, i64) {
+    let deadline = tokio::time::Instant::now() + limit;
+    let (mut count, mut revision) = (0, 0);
+    while count < wanted {
+        match tokio::time::timeout_at(deadline, stream.message()).await {
+            Ok(Ok(Some(response))) => {
+                if response.events().is_empty() && !response.created() && !response.canceled() {
+                    count += 1;
+                    revision = response.header().map_or(0, |h| h.revision());
+                }
+            }
+            Ok(other) => panic!("watch stream ended: {other:?}"),
+            Err(_) => break,
+        }
+    }
+    (count, revision)
+}
+
+/// `--experimental-watch-progress-notify-interval`: a watcher that asked for progress
+/// notifications gets empty responses at the current revision, one that did not gets
+/// none — on etcd 3.4 and rivet alike.
+#[test]
+fn watch_progress_notifications_follow_the_interval() {
+    let rt = runtime();
+    let flags = ["--experimental-watch-progress-notify-interval", "1s"];
+    let etcd = Etcd::start(&flags);
+    let rivet = Rivet::start(&flags);
+    for url in [format!("http://{}", etcd.endpoint()), rivet.url()] {
+        rt.block_on(async {
+            let mut client = Client::connect([url.clone()], None).await.expect("connect");
+            client.put("p", "1", None).await.expect("put");
+            let revision = revision(&mut client).await;
+            let mut quiet = client.watch("q", None).await.expect("watch");
+            let mut stream = client
+                .watch(
+                    "p",
+                    Some(etcd_client::WatchOptions::new().with_progress_notify()),
+                )
+                .await
+                .expect("watch");
+            let (count, seen) =
+                progress_notifications(&mut stream, 2, Duration::from_secs(20)).await;
+            assert_eq!(count, 2, "{url}: progress notifications");
+            assert_eq!(seen, revision, "{url}");
+            let (none, _) = progress_notifications(&mut quiet, 1, Duration::from_millis(10)).await;
+            assert_eq!(
+                none, 0,
+                "{url}: a watcher without progress_notify was notified"
+            );
+        });
+    }
+}
+
+/// `--metrics extensive` adds etcd's `grpc_server_handling_seconds` histogram; the
+/// default (`basic`) does not export it — as etcd 3.4.
+#[test]
+fn metrics_extensive_adds_the_grpc_handling_histogram() {
+    for (flags, expected) in [(&[][..], false), (&["--metrics", "extensive"][..], true)] {
+        let etcd = Etcd::start(flags);
+        let rivet = Rivet::start(flags);
+        for endpoint in [etcd.endpoint(), rivet.endpoint()] {
+            common::etcdctl_ok(&endpoint, &["put", "k", "v"]);
+            let text = http_get(&endpoint, "/metrics").expect("metrics");
+            let series = "grpc_server_handling_seconds_bucket{grpc_method=\"Put\",grpc_service=\"etcdserverpb.KV\",grpc_type=\"unary\",le=\"+Inf\"} ";
+            assert_eq!(text.contains(series), expected, "{endpoint} {flags:?}");
+            if expected {
+                let count = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix(series))
+                    .and_then(|v| v.trim().parse::<u64>().ok());
+                assert!(count.is_some_and(|c| c >= 1), "{endpoint}: {count:?}");
+            }
+        }
+    }
 }
