@@ -281,6 +281,98 @@ impl Visit for Fields {
     }
 }
 
+/// etcd words some messages differently in its two loggers; rivet logs each once, with
+/// etcd's zap message and fields, and capnslog renders etcd's capnslog wording from the
+/// fields: `(zap message, capnslog package, capnslog template, required fields)`.
+/// `{field}` is a field's value, `{field:q}` it quoted as Go's `%q`.
+const CAPNSLOG_WORDING: &[(&str, &str, &str, &[&str])] = &[
+    (
+        "slow fdatasync",
+        "wal",
+        "sync duration of {took}, expected less than {expected-duration}",
+        &["took", "expected-duration"],
+    ),
+    (
+        "apply request took too long",
+        "etcdserver",
+        "{prefix}request {request:q} with result {response:q} took too long ({took}) to execute",
+        &["took", "request"],
+    ),
+    (
+        "leader failed to send out heartbeat on time; took too long, leader is overloaded likely from slow disk",
+        "etcdserver",
+        "failed to send out heartbeat on time (exceeded the {heartbeat-interval} timeout for {exceeded-duration}, to {to})",
+        &["heartbeat-interval", "exceeded-duration", "to"],
+    ),
+    (
+        "alarm raised",
+        "etcdserver",
+        "alarm {alarm} raised by peer {from}",
+        &["alarm", "from"],
+    ),
+    (
+        "added member",
+        "etcdserver/membership",
+        "added member {added-peer-id} {added-peer-peer-urls} to cluster {cluster-id}",
+        &["added-peer-id", "cluster-id"],
+    ),
+    (
+        "removed member",
+        "etcdserver/membership",
+        "removed member {removed-remote-peer-id} from cluster {cluster-id}",
+        &["removed-remote-peer-id", "cluster-id"],
+    ),
+];
+
+/// A field's value as capnslog's `%v` prints it (lists as `[a b]`).
+fn go_value(value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Array(items) => format!(
+            "[{}]",
+            items.iter().map(go_value).collect::<Vec<_>>().join(" ")
+        ),
+        other => other.to_string(),
+    }
+}
+
+/// etcd's capnslog wording of a zap message, when it has one.
+fn capnslog_wording(fields: &Fields) -> Option<(&'static str, String)> {
+    let (_, package, template, required) = CAPNSLOG_WORDING
+        .iter()
+        .find(|(message, ..)| *message == fields.message)?;
+    let lookup = |name: &str| {
+        fields
+            .fields
+            .iter()
+            .find(|(n, _)| n.replace('_', "-") == name)
+            .map(|(_, v)| go_value(v))
+    };
+    if required.iter().any(|name| lookup(name).is_none()) {
+        return None;
+    }
+    let mut out = String::new();
+    let mut rest = *template;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let close = rest[open..].find('}').map_or(rest.len(), |c| open + c);
+        let spec = &rest[open + 1..close];
+        let (name, quoted) = match spec.strip_suffix(":q") {
+            Some(name) => (name, true),
+            None => (spec, false),
+        };
+        let value = lookup(name).unwrap_or_default();
+        if quoted {
+            let _ = write!(out, "{value:?}");
+        } else {
+            out.push_str(&value);
+        }
+        rest = &rest[(close + 1).min(rest.len())..];
+    }
+    out.push_str(rest);
+    Some((package, out))
+}
+
 fn caller(metadata: &Metadata<'_>) -> String {
     match (metadata.file(), metadata.line()) {
         (Some(file), Some(line)) => format!("{file}:{line}"),
@@ -339,14 +431,16 @@ impl<S: Subscriber> Layer<S> for EtcdLayer {
                     Level::DEBUG => 'D',
                     Level::TRACE => 'T',
                 };
-                let mut message = fields.message;
-                for (name, value) in fields.fields {
-                    let value = match value {
-                        serde_json::Value::String(s) => s,
-                        other => other.to_string(),
-                    };
-                    let _ = write!(message, " {name}={value}");
-                }
+                let (package, message) = match capnslog_wording(&fields) {
+                    Some(worded) => worded,
+                    None => {
+                        let mut message = fields.message;
+                        for (name, value) in fields.fields {
+                            let _ = write!(message, " {name}={}", go_value(&value));
+                        }
+                        (package_of(metadata.target()), message)
+                    }
+                };
                 let mut text = capnslog_time(&now);
                 if self.capnslog_caller {
                     let file = metadata
@@ -354,7 +448,6 @@ impl<S: Subscriber> Layer<S> for EtcdLayer {
                         .map_or("???", |f| f.rsplit('/').next().unwrap_or(f));
                     let _ = write!(text, " [{file}:{}]", metadata.line().unwrap_or(0));
                 }
-                let package = package_of(metadata.target());
                 let _ = write!(text, " {letter} | {package}: {message}");
                 if !text.ends_with('\n') {
                     text.push('\n');
@@ -570,6 +663,41 @@ mod tests {
         assert_eq!(package_of("rivet_net::peer::conn"), "rafthttp");
         assert_eq!(package_of("raft"), "raft");
         assert_eq!(package_of("rivet_netx"), "rivet_netx");
+    }
+
+    #[test]
+    fn zap_messages_take_etcds_capnslog_wording() {
+        let fields = Fields {
+            message: "slow fdatasync".into(),
+            fields: vec![("took", "1.5s".into()), ("expected_duration", "1s".into())],
+        };
+        assert_eq!(
+            capnslog_wording(&fields),
+            Some(("wal", "sync duration of 1.5s, expected less than 1s".into()))
+        );
+        let fields = Fields {
+            message: "added member".into(),
+            fields: vec![
+                ("added_peer_id", "8e9e05c52164694d".into()),
+                (
+                    "added_peer_peer_urls",
+                    serde_json::json!(["http://a:2380", "http://b:2380"]),
+                ),
+                ("cluster_id", "cdf818194e3a8c32".into()),
+            ],
+        };
+        assert_eq!(
+            capnslog_wording(&fields).map(|(_, m)| m).as_deref(),
+            Some("added member 8e9e05c52164694d [http://a:2380 http://b:2380] to cluster cdf818194e3a8c32")
+        );
+        let fields = Fields {
+            message: "apply request took too long".into(),
+            fields: vec![("took", "120ms".into()), ("request", "put k".into())],
+        };
+        assert_eq!(
+            capnslog_wording(&fields).map(|(_, m)| m).as_deref(),
+            Some("request \"put k\" with result \"\" took too long (120ms) to execute")
+        );
     }
 
     #[test]
