@@ -1269,3 +1269,103 @@ fn metrics_extensive_adds_the_grpc_handling_histogram() {
         }
     }
 }
+
+/// Every flag of the table is in the README's flags section.
+#[test]
+fn the_readme_lists_every_flag() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+        .expect("README.md");
+    for spec in rivet_net::config::SPECS {
+        assert!(
+            readme.contains(&format!("| `--{}` |", spec.name)),
+            "README.md does not list --{}",
+            spec.name
+        );
+    }
+}
+
+/// Reads HTTP/2 frames from a raw connection: (type, flags, payload).
+fn read_frame(stream: &mut std::net::TcpStream) -> std::io::Result<(u8, u8, Vec<u8>)> {
+    use std::io::Read;
+    let mut header = [0u8; 9];
+    stream.read_exact(&mut header)?;
+    let length =
+        (usize::from(header[0]) << 16) | (usize::from(header[1]) << 8) | usize::from(header[2]);
+    let mut payload = vec![0; length];
+    stream.read_exact(&mut payload)?;
+    Ok((header[3], header[4], payload))
+}
+
+/// Opens an HTTP/2 connection (prior knowledge), returns the server's first SETTINGS
+/// values and whether a PING from the server arrived within `wait`.
+fn h2_settings_and_ping(endpoint: &str, wait: Duration) -> (Vec<(u16, u32)>, bool) {
+    use std::io::Write;
+    let mut stream = std::net::TcpStream::connect(endpoint).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    stream
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .expect("preface");
+    let deadline = Instant::now() + wait;
+    let mut settings = None;
+    let mut pinged = false;
+    while Instant::now() < deadline && !(settings.is_some() && pinged) {
+        match read_frame(&mut stream) {
+            Ok((0x4, flags, payload)) if flags & 0x1 == 0 => {
+                settings = Some(
+                    payload
+                        .chunks(6)
+                        .map(|c| {
+                            (
+                                u16::from_be_bytes([c[0], c[1]]),
+                                u32::from_be_bytes([c[2], c[3], c[4], c[5]]),
+                            )
+                        })
+                        .collect::<Vec<_>>(),
+                );
+                // Acknowledge, as a client must.
+                stream
+                    .write_all(b"\x00\x00\x00\x04\x01\x00\x00\x00\x00")
+                    .expect("ack");
+            }
+            Ok((0x6, flags, payload)) if flags & 0x1 == 0 => {
+                pinged = true;
+                let mut ack = vec![0, 0, 8, 6, 1, 0, 0, 0, 0];
+                ack.extend_from_slice(&payload);
+                stream.write_all(&ack).expect("ping ack");
+            }
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => panic!("{endpoint}: {e}"),
+        }
+    }
+    (settings.expect("the server's SETTINGS"), pinged)
+}
+
+/// `--max-concurrent-streams` is announced in the server's HTTP/2 SETTINGS, and
+/// `--grpc-keepalive-interval`/`--grpc-keepalive-timeout` make the server ping an idle
+/// connection — as etcd 3.4 does.
+#[test]
+fn http2_settings_and_keepalive_pings_follow_the_flags() {
+    let flags = [
+        "--max-concurrent-streams",
+        "7",
+        "--grpc-keepalive-interval",
+        "1s",
+        "--grpc-keepalive-timeout",
+        "5s",
+    ];
+    let etcd = Etcd::start(&flags);
+    let rivet = Rivet::start(&flags);
+    for endpoint in [etcd.endpoint(), rivet.endpoint()] {
+        let (settings, pinged) = h2_settings_and_ping(&endpoint, Duration::from_secs(15));
+        // SETTINGS_MAX_CONCURRENT_STREAMS is 0x3.
+        assert!(settings.contains(&(0x3, 7)), "{endpoint}: {settings:?}");
+        assert!(pinged, "{endpoint}: no keep-alive ping");
+    }
+}
