@@ -1369,3 +1369,24 @@ fn http2_settings_and_keepalive_pings_follow_the_flags() {
         assert!(pinged, "{endpoint}: no keep-alive ping");
     }
 }
+
+/// `--log-package-levels` (capnslog) sets a level per etcd package: with `embed=WARNING`
+/// the start's info lines of `embed` are gone while `etcdserver`'s stay.
+#[test]
+fn log_package_levels_filter_by_etcd_package() {
+    let plain = Rivet::start(&[]);
+    assert!(
+        plain.log_text().contains(" I | embed: "),
+        "{}",
+        plain.log_text()
+    );
+    drop(plain);
+    let filtered = Rivet::start(&["--log-package-levels", "embed=WARNING,etcdserver=DEBUG"]);
+    let text = filtered.log_text();
+    assert!(!text.contains(" I | embed: "), "{text}");
+    assert!(text.contains(" I | etcdserver: "), "{text}");
+    assert!(
+        text.contains("[WARNING] Deprecated '--log-package-levels=embed=WARNING,etcdserver=DEBUG' flag is set; use '--logger=zap' flag instead"),
+        "{text}"
+    );
+}
