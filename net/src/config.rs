@@ -304,6 +304,11 @@ const NO_COMPACTION_BATCHES: Status = Status::NoEffect(
     "rivet compacts each shard's in-memory index at once, without bbolt delete batches",
 );
 
+const NO_PING_POLICY: Status = Status::NoEffect(
+    "hyper answers a client's HTTP/2 pings itself and offers no hook to count them, so \
+     rivet does not enforce a minimum ping interval (grpc-go's too_many_pings GOAWAY)",
+);
+
 /// `--shards`' default: every CPU but the raft core's, at least 1.
 pub const SHARDS_SHOWN: &str = "cores - 1";
 
@@ -395,7 +400,7 @@ flag_table! {
         "Maximum client request size in bytes the server will accept.";
     Member "max-concurrent-streams" max_concurrent_streams: u32 = Kind::Uint32, "4294967295", "'math.MaxUint32'", Status::Implemented,
         "Maximum concurrent streams that each client can open at a time.";
-    Member "grpc-keepalive-min-time" grpc_keepalive_min_time: Duration = Kind::Duration, "5s", "'5s'", Status::Implemented,
+    Member "grpc-keepalive-min-time" grpc_keepalive_min_time: Duration = Kind::Duration, "5s", "'5s'", NO_PING_POLICY,
         "Minimum duration interval that a client should wait before pinging server.";
     Member "grpc-keepalive-interval" grpc_keepalive_interval: Duration = Kind::Duration, "2h", "'2h'", Status::Implemented,
         "Frequency duration of server-to-client ping to check if a connection is alive (0 to disable).";
@@ -891,9 +896,11 @@ fn parse_command_line(args: &[String], early: &mut Vec<EarlyLine>) -> Result<Com
         }
         rest = &rest[1..];
         let mut value = None;
-        if let Some(i) = name[1..].find('=') {
-            value = Some(&name[i + 2..]);
-            name = &name[..i + 1];
+        // Go: an '=' after the first character splits name and value.
+        let first = name.chars().next().map_or(0, char::len_utf8);
+        if let Some(i) = name[first..].find('=') {
+            value = Some(&name[first + i + 1..]);
+            name = &name[..first + i];
         }
         let Some(kind) = kind_of(name) else {
             if name == "help" || name == "h" {
@@ -1237,6 +1244,10 @@ mod tests {
         assert_eq!(text(stop(&["---x"], &[])), "bad flag syntax: ---x");
         assert_eq!(text(stop(&["--max-concurrent-streams", "4294967296"], &[])), "invalid value \"4294967296\" for flag -max-concurrent-streams: strconv.ParseUint: parsing \"4294967296\": value out of range");
         assert!(matches!(stop(&["-h"], &[]), Stop::Help));
+        assert_eq!(
+            text(stop(&["-é=1"], &[])),
+            "flag provided but not defined: -é"
+        );
         assert!(matches!(stop(&["--version"], &[]), Stop::Version));
         assert_eq!(text(stop(&["--name", "x"], &[("ETCD_NAME", "y")])), "conflicting environment variable \"ETCD_NAME\" is shadowed by corresponding command-line flag (either unset environment variable or disable flag)");
         assert_eq!(
