@@ -18,9 +18,6 @@ pub const RAFT_COMMANDS_PER_TURN_MAX: usize = 8192;
 pub const RAFT_LOG_KEPT_AFTER_CHECKPOINT: u64 = 5000;
 /// etcd warns when an fdatasync of the WAL takes longer than a second.
 pub const WAL_FSYNC_WARN: Duration = Duration::from_secs(1);
-/// etcd warns when applying entries takes longer than 100 ms (a slow disk is a dead
-/// leader: ETCD_LESSONS 7).
-pub const APPLY_WARN: Duration = Duration::from_millis(100);
 
 /// Learners at once (etcd 3.4 allows one): a learner costs the leader a full replication
 /// stream without adding fault tolerance.

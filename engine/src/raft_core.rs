@@ -71,6 +71,13 @@ pub struct RaftCoreConfig {
     pub cluster_token: String,
     /// `member/snap`: where snapshots are staged next to the shards' page files.
     pub snap_dir: PathBuf,
+    /// `--pre-vote`: raft's PreVote phase (etcd 3.4's default is off).
+    pub pre_vote: bool,
+    /// `--initial-election-tick-advance`: once a restarted member of a multi-member
+    /// cluster reaches its peers, fast-forward its election ticks as etcd does.
+    pub initial_election_tick_advance: bool,
+    /// `--experimental-warning-apply-duration`: applying longer than this is warned about.
+    pub warning_apply_duration: Duration,
 }
 
 /// How the raft core reaches its peers (the QUIC transport lives in `net`). Sending never
@@ -533,7 +540,7 @@ impl RaftCore {
             applied,
             max_size_per_msg: limits::RAFT_MESSAGE_BYTES_MAX,
             max_inflight_msgs: limits::RAFT_INFLIGHT_MESSAGES_MAX,
-            pre_vote: true,
+            pre_vote: config.pre_vote,
             check_quorum: true,
             ..Default::default()
         };
@@ -608,6 +615,42 @@ impl RaftCore {
         }
     }
 
+    /// etcd's `adjustTicks` for a multi-member cluster (`--initial-election-tick-advance`):
+    /// within 5 s of the start (rafthttp's ConnReadTimeout), once more than one peer is
+    /// reachable, advance the election ticks by `election ticks - 2` so that a restarted
+    /// member does not wait a whole election timeout before it can campaign. A single
+    /// voter campaigns at once at start instead. Returns whether it is done.
+    fn advance_initial_ticks(&mut self, started: Instant) -> bool {
+        if started.elapsed() > Duration::from_secs(5) {
+            return true;
+        }
+        let voters: Vec<u64> = self.node.raft.prs().conf().voters().ids().iter().collect();
+        if voters.len() <= 1 {
+            return true;
+        }
+        let active = voters
+            .iter()
+            .filter(|id| **id != self.config.member_id)
+            .filter(|id| self.peers.connected_since(**id).is_some())
+            .count();
+        if active <= 1 {
+            return false;
+        }
+        let ticks = self.config.election_ticks.saturating_sub(2);
+        tracing::info!(
+            local_member_id = format_args!("{:x}", self.config.member_id),
+            forward_ticks = ticks,
+            forward_duration = ?(self.config.heartbeat_interval * ticks as u32),
+            election_ticks = self.config.election_ticks,
+            active_remote_members = active,
+            "initialized peer connections; fast-forwarding election ticks"
+        );
+        for _ in 0..ticks {
+            self.node.tick();
+        }
+        true
+    }
+
     /// Runs until `commands` closes (every shard core stopped), then checkpoints so the
     /// next start replays nothing.
     pub async fn run(
@@ -620,6 +663,8 @@ impl RaftCore {
         let mut ticker = tokio::time::interval(self.config.heartbeat_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_tick = Instant::now();
+        let started = last_tick;
+        let mut ticks_advanced = !self.config.initial_election_tick_advance;
         loop {
             tokio::select! {
                 command = commands.recv() => match command {
@@ -634,6 +679,9 @@ impl RaftCore {
                     let now = Instant::now();
                     self.warn_late_heartbeat(now - last_tick);
                     last_tick = now;
+                    if !ticks_advanced {
+                        ticks_advanced = self.advance_initial_ticks(started);
+                    }
                     self.node.tick();
                     self.retry_reads();
                     self.check_move_leader();
@@ -2015,8 +2063,12 @@ impl RaftCore {
             let _ = reply.send(result);
         }
         let took = started.elapsed();
-        if took > limits::APPLY_WARN {
-            tracing::warn!(?took, "apply took too long (etcd warns above 100ms)");
+        if took > self.config.warning_apply_duration {
+            tracing::warn!(
+                took = ?took,
+                expected_duration = ?self.config.warning_apply_duration,
+                "apply request took too long"
+            );
         }
     }
 

@@ -19,26 +19,12 @@ use tower::Service;
 use crate::gateway::GatewayConfig;
 use crate::services::{ETCD_CLUSTER_VERSION, ETCD_VERSION};
 
-pub(crate) fn cors(response: &mut Response<Body>) {
-    let headers = response.headers_mut();
-    headers.insert(
-        "Access-Control-Allow-Headers",
-        HeaderValue::from_static("accept, content-type, authorization"),
-    );
-    headers.insert(
-        "Access-Control-Allow-Methods",
-        HeaderValue::from_static("POST, GET, OPTIONS, PUT, DELETE"),
-    );
-    headers.insert("Access-Control-Allow-Origin", HeaderValue::from_static("*"));
-}
-
 fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {
     let mut response = Response::new(Body::new(Full::new(Bytes::from(body))));
     *response.status_mut() = status;
     response
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    cors(&mut response);
     response
 }
 
@@ -65,6 +51,14 @@ async fn metrics(core: Rc<ShardCore>) -> Response<Body> {
         keys,
     });
     text(StatusCode::OK, "text/plain; version=0.0.4", body)
+}
+
+fn not_found() -> Response<Body> {
+    text(
+        StatusCode::NOT_FOUND,
+        "text/plain; charset=utf-8",
+        "404 page not found\n".into(),
+    )
 }
 
 fn version() -> Response<Body> {
@@ -103,6 +97,8 @@ pub struct ClientService {
     pub grpc: tonic::service::Routes,
     pub core: send_wrapper::SendWrapper<Rc<ShardCore>>,
     pub gateway: GatewayConfig,
+    /// `--cors`, `--host-whitelist`, `--enable-pprof`.
+    pub http: std::sync::Arc<crate::access::HttpSettings>,
 }
 
 type ResponseFuture =
@@ -123,12 +119,20 @@ impl ClientService {
         }
         let refused = self.core.shared.is_learner.load(Ordering::Acquire)
             && !served_by_learner(request.uri().path());
+        let started = std::time::Instant::now();
         Box::pin(async move {
             let response = if refused {
                 Ok(Status::from(EtcdError::NotSupportedForLearner).into_http())
             } else {
                 grpc.call(request).await
             };
+            // `--metrics extensive`: a unary RPC is handled when its response is ready
+            // (streams run on past this point and are not timed).
+            if let Some(method) = method {
+                if rivet_engine::metrics::GRPC_METHODS[method].2 == "unary" {
+                    rivet_engine::metrics::grpc_handling(method, started.elapsed());
+                }
+            }
             if let (Some(method), Ok(response)) = (method, &response) {
                 // Errors travel in the headers (trailers-only responses); a response
                 // without `grpc-status` there went on and is counted as OK.
@@ -158,24 +162,28 @@ impl Service<Request<hyper::body::Incoming>> for ClientService {
         if is_grpc(&request) {
             return self.call_grpc(request);
         }
-        // etcd answers a CORS preflight on any path with 200 and no body.
-        if request.method() == http::Method::OPTIONS {
-            return Box::pin(async {
-                let mut response = Response::new(Body::empty());
-                cors(&mut response);
+        let settings = std::sync::Arc::clone(&self.http);
+        // etcd's access controller wraps its whole HTTP mux, the gateway included: the
+        // Host check, CORS and OPTIONS (plain HTTP only).
+        let origin = match crate::access::check(&settings, &request, false) {
+            crate::access::Decision::Answer(response) => {
+                return Box::pin(async move { Ok(response) })
+            }
+            crate::access::Decision::Route(origin) => origin,
+        };
+        if self.gateway.enabled && crate::gateway::handles(request.uri().path()) {
+            let (client, config) = (self.clone(), self.gateway);
+            return Box::pin(async move {
+                let mut response = crate::gateway::serve(client, config, request).await;
+                crate::access::add_cors(&mut response, origin);
                 Ok(response)
             });
         }
-        if self.gateway.enabled && crate::gateway::handles(request.uri().path()) {
-            let (client, config) = (self.clone(), self.gateway);
-            return Box::pin(
-                async move { Ok(crate::gateway::serve(client, config, request).await) },
-            );
-        }
         let core = Rc::clone(&self.core);
         let path = request.uri().path().to_string();
+        let query = request.uri().query().unwrap_or("").to_string();
         Box::pin(async move {
-            Ok(match path.as_str() {
+            let mut response = match path.as_str() {
                 "/health" => health(core).await,
                 "/version" => version(),
                 "/metrics" => metrics(core).await,
@@ -192,12 +200,16 @@ impl Service<Request<hyper::body::Incoming>> for ClientService {
                         ),
                     }
                 }
-                _ => text(
-                    StatusCode::NOT_FOUND,
-                    "text/plain; charset=utf-8",
-                    "404 page not found\n".into(),
-                ),
-            })
+                _ if settings.enable_pprof && path.starts_with("/debug/pprof/") => {
+                    match crate::pprof::route(&path, &query).await {
+                        Some(response) => response,
+                        None => not_found(),
+                    }
+                }
+                _ => not_found(),
+            };
+            crate::access::add_cors(&mut response, origin);
+            Ok(response)
         })
     }
 }

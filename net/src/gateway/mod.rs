@@ -38,7 +38,7 @@ use tonic::metadata::{MetadataKey, MetadataMap, MetadataValue};
 use tonic::{Code, Status};
 use tonic_prost::ProstCodec;
 
-use crate::http::{cors, ClientService};
+use crate::http::ClientService;
 use json::{Decoder, Next};
 
 /// The gateway's settings on a client listener.
@@ -154,7 +154,6 @@ fn response(status: StatusCode, content_type: &'static str, body: Body) -> Respo
     response
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    cors(&mut response);
     response
 }
 
