@@ -30,7 +30,7 @@ fn cors(response: &mut Response<Body>) {
     headers.insert("Access-Control-Allow-Origin", HeaderValue::from_static("*"));
 }
 
-fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {
+pub(crate) fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {
     let mut response = Response::new(Body::new(Full::new(Bytes::from(body))));
     *response.status_mut() = status;
     response
@@ -41,7 +41,7 @@ fn text(status: StatusCode, content_type: &'static str, body: String) -> Respons
 }
 
 /// `/health`: healthy when the member has a leader and a linearizable read succeeds.
-async fn health(core: Rc<ShardCore>) -> Response<Body> {
+pub(crate) async fn health(core: Rc<ShardCore>) -> Response<Body> {
     let has_leader = core.shared.leader.load(Ordering::Acquire) != 0;
     let healthy = has_leader && core.read_index().await.is_ok();
     let body = format!("{{\"health\":\"{healthy}\"}}");
@@ -54,7 +54,7 @@ async fn health(core: Rc<ShardCore>) -> Response<Body> {
 }
 
 /// `/metrics`: Prometheus text format with etcd's metric names; sizes read now.
-async fn metrics(core: Rc<ShardCore>) -> Response<Body> {
+pub(crate) async fn metrics(core: Rc<ShardCore>) -> Response<Body> {
     let size = core.db_size_bytes().await;
     let keys = core.raft_status().await.map_or(0, |s| s.keys);
     let body = rivet_engine::metrics::render(&rivet_engine::metrics::Gauges {

@@ -10,20 +10,6 @@ use clap::Parser;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use rivet_net::config::{normalize_args, Flags};
 
-/// The `ETCD_*` variables rivet reads; any other one is reported, as etcd does.
-const KNOWN_ENV: &[&str] = &[
-    "ETCD_NAME",
-    "ETCD_DATA_DIR",
-    "ETCD_WAL_DIR",
-    "ETCD_LISTEN_CLIENT_URLS",
-    "ETCD_ADVERTISE_CLIENT_URLS",
-    "ETCD_MAX_REQUEST_BYTES",
-    "ETCD_MAX_TXN_OPS",
-    "ETCD_QUOTA_BACKEND_BYTES",
-    "ETCD_SNAPSHOT_COUNT",
-    "ETCD_LOG_LEVEL",
-];
-
 fn log_filter(level: &str) -> Option<&'static str> {
     match level {
         "debug" => Some("debug"),
@@ -59,8 +45,16 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    // The `ETCD_*` variables rivet reads are those of its flags; any other one is
+    // reported, as etcd does.
+    let command = <Flags as clap::CommandFactory>::command();
+    let known: Vec<String> = command
+        .get_arguments()
+        .filter_map(|argument| argument.get_env())
+        .map(|name| name.to_string_lossy().into_owned())
+        .collect();
     for (name, value) in std::env::vars() {
-        if name.starts_with("ETCD_") && !KNOWN_ENV.contains(&name.as_str()) {
+        if name.starts_with("ETCD_") && !known.contains(&name) {
             tracing::warn!("unrecognized environment variable {name}={value}");
         }
     }
