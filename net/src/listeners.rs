@@ -1,6 +1,6 @@
-//! What the client and metrics listeners need beyond a socket: which of them speak TLS
-//! and with what (etcd 3.4's rules for `--cert-file`, `--auto-tls` and https URLs), the
-//! TLS handshake of an accepted connection, and the metrics listener
+//! What the listeners need beyond a socket: which of them speak TLS and with what (etcd
+//! 3.4's rules for `--cert-file`, `--auto-tls`, the peer flags and https URLs), the TLS
+//! handshake of an accepted client connection, and the metrics listener
 //! (`--listen-metrics-urls`: `/metrics` and `/health` only, as etcd serves them there).
 
 use std::convert::Infallible;
@@ -124,6 +124,55 @@ pub fn client_tls(
     // Every file is read and every rule checked now, so that a mistake stops the start.
     plan.build()?;
     Ok(plan)
+}
+
+/// The peer transport's TLS from the flags, checked as etcd checks them: an https peer
+/// URL needs a certificate (or `--peer-auto-tls`), `--peer-auto-tls` yields to given
+/// files. Without any, links use a generated certificate and peers are not
+/// authenticated.
+pub fn peer_tls(flags: &Flags, data_dir: &Path) -> anyhow::Result<crate::peer::tls::PeerTls> {
+    let mut info = TlsInfo {
+        cert_file: flags.peer_cert_file.clone(),
+        key_file: flags.peer_key_file.clone(),
+        trusted_ca_file: flags.peer_trusted_ca_file.clone(),
+        client_cert_auth: flags.peer_client_cert_auth,
+        crl_file: flags.peer_crl_file.clone(),
+        allowed_cn: flags.peer_cert_allowed_cn.clone(),
+        allowed_hostname: flags.peer_cert_allowed_hostname.clone(),
+        self_signed: false,
+    };
+    let peer_urls = crate::config::url_list(&flags.listen_peer_urls);
+    if flags.peer_auto_tls {
+        if info.is_empty() {
+            let hosts: Vec<String> = peer_urls.iter().map(|u| url_host(u)).collect();
+            let generated = self_signed_files(
+                &data_dir.join("fixtures").join("peer"),
+                &hosts,
+                flags.self_signed_cert_validity,
+                true,
+            )?;
+            info.cert_file = generated.cert_file;
+            info.key_file = generated.key_file;
+            info.self_signed = true;
+        } else {
+            tracing::warn!("ignoring peer auto TLS since certs given");
+        }
+    }
+    for url in &peer_urls {
+        if url.starts_with("https://") && info.is_empty() {
+            return Err(anyhow!(
+                "TLS key/cert (--peer-cert-file, --peer-key-file) must be provided for peer url {url} with HTTPS scheme"
+            ));
+        }
+    }
+    if info.is_empty() {
+        return Ok(crate::peer::tls::PeerTls::Generated);
+    }
+    tracing::info!("PeerTLS: {info}");
+    let tls = crate::peer::tls::PeerTls::Files(info);
+    // Read every file now, so that a mistake stops the start.
+    crate::peer::tls::configs(&tls)?;
+    Ok(tls)
 }
 
 /// etcd's start-up line for a client listener.

@@ -87,6 +87,7 @@ pub fn run(flags: Flags) -> anyhow::Result<()> {
     let metrics_addresses = listen_addresses(&flags.listen_metrics_urls)?;
     let client_tls =
         crate::listeners::client_tls(&flags, &data_dir, &addresses, &metrics_addresses)?;
+    let peer_tls = crate::listeners::peer_tls(&flags, &data_dir)?;
     let cpus = core_affinity::get_core_ids().unwrap_or_default();
     let cpu_ids: Vec<usize> = if cpus.is_empty() {
         vec![0]
@@ -127,6 +128,7 @@ pub fn run(flags: Flags) -> anyhow::Result<()> {
                 member,
                 peer_listen,
                 initial_peers.clone(),
+                peer_tls.clone(),
                 DISCOVERY_WAIT,
             ))?
         }
@@ -222,7 +224,8 @@ pub fn run(flags: Flags) -> anyhow::Result<()> {
             };
             runtime.block_on(async move {
                 let (peer_tx, peer_rx) = tokio::sync::mpsc::channel(limits::PEER_EVENT_QUEUE);
-                let peer_config = PeerConfig::new(member, cluster, peer_listen, initial_peers);
+                let mut peer_config = PeerConfig::new(member, cluster, peer_listen, initial_peers);
+                peer_config.tls = peer_tls;
                 let link = match PeerTransport::start(peer_config).await {
                     Ok((transport, incoming)) => {
                         QuicLink::new(transport, incoming, peer_tx.clone())

@@ -148,8 +148,26 @@ impl HandshakeError {
             if close.error_code == VarInt::from_u32(close_code::MEMBER_REMOVED))
     }
 
+    /// The TLS handshake failed over a certificate (ours refused by the peer, or theirs
+    /// by us): a configuration or an intruder, never a passing network fault.
+    pub(super) fn is_certificate_failure(&self) -> bool {
+        let is_crypto = |code: u64| (0x100..0x200).contains(&code);
+        match self {
+            HandshakeError::Connection(ConnectionError::TransportError(error)) => {
+                is_crypto(u64::from(error.code))
+            }
+            HandshakeError::Connection(ConnectionError::ConnectionClosed(close)) => {
+                is_crypto(u64::from(close.error_code))
+            }
+            _ => false,
+        }
+    }
+
     /// The peer answered but refused us (e.g. another cluster): always worth a warning.
     fn is_refusal(&self) -> bool {
+        if self.is_certificate_failure() {
+            return true;
+        }
         match self {
             HandshakeError::Refused(_) => true,
             HandshakeError::Connection(ConnectionError::ApplicationClosed(close)) => {
@@ -165,7 +183,13 @@ impl HandshakeError {
 pub(super) async fn dial(shared: &Arc<Shared>, peer: &Arc<Peer>) -> Result<(), HandshakeError> {
     let address = *lock(&peer.address);
     let handshake = async {
-        let connection = shared.endpoint.connect(address, tls::SERVER_NAME)?.await?;
+        // With certificates to verify, the server's must be valid for the address we dial.
+        let server_name = if shared.dial_by_address {
+            address.ip().to_string()
+        } else {
+            tls::SERVER_NAME.to_string()
+        };
+        let connection = shared.endpoint.connect(address, &server_name)?.await?;
         let result = async {
             let (mut send, mut recv) = connection.open_bi().await?;
             let mut buffer = BytesMut::new();
@@ -278,7 +302,15 @@ pub(super) async fn run_acceptor(shared: Arc<Shared>) {
             let remote = incoming.remote_address();
             if let Err(error) = accept(&shared, incoming).await {
                 add(&shared.counters.connections_refused, 1);
-                debug!(%remote, %error, "incoming peer connection failed");
+                if error.is_certificate_failure() {
+                    if matches!(error, HandshakeError::Connection(ConnectionError::TransportError(_))) {
+                        warn!(%remote, %error, "refusing the peer connection: its certificate was rejected");
+                    } else {
+                        warn!(%remote, %error, "peer connection failed: the dialing peer rejected this member's certificate");
+                    }
+                } else {
+                    debug!(%remote, %error, "incoming peer connection failed");
+                }
             }
             drop(permit);
         });
@@ -339,6 +371,17 @@ pub(super) async fn accept(
         );
         return refuse(close_code::MEMBER_ID_MISMATCH, "member ID mismatch");
     }
+    if shared.check_san {
+        if let Err(reason) = check_certificate_san(&connection, remote).await {
+            warn!(
+                %remote,
+                remote_member_id = %format_args!("{:x}", hello.from),
+                %reason,
+                "refusing the peer connection: its certificate does not name its address"
+            );
+            return refuse(close_code::CERTIFICATE_REFUSED, "certificate refused");
+        }
+    }
     let peer = match shared.peer_for_incoming(hello.from, remote) {
         Ok(peer) => peer,
         Err((code, reason)) => {
@@ -363,6 +406,39 @@ pub(super) async fn accept(
         buffer,
     );
     Ok(())
+}
+
+/// etcd's `checkSAN` on an accepted peer connection: a certificate with IP or DNS SANs
+/// must name the address the connection comes from (DNS names are resolved).
+async fn check_certificate_san(
+    connection: &quinn::Connection,
+    remote: std::net::SocketAddr,
+) -> Result<(), String> {
+    let chain = connection
+        .peer_identity()
+        .and_then(|identity| {
+            identity
+                .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+                .ok()
+        })
+        .ok_or("the peer presented no certificate")?;
+    let leaf = chain.first().ok_or("the peer presented no certificate")?;
+    let names = crate::tls::certificate_names(leaf).map_err(|e| e.to_string())?;
+    let mut resolved: Vec<(String, Vec<std::net::IpAddr>)> = Vec::new();
+    for name in &names.dns_names {
+        let addresses = tokio::net::lookup_host((name.as_str(), 0))
+            .await
+            .map(|found| found.map(|address| address.ip()).collect())
+            .unwrap_or_default();
+        resolved.push((name.clone(), addresses));
+    }
+    crate::tls::check_san(&names, remote.ip(), |name| {
+        resolved
+            .iter()
+            .find(|(resolved_name, _)| resolved_name == name)
+            .map(|(_, addresses)| addresses.clone())
+            .unwrap_or_default()
+    })
 }
 
 #[cfg(test)]

@@ -37,8 +37,11 @@
 //! Dials back off exponentially (100 ms doubling to 2 s, with jitter).
 //!
 //! # TLS
-//! A self-signed certificate is generated at start and **certificates are not verified**
-//! yet (see [`tls`]): the peer certificate flags come later.
+//! Without peer certificate flags, a self-signed certificate is generated at start and
+//! **peers are not authenticated** (encrypted only). With etcd's peer flags both sides
+//! present the member's certificate and verify the other's against the trusted CA, the
+//! CRL and the allowed CN or hostname; see [`tls`]. A refused peer is logged with its
+//! address and the reason.
 
 //!
 //! # Files
@@ -91,6 +94,9 @@ pub struct PeerConfig {
     /// Transport knobs. The defaults are the measured best; the benchmark changes them to
     /// show what each is worth.
     pub tuning: PeerTuning,
+    /// How links are secured: generated certificates (the default) or the member's
+    /// certificate files with etcd's peer rules.
+    pub tls: tls::PeerTls,
 }
 
 impl PeerConfig {
@@ -107,6 +113,7 @@ impl PeerConfig {
             listen,
             peers,
             tuning: PeerTuning::default(),
+            tls: tls::PeerTls::default(),
         }
     }
 }
@@ -275,6 +282,7 @@ mod close_code {
     pub const TOO_MANY_PEERS: u32 = 6;
     pub const ADDRESS_CHANGED: u32 = 7;
     pub const LINK_FAILED: u32 = 8;
+    pub const CERTIFICATE_REFUSED: u32 = 9;
 }
 
 /// QUIC application error codes ending a snapshot stream early.
@@ -312,6 +320,10 @@ struct Shared {
     /// Drawn at start; see [`Hello::incarnation`].
     incarnation: u64,
     send_window_bytes_min: u64,
+    /// etcd's SAN check of accepted peers' certificates (see [`tls`]).
+    check_san: bool,
+    /// Dial by the peer's IP address as TLS server name (certificates are verified).
+    dial_by_address: bool,
     endpoint: Endpoint,
     runtime: tokio::runtime::Handle,
     table: Mutex<PeerTable>,
@@ -339,7 +351,9 @@ impl PeerTransport {
     pub async fn start(
         config: PeerConfig,
     ) -> Result<(PeerTransport, mpsc::Receiver<Incoming>), PeerError> {
-        let tls = tls::self_signed()?;
+        let tls = tls::configs(&config.tls)?;
+        let (authenticates, check_san, dial_by_address) =
+            (tls.authenticates, tls.check_san, tls.dial_by_address);
         let transport = Arc::new(transport_config(&config.tuning)?);
         let mut server_config = quinn::ServerConfig::with_crypto(tls.server);
         server_config.transport_config(transport.clone());
@@ -372,6 +386,8 @@ impl PeerTransport {
             cluster_id: std::sync::atomic::AtomicU64::new(config.cluster_id),
             incarnation: random_u64(),
             send_window_bytes_min: config.tuning.send_window_bytes_min,
+            check_san,
+            dial_by_address,
             endpoint,
             runtime: tokio::runtime::Handle::current(),
             table: Mutex::new(PeerTable::default()),
@@ -390,12 +406,28 @@ impl PeerTransport {
                 transport.add_peer(id, address)?;
             }
         }
-        info!(
-            member_id = %format_args!("{:x}", shared.member_id),
-            cluster_id = %format_args!("{:x}", shared.cluster_id()),
-            listen = %shared.endpoint.local_addr().map_err(|source| PeerError::Bind { address: config.listen, source })?,
-            "peer transport listening (QUIC; peer certificates are not verified yet)"
-        );
+        let listen = shared
+            .endpoint
+            .local_addr()
+            .map_err(|source| PeerError::Bind {
+                address: config.listen,
+                source,
+            })?;
+        if authenticates {
+            info!(
+                member_id = %format_args!("{:x}", shared.member_id),
+                cluster_id = %format_args!("{:x}", shared.cluster_id()),
+                %listen,
+                "peer transport listening (QUIC; peers authenticated by their certificates)"
+            );
+        } else {
+            info!(
+                member_id = %format_args!("{:x}", shared.member_id),
+                cluster_id = %format_args!("{:x}", shared.cluster_id()),
+                %listen,
+                "peer transport listening (QUIC, encrypted; peers are not authenticated: no --peer-trusted-ca-file)"
+            );
+        }
         shared.runtime.spawn(run_acceptor(shared.clone()));
         Ok((transport, incoming_receiver))
     }
@@ -413,10 +445,12 @@ impl PeerTransport {
         member_id: u64,
         listen: SocketAddr,
         peers: Vec<(u64, SocketAddr)>,
+        tls: tls::PeerTls,
         wait: Duration,
     ) -> Result<u64, PeerError> {
-        let (transport, _incoming) =
-            PeerTransport::start(PeerConfig::new(member_id, 0, listen, peers)).await?;
+        let mut config = PeerConfig::new(member_id, 0, listen, peers);
+        config.tls = tls;
+        let (transport, _incoming) = PeerTransport::start(config).await?;
         let deadline = tokio::time::Instant::now() + wait;
         let found = loop {
             let id = transport.cluster_id();
