@@ -265,6 +265,19 @@ fn metrics_listener_over_https_matches_etcd() {
             "{name}: a client without a certificate was served"
         );
     }
+    // The https client port serves HTTP beside gRPC: /version and /health there too.
+    for (name, port) in [
+        ("etcd", servers.etcd.tls_port),
+        ("rivet", servers.rivet.tls_port),
+    ] {
+        let version = https_get(pki, port, "/version", client).expect(name);
+        assert!(
+            version.starts_with("HTTP/1.1 200") && version.contains("\"etcdserver\":\"3.4.23\""),
+            "{name}: {version}"
+        );
+        let health = https_get(pki, port, "/health", client).expect(name);
+        assert!(health.contains("{\"health\":\"true\"}"), "{name}: {health}");
+    }
 }
 
 #[test]
