@@ -59,9 +59,10 @@ pub struct Args {
     /// Identify with this client certificate (PEM).
     #[arg(long, global = true, value_name = "FILE")]
     pub cert: Option<PathBuf>,
-    /// The client certificate's key (PEM).
-    #[arg(long, global = true, value_name = "FILE")]
-    pub key: Option<PathBuf>,
+    /// The client certificate's key (PEM). (`range` has a positional `key`, hence the
+    /// field's other name.)
+    #[arg(long = "key", global = true, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }

@@ -60,7 +60,7 @@ pub fn set_client_tls(args: &crate::cli::Args) -> anyhow::Result<()> {
     let read = |path: &std::path::PathBuf| {
         std::fs::read(path).with_context(|| format!("reading {}", path.display()))
     };
-    let tls = match (&args.cacert, &args.cert, &args.key) {
+    let tls = match (&args.cacert, &args.cert, &args.tls_key) {
         (None, None, None) => None,
         (ca, cert, key) => Some(ClientTls {
             ca: ca.as_ref().map(read).transpose()?,
