@@ -175,16 +175,14 @@ pub fn peer_tls(flags: &Flags, data_dir: &Path) -> anyhow::Result<crate::peer::t
     Ok(tls)
 }
 
-/// etcd's start-up line for a client listener.
+/// etcd's start-up lines for a client listener.
 pub fn log_serving(listen: &ListenUrl) {
+    tracing::info!("ready to serve client requests");
     if listen.secure {
-        tracing::info!(
-            "ready to serve client requests; serving client requests on {}",
-            listen.address
-        );
+        tracing::info!("serving client requests on {}", listen.address);
     } else {
         tracing::info!(
-            "ready to serve client requests; serving insecure client requests on {}, this is strongly discouraged!",
+            "serving insecure client requests on {}, this is strongly discouraged!",
             listen.address
         );
     }

@@ -128,6 +128,8 @@ pub fn package_of(target: &str) -> &str {
         ("rivet_net::logging", "etcdmain"),
         ("rivet_net::pprof", "embed"),
         ("rivet_net::http", "embed"),
+        ("rivet_net::listeners", "embed"),
+        ("rivet_net::tls", "embed"),
         ("rivet_net", "etcdserver/api/v3rpc"),
         ("rivet", "etcdmain"),
     ];
