@@ -24,13 +24,14 @@ use rivet_api::rivetpb::internal_request;
 
 use crate::check;
 use crate::error::EtcdError;
+use crate::keyspace::{shard_of, CompactedAt, RangeEnd};
 use crate::messages::{
     ApplyMessage, MemberChange, MemberChangeResult, RaftCommand, RaftStatus, RangePart,
     RangePartResult, ReadPoint, Reply, RestoreChunk, ShardAck, ShardRequest,
 };
-use crate::range::{finish_range, merge_sorted, resolve_revision, RangeEnd};
+use crate::range::{finish_range, merge_sorted, resolve_revision};
 use crate::sequencer::{Applied, HistoricalRange};
-use crate::shard::{shard_of, CompactedAt, Shard};
+use crate::shard::Shard;
 use crate::shared::Shared;
 
 pub struct ShardCore {

@@ -6,6 +6,8 @@ pub mod check;
 pub mod core;
 pub mod error;
 pub mod identity;
+pub mod keyspace;
+pub mod layout;
 pub mod lessor;
 pub mod limits;
 pub mod membership;

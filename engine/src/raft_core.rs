@@ -37,6 +37,7 @@ use rivet_api::rivetpb::{
 use rivet_wal::{Record, RecordKind, Wal, WalOptions};
 
 use crate::error::EtcdError;
+use crate::keyspace::shard_of;
 use crate::limits;
 use crate::membership::MemberTable;
 use crate::messages::{
@@ -44,7 +45,6 @@ use crate::messages::{
     RaftStatus, ReadPoint, Reply, RestoreChunk, ShardAck,
 };
 use crate::sequencer::{Applied, Outcome, Sequencer};
-use crate::shard::shard_of;
 use crate::shared::Shared;
 
 /// What the raft core needs to start.

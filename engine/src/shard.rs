@@ -6,25 +6,15 @@ use std::path::Path;
 use bytes::Bytes;
 use rivet_api::mvccpb::KeyValue;
 
-use crate::error::EtcdError;
-use crate::messages::{ApplyBatch, CheckpointRequest, RangePart, RangePartResult};
-use crate::mvcc::{KeyIndex, RangeEnd as IndexEnd};
 use std::collections::VecDeque;
 
 use rivet_api::mvccpb::{event::EventType, Event};
 
+use crate::error::EtcdError;
+use crate::keyspace::{CompactedAt, Head, Mutation, RangeEnd};
+use crate::messages::{ApplyBatch, CheckpointRequest, RangePart, RangePartResult};
+use crate::mvcc::KeyIndex;
 use crate::page::{Checkpoint, KeyRecord, PageFile, PageOptions, PagePtr, RecordView};
-use crate::range::RangeEnd;
-use crate::sequencer::{Head, Mutation};
-
-/// The shard that owns `key`. Stable across restarts and members: page files are
-/// partitioned by it, so it must never change for a data dir.
-pub fn shard_of(key: &[u8], shard_count: usize) -> usize {
-    if shard_count <= 1 {
-        return 0;
-    }
-    (crc32c::crc32c(key) as usize) % shard_count
-}
 
 #[derive(Debug, thiserror::Error)]
 #[error("shard {shard}: {reason}")]
@@ -54,18 +44,6 @@ struct RecentChange {
     key: Bytes,
     ptr: PagePtr,
     tombstone: bool,
-}
-
-/// Changes a watch asks for were compacted away.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct CompactedAt(pub i64);
-
-fn index_end(end: &RangeEnd) -> IndexEnd<'_> {
-    match end {
-        RangeEnd::Single => IndexEnd::Single,
-        RangeEnd::FromKey => IndexEnd::FromKey,
-        RangeEnd::Before(end) => IndexEnd::Before(end.as_ref()),
-    }
 }
 
 fn key_value(key: &[u8], view: &RecordView<'_>, with_value: bool) -> KeyValue {
@@ -137,7 +115,7 @@ impl Shard {
 
     /// The newest version of every live key, for rebuilding the sequencer.
     pub fn heads(&self, mut each: impl FnMut(Bytes, Head)) {
-        for (key, _, ptr) in self.index.range(b"\0", IndexEnd::FromKey, self.revision) {
+        for (key, _, ptr) in self.index.range(b"\0", &RangeEnd::FromKey, self.revision) {
             match self.page.read(ptr) {
                 Ok(view) => each(
                     Bytes::copy_from_slice(key),
@@ -210,7 +188,7 @@ impl Shard {
     /// records), oldest first. Built in one pass so that a compaction cannot interleave.
     pub fn export(&self, revision: i64) -> Vec<u8> {
         let mut out = Vec::new();
-        for change in self.index.changes(b"\0", IndexEnd::FromKey, 0, revision) {
+        for change in self.index.changes(b"\0", &RangeEnd::FromKey, 0, revision) {
             let view = self.page.read(change.ptr).unwrap_or_else(|e| {
                 panic!(
                     "shard {}: index points at an unreadable record: {e}",
@@ -230,7 +208,7 @@ impl Shard {
     pub fn hash_kv(&self, revision: i64) -> u32 {
         let mut sum = 0u32;
         let mut buffer = Vec::new();
-        for change in self.index.changes(b"\0", IndexEnd::FromKey, 0, revision) {
+        for change in self.index.changes(b"\0", &RangeEnd::FromKey, 0, revision) {
             let Ok(view) = self.page.read(change.ptr) else {
                 continue;
             };
@@ -244,7 +222,7 @@ impl Shard {
 
     /// Replaces this shard's files with the ones staged for a snapshot at `index`.
     pub fn install(&mut self, snap_dir: &Path, index: u64) -> Result<(), ShardOpenError> {
-        let staged = crate::snapshot::staged_dir(snap_dir, index, self.id);
+        let staged = crate::layout::staged_shard_dir(snap_dir, index, self.id);
         let own = self.page.dir().to_path_buf();
         crate::snapshot::swap_in(&staged, &own).map_err(|e| ShardOpenError {
             shard: self.id,
@@ -345,7 +323,7 @@ impl Shard {
         }
         Ok(self
             .index
-            .changes(key, index_end(end), from, to)
+            .changes(key, end, from, to)
             .into_iter()
             .map(|c| self.event(c.key, c.revision, c.ptr, c.tombstone, prev_kv))
             .collect())
@@ -376,10 +354,7 @@ impl Shard {
         }
         debug_assert!(part.revision <= self.revision);
         let mut result = RangePartResult::default();
-        for (key, _, ptr) in self
-            .index
-            .range(&part.key, index_end(&part.end), part.revision)
-        {
+        for (key, _, ptr) in self.index.range(&part.key, &part.end, part.revision) {
             result.count += 1;
             if part.count_only || (part.limit != 0 && result.kvs.len() >= part.limit) {
                 continue;

@@ -21,12 +21,12 @@ use rivet_api::etcdserverpb::{
     maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
 use rivet_engine::core::ShardCore;
-use rivet_engine::limits;
 use rivet_engine::messages::RaftCommand;
 use rivet_engine::page::PageOptions;
 use rivet_engine::raft_core::{open_wal, RaftCore, RaftCoreConfig, RaftCoreLinks};
 use rivet_engine::shard::Shard;
 use rivet_engine::shared::Shared;
+use rivet_engine::{layout, limits};
 use rivet_wal::Wal;
 
 use crate::config::{bootstrap, listen_addresses, url_list, Flags};
@@ -75,8 +75,8 @@ pub fn run(flags: Flags) -> anyhow::Result<()> {
     let wal_dir = flags
         .wal_dir
         .clone()
-        .unwrap_or_else(|| data_dir.join("member").join("wal"));
-    let snap_dir = data_dir.join("member").join("snap");
+        .unwrap_or_else(|| layout::default_wal_dir(&data_dir));
+    let snap_dir = layout::snap_dir(&data_dir);
     std::fs::create_dir_all(&snap_dir)
         .with_context(|| format!("creating {}", snap_dir.display()))?;
     let addresses = listen_addresses(&flags.listen_client_urls)?;
@@ -253,7 +253,7 @@ pub fn run(flags: Flags) -> anyhow::Result<()> {
     let mut executors = Vec::with_capacity(shard_count);
     for (id, (apply_rx, peer_rx)) in apply_rxs.into_iter().zip(peer_rxs).enumerate() {
         let cpu = cpu_ids[(1 + id) % cpu_ids.len()];
-        let shard_dir = snap_dir.join(format!("shard-{id}"));
+        let shard_dir = layout::shard_dir(&snap_dir, id);
         let shared = Arc::clone(&shared);
         let raft = command_tx.clone();
         let peers = peer_txs.clone();
