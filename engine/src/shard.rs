@@ -12,7 +12,9 @@ use rivet_api::mvccpb::{event::EventType, Event};
 
 use crate::error::EtcdError;
 use crate::keyspace::{CompactedAt, Head, Mutation, RangeEnd};
-use crate::messages::{ApplyBatch, CheckpointRequest, RangePart, RangePartResult};
+use crate::messages::{
+    ApplyBatch, ApplyMessage, CheckpointRequest, RangePart, RangePartResult, RestoreChunk, ShardAck,
+};
 use crate::mvcc::KeyIndex;
 use crate::page::{Checkpoint, KeyRecord, PageFile, PageOptions, PagePtr, RecordView};
 
@@ -26,6 +28,8 @@ pub struct ShardOpenError {
 pub struct Shard {
     pub id: usize,
     page: PageFile,
+    /// The page file layout, kept for the files a snapshot install swaps in.
+    options: PageOptions,
     index: KeyIndex,
     applied_index: u64,
     revision: i64,
@@ -91,6 +95,7 @@ impl Shard {
         Ok(Shard {
             id,
             page,
+            options,
             index,
             applied_index,
             revision,
@@ -132,6 +137,63 @@ impl Shard {
                     self.id
                 ),
             }
+        }
+    }
+
+    /// The heads of the live keys in chunks, ending with the chunk that says this shard is
+    /// done: what the raft core rebuilds the sequencer from at start (in chunks, never
+    /// every key twice at once: ETCD_LESSONS 11).
+    pub fn restore_chunks(&self) -> Vec<RestoreChunk> {
+        let mut chunk = Vec::with_capacity(crate::limits::RESTORE_CHUNK_KEYS);
+        let mut chunks = Vec::new();
+        self.heads(|key, head| {
+            chunk.push((key, head));
+            if chunk.len() == crate::limits::RESTORE_CHUNK_KEYS {
+                chunks.push(RestoreChunk {
+                    shard: self.id,
+                    heads: Some(std::mem::take(&mut chunk)),
+                });
+            }
+        });
+        chunks.push(RestoreChunk {
+            shard: self.id,
+            heads: Some(chunk),
+        });
+        chunks.push(RestoreChunk {
+            shard: self.id,
+            heads: None,
+        });
+        chunks
+    }
+
+    /// Handles one message of the apply stream and returns what to acknowledge to the
+    /// raft core.
+    pub fn handle_apply(&mut self, message: ApplyMessage) -> ShardAck {
+        let checkpoint = match message {
+            ApplyMessage::Batch(batch) => {
+                self.apply(&batch);
+                None
+            }
+            ApplyMessage::Install {
+                snap_dir,
+                index,
+                revision: _,
+            } => {
+                if let Err(e) = self.install(&snap_dir, index) {
+                    panic!("cannot install the snapshot at index {index}: {e}");
+                }
+                Some(index)
+            }
+            ApplyMessage::Checkpoint(request) => {
+                self.checkpoint(&request);
+                Some(request.index)
+            }
+        };
+        ShardAck {
+            shard: self.id,
+            index: self.applied_index,
+            checkpoint,
+            size_bytes: self.size_bytes(),
         }
     }
 
@@ -228,7 +290,7 @@ impl Shard {
             shard: self.id,
             reason: format!("swapping in the snapshot: {e}"),
         })?;
-        *self = Shard::open(&own, self.id, index, PageOptions::default())?;
+        *self = Shard::open(&own, self.id, index, self.options)?;
         Ok(())
     }
 
