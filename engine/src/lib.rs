@@ -2,6 +2,7 @@
 //! and page file per core) and the messages between them. No sockets: the `net` crate
 //! serves clients on top of it.
 
+pub mod apply;
 pub mod check;
 pub mod core;
 pub mod error;
@@ -15,7 +16,7 @@ pub mod messages;
 pub mod metrics;
 pub mod mvcc;
 pub mod page;
-pub mod raft_core;
+pub mod raft;
 pub mod range;
 pub mod sequencer;
 pub mod shard;

@@ -148,7 +148,6 @@ pub enum ApplyMessage {
     Install {
         snap_dir: std::path::PathBuf,
         index: u64,
-        revision: i64,
     },
 }
 

@@ -174,11 +174,7 @@ impl Shard {
                 self.apply(&batch);
                 None
             }
-            ApplyMessage::Install {
-                snap_dir,
-                index,
-                revision: _,
-            } => {
+            ApplyMessage::Install { snap_dir, index } => {
                 if let Err(e) = self.install(&snap_dir, index) {
                     panic!("cannot install the snapshot at index {index}: {e}");
                 }

@@ -93,6 +93,7 @@ pub fn stage(
     data: &[u8],
     shard_count: usize,
     checkpoint: &Checkpoint,
+    options: PageOptions,
 ) -> Result<(), SnapshotError> {
     let incoming = incoming_dir(snap_dir, checkpoint.applied_index);
     let stage_error = |reason: String| SnapshotError::Stage {
@@ -106,8 +107,8 @@ pub fn stage(
     for shard in 0..shard_count {
         let dir = staged_shard_dir(snap_dir, checkpoint.applied_index, shard);
         std::fs::create_dir_all(&dir).map_err(|e| stage_error(e.to_string()))?;
-        let (file, _) = PageFile::open(&dir, PageOptions::default(), 0, |_, _| {})
-            .map_err(|e| stage_error(e.to_string()))?;
+        let (file, _) =
+            PageFile::open(&dir, options, 0, |_, _| {}).map_err(|e| stage_error(e.to_string()))?;
         files.push(file);
     }
     let mut failure = None;
@@ -215,7 +216,7 @@ mod tests {
             revision: 51,
             compact_revision: -1,
         };
-        stage(dir.path(), &data, 3, &checkpoint).expect("stage");
+        stage(dir.path(), &data, 3, &checkpoint, PageOptions::default()).expect("stage");
         finish_install(dir.path(), 9, 3).expect("finish");
         let mut seen = 0;
         for shard in 0..3 {

@@ -3,6 +3,7 @@
 
 pub mod authority;
 pub mod config;
+pub mod forward;
 pub mod glommio_hyper;
 pub mod http;
 pub mod lease;

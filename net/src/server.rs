@@ -23,7 +23,7 @@ use rivet_api::etcdserverpb::{
 use rivet_engine::core::ShardCore;
 use rivet_engine::messages::RaftCommand;
 use rivet_engine::page::PageOptions;
-use rivet_engine::raft_core::{open_wal, RaftCore, RaftCoreConfig, RaftCoreLinks};
+use rivet_engine::raft::{open_wal, MonotonicClock, RaftCore, RaftCoreConfig, RaftCoreLinks};
 use rivet_engine::shard::Shard;
 use rivet_engine::shared::Shared;
 use rivet_engine::{layout, limits};
@@ -164,6 +164,7 @@ pub fn run(flags: Flags) -> anyhow::Result<()> {
         strict_reconfig_check: flags.strict_reconfig_check,
         cluster_token: flags.initial_cluster_token.clone(),
         snap_dir: snap_dir.clone(),
+        tuning: Default::default(),
     };
     let recovered = open_wal(&mut raft_config, flags.shards)?;
     let shard_count = raft_config.shard_count;
@@ -220,9 +221,7 @@ pub fn run(flags: Flags) -> anyhow::Result<()> {
                 let (peer_tx, peer_rx) = tokio::sync::mpsc::channel(limits::PEER_EVENT_QUEUE);
                 let peer_config = PeerConfig::new(member, cluster, peer_listen, initial_peers);
                 let link = match PeerTransport::start(peer_config).await {
-                    Ok((transport, incoming)) => {
-                        QuicLink::new(transport, incoming, peer_tx.clone())
-                    }
+                    Ok((transport, incoming)) => QuicLink::new(transport, incoming, peer_tx),
                     Err(e) => {
                         let _ = raft_fatal.send(format!("peer transport on {peer_listen}: {e}"));
                         return;
@@ -233,7 +232,8 @@ pub fn run(flags: Flags) -> anyhow::Result<()> {
                     restore: restore_rx,
                     peers: Box::new(link),
                     shard_requests: raft_shard_requests,
-                    events: peer_tx,
+                    forward: Box::new(crate::forward::GrpcForward),
+                    clock: Box::new(MonotonicClock),
                 };
                 match RaftCore::start(raft_config, recovered, raft_shared, links).await {
                     Ok(core) => {
