@@ -187,6 +187,7 @@ impl RaftCore {
         let applier = Applier::new(state, min_lease_ttl(&config));
         let now = clock.now();
         let member_id = config.member_id;
+        let incarnation = config.tuning.incarnation;
         let core = RaftCore {
             checkpoints: super::checkpoint::Checkpoints::new(config.snapshot_count, applied),
             shards: ready::Shards::new(apply_senders, shard_requests),
@@ -199,8 +200,8 @@ impl RaftCore {
             shared,
             applier,
             applied_index: applied,
-            waiters: ready::Waiters::default(),
-            reads: super::read_index::ReadIndexQueue::new(member_id),
+            waiters: ready::Waiters::new(incarnation),
+            reads: super::read_index::ReadIndexQueue::new(member_id, incarnation),
             exports: super::snapshot::Exports::default(),
             last_lease_checkpoint: now,
             nospace_proposed: false,

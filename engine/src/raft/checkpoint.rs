@@ -94,7 +94,15 @@ impl RaftCore {
     pub(super) async fn maybe_checkpoint(&mut self) {
         if let Some(request) = self.checkpoints.take_complete() {
             if let Err(e) = self.record_checkpoint(request) {
-                tracing::error!("could not record checkpoint {}: {e}", request.index);
+                // The log refused a write: its state is unknown and a retry could report
+                // success for lost data, so the member stops (the restart recovers from
+                // what is durable). Going on would also start this checkpoint again at an
+                // index the shards already checkpointed.
+                tracing::error!(
+                    "could not record checkpoint {}: {e}; stopping",
+                    request.index
+                );
+                self.stop.stopping = true;
             }
             return;
         }

@@ -186,6 +186,7 @@ impl RaftCore {
         }
         self.check_move_leader();
         self.expire_leases();
+        self.waiters.drop_abandoned();
     }
 
     /// The end of a turn: the reads of the turn ask raft for their ReadIndex, the Ready is
@@ -277,6 +278,7 @@ impl RaftCore {
             last_index: self.node.raft.raft_log.last_index(),
             applied_index: self.applied_index,
             keys: self.applier.sequencer().key_count() as u64,
+            pending_proposals: self.waiters.len() as u64,
         }
     }
 
