@@ -3,9 +3,11 @@
 //! serves clients on top of it.
 
 pub mod apply;
+pub mod auth;
 pub mod check;
 pub mod core;
 pub mod error;
+pub mod etcd_backend;
 pub mod identity;
 pub mod keyspace;
 pub mod layout;

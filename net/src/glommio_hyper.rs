@@ -122,3 +122,33 @@ where
         }
     }
 }
+
+/// hyper's timer on glommio (HTTP/2 keep-alive pings, `--grpc-keepalive-interval` and
+/// `--grpc-keepalive-timeout`). glommio's timers are not `Send`; hyper polls them on the
+/// connection's own task, which never leaves this core, so `SendWrapper` is sound.
+#[derive(Clone, Copy, Debug)]
+pub struct GlommioTimer;
+
+struct GlommioSleep(send_wrapper::SendWrapper<Pin<Box<glommio::timer::Timer>>>);
+
+impl Future for GlommioSleep {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        self.0.as_mut().poll(cx).map(|_| ())
+    }
+}
+
+impl hyper::rt::Sleep for GlommioSleep {}
+
+impl hyper::rt::Timer for GlommioTimer {
+    fn sleep(&self, duration: std::time::Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        Box::pin(GlommioSleep(send_wrapper::SendWrapper::new(Box::pin(
+            glommio::timer::Timer::new(duration),
+        ))))
+    }
+
+    fn sleep_until(&self, deadline: std::time::Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        self.sleep(deadline.saturating_duration_since(std::time::Instant::now()))
+    }
+}

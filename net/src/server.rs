@@ -30,7 +30,7 @@ use rivet_engine::{layout, limits};
 use rivet_wal::Wal;
 
 use crate::config::{bootstrap, listen_addresses, url_list, Flags};
-use crate::glommio_hyper::{GlommioExecutor, GlommioIo};
+use crate::glommio_hyper::{GlommioExecutor, GlommioIo, GlommioTimer};
 use crate::http::ClientService;
 use crate::peer::{PeerConfig, PeerTransport};
 use crate::peer_link::{peer_address, QuicLink};
@@ -67,15 +67,51 @@ fn wait_for_stop_signal(set: &libc::sigset_t) -> i32 {
     signal
 }
 
+/// What the client listeners take from the flags; one copy shared by every shard core.
+#[derive(Debug)]
+pub struct ClientSettings {
+    pub max_request_bytes: usize,
+    /// `--max-concurrent-streams`: HTTP/2 streams per client connection.
+    pub max_concurrent_streams: u32,
+    /// `--grpc-keepalive-interval` and `--grpc-keepalive-timeout`: server pings, as
+    /// grpc-go's `keepalive.ServerParameters` (off when either is 0, as in etcd).
+    pub keepalive_interval: Duration,
+    pub keepalive_timeout: Duration,
+    /// `--grpc-keepalive-min-time`: the client's shortest ping interval.
+    pub keepalive_min_time: Duration,
+    pub http: Arc<crate::access::HttpSettings>,
+    /// `--enable-grpc-gateway` and the gateway's body limit.
+    pub gateway: crate::gateway::GatewayConfig,
+}
+
+impl ClientSettings {
+    pub fn from_flags(flags: &Flags) -> ClientSettings {
+        ClientSettings {
+            max_request_bytes: flags.max_request_bytes,
+            max_concurrent_streams: flags.max_concurrent_streams,
+            keepalive_interval: flags.grpc_keepalive_interval,
+            keepalive_timeout: flags.grpc_keepalive_timeout,
+            keepalive_min_time: flags.grpc_keepalive_min_time,
+            gateway: crate::gateway::GatewayConfig {
+                enabled: flags.enable_grpc_gateway,
+                ..crate::gateway::GatewayConfig::new(flags.max_request_bytes)
+            },
+            http: Arc::new(crate::access::HttpSettings {
+                cors: flags.cors.clone(),
+                host_whitelist: flags.host_whitelist.clone(),
+                enable_pprof: flags.enable_pprof,
+            }),
+        }
+    }
+}
+
 pub fn run(flags: Flags) -> anyhow::Result<()> {
-    let data_dir = flags
-        .data_dir
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(format!("{}.rivet", flags.name)));
-    let wal_dir = flags
-        .wal_dir
-        .clone()
-        .unwrap_or_else(|| layout::default_wal_dir(&data_dir));
+    let data_dir = PathBuf::from(flags.data_dir_or_default());
+    let wal_dir = if flags.wal_dir.is_empty() {
+        layout::default_wal_dir(&data_dir)
+    } else {
+        PathBuf::from(&flags.wal_dir)
+    };
     let snap_dir = layout::snap_dir(&data_dir);
     std::fs::create_dir_all(&snap_dir)
         .with_context(|| format!("creating {}", snap_dir.display()))?;
@@ -90,7 +126,7 @@ pub fn run(flags: Flags) -> anyhow::Result<()> {
         cpus.iter().map(|c| c.id).collect()
     };
     let default_shards = flags
-        .shards
+        .shards_given()
         .unwrap_or(cpu_ids.len().saturating_sub(1))
         .max(1);
 
@@ -101,7 +137,7 @@ pub fn run(flags: Flags) -> anyhow::Result<()> {
     let peer_listen = peer_address(&url_list(&flags.listen_peer_urls)).ok_or_else(|| {
         anyhow!(
             "--listen-peer-urls {:?} has no usable URL",
-            flags.listen_peer_urls
+            flags.listen_peer_urls.join(",")
         )
     })?;
     let initial_peers: Vec<(u64, std::net::SocketAddr)> = cluster_plan
@@ -151,10 +187,10 @@ pub fn run(flags: Flags) -> anyhow::Result<()> {
         shard_count: default_shards,
         snapshot_count: flags.snapshot_count.max(1),
         max_request_bytes: flags.max_request_bytes,
-        quota_backend_bytes: if flags.quota_backend_bytes == 0 {
-            DEFAULT_QUOTA_BYTES
-        } else {
-            flags.quota_backend_bytes
+        // etcd: 0 means the default quota; a negative quota is as good as none.
+        quota_backend_bytes: match flags.quota_backend_bytes {
+            0 => DEFAULT_QUOTA_BYTES,
+            bytes => u64::try_from(bytes).unwrap_or(u64::MAX),
         },
         heartbeat_interval: Duration::from_millis(flags.heartbeat_interval.max(1)),
         election_ticks: (flags.election_timeout / flags.heartbeat_interval.max(1)).max(2) as usize,
@@ -164,9 +200,12 @@ pub fn run(flags: Flags) -> anyhow::Result<()> {
         strict_reconfig_check: flags.strict_reconfig_check,
         cluster_token: flags.initial_cluster_token.clone(),
         snap_dir: snap_dir.clone(),
+        pre_vote: flags.pre_vote,
+        initial_election_tick_advance: flags.initial_election_tick_advance,
+        warning_apply_duration: flags.experimental_warning_apply_duration,
         tuning: Default::default(),
     };
-    let recovered = open_wal(&mut raft_config, flags.shards)?;
+    let recovered = open_wal(&mut raft_config, flags.shards_given())?;
     let shard_count = raft_config.shard_count;
     let cluster = raft_config.cluster_id;
     let shared = Arc::new(Shared::new(member, cluster, shard_count));
@@ -250,6 +289,13 @@ pub fn run(flags: Flags) -> anyhow::Result<()> {
             });
         })?;
 
+    let client_settings = Arc::new(ClientSettings::from_flags(&flags));
+    rivet_engine::metrics::set_extensive(flags.metrics == "extensive");
+    if !flags.experimental_watch_progress_notify_interval.is_zero() {
+        crate::watch::set_progress_report_interval(
+            flags.experimental_watch_progress_notify_interval,
+        );
+    }
     let mut executors = Vec::with_capacity(shard_count);
     for (id, (apply_rx, peer_rx)) in apply_rxs.into_iter().zip(peer_rxs).enumerate() {
         let cpu = cpu_ids[(1 + id) % cpu_ids.len()];
@@ -262,7 +308,7 @@ pub fn run(flags: Flags) -> anyhow::Result<()> {
         let addresses = addresses.clone();
         let fatal = fatal_tx.clone();
         let max_txn_ops = flags.max_txn_ops;
-        let max_request_bytes = flags.max_request_bytes;
+        let client_settings = Arc::clone(&client_settings);
         let placement = if flags.pin_cores {
             Placement::Fixed(cpu)
         } else {
@@ -294,7 +340,7 @@ pub fn run(flags: Flags) -> anyhow::Result<()> {
                                     "ready to serve client requests; serving insecure client requests on {address}"
                                 );
                             }
-                            glommio::spawn_local(accept_loop(listener, Rc::clone(&core), max_request_bytes))
+                            glommio::spawn_local(accept_loop(listener, Rc::clone(&core), Arc::clone(&client_settings)))
                                 .detach();
                         }
                         Err(e) => {
@@ -344,9 +390,9 @@ pub fn run(flags: Flags) -> anyhow::Result<()> {
     }
 }
 
-async fn accept_loop(listener: TcpListener, core: Rc<ShardCore>, max_request_bytes: usize) {
+async fn accept_loop(listener: TcpListener, core: Rc<ShardCore>, settings: Arc<ClientSettings>) {
     let handle = CoreHandle::new(Rc::clone(&core), REQUEST_TIMEOUT);
-    let decode_limit = max_request_bytes + GRPC_OVERHEAD_BYTES;
+    let decode_limit = settings.max_request_bytes + GRPC_OVERHEAD_BYTES;
     let routes = tonic::service::Routes::new(
         KvServer::new(KvService(handle.clone()))
             .max_decoding_message_size(decode_limit)
@@ -375,6 +421,8 @@ async fn accept_loop(listener: TcpListener, core: Rc<ShardCore>, max_request_byt
     let service = ClientService {
         grpc: routes,
         core: send_wrapper::SendWrapper::new(core),
+        gateway: settings.gateway,
+        http: Arc::clone(&settings.http),
     };
     loop {
         let stream = match listener.accept().await {
@@ -388,10 +436,18 @@ async fn accept_loop(listener: TcpListener, core: Rc<ShardCore>, max_request_byt
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(service.clone());
         let queue = glommio::executor().current_task_queue();
+        let settings = Arc::clone(&settings);
         let connection = async move {
             let mut builder = auto::Builder::new(GlommioExecutor);
-            // Never cap concurrent streams low: proxies multiplex many (etcd lesson 34).
-            builder.http2().max_concurrent_streams(u32::MAX);
+            // etcd's default is math.MaxUint32: proxies multiplex many (etcd lesson 34).
+            let mut http2 = builder.http2();
+            http2.max_concurrent_streams(settings.max_concurrent_streams);
+            if !settings.keepalive_interval.is_zero() && !settings.keepalive_timeout.is_zero() {
+                http2
+                    .timer(GlommioTimer)
+                    .keep_alive_interval(settings.keepalive_interval)
+                    .keep_alive_timeout(settings.keepalive_timeout);
+            }
             if let Err(e) = builder
                 .serve_connection(GlommioIo::new(stream), service)
                 .await

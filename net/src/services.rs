@@ -145,7 +145,13 @@ impl Maintenance for MaintenanceService {
     ) -> Result<Response<AlarmResponse>, Status> {
         let request = request.into_inner();
         self.0
-            .run(|core| async move { core.alarm(request).await })
+            .run(|core| async move {
+                // etcd's alarm applier answers without a header (`etcdctl -w json alarm
+                // list` prints `{}`).
+                let mut response = core.alarm(request).await?;
+                response.header = None;
+                Ok(response)
+            })
             .await
     }
 
@@ -241,6 +247,11 @@ impl Maintenance for MaintenanceService {
 
 pub struct ClusterService(pub CoreHandle);
 
+/// etcd's Cluster service header: cluster, member and raft term, no revision.
+fn cluster_header(core: &ShardCore) -> rivet_api::etcdserverpb::ResponseHeader {
+    core.header(0)
+}
+
 #[tonic::async_trait]
 impl Cluster for ClusterService {
     async fn member_add(
@@ -257,7 +268,7 @@ impl Cluster for ClusterService {
                     })
                     .await?;
                 Ok(MemberAddResponse {
-                    header: Some(core.current_header()),
+                    header: Some(cluster_header(&core)),
                     member: result.member,
                     members: result.members,
                 })
@@ -274,7 +285,7 @@ impl Cluster for ClusterService {
             .run(|core| async move {
                 let result = core.member_change(MemberChange::Remove { id }).await?;
                 Ok(MemberRemoveResponse {
-                    header: Some(core.current_header()),
+                    header: Some(cluster_header(&core)),
                     members: result.members,
                 })
             })
@@ -295,7 +306,7 @@ impl Cluster for ClusterService {
                     })
                     .await?;
                 Ok(MemberUpdateResponse {
-                    header: Some(core.current_header()),
+                    header: Some(cluster_header(&core)),
                     members: result.members,
                 })
             })
@@ -310,7 +321,7 @@ impl Cluster for ClusterService {
             .run(|core| async move {
                 let members = core.member_list().await?;
                 Ok(MemberListResponse {
-                    header: Some(core.current_header()),
+                    header: Some(cluster_header(&core)),
                     members,
                 })
             })
@@ -326,7 +337,7 @@ impl Cluster for ClusterService {
             .run(|core| async move {
                 let result = core.member_change(MemberChange::Promote { id }).await?;
                 Ok(MemberPromoteResponse {
-                    header: Some(core.current_header()),
+                    header: Some(cluster_header(&core)),
                     members: result.members,
                 })
             })

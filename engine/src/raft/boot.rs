@@ -153,7 +153,7 @@ impl RaftCore {
             applied,
             max_size_per_msg: limits::RAFT_MESSAGE_BYTES_MAX,
             max_inflight_msgs: limits::RAFT_INFLIGHT_MESSAGES_MAX,
-            pre_vote: true,
+            pre_vote: config.pre_vote,
             check_quorum: true,
             ..Default::default()
         };
@@ -187,6 +187,7 @@ impl RaftCore {
         let applier = Applier::new(state, min_lease_ttl(&config));
         let now = clock.now();
         let member_id = config.member_id;
+        let config_advance_from = config.initial_election_tick_advance.then_some(now);
         let incarnation = config.tuning.incarnation;
         let core = RaftCore {
             checkpoints: super::checkpoint::Checkpoints::new(config.snapshot_count, applied),
@@ -208,6 +209,7 @@ impl RaftCore {
             attributes_proposed: false,
             move_leader: None,
             stop: Stop::default(),
+            initial_ticks_from: config_advance_from,
             observer: None,
         };
         core.update_peers();

@@ -32,6 +32,13 @@ pub struct RaftCoreConfig {
     pub cluster_token: String,
     /// `member/snap`: where snapshots are staged next to the shards' page files.
     pub snap_dir: PathBuf,
+    /// `--pre-vote`: raft's PreVote phase (etcd 3.4's default is off).
+    pub pre_vote: bool,
+    /// `--initial-election-tick-advance`: once a restarted member of a multi-member
+    /// cluster reaches its peers, fast-forward its election ticks as etcd does.
+    pub initial_election_tick_advance: bool,
+    /// `--experimental-warning-apply-duration`: applying longer than this is warned about.
+    pub warning_apply_duration: Duration,
     pub tuning: RaftCoreTuning,
 }
 

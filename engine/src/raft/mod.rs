@@ -108,6 +108,9 @@ pub struct RaftCore {
     attributes_proposed: bool,
     move_leader: Option<members::PendingMoveLeader>,
     stop: Stop,
+    /// `--initial-election-tick-advance`: when this start began, until the election ticks
+    /// were advanced (see [`RaftCore::advance_initial_ticks`]).
+    initial_ticks_from: Option<Instant>,
     observer: Option<ApplyObserver>,
 }
 
@@ -178,6 +181,11 @@ impl RaftCore {
 
     /// One heartbeat interval passed.
     pub fn tick(&mut self) {
+        if let Some(started) = self.initial_ticks_from {
+            if self.advance_initial_ticks(started) {
+                self.initial_ticks_from = None;
+            }
+        }
         self.node.tick();
         let now = self.clock.now();
         let has_leader = self.node.raft.leader_id != raft::INVALID_ID;
@@ -208,6 +216,42 @@ impl RaftCore {
             }
         }
         !self.stop.stopping
+    }
+
+    /// etcd's `adjustTicks` for a multi-member cluster (`--initial-election-tick-advance`):
+    /// within 5 s of the start (rafthttp's ConnReadTimeout), once more than one peer is
+    /// reachable, advance the election ticks by `election ticks - 2` so that a restarted
+    /// member does not wait a whole election timeout before it can campaign. A single
+    /// voter campaigns at once at start instead. Returns whether it is done.
+    fn advance_initial_ticks(&mut self, started: Instant) -> bool {
+        if self.clock.now().saturating_duration_since(started) > Duration::from_secs(5) {
+            return true;
+        }
+        let voters: Vec<u64> = self.node.raft.prs().conf().voters().ids().iter().collect();
+        if voters.len() <= 1 {
+            return true;
+        }
+        let active = voters
+            .iter()
+            .filter(|id| **id != self.config.member_id)
+            .filter(|id| self.peers.connected_since(**id).is_some())
+            .count();
+        if active <= 1 {
+            return false;
+        }
+        let ticks = self.config.election_ticks.saturating_sub(2);
+        tracing::info!(
+            local_member_id = format_args!("{:x}", self.config.member_id),
+            forward_ticks = ticks,
+            forward_duration = ?(self.config.heartbeat_interval * ticks as u32),
+            election_ticks = self.config.election_ticks,
+            active_remote_members = active,
+            "initialized peer connections; fast-forwarding election ticks"
+        );
+        for _ in 0..ticks {
+            self.node.tick();
+        }
+        true
     }
 
     /// etcd's warning when a leader's heartbeats go out later than twice the heartbeat

@@ -21,7 +21,6 @@ use super::{log, AppliedEntry, RaftCore};
 use crate::apply::{quota, ApplyContext};
 use crate::error::EtcdError;
 use crate::keyspace::shard_of;
-use crate::limits;
 use crate::messages::{
     ApplyBatch, ApplyMessage, MemberChangeResult, ReadPoint, Reply, ShardAck, ShardRequest,
 };
@@ -495,8 +494,12 @@ impl RaftCore {
             let _ = reply.send(result);
         }
         let took = started.elapsed();
-        if took > limits::APPLY_WARN {
-            tracing::warn!(?took, "apply took too long (etcd warns above 100ms)");
+        if took > self.config.warning_apply_duration {
+            tracing::warn!(
+                took = ?took,
+                expected_duration = ?self.config.warning_apply_duration,
+                "apply request took too long"
+            );
         }
     }
 

@@ -36,6 +36,9 @@ pub struct NodeConfig {
     pub election_ticks: usize,
     pub sync_failure_per_mille: u64,
     pub quota_bytes: u64,
+    /// `--pre-vote` and `--initial-election-tick-advance`.
+    pub pre_vote: bool,
+    pub initial_election_tick_advance: bool,
 }
 
 /// What a member applied, by raft index: the entry's term and a digest of its bytes and
@@ -155,6 +158,9 @@ impl Node {
             strict_reconfig_check: true,
             cluster_token: "simulation".into(),
             snap_dir,
+            pre_vote: config.pre_vote,
+            initial_election_tick_advance: config.initial_election_tick_advance,
+            warning_apply_duration: Duration::from_millis(100),
             tuning: RaftCoreTuning {
                 log_entries_kept_after_checkpoint: config.log_kept,
                 randomized_election_timeout: false,

@@ -43,7 +43,7 @@ impl Plan {
     pub fn from_seed(seed: u64) -> Plan {
         let mut rng = Rng::new(seed ^ 0x5eed_5eed_5eed_5eed);
         let members = if rng.chance(700) { 3 } else { 5 };
-        Plan {
+        let mut plan = Plan {
             seed,
             members,
             node: NodeConfig {
@@ -62,6 +62,8 @@ impl Plan {
                 } else {
                     0
                 },
+                pre_vote: true,
+                initial_election_tick_advance: true,
             },
             clients: rng.between(2, 5) as usize,
             keys: rng.between(1, 4) as usize,
@@ -76,7 +78,12 @@ impl Plan {
             fault_interval_ms: rng.between(50, 400),
             partitions: rng.chance(700),
             crashes: rng.chance(700),
-        }
+        };
+        // Drawn last, so that they change nothing else of a seed's plan. etcd's defaults
+        // are PreVote off and the tick advance on; rivet's tests run both ways.
+        plan.node.pre_vote = rng.chance(500);
+        plan.node.initial_election_tick_advance = rng.chance(500);
+        plan
     }
 }
 
