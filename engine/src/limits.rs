@@ -167,6 +167,14 @@ pub const RECORD_BYTES_MAX: u32 = 1024 * 1024 * 1024;
 /// Cost: the key's bytes live on the heap for as long as any version of it is indexed.
 pub const KEY_BYTES_MAX: u32 = RECORD_BYTES_MAX;
 
+// ---- Client connections ----------------------------------------------------------------
+
+/// Time a client has to complete its TLS handshake on an https listener. etcd sets none
+/// (a connection that never finishes holds a goroutine forever); a shard core must not
+/// keep half-open handshakes from a scanner or a stuck client. A TLS handshake on
+/// loopback takes about a millisecond; 10 s leave room for slow networks.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 const _: () = assert!(SEGMENT_BYTES_DEFAULT % SEGMENT_ALIGNMENT_BYTES == 0);
 const _: () = assert!(SEGMENT_BYTES_MIN % SEGMENT_ALIGNMENT_BYTES == 0);
 const _: () = assert!(SEGMENT_BYTES_MAX % SEGMENT_ALIGNMENT_BYTES == 0);

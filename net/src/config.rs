@@ -280,12 +280,10 @@ pub struct TransportSecurity {
     pub auto_tls: bool,
 }
 
-const LATER_TLS: Status = Status::Later("TLS (issue 15's TLS work, branch tls)");
 const LATER_AUTH: Status = Status::Later("authentication");
 const LATER_STORAGE: Status = Status::Later("storage retention and compaction");
 const LATER_CORRUPT: Status = Status::Later("the corruption check");
 const LATER_DISCOVERY: Status = Status::Later("discovery (issue 15 item 8)");
-const LATER_METRICS: Status = Status::Later("the metrics listener (issue 15 item 5)");
 const NO_V2: Status = Status::NoEffect(
     "rivet serves only the v3 API: there is no v2 API, v2 store or v2 proxy to tune",
 );
@@ -437,6 +435,38 @@ flag_table! {
     Clustering "enable-v2" enable_v2: bool = Kind::Bool, "false", "'false'", NO_V2,
         "Accept etcd V2 client requests.";
 
+    Security "cert-file" cert_file: String = Kind::Str, "", "''", Status::Implemented,
+        "Path to the client server TLS cert file.";
+    Security "key-file" key_file: String = Kind::Str, "", "''", Status::Implemented,
+        "Path to the client server TLS key file.";
+    Security "client-cert-auth" client_cert_auth: bool = Kind::Bool, "false", "'false'", Status::Implemented,
+        "Enable client cert authentication.";
+    Security "client-crl-file" client_crl_file: String = Kind::Str, "", "''", Status::Implemented,
+        "Path to the client certificate revocation list file.";
+    Security "client-cert-allowed-hostname" client_cert_allowed_hostname: String = Kind::Str, "", "''", Status::Implemented,
+        "Allowed TLS hostname for client cert authentication.";
+    Security "trusted-ca-file" trusted_ca_file: String = Kind::Str, "", "''", Status::Implemented,
+        "Path to the client server TLS trusted CA cert file.";
+    Security "auto-tls" auto_tls: bool = Kind::Bool, "false", "'false'", Status::Implemented,
+        "Client TLS using generated certificates.";
+    Security "peer-cert-file" peer_cert_file: String = Kind::Str, "", "''", Status::Implemented,
+        "Path to the peer server TLS cert file.";
+    Security "peer-key-file" peer_key_file: String = Kind::Str, "", "''", Status::Implemented,
+        "Path to the peer server TLS key file.";
+    Security "peer-client-cert-auth" peer_client_cert_auth: bool = Kind::Bool, "false", "'false'", Status::Implemented,
+        "Enable peer client cert authentication.";
+    Security "peer-trusted-ca-file" peer_trusted_ca_file: String = Kind::Str, "", "''", Status::Implemented,
+        "Path to the peer server TLS trusted CA file.";
+    Security "peer-cert-allowed-cn" peer_cert_allowed_cn: String = Kind::Str, "", "''", Status::Implemented,
+        "Required CN for client certs connecting to the peer endpoint.";
+    Security "peer-cert-allowed-hostname" peer_cert_allowed_hostname: String = Kind::Str, "", "''", Status::Implemented,
+        "Allowed TLS hostname for inter peer authentication.";
+    Security "peer-auto-tls" peer_auto_tls: bool = Kind::Bool, "false", "'false'", Status::Implemented,
+        "Peer TLS using self-generated certificates if --peer-key-file and --peer-cert-file are not provided.";
+    Security "peer-crl-file" peer_crl_file: String = Kind::Str, "", "''", Status::Implemented,
+        "Path to the peer certificate revocation list file.";
+    Security "cipher-suites" cipher_suites: Vec<String> = Kind::Strings, "", "''", Status::Implemented,
+        "Comma-separated list of supported TLS cipher suites between client/server and peers (empty will be auto-populated by Go).";
     Security "cors" cors: Vec<String> = Kind::Urls(&["*"]), "*", "'*'", Status::Implemented,
         "Comma-separated whitelist of origins for CORS, or cross-origin resource sharing, (empty or * means allow all).";
     Security "host-whitelist" host_whitelist: Vec<String> = Kind::UniqueStrings, "*", "'*'", Status::Implemented,
@@ -453,7 +483,7 @@ flag_table! {
         "Enable runtime profiling data via HTTP server. Address is at client URL + \"/debug/pprof/\"";
     Profiling "metrics" metrics: String = Kind::Str, "basic", "'basic'", Status::Implemented,
         "Set level of detail for exported metrics, specify 'extensive' to include histogram metrics.";
-    Profiling "listen-metrics-urls" listen_metrics_urls: Vec<String> = Kind::Urls(&[""]), "", "''", LATER_METRICS,
+    Profiling "listen-metrics-urls" listen_metrics_urls: Vec<String> = Kind::Urls(&[""]), "", "''", Status::Implemented,
         "List of URLs to listen on for the metrics and health endpoints.";
 
     Logging "logger" logger: String = Kind::Str, "capnslog", "'capnslog'", Status::Implemented,
@@ -488,7 +518,7 @@ flag_table! {
         "ExperimentalEnableLeaseCheckpoint enables primary lessor to persist lease remainingTTL to prevent indefinite auto-renewal of long lived leases.";
     Experimental "experimental-compaction-batch-limit" experimental_compaction_batch_limit: i64 = Kind::Int, "1000", "1000", NO_COMPACTION_BATCHES,
         "ExperimentalCompactionBatchLimit sets the maximum revisions deleted in each compaction batch.";
-    Experimental "experimental-peer-skip-client-san-verification" experimental_peer_skip_client_san_verification: bool = Kind::Bool, "false", "'false'", LATER_TLS,
+    Experimental "experimental-peer-skip-client-san-verification" experimental_peer_skip_client_san_verification: bool = Kind::Bool, "false", "'false'", Status::Later("skipping the peer SAN check (peer TLS always checks it)"),
         "Skip verification of SAN field in client certificate for peer connections.";
     Experimental "experimental-watch-progress-notify-interval" experimental_watch_progress_notify_interval: Duration = Kind::Duration, "10m", "'10m'", Status::Implemented,
         "Duration of periodical watch progress notification.";
@@ -510,6 +540,8 @@ flag_table! {
 
     Hidden "config-file" config_file: String = Kind::Str, "", "''", Status::Implemented,
         "Path to the server configuration file. Note that if a configuration file is provided, other command line flags and environment variables will be ignored.";
+    Hidden "self-signed-cert-validity" self_signed_cert_validity: u32 = Kind::Uint32, "1", "1", Status::Implemented,
+        "The validity period of the client and peer certificates that are automatically generated when --auto-tls or --peer-auto-tls is given, in years (an etcd 3.5 flag; etcd 3.4's --help does not list it).";
     Hidden "version" version: bool = Kind::Bool, "false", "'false'", Status::Implemented,
         "Print the version and exit.";
     Hidden "log-output" log_output: Vec<String> = Kind::UniqueStrings, "default", "'default'", Status::Implemented,
@@ -1032,21 +1064,27 @@ pub fn valid_log_level(level: &str) -> bool {
 pub enum UrlError {
     #[error("URL scheme must be http or https: {0}")]
     Scheme(String),
-    #[error("https client URLs need TLS settings, which rivet does not support yet: {0}")]
-    Tls(String),
     #[error("invalid URL {0}: {1}")]
     Invalid(String, String),
 }
 
-/// Resolves `http://host:port` URLs to socket addresses (IPv4 first, like etcd's
-/// `localhost`).
-pub fn listen_addresses(urls: &[String]) -> Result<Vec<SocketAddr>, UrlError> {
-    let mut addresses = Vec::new();
+/// One URL to listen on: its socket address and whether it is `https`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListenUrl {
+    pub url: String,
+    pub address: SocketAddr,
+    pub secure: bool,
+}
+
+/// Resolves `http://host:port` and `https://host:port` URLs to socket addresses (IPv4
+/// first, like etcd's `localhost`).
+pub fn listen_addresses(urls: &[String]) -> Result<Vec<ListenUrl>, UrlError> {
+    let mut addresses: Vec<ListenUrl> = Vec::new();
     for url in urls.iter().map(|u| u.trim()).filter(|u| !u.is_empty()) {
-        let rest = if let Some(rest) = url.strip_prefix("http://") {
-            rest
-        } else if url.starts_with("https://") {
-            return Err(UrlError::Tls(url.to_string()));
+        let (rest, secure) = if let Some(rest) = url.strip_prefix("http://") {
+            (rest, false)
+        } else if let Some(rest) = url.strip_prefix("https://") {
+            (rest, true)
         } else {
             return Err(UrlError::Scheme(url.to_string()));
         };
@@ -1060,8 +1098,12 @@ pub fn listen_addresses(urls: &[String]) -> Result<Vec<SocketAddr>, UrlError> {
             .into_iter()
             .next()
             .ok_or_else(|| UrlError::Invalid(url.to_string(), "no address".into()))?;
-        if !addresses.contains(&first) {
-            addresses.push(first);
+        if !addresses.iter().any(|listen| listen.address == first) {
+            addresses.push(ListenUrl {
+                url: url.trim_end_matches('/').to_string(),
+                address: first,
+                secure,
+            });
         }
     }
     Ok(addresses)

@@ -1,4 +1,5 @@
-//! hyper on glommio: an I/O adapter for glommio's `TcpStream` and an executor that
+//! hyper on glommio: an I/O adapter for glommio's `TcpStream` (or a TLS stream over it)
+//! and an executor that
 //! queues the tasks hyper spawns into the current task queue (`DESIGN.md` §3: glommio's
 //! `spawn_local` would run them at once, which costs about a third of the throughput).
 
@@ -15,16 +16,17 @@ use bytes::Buf;
 
 use crate::authority::AuthorityFilter;
 
-/// hyper's `Read`/`Write` over a glommio socket. What the client sends passes through
-/// an [`AuthorityFilter`] (Go clients' URL authorities) until the connection shows it
-/// is not HTTP/2 with prior knowledge.
-pub struct GlommioIo {
-    socket: TcpStream,
+/// hyper's `Read`/`Write` over a glommio socket, or over a TLS stream on one (any
+/// futures-io stream). What the client sends passes through an [`AuthorityFilter`] (Go
+/// clients' URL authorities) until the connection shows it is not HTTP/2 with prior
+/// knowledge.
+pub struct GlommioIo<S = TcpStream> {
+    socket: S,
     filter: Option<AuthorityFilter>,
 }
 
-impl GlommioIo {
-    pub fn new(socket: TcpStream) -> GlommioIo {
+impl<S> GlommioIo<S> {
+    pub fn new(socket: S) -> GlommioIo<S> {
         GlommioIo {
             socket,
             filter: Some(AuthorityFilter::new()),
@@ -32,7 +34,7 @@ impl GlommioIo {
     }
 }
 
-impl hyper::rt::Read for GlommioIo {
+impl<S: AsyncRead + AsyncWrite + Unpin> hyper::rt::Read for GlommioIo<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -85,7 +87,7 @@ impl hyper::rt::Read for GlommioIo {
     }
 }
 
-impl hyper::rt::Write for GlommioIo {
+impl<S: AsyncRead + AsyncWrite + Unpin> hyper::rt::Write for GlommioIo<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -19,7 +19,7 @@ use tower::Service;
 use crate::gateway::GatewayConfig;
 use crate::services::{ETCD_CLUSTER_VERSION, ETCD_VERSION};
 
-fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {
+pub(crate) fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {
     let mut response = Response::new(Body::new(Full::new(Bytes::from(body))));
     *response.status_mut() = status;
     response
@@ -29,7 +29,7 @@ fn text(status: StatusCode, content_type: &'static str, body: String) -> Respons
 }
 
 /// `/health`: healthy when the member has a leader and a linearizable read succeeds.
-async fn health(core: Rc<ShardCore>) -> Response<Body> {
+pub(crate) async fn health(core: Rc<ShardCore>) -> Response<Body> {
     let has_leader = core.shared.leader.load(Ordering::Acquire) != 0;
     let healthy = has_leader && core.read_index().await.is_ok();
     let body = format!("{{\"health\":\"{healthy}\"}}");
@@ -42,7 +42,7 @@ async fn health(core: Rc<ShardCore>) -> Response<Body> {
 }
 
 /// `/metrics`: Prometheus text format with etcd's metric names; sizes read now.
-async fn metrics(core: Rc<ShardCore>) -> Response<Body> {
+pub(crate) async fn metrics(core: Rc<ShardCore>) -> Response<Body> {
     let size = core.db_size_bytes().await;
     let keys = core.raft_status().await.map_or(0, |s| s.keys);
     let body = rivet_engine::metrics::render(&rivet_engine::metrics::Gauges {
@@ -99,6 +99,8 @@ pub struct ClientService {
     pub gateway: GatewayConfig,
     /// `--cors`, `--host-whitelist`, `--enable-pprof`.
     pub http: std::sync::Arc<crate::access::HttpSettings>,
+    /// Whether the connection is TLS (etcd's access controller skips the Host check).
+    pub secure: bool,
 }
 
 type ResponseFuture =
@@ -165,7 +167,7 @@ impl Service<Request<hyper::body::Incoming>> for ClientService {
         let settings = std::sync::Arc::clone(&self.http);
         // etcd's access controller wraps its whole HTTP mux, the gateway included: the
         // Host check, CORS and OPTIONS (plain HTTP only).
-        let origin = match crate::access::check(&settings, &request, false) {
+        let origin = match crate::access::check(&settings, &request, self.secure) {
             crate::access::Decision::Answer(response) => {
                 return Box::pin(async move { Ok(response) })
             }

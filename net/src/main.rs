@@ -55,22 +55,6 @@ fn log_not_implemented(flags: &Flags) {
             Status::Implemented => {}
         }
     }
-    let none = rivet_net::config::TransportSecurity::default();
-    for (key, settings) in [
-        (
-            "client-transport-security",
-            &flags.client_transport_security,
-        ),
-        ("peer-transport-security", &flags.peer_transport_security),
-    ] {
-        if *settings != none {
-            tracing::warn!(
-                target: "rivet",
-                key,
-                "{key} in the config file is accepted but not implemented yet in rivet (it comes with TLS); it has no effect"
-            );
-        }
-    }
 }
 
 fn main() -> ExitCode {

@@ -35,6 +35,7 @@ use crate::http::ClientService;
 use crate::peer::{PeerConfig, PeerTransport};
 use crate::peer_link::{peer_address, QuicLink};
 use crate::services::{ClusterService, CoreHandle, KvService, MaintenanceService};
+use crate::tls::{ClientIdentity, ServerTls};
 
 /// etcd's default quota when `--quota-backend-bytes` is 0: 2 GiB.
 const DEFAULT_QUOTA_BYTES: u64 = 2 * 1024 * 1024 * 1024;
@@ -119,6 +120,10 @@ pub fn run(flags: Flags) -> anyhow::Result<()> {
     if addresses.is_empty() {
         return Err(anyhow!("--listen-client-urls is empty"));
     }
+    let metrics_addresses = listen_addresses(&flags.listen_metrics_urls)?;
+    let client_tls =
+        crate::listeners::client_tls(&flags, &data_dir, &addresses, &metrics_addresses)?;
+    let peer_tls = crate::listeners::peer_tls(&flags, &data_dir)?;
     let cpus = core_affinity::get_core_ids().unwrap_or_default();
     let cpu_ids: Vec<usize> = if cpus.is_empty() {
         vec![0]
@@ -159,6 +164,7 @@ pub fn run(flags: Flags) -> anyhow::Result<()> {
                 member,
                 peer_listen,
                 initial_peers.clone(),
+                peer_tls.clone(),
                 DISCOVERY_WAIT,
             ))?
         }
@@ -258,7 +264,8 @@ pub fn run(flags: Flags) -> anyhow::Result<()> {
             };
             runtime.block_on(async move {
                 let (peer_tx, peer_rx) = tokio::sync::mpsc::channel(limits::PEER_EVENT_QUEUE);
-                let peer_config = PeerConfig::new(member, cluster, peer_listen, initial_peers);
+                let mut peer_config = PeerConfig::new(member, cluster, peer_listen, initial_peers);
+                peer_config.tls = peer_tls;
                 let link = match PeerTransport::start(peer_config).await {
                     Ok((transport, incoming)) => QuicLink::new(transport, incoming, peer_tx),
                     Err(e) => {
@@ -306,6 +313,8 @@ pub fn run(flags: Flags) -> anyhow::Result<()> {
         let acks = ack_tx.clone();
         let restore = restore_tx.clone();
         let addresses = addresses.clone();
+        let metrics_addresses = metrics_addresses.clone();
+        let client_tls = client_tls.clone();
         let fatal = fatal_tx.clone();
         let max_txn_ops = flags.max_txn_ops;
         let client_settings = Arc::clone(&client_settings);
@@ -319,29 +328,63 @@ pub fn run(flags: Flags) -> anyhow::Result<()> {
             .io_memory(limits::GLOMMIO_IO_MEMORY_BYTES)
             .spin_before_park(limits::SHARD_SPIN_BEFORE_PARK)
             .spawn(move || async move {
-                let shard = match Shard::open(&shard_dir, id, checkpoint_index, PageOptions::default()) {
-                    Ok(shard) => shard,
-                    Err(e) => {
-                        let _ = fatal.send(e.to_string());
-                        return;
-                    }
-                };
+                let shard =
+                    match Shard::open(&shard_dir, id, checkpoint_index, PageOptions::default()) {
+                        Ok(shard) => shard,
+                        Err(e) => {
+                            let _ = fatal.send(e.to_string());
+                            return;
+                        }
+                    };
                 let core = Rc::new(ShardCore::new(id, shard, raft, peers, shared, max_txn_ops));
                 core.send_restore(&restore).await;
                 drop(restore);
                 let apply = glommio::spawn_local(Rc::clone(&core).run_apply(apply_rx, acks));
                 glommio::spawn_local(Rc::clone(&core).serve_peers(peer_rx)).detach();
                 glommio::spawn_local(Rc::clone(&core).run_watermark()).detach();
-                for address in addresses {
+                let core_tls = match client_tls.build() {
+                    Ok(core_tls) => core_tls,
+                    Err(e) => {
+                        let _ = fatal.send(format!("client TLS: {e}"));
+                        return;
+                    }
+                };
+                for listen in addresses {
+                    let address = listen.address;
                     match TcpListener::bind(address) {
                         Ok(listener) => {
                             if id == 0 {
-                                tracing::info!(
-                                    "ready to serve client requests; serving insecure client requests on {address}"
-                                );
+                                crate::listeners::log_serving(&listen);
                             }
-                            glommio::spawn_local(accept_loop(listener, Rc::clone(&core), Arc::clone(&client_settings)))
-                                .detach();
+                            let tls = crate::listeners::tls_for(&listen, &core_tls.client);
+                            glommio::spawn_local(accept_loop(
+                                listener,
+                                Rc::clone(&core),
+                                Arc::clone(&client_settings),
+                                tls,
+                            ))
+                            .detach();
+                        }
+                        Err(e) => {
+                            let _ = fatal.send(format!("cannot listen on {address}: {e}"));
+                            return;
+                        }
+                    }
+                }
+                for listen in metrics_addresses {
+                    let address = listen.address;
+                    match TcpListener::bind(address) {
+                        Ok(listener) => {
+                            if id == 0 {
+                                tracing::info!("listening for metrics on {}", listen.url);
+                            }
+                            let tls = crate::listeners::tls_for(&listen, &core_tls.metrics);
+                            glommio::spawn_local(crate::listeners::metrics_accept_loop(
+                                listener,
+                                Rc::clone(&core),
+                                tls,
+                            ))
+                            .detach();
                         }
                         Err(e) => {
                             let _ = fatal.send(format!("cannot listen on {address}: {e}"));
@@ -390,7 +433,12 @@ pub fn run(flags: Flags) -> anyhow::Result<()> {
     }
 }
 
-async fn accept_loop(listener: TcpListener, core: Rc<ShardCore>, settings: Arc<ClientSettings>) {
+async fn accept_loop(
+    listener: TcpListener,
+    core: Rc<ShardCore>,
+    settings: Arc<ClientSettings>,
+    tls: Option<Rc<ServerTls>>,
+) {
     let handle = CoreHandle::new(Rc::clone(&core), REQUEST_TIMEOUT);
     let decode_limit = settings.max_request_bytes + GRPC_OVERHEAD_BYTES;
     let routes = tonic::service::Routes::new(
@@ -423,6 +471,7 @@ async fn accept_loop(listener: TcpListener, core: Rc<ShardCore>, settings: Arc<C
         core: send_wrapper::SendWrapper::new(core),
         gateway: settings.gateway,
         http: Arc::clone(&settings.http),
+        secure: false,
     };
     loop {
         let stream = match listener.accept().await {
@@ -434,25 +483,24 @@ async fn accept_loop(listener: TcpListener, core: Rc<ShardCore>, settings: Arc<C
             }
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(service.clone());
+        let service = service.clone();
         let queue = glommio::executor().current_task_queue();
         let settings = Arc::clone(&settings);
+        let tls = tls.clone();
         let connection = async move {
-            let mut builder = auto::Builder::new(GlommioExecutor);
-            // etcd's default is math.MaxUint32: proxies multiplex many (etcd lesson 34).
-            let mut http2 = builder.http2();
-            http2.max_concurrent_streams(settings.max_concurrent_streams);
-            if !settings.keepalive_interval.is_zero() && !settings.keepalive_timeout.is_zero() {
-                http2
-                    .timer(GlommioTimer)
-                    .keep_alive_interval(settings.keepalive_interval)
-                    .keep_alive_timeout(settings.keepalive_timeout);
-            }
-            if let Err(e) = builder
-                .serve_connection(GlommioIo::new(stream), service)
-                .await
-            {
-                tracing::debug!("client connection ended: {e}");
+            match tls {
+                None => serve_connection(GlommioIo::new(stream), service, &settings, None).await,
+                Some(tls) => {
+                    let Some((stream, identity)) = crate::listeners::handshake(&tls, stream).await
+                    else {
+                        return;
+                    };
+                    let service = ClientService {
+                        secure: true,
+                        ..service
+                    };
+                    serve_connection(GlommioIo::new(stream), service, &settings, identity).await
+                }
             }
         };
         match glommio::spawn_local_into(connection, queue) {
@@ -461,5 +509,38 @@ async fn accept_loop(listener: TcpListener, core: Rc<ShardCore>, settings: Arc<C
             }
             Err(e) => tracing::error!("cannot spawn a connection: {e}"),
         };
+    }
+}
+
+/// Serves one client connection (plain or TLS) with hyper, HTTP/1.1 or HTTP/2. The
+/// identity of a verified client certificate goes into every request's extensions.
+async fn serve_connection<S>(
+    io: GlommioIo<S>,
+    service: ClientService,
+    settings: &ClientSettings,
+    identity: Option<ClientIdentity>,
+) where
+    S: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin + 'static,
+{
+    use tower::ServiceExt;
+    let service = service.map_request(move |mut request: http::Request<hyper::body::Incoming>| {
+        if let Some(identity) = &identity {
+            request.extensions_mut().insert(identity.clone());
+        }
+        request
+    });
+    let service = TowerToHyperService::new(service);
+    let mut builder = auto::Builder::new(GlommioExecutor);
+    // etcd's default is math.MaxUint32: proxies multiplex many (etcd lesson 34).
+    let mut http2 = builder.http2();
+    http2.max_concurrent_streams(settings.max_concurrent_streams);
+    if !settings.keepalive_interval.is_zero() && !settings.keepalive_timeout.is_zero() {
+        http2
+            .timer(GlommioTimer)
+            .keep_alive_interval(settings.keepalive_interval)
+            .keep_alive_timeout(settings.keepalive_timeout);
+    }
+    if let Err(e) = builder.serve_connection(io, service).await {
+        tracing::debug!("client connection ended: {e}");
     }
 }

@@ -587,26 +587,6 @@ fn help_flags(help: &str) -> Vec<(String, String, String)> {
     flags
 }
 
-/// Flags the TLS work (branch `tls`) brings; excepted here until it is merged.
-const TLS_FLAGS_PENDING: &[&str] = &[
-    "cert-file",
-    "key-file",
-    "client-cert-auth",
-    "client-crl-file",
-    "client-cert-allowed-hostname",
-    "trusted-ca-file",
-    "auto-tls",
-    "peer-cert-file",
-    "peer-key-file",
-    "peer-client-cert-auth",
-    "peer-trusted-ca-file",
-    "peer-cert-allowed-cn",
-    "peer-cert-allowed-hostname",
-    "peer-auto-tls",
-    "peer-crl-file",
-    "cipher-suites",
-];
-
 /// rivet's own flags, in a group of their own.
 const RIVET_ONLY: &[&str] = &["shards", "pin-cores"];
 
@@ -619,10 +599,7 @@ fn help_lists_every_etcd_flag_in_its_group() {
     let ours = common::run_to_exit(Rivet::binary(), &["--help"], &[], dir.path());
     assert_eq!(etcd.code, Some(0));
     assert_eq!(ours.code, Some(0), "{ours:?}");
-    let etcd_flags: Vec<_> = help_flags(&etcd.stdout)
-        .into_iter()
-        .filter(|(_, name, _)| !TLS_FLAGS_PENDING.contains(&name.as_str()))
-        .collect();
+    let etcd_flags = help_flags(&etcd.stdout);
     let rivet_flags = help_flags(&ours.stdout);
     let (own, listed): (Vec<_>, Vec<_>) = rivet_flags
         .into_iter()

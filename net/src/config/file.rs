@@ -249,11 +249,24 @@ pub fn parse(text: &str) -> Result<Flags, FileError> {
         let lower = key.to_ascii_lowercase();
         match lower.as_str() {
             "client-transport-security" => {
-                flags.client_transport_security = security(value, "client-transport-security")?;
+                let security = security(value, "client-transport-security")?;
+                // etcd's `copySecurityDetails`: the block sets the client TLS flags.
+                flags.cert_file = security.cert_file.clone();
+                flags.key_file = security.key_file.clone();
+                flags.client_cert_auth = security.client_cert_auth;
+                flags.trusted_ca_file = security.trusted_ca_file.clone();
+                flags.auto_tls = security.auto_tls;
+                flags.client_transport_security = security;
                 continue;
             }
             "peer-transport-security" => {
-                flags.peer_transport_security = security(value, "peer-transport-security")?;
+                let security = security(value, "peer-transport-security")?;
+                flags.peer_cert_file = security.cert_file.clone();
+                flags.peer_key_file = security.key_file.clone();
+                flags.peer_client_cert_auth = security.client_cert_auth;
+                flags.peer_trusted_ca_file = security.trusted_ca_file.clone();
+                flags.peer_auto_tls = security.auto_tls;
+                flags.peer_transport_security = security;
                 continue;
             }
             _ => {}
@@ -360,6 +373,10 @@ grpc-keepalive-min-time: 3000000000
         assert!(flags.client_transport_security.client_cert_auth);
         assert_eq!(flags.peer_transport_security.trusted_ca_file, "/ca.pem");
         assert!(flags.peer_transport_security.auto_tls);
+        assert_eq!(flags.cert_file, "/c.pem");
+        assert!(flags.client_cert_auth);
+        assert_eq!(flags.peer_trusted_ca_file, "/ca.pem");
+        assert!(flags.peer_auto_tls);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod tls;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -102,6 +103,8 @@ pub fn http_get(endpoint: &str, path: &str) -> std::io::Result<String> {
 pub struct Rivet {
     child: Option<Child>,
     pub port: u16,
+    /// The https client port of a member started with [`Rivet::start_secure`] (0 if none).
+    pub tls_port: u16,
     pub data_dir: PathBuf,
     pub log: PathBuf,
     args: Vec<String>,
@@ -135,15 +138,45 @@ impl Rivet {
         Rivet::start_in_with_env(data_dir, extra, &[])
     }
 
+    /// Starts a member that serves clients on an https URL ([`Rivet::tls_url`]) besides
+    /// its plain http one (used to wait for health); `extra` carries the TLS flags.
+    pub fn start_secure(extra: &[&str]) -> Rivet {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let data_dir = dir.path().join("data.rivet");
+        let mut rivet = Rivet::start_in_with(&data_dir, extra, &[], free_port());
+        rivet._dir = Some(dir);
+        rivet
+    }
+
     fn start_in_with_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Rivet {
+        Rivet::start_in_with(data_dir, extra, env, 0)
+    }
+
+    fn start_in_with(
+        data_dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        tls_port: u16,
+    ) -> Rivet {
         let port = free_port();
+        let (listen, advertise) = if tls_port == 0 {
+            (
+                format!("http://127.0.0.1:{port}"),
+                format!("http://127.0.0.1:{port}"),
+            )
+        } else {
+            (
+                format!("http://127.0.0.1:{port},https://127.0.0.1:{tls_port}"),
+                format!("https://127.0.0.1:{tls_port}"),
+            )
+        };
         let mut args = vec![
             "--data-dir".to_string(),
             data_dir.display().to_string(),
             "--listen-client-urls".to_string(),
-            format!("http://127.0.0.1:{port}"),
+            listen,
             "--advertise-client-urls".to_string(),
-            format!("http://127.0.0.1:{port}"),
+            advertise,
         ];
         // A member of its own: a peer URL of its own, unless the test sets cluster flags.
         if !extra.iter().any(|a| a.starts_with("--listen-peer-urls")) {
@@ -161,6 +194,7 @@ impl Rivet {
         let mut rivet = Rivet {
             child: None,
             port,
+            tls_port,
             data_dir: data_dir.to_path_buf(),
             log: data_dir.with_extension(format!("{port}.log")),
             args,
@@ -194,6 +228,11 @@ impl Rivet {
 
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The https client URL of a member started with [`Rivet::start_secure`].
+    pub fn tls_url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.tls_port)
     }
 
     pub fn pid(&self) -> u32 {
@@ -250,6 +289,8 @@ pub struct Etcd {
     child: Option<Child>,
     pub port: u16,
     pub data_dir: PathBuf,
+    /// The https client port of an etcd started with [`Etcd::start_secure`] (0 if none).
+    pub tls_port: u16,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -266,8 +307,21 @@ impl Etcd {
 
     /// Starts a member in a fresh temporary data dir with extra flags.
     pub fn start(extra: &[&str]) -> Etcd {
+        Etcd::start_with(extra, 0)
+    }
+
+    /// Like [`Rivet::start_secure`]: an https client URL ([`Etcd::tls_url`]) besides the
+    /// plain one; `extra` carries the TLS flags.
+    pub fn start_secure(extra: &[&str]) -> Etcd {
+        Etcd::start_with(extra, free_port())
+    }
+
+    fn start_with(extra: &[&str], tls_port: u16) -> Etcd {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut etcd = Etcd::start_in(&dir.path().join("data.etcd"), extra);
+        let mut etcd =
+            Etcd::start_in_until(&dir.path().join("data.etcd"), extra, tls_port, |body| {
+                body.contains("\"health\":\"true\"")
+            });
         etcd._dir = Some(dir);
         etcd
     }
@@ -275,27 +329,44 @@ impl Etcd {
     /// Starts a member on `data_dir` (kept by the caller: an existing data dir, e.g. one
     /// `etcdctl snapshot restore` made, or a new one), its log beside it.
     pub fn start_in(data_dir: &Path, extra: &[&str]) -> Etcd {
-        Etcd::start_in_until(data_dir, extra, |body| body.contains("\"health\":\"true\""))
+        Etcd::start_in_until(data_dir, extra, 0, |body| {
+            body.contains("\"health\":\"true\"")
+        })
     }
 
     /// Like [`Etcd::start_in`] for a data dir with an active alarm: etcd then answers
     /// `/health` with `"health":"false"` while it serves.
     pub fn start_in_with_alarm(data_dir: &Path, extra: &[&str]) -> Etcd {
-        Etcd::start_in_until(data_dir, extra, |body| body.contains("\"health\":"))
+        Etcd::start_in_until(data_dir, extra, 0, |body| body.contains("\"health\":"))
     }
 
-    fn start_in_until(data_dir: &Path, extra: &[&str], ready: impl Fn(&str) -> bool) -> Etcd {
+    fn start_in_until(
+        data_dir: &Path,
+        extra: &[&str],
+        tls_port: u16,
+        ready: impl Fn(&str) -> bool,
+    ) -> Etcd {
         let port = free_port();
         let peer = free_port();
         let log_path = data_dir.with_extension(format!("{port}.log"));
         let log = std::fs::File::create(&log_path).expect("log");
-        let client_url = format!("http://127.0.0.1:{port}");
+        let (client_url, advertise_url) = if tls_port == 0 {
+            (
+                format!("http://127.0.0.1:{port}"),
+                format!("http://127.0.0.1:{port}"),
+            )
+        } else {
+            (
+                format!("http://127.0.0.1:{port},https://127.0.0.1:{tls_port}"),
+                format!("https://127.0.0.1:{tls_port}"),
+            )
+        };
         let peer_url = format!("http://127.0.0.1:{peer}");
         let mut child = Command::new("etcd")
             .arg("--data-dir")
             .arg(data_dir)
             .args(["--listen-client-urls", &client_url])
-            .args(["--advertise-client-urls", &client_url])
+            .args(["--advertise-client-urls", &advertise_url])
             .args(["--listen-peer-urls", &peer_url])
             .args(["--initial-advertise-peer-urls", &peer_url])
             .args(["--initial-cluster", &format!("default={peer_url}")])
@@ -310,6 +381,7 @@ impl Etcd {
             child: Some(child),
             port,
             data_dir: data_dir.to_path_buf(),
+            tls_port,
             _dir: None,
         }
     }
@@ -334,6 +406,10 @@ impl Etcd {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
+    }
+
+    pub fn tls_url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.tls_port)
     }
 }
 
@@ -370,6 +446,21 @@ pub fn etcdctl(endpoint: &str, args: &[&str], stdin: Option<&str>) -> Output {
     child.wait_with_output().expect("etcdctl output")
 }
 
+/// Runs `etcdctl` for at most `seconds` (for commands that never end by themselves, such
+/// as `watch`): what it printed by then.
+pub fn etcdctl_for(endpoint: &str, args: &[&str], seconds: u32) -> Output {
+    Command::new("timeout")
+        .arg(seconds.to_string())
+        .arg("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg("--endpoints")
+        .arg(endpoint)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run timeout etcdctl")
+}
+
 /// stdout of a successful etcdctl run; panics with stderr otherwise.
 pub fn etcdctl_ok(endpoint: &str, args: &[&str]) -> String {
     let output = etcdctl(endpoint, args, None);
@@ -379,6 +470,62 @@ pub fn etcdctl_ok(endpoint: &str, args: &[&str]) -> String {
         String::from_utf8_lossy(&output.stderr)
     );
     String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// What a comparison looks at: exit status, stdout, and stderr without the client's
+/// JSON log lines (they carry timestamps and connection IDs).
+#[derive(Debug, PartialEq)]
+pub struct Seen {
+    pub success: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Replaces the digits after `pattern` with `N`.
+pub fn mask_number_after(text: &str, pattern: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find(pattern) {
+        let after = at + pattern.len();
+        out.push_str(&rest[..after]);
+        rest = &rest[after..];
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits > 0 {
+            out.push('N');
+            rest = &rest[digits..];
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Masks member and cluster IDs and raft terms in `-w json` and `-w fields` output.
+pub fn mask(text: &str) -> String {
+    [
+        "\"cluster_id\":",
+        "\"member_id\":",
+        "\"raft_term\":",
+        "\"ClusterID\" : ",
+        "\"MemberID\" : ",
+        "\"RaftTerm\" : ",
+    ]
+    .iter()
+    .fold(text.to_string(), |t, pattern| {
+        mask_number_after(&t, pattern)
+    })
+}
+
+pub fn seen(output: Output) -> Seen {
+    let stderr = String::from_utf8_lossy(&output.stderr)
+        .lines()
+        .filter(|line| !line.starts_with("{\"level\":"))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    Seen {
+        success: output.status.success(),
+        stdout: mask(&String::from_utf8_lossy(&output.stdout)),
+        stderr,
+    }
 }
 
 /// A tokio runtime for tests that use the `etcd-client` crate.
