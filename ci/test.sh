@@ -35,4 +35,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# Style and lints first: they fail in seconds, the tests take minutes.
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+# The deterministic cluster simulation (engine/tests/simulation) runs its default seed
+# count with the rest; RIVET_SIM_SEEDS=<n> runs more.
 cargo test --workspace --locked

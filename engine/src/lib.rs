@@ -2,12 +2,15 @@
 //! and page file per core) and the messages between them. No sockets: the `net` crate
 //! serves clients on top of it.
 
+pub mod apply;
 pub mod auth;
 pub mod check;
 pub mod core;
 pub mod error;
 pub mod etcd_backend;
 pub mod identity;
+pub mod keyspace;
+pub mod layout;
 pub mod lessor;
 pub mod limits;
 pub mod membership;
@@ -15,7 +18,7 @@ pub mod messages;
 pub mod metrics;
 pub mod mvcc;
 pub mod page;
-pub mod raft_core;
+pub mod raft;
 pub mod range;
 pub mod sequencer;
 pub mod shard;

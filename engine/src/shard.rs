@@ -6,25 +6,17 @@ use std::path::Path;
 use bytes::Bytes;
 use rivet_api::mvccpb::KeyValue;
 
-use crate::error::EtcdError;
-use crate::messages::{ApplyBatch, CheckpointRequest, RangePart, RangePartResult};
-use crate::mvcc::{KeyIndex, RangeEnd as IndexEnd};
 use std::collections::VecDeque;
 
 use rivet_api::mvccpb::{event::EventType, Event};
 
+use crate::error::EtcdError;
+use crate::keyspace::{CompactedAt, Head, Mutation, RangeEnd};
+use crate::messages::{
+    ApplyBatch, ApplyMessage, CheckpointRequest, RangePart, RangePartResult, RestoreChunk, ShardAck,
+};
+use crate::mvcc::KeyIndex;
 use crate::page::{Checkpoint, KeyRecord, PageFile, PageOptions, PagePtr, RecordView};
-use crate::range::RangeEnd;
-use crate::sequencer::{Head, Mutation};
-
-/// The shard that owns `key`. Stable across restarts and members: page files are
-/// partitioned by it, so it must never change for a data dir.
-pub fn shard_of(key: &[u8], shard_count: usize) -> usize {
-    if shard_count <= 1 {
-        return 0;
-    }
-    (crc32c::crc32c(key) as usize) % shard_count
-}
 
 #[derive(Debug, thiserror::Error)]
 #[error("shard {shard}: {reason}")]
@@ -36,6 +28,8 @@ pub struct ShardOpenError {
 pub struct Shard {
     pub id: usize,
     page: PageFile,
+    /// The page file layout, kept for the files a snapshot install swaps in.
+    options: PageOptions,
     index: KeyIndex,
     applied_index: u64,
     revision: i64,
@@ -54,18 +48,6 @@ struct RecentChange {
     key: Bytes,
     ptr: PagePtr,
     tombstone: bool,
-}
-
-/// Changes a watch asks for were compacted away.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct CompactedAt(pub i64);
-
-fn index_end(end: &RangeEnd) -> IndexEnd<'_> {
-    match end {
-        RangeEnd::Single => IndexEnd::Single,
-        RangeEnd::FromKey => IndexEnd::FromKey,
-        RangeEnd::Before(end) => IndexEnd::Before(end.as_ref()),
-    }
 }
 
 fn key_value(key: &[u8], view: &RecordView<'_>, with_value: bool) -> KeyValue {
@@ -113,6 +95,7 @@ impl Shard {
         Ok(Shard {
             id,
             page,
+            options,
             index,
             applied_index,
             revision,
@@ -137,7 +120,7 @@ impl Shard {
 
     /// The newest version of every live key, for rebuilding the sequencer.
     pub fn heads(&self, mut each: impl FnMut(Bytes, Head)) {
-        for (key, _, ptr) in self.index.range(b"\0", IndexEnd::FromKey, self.revision) {
+        for (key, _, ptr) in self.index.range(b"\0", &RangeEnd::FromKey, self.revision) {
             match self.page.read(ptr) {
                 Ok(view) => each(
                     Bytes::copy_from_slice(key),
@@ -154,6 +137,59 @@ impl Shard {
                     self.id
                 ),
             }
+        }
+    }
+
+    /// The heads of the live keys in chunks, ending with the chunk that says this shard is
+    /// done: what the raft core rebuilds the sequencer from at start (in chunks, never
+    /// every key twice at once: ETCD_LESSONS 11).
+    pub fn restore_chunks(&self) -> Vec<RestoreChunk> {
+        let mut chunk = Vec::with_capacity(crate::limits::RESTORE_CHUNK_KEYS);
+        let mut chunks = Vec::new();
+        self.heads(|key, head| {
+            chunk.push((key, head));
+            if chunk.len() == crate::limits::RESTORE_CHUNK_KEYS {
+                chunks.push(RestoreChunk {
+                    shard: self.id,
+                    heads: Some(std::mem::take(&mut chunk)),
+                });
+            }
+        });
+        chunks.push(RestoreChunk {
+            shard: self.id,
+            heads: Some(chunk),
+        });
+        chunks.push(RestoreChunk {
+            shard: self.id,
+            heads: None,
+        });
+        chunks
+    }
+
+    /// Handles one message of the apply stream and returns what to acknowledge to the
+    /// raft core.
+    pub fn handle_apply(&mut self, message: ApplyMessage) -> ShardAck {
+        let checkpoint = match message {
+            ApplyMessage::Batch(batch) => {
+                self.apply(&batch);
+                None
+            }
+            ApplyMessage::Install { snap_dir, index } => {
+                if let Err(e) = self.install(&snap_dir, index) {
+                    panic!("cannot install the snapshot at index {index}: {e}");
+                }
+                Some(index)
+            }
+            ApplyMessage::Checkpoint(request) => {
+                self.checkpoint(&request);
+                Some(request.index)
+            }
+        };
+        ShardAck {
+            shard: self.id,
+            index: self.applied_index,
+            checkpoint,
+            size_bytes: self.size_bytes(),
         }
     }
 
@@ -210,7 +246,7 @@ impl Shard {
     /// records), oldest first. Built in one pass so that a compaction cannot interleave.
     pub fn export(&self, revision: i64) -> Vec<u8> {
         let mut out = Vec::new();
-        for change in self.index.changes(b"\0", IndexEnd::FromKey, 0, revision) {
+        for change in self.index.changes(b"\0", &RangeEnd::FromKey, 0, revision) {
             let view = self.page.read(change.ptr).unwrap_or_else(|e| {
                 panic!(
                     "shard {}: index points at an unreadable record: {e}",
@@ -230,7 +266,7 @@ impl Shard {
     pub fn hash_kv(&self, revision: i64) -> u32 {
         let mut sum = 0u32;
         let mut buffer = Vec::new();
-        for change in self.index.changes(b"\0", IndexEnd::FromKey, 0, revision) {
+        for change in self.index.changes(b"\0", &RangeEnd::FromKey, 0, revision) {
             let Ok(view) = self.page.read(change.ptr) else {
                 continue;
             };
@@ -244,13 +280,13 @@ impl Shard {
 
     /// Replaces this shard's files with the ones staged for a snapshot at `index`.
     pub fn install(&mut self, snap_dir: &Path, index: u64) -> Result<(), ShardOpenError> {
-        let staged = crate::snapshot::staged_dir(snap_dir, index, self.id);
+        let staged = crate::layout::staged_shard_dir(snap_dir, index, self.id);
         let own = self.page.dir().to_path_buf();
         crate::snapshot::swap_in(&staged, &own).map_err(|e| ShardOpenError {
             shard: self.id,
             reason: format!("swapping in the snapshot: {e}"),
         })?;
-        *self = Shard::open(&own, self.id, index, PageOptions::default())?;
+        *self = Shard::open(&own, self.id, index, self.options)?;
         Ok(())
     }
 
@@ -345,7 +381,7 @@ impl Shard {
         }
         Ok(self
             .index
-            .changes(key, index_end(end), from, to)
+            .changes(key, end, from, to)
             .into_iter()
             .map(|c| self.event(c.key, c.revision, c.ptr, c.tombstone, prev_kv))
             .collect())
@@ -376,10 +412,7 @@ impl Shard {
         }
         debug_assert!(part.revision <= self.revision);
         let mut result = RangePartResult::default();
-        for (key, _, ptr) in self
-            .index
-            .range(&part.key, index_end(&part.end), part.revision)
-        {
+        for (key, _, ptr) in self.index.range(&part.key, &part.end, part.revision) {
             result.count += 1;
             if part.count_only || (part.limit != 0 && result.kvs.len() >= part.limit) {
                 continue;

@@ -21,12 +21,12 @@ use rivet_api::etcdserverpb::{
     maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
 use rivet_engine::core::ShardCore;
-use rivet_engine::limits;
 use rivet_engine::messages::RaftCommand;
 use rivet_engine::page::PageOptions;
-use rivet_engine::raft_core::{open_wal, RaftCore, RaftCoreConfig, RaftCoreLinks};
+use rivet_engine::raft::{open_wal, MonotonicClock, RaftCore, RaftCoreConfig, RaftCoreLinks};
 use rivet_engine::shard::Shard;
 use rivet_engine::shared::Shared;
+use rivet_engine::{layout, limits};
 use rivet_wal::Wal;
 
 use crate::config::{bootstrap, listen_addresses, url_list, Flags};
@@ -109,11 +109,11 @@ impl ClientSettings {
 pub fn run(flags: Flags) -> anyhow::Result<()> {
     let data_dir = PathBuf::from(flags.data_dir_or_default());
     let wal_dir = if flags.wal_dir.is_empty() {
-        data_dir.join("member").join("wal")
+        layout::default_wal_dir(&data_dir)
     } else {
         PathBuf::from(&flags.wal_dir)
     };
-    let snap_dir = data_dir.join("member").join("snap");
+    let snap_dir = layout::snap_dir(&data_dir);
     std::fs::create_dir_all(&snap_dir)
         .with_context(|| format!("creating {}", snap_dir.display()))?;
     let addresses = listen_addresses(&flags.listen_client_urls)?;
@@ -209,6 +209,7 @@ pub fn run(flags: Flags) -> anyhow::Result<()> {
         pre_vote: flags.pre_vote,
         initial_election_tick_advance: flags.initial_election_tick_advance,
         warning_apply_duration: flags.experimental_warning_apply_duration,
+        tuning: Default::default(),
     };
     let recovered = open_wal(&mut raft_config, flags.shards_given())?;
     let shard_count = raft_config.shard_count;
@@ -266,9 +267,7 @@ pub fn run(flags: Flags) -> anyhow::Result<()> {
                 let mut peer_config = PeerConfig::new(member, cluster, peer_listen, initial_peers);
                 peer_config.tls = peer_tls;
                 let link = match PeerTransport::start(peer_config).await {
-                    Ok((transport, incoming)) => {
-                        QuicLink::new(transport, incoming, peer_tx.clone())
-                    }
+                    Ok((transport, incoming)) => QuicLink::new(transport, incoming, peer_tx),
                     Err(e) => {
                         let _ = raft_fatal.send(format!("peer transport on {peer_listen}: {e}"));
                         return;
@@ -279,7 +278,8 @@ pub fn run(flags: Flags) -> anyhow::Result<()> {
                     restore: restore_rx,
                     peers: Box::new(link),
                     shard_requests: raft_shard_requests,
-                    events: peer_tx,
+                    forward: Box::new(crate::forward::GrpcForward),
+                    clock: Box::new(MonotonicClock),
                 };
                 match RaftCore::start(raft_config, recovered, raft_shared, links).await {
                     Ok(core) => {
@@ -306,7 +306,7 @@ pub fn run(flags: Flags) -> anyhow::Result<()> {
     let mut executors = Vec::with_capacity(shard_count);
     for (id, (apply_rx, peer_rx)) in apply_rxs.into_iter().zip(peer_rxs).enumerate() {
         let cpu = cpu_ids[(1 + id) % cpu_ids.len()];
-        let shard_dir = snap_dir.join(format!("shard-{id}"));
+        let shard_dir = layout::shard_dir(&snap_dir, id);
         let shared = Arc::clone(&shared);
         let raft = command_tx.clone();
         let peers = peer_txs.clone();

@@ -22,9 +22,8 @@ use rivet_api::etcdserverpb::{
 };
 use rivet_api::mvccpb::{event::EventType, Event};
 use rivet_engine::core::ShardCore;
+use rivet_engine::keyspace::{CompactedAt, RangeEnd};
 use rivet_engine::limits;
-use rivet_engine::range::RangeEnd;
-use rivet_engine::shard::CompactedAt;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::services::CoreHandle;
