@@ -525,7 +525,7 @@ flag_table! {
     Experimental "experimental-warning-apply-duration" experimental_warning_apply_duration: Duration = Kind::Duration, "100ms", "'100ms'", Status::Implemented,
         "Warning is generated if requests take more than this duration.";
 
-    Unsafe "force-new-cluster" force_new_cluster: bool = Kind::Bool, "false", "'false'", Status::Later("--force-new-cluster (issue 15 item 7)"),
+    Unsafe "force-new-cluster" force_new_cluster: bool = Kind::Bool, "false", "'false'", Status::Implemented,
         "Force to create a new one-member cluster.";
 
     Deprecated "debug" debug: bool = Kind::Bool, "false", "'false'", Status::Implemented,

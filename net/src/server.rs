@@ -23,7 +23,9 @@ use rivet_api::etcdserverpb::{
 use rivet_engine::core::ShardCore;
 use rivet_engine::messages::RaftCommand;
 use rivet_engine::page::PageOptions;
-use rivet_engine::raft::{open_wal, MonotonicClock, RaftCore, RaftCoreConfig, RaftCoreLinks};
+use rivet_engine::raft::{
+    force_new, open_wal, MonotonicClock, RaftCore, RaftCoreConfig, RaftCoreLinks,
+};
 use rivet_engine::shard::Shard;
 use rivet_engine::shared::Shared;
 use rivet_engine::{layout, limits};
@@ -211,7 +213,19 @@ pub fn run(flags: Flags) -> anyhow::Result<()> {
         warning_apply_duration: flags.experimental_warning_apply_duration,
         tuning: Default::default(),
     };
-    let recovered = open_wal(&mut raft_config, flags.shards_given())?;
+    let mut recovered = open_wal(&mut raft_config, flags.shards_given())?;
+    if flags.force_new_cluster && force_new::has_state(&recovered) {
+        let voters: Vec<u64> = raft_config.initial_members.iter().map(|m| m.id).collect();
+        let forced = force_new::force_new_cluster(&mut recovered, member, &voters)?;
+        tracing::warn!(
+            "forcing restart of member {member:x} in cluster {:x} at commit index {}",
+            raft_config.cluster_id,
+            forced.commit
+        );
+        for id in &forced.removed {
+            tracing::info!("--force-new-cluster: removing member {id:x} from the cluster");
+        }
+    }
     let shard_count = raft_config.shard_count;
     let cluster = raft_config.cluster_id;
     let shared = Arc::new(Shared::new(member, cluster, shard_count));

@@ -22,6 +22,8 @@
 //! - [`config`]: what the core is started with;
 //! - [`boot`]: building the raft node from the recovered log and the shards' state;
 //! - [`log`]: the WAL as log storage, and recovery from its records;
+//! - [`force_new`]: `--force-new-cluster`, rewriting the recovered log into a one-member
+//!   cluster before the node starts;
 //! - [`ready`]: the Ready handling, proposals, and committed entries through the applier;
 //! - [`read_index`]: ReadIndex batching and retry;
 //! - [`checkpoint`]: checkpoints of the shards and the log compaction behind them;
@@ -32,6 +34,7 @@
 pub mod boot;
 pub mod checkpoint;
 pub mod config;
+pub mod force_new;
 pub mod io;
 pub mod leases;
 pub mod log;
