@@ -83,6 +83,7 @@ impl Lessor {
         match self.deadlines.get_mut(&id) {
             Some(deadline) => {
                 *deadline = now + seconds(ttl);
+                crate::metrics::LEASE_RENEWED.inc();
                 true
             }
             None => false,

@@ -182,6 +182,8 @@ impl Sequencer {
             return Outcome::error(EtcdError::LeaseExist);
         }
         let ttl = request.ttl.max(min_ttl);
+        crate::metrics::LEASE_GRANTED.inc();
+        crate::metrics::LEASE_TTL.observe_value(ttl as f64);
         self.leases.insert(
             request.id,
             LeaseEntry {
@@ -207,6 +209,7 @@ impl Sequencer {
         let Some(lease) = self.leases.remove(&request.id) else {
             return Outcome::error(EtcdError::LeaseNotFound);
         };
+        crate::metrics::LEASE_REVOKED.inc();
         let mut txn = WriteTxn::new(self);
         for key in &lease.keys {
             txn.delete(&DeleteRangeRequest {
@@ -311,6 +314,9 @@ impl Sequencer {
         let mut txn = WriteTxn::new(self);
         let mut position = 0;
         let mut response = txn.txn(request, &path, &mut position, &mut Vec::new());
+        if txn.ops > 1 {
+            crate::metrics::MVCC_TXN.inc();
+        }
         let revision = txn.finish();
         response.header = Some(header(revision));
         txn.outcome.result = Some(Ok(Applied::Txn(response)));
@@ -518,6 +524,9 @@ struct WriteTxn<'s> {
     sequencer: &'s mut Sequencer,
     begin_revision: i64,
     outcome: Outcome,
+    /// Ranges, puts and deletes run (etcd counts a txn of more than one in
+    /// `etcd_mvcc_txn_total`).
+    ops: u32,
 }
 
 impl<'s> WriteTxn<'s> {
@@ -527,6 +536,7 @@ impl<'s> WriteTxn<'s> {
             sequencer,
             begin_revision,
             outcome: Outcome::default(),
+            ops: 0,
         }
     }
 
@@ -605,6 +615,7 @@ impl<'s> WriteTxn<'s> {
         if (request.ignore_value || request.ignore_lease) && previous.is_none() {
             return Err(EtcdError::KeyNotFound);
         }
+        self.ops += 1;
         let revision = self.write_revision();
         let value = match (&previous, request.ignore_value) {
             (Some(p), true) => p.value.clone(),
@@ -621,6 +632,8 @@ impl<'s> WriteTxn<'s> {
             lease,
             value,
         };
+        crate::metrics::MVCC_PUT.inc();
+        crate::metrics::MVCC_PUT_SIZE.add((request.key.len() + head.value.len()) as u64);
         let old_lease = previous.as_ref().map_or(0, |p| p.lease);
         self.sequencer.attach(&request.key, old_lease, lease);
         self.sequencer
@@ -642,6 +655,8 @@ impl<'s> WriteTxn<'s> {
     }
 
     fn delete(&mut self, request: &DeleteRangeRequest) -> DeleteRangeResponse {
+        self.ops += 1;
+        crate::metrics::MVCC_DELETE.inc();
         let end = RangeEnd::from_request(&request.range_end);
         let doomed: Vec<(Bytes, Head)> = range_iter(&self.sequencer.keys, &request.key, &end)
             .map(|(k, h)| (k.clone(), h.clone()))
@@ -705,6 +720,8 @@ impl<'s> WriteTxn<'s> {
         for (i, op) in ops.iter().enumerate() {
             let response = match &op.request {
                 Some(request_op::Request::RequestRange(range)) => {
+                    self.ops += 1;
+                    crate::metrics::MVCC_RANGE.inc();
                     let current = self.read_revision();
                     if range.revision != 0 && range.revision != current {
                         // Resolved now so that errors match etcd; read later by the shards.

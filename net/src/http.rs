@@ -17,6 +17,7 @@ use tonic::Status;
 use tower::Service;
 
 use crate::gateway::GatewayConfig;
+use crate::grpc_metrics::{Counted, Direction};
 use crate::services::{ETCD_CLUSTER_VERSION, ETCD_VERSION};
 
 pub(crate) fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {
@@ -32,6 +33,11 @@ pub(crate) fn text(status: StatusCode, content_type: &'static str, body: String)
 pub(crate) async fn health(core: Rc<ShardCore>) -> Response<Body> {
     let has_leader = core.shared.leader.load(Ordering::Acquire) != 0;
     let healthy = has_leader && core.read_index().await.is_ok();
+    if healthy {
+        rivet_engine::metrics::HEALTH_SUCCESS.inc();
+    } else {
+        rivet_engine::metrics::HEALTH_FAILURES.inc();
+    }
     let body = format!("{{\"health\":\"{healthy}\"}}");
     let status = if healthy {
         StatusCode::OK
@@ -43,15 +49,28 @@ pub(crate) async fn health(core: Rc<ShardCore>) -> Response<Body> {
 
 /// `/metrics`: Prometheus text format with etcd's metric names; sizes read now.
 pub(crate) async fn metrics(core: Rc<ShardCore>) -> Response<Body> {
+    use rivet_engine::metrics;
+    metrics::SCRAPES_IN_FLIGHT.add(1);
     let size = core.db_size_bytes().await;
     let keys = core.raft_status().await.map_or(0, |s| s.keys);
-    let body = rivet_engine::metrics::render(&rivet_engine::metrics::Gauges {
+    let body = metrics::render(&metrics::Gauges {
         db_size_bytes: size,
         db_size_in_use_bytes: size,
         keys,
+        member_id: core.shared.member_id,
+        is_learner: core.shared.is_learner.load(Ordering::Acquire),
+        revision: core.shared.applied_revision(),
+        compact_revision: core.compact_revision(),
+        server_version: ETCD_VERSION,
+        cluster_version: ETCD_API_VERSION,
     });
+    metrics::SCRAPES_IN_FLIGHT.add(-1);
+    metrics::SCRAPES.inc();
     text(StatusCode::OK, "text/plain; version=0.0.4", body)
 }
+
+/// The cluster version as etcd's metrics label it (major.minor).
+const ETCD_API_VERSION: &str = "3.4";
 
 fn not_found() -> Response<Body> {
     text(
@@ -118,7 +137,13 @@ impl ClientService {
         let method = rivet_engine::metrics::grpc_method(request.uri().path());
         if let Some(method) = method {
             rivet_engine::metrics::grpc_started(method);
+            if rivet_engine::metrics::GRPC_METHODS[method].2 == "unary" {
+                rivet_engine::metrics::CLIENT_REQUESTS_UNARY.inc();
+            } else {
+                rivet_engine::metrics::CLIENT_REQUESTS_STREAM.inc();
+            }
         }
+        let request = request.map(|body| Counted::new(body, method, Direction::Received));
         let refused = self.core.shared.is_learner.load(Ordering::Acquire)
             && !served_by_learner(request.uri().path());
         let started = std::time::Instant::now();
@@ -146,7 +171,12 @@ impl ClientService {
                     .unwrap_or(0);
                 rivet_engine::metrics::grpc_handled(method, code);
             }
-            response
+            match method {
+                Some(_) => response.map(|response| {
+                    response.map(|body| Body::new(Counted::new(body, method, Direction::Sent)))
+                }),
+                None => response,
+            }
         })
     }
 }

@@ -7,6 +7,7 @@ pub mod config;
 pub mod forward;
 pub mod gateway;
 pub mod glommio_hyper;
+pub mod grpc_metrics;
 pub mod http;
 pub mod lease;
 pub mod listeners;

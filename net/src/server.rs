@@ -228,6 +228,7 @@ pub fn run(flags: Flags) -> anyhow::Result<()> {
     }
     let shard_count = raft_config.shard_count;
     let cluster = raft_config.cluster_id;
+    rivet_engine::metrics::QUOTA_BACKEND_BYTES.set(raft_config.quota_backend_bytes);
     let shared = Arc::new(Shared::new(member, cluster, shard_count));
     let checkpoint_index = recovered.checkpoint.as_ref().map_or(0, |c| c.applied_index);
     // A snapshot install interrupted by a crash is finished (or discarded) first.

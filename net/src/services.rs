@@ -201,7 +201,9 @@ impl Maintenance for MaintenanceService {
     async fn hash(&self, _: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
         self.0
             .run(|core| async move {
+                let started = std::time::Instant::now();
                 let response = core.hash_kv(0).await?;
+                rivet_engine::metrics::MVCC_HASH.observe(started.elapsed());
                 Ok(HashResponse {
                     header: response.header,
                     hash: response.hash,

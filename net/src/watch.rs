@@ -7,6 +7,7 @@
 //! never the apply stream or other watchers (ETCD_LESSONS 19); cancelling is removing a
 //! cursor, with no channel left to write to (lesson 18).
 
+use rivet_engine::metrics;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::pin::Pin;
 use std::rc::Rc;
@@ -132,6 +133,15 @@ fn progress_report_interval(seed: u64) -> std::time::Duration {
     interval + std::time::Duration::from_nanos((u128::from(mixed) % tenth) as u64)
 }
 
+impl Drop for WatchStream {
+    fn drop(&mut self) {
+        metrics::WATCH_STREAMS.add(-1);
+        metrics::WATCHERS.add(-(self.watchers.len() as i64));
+        let slow = self.watchers.values().filter(|w| !w.synced).count();
+        metrics::WATCH_SLOW_WATCHERS.add(-(slow as i64));
+    }
+}
+
 enum Wake {
     Request(Option<Result<WatchRequest, Status>>),
     Applied,
@@ -142,6 +152,7 @@ impl WatchStream {
     fn new(core: Rc<ShardCore>, out: mpsc::Sender<WatchResponse>) -> WatchStream {
         let live_next = core.shared.applied_revision() + 1;
         let seen_index = core.shared.applied_index();
+        metrics::WATCH_STREAMS.add(1);
         WatchStream {
             core,
             out,
@@ -293,6 +304,10 @@ impl WatchStream {
         } else {
             self.ranged.insert(id);
         }
+        metrics::WATCHERS.add(1);
+        if !watcher.synced {
+            metrics::WATCH_SLOW_WATCHERS.add(1);
+        }
         self.watchers.insert(id, watcher);
         self.send(response).await
     }
@@ -302,6 +317,10 @@ impl WatchStream {
         let Some(watcher) = self.watchers.remove(&id) else {
             return false;
         };
+        metrics::WATCHERS.add(-1);
+        if !watcher.synced {
+            metrics::WATCH_SLOW_WATCHERS.add(-1);
+        }
         if let Some(ids) = self.by_key.get_mut(&watcher.key) {
             ids.retain(|i| *i != id);
             if ids.is_empty() {
@@ -340,6 +359,7 @@ impl WatchStream {
             // The recent logs no longer reach back: these watchers catch up from history.
             for watcher in self.watchers.values_mut().filter(|w| w.synced) {
                 watcher.synced = false;
+                metrics::WATCH_SLOW_WATCHERS.add(1);
                 watcher.next = from;
             }
             return true;
@@ -434,8 +454,9 @@ impl WatchStream {
             }
             let live_next = self.live_next;
             if let Some(watcher) = self.watchers.get_mut(&id) {
-                if watcher.next == live_next {
+                if watcher.next == live_next && !watcher.synced {
                     watcher.synced = true;
+                    metrics::WATCH_SLOW_WATCHERS.add(-1);
                 }
             }
         }
@@ -445,6 +466,7 @@ impl WatchStream {
     /// Sends events to one watcher, split into fragments when it asked for them and the
     /// response would be too large.
     async fn deliver(&mut self, id: i64, revision: i64, events: Vec<Event>) -> bool {
+        metrics::WATCH_EVENTS.add(events.len() as u64);
         if let Some(watcher) = self.watchers.get_mut(&id) {
             watcher.quiet = false;
         }

@@ -78,6 +78,7 @@ impl ShardCore {
             return Err(EtcdError::NotSupportedForLearner);
         }
         check::check_range(&request)?;
+        crate::metrics::MVCC_RANGE.inc();
         let end = RangeEnd::from_request(&request.range_end);
         let current = if request.serializable {
             let shards = self.shards_of(&request.key, &end);

@@ -40,6 +40,7 @@ impl ShardCore {
     /// read on a linearizable view, and the compaction revision.
     pub async fn hash_kv(&self, revision: i64) -> Result<HashKvResponse, EtcdError> {
         let point = self.read_index().await?;
+        let started = std::time::Instant::now();
         let compact = self.shard.borrow().compact_revision();
         let at = resolve_revision(revision, point.revision, compact)?;
         let mut hash = self.shard.borrow().hash_kv(at);
@@ -55,11 +56,17 @@ impl ShardCore {
                 .await?;
             hash = hash.wrapping_add(answer.await.map_err(|_| EtcdError::Stopped)?);
         }
+        crate::metrics::MVCC_HASH_REV.observe(started.elapsed());
         Ok(HashKvResponse {
             header: Some(self.header(point.revision)),
             hash,
             compact_revision: compact,
         })
+    }
+
+    /// The compaction revision (for the metrics endpoint).
+    pub fn compact_revision(&self) -> i64 {
+        self.shard.borrow().compact_revision()
     }
 
     /// Sum of every shard's page file size, read from the files now.

@@ -157,7 +157,11 @@ impl ShardCore {
     /// A revision that reflects every write acknowledged before this call (ReadIndex),
     /// applied by every shard when this returns.
     pub async fn read_index(&self) -> Result<ReadPoint, EtcdError> {
-        let point = self.ask(|reply| RaftCommand::ReadIndex { reply }).await??;
+        let point = self
+            .ask(|reply| RaftCommand::ReadIndex { reply })
+            .await
+            .and_then(|answer| answer)
+            .inspect_err(|_| crate::metrics::READ_INDEXES_FAILED.inc())?;
         self.wait_applied(point.index).await;
         Ok(point)
     }

@@ -101,6 +101,7 @@ impl RaftCore {
             / 1000)
             .max(1) as usize;
         for id in self.applier.lessor_mut().expired(now, per_tick) {
+            crate::metrics::LEASE_EXPIRED.inc();
             let revoke = internal_request::Request::LeaseRevoke(LeaseRevokeRequest { id });
             if self.propose_internal(revoke).is_err() {
                 self.applier.lessor_mut().retry(id);

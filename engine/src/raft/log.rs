@@ -232,6 +232,8 @@ impl LogStorage for WalLog {
             return Ok(());
         }
         let records: Vec<Record<'_>> = self.pending.iter().map(LogRecord::as_record).collect();
+        let bytes: usize = self.pending.iter().map(|r| r.payload.len()).sum();
+        crate::metrics::WAL_WRITE_BYTES.add(bytes as u64);
         let started = Instant::now();
         self.wal
             .append(&records)

@@ -252,6 +252,15 @@ impl RaftCore {
             }
         }
         let node_id = conf_change.node_id;
+        let promoted = conf_change.get_change_type() == ConfChangeType::AddNode
+            && self
+                .applier
+                .members()
+                .get(node_id)
+                .is_some_and(|m| m.is_learner);
+        if promoted && self.node.raft.state == StateRole::Leader {
+            crate::metrics::LEARNER_PROMOTE_SUCCESSES.inc();
+        }
         let change = match conf_change.get_change_type() {
             ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => MemberTableChange::Add {
                 id: node_id,

@@ -110,6 +110,8 @@ impl ReadIndexQueue {
         let mut contexts = Vec::new();
         for (sequence, (_, asked)) in &mut self.in_raft {
             if now.duration_since(*asked) >= READ_INDEX_RETRY {
+                // etcd counts a ReadIndex that timed out before it is asked again.
+                crate::metrics::SLOW_READ_INDEXES.inc();
                 *asked = now;
                 contexts.push(Self::context_of(
                     self.member_id,

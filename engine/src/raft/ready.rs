@@ -495,6 +495,7 @@ impl RaftCore {
         }
         let took = started.elapsed();
         if took > self.config.warning_apply_duration {
+            crate::metrics::SLOW_APPLY.inc();
             tracing::warn!(
                 took = ?took,
                 expected_duration = ?self.config.warning_apply_duration,

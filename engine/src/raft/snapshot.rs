@@ -183,6 +183,9 @@ impl RaftCore {
             revision: info.revision,
             compact_revision: info.compact_revision,
         };
+        crate::metrics::SNAPSHOT_APPLY_IN_PROGRESS.set(1);
+        let _in_progress = InProgress;
+        let saving = std::time::Instant::now();
         if let Err(e) = crate::snapshot::stage(
             &self.config.snap_dir,
             &data,
@@ -193,6 +196,7 @@ impl RaftCore {
             tracing::error!("cannot stage the snapshot at index {index}: {e}");
             return;
         }
+        crate::metrics::SNAP_DB_SAVE_TOTAL.observe(saving.elapsed());
         let marker = CheckpointMarker {
             applied_index: index,
             term: metadata.term,
@@ -251,5 +255,14 @@ impl RaftCore {
         if let Err(e) = self.node.step(message) {
             tracing::warn!("raft refused the snapshot at index {index}: {e}");
         }
+    }
+}
+
+/// Clears `etcd_server_snapshot_apply_in_progress_total` however an install ends.
+struct InProgress;
+
+impl Drop for InProgress {
+    fn drop(&mut self) {
+        crate::metrics::SNAPSHOT_APPLY_IN_PROGRESS.set(0);
     }
 }

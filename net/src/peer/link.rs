@@ -96,11 +96,12 @@ pub(super) async fn run_link(
 ) {
     let mut closing = shared.closing.subscribe();
     let connection = link.connection.clone();
+    peer.metrics.active.set(1);
     let error = tokio::select! {
         Err(error) = write_link(&shared, &peer, send) => error,
         Err(error) = read_link(&shared, &peer, recv, buffer) => error,
         Err(error) = accept_snapshots(&shared, &peer, &connection) => error,
-        Err(error) = follow_rtt(&connection, shared.send_window_bytes_min) => error,
+        Err(error) = follow_rtt(&connection, shared.send_window_bytes_min, &peer) => error,
         _ = closing.wait_for(|closing| *closing) => LinkError::Closing,
     };
     connection.close(VarInt::from_u32(close_code::LINK_FAILED), b"link failed");
@@ -116,6 +117,10 @@ pub(super) async fn run_link(
         !is_current && !peer.stopped.load(Relaxed)
     };
     peer.wake_dialer.notify_one();
+    if !replaced {
+        peer.metrics.active.set(0);
+        peer.metrics.disconnects.inc();
+    }
     if replaced {
         debug!(peer = %format_args!("{:x}", peer.id), %error, "duplicate peer connection closed");
     } else {
@@ -123,14 +128,18 @@ pub(super) async fn run_link(
     }
 }
 
-/// Sizes the link's send window to its minimum round-trip time, now and then.
+/// Sizes the link's send window to its minimum round-trip time, now and then, and
+/// samples the round-trip time for `etcd_network_peer_round_trip_time_seconds` (etcd
+/// probes its peers for it; QUIC measures it on every acknowledged packet).
 pub(super) async fn follow_rtt(
     connection: &Connection,
     window_bytes_min: u64,
+    peer: &Peer,
 ) -> Result<(), LinkError> {
     loop {
         tokio::time::sleep(SEND_WINDOW_UPDATE_INTERVAL).await;
         connection.set_send_window(send_window_bytes(connection.min_rtt(), window_bytes_min));
+        peer.metrics.round_trip.0.observe(connection.rtt());
     }
 }
 
@@ -185,6 +194,7 @@ pub(super) async fn write_link(
         }
         send.write_all_chunks(&mut chunks).await?;
         chunks.clear();
+        peer.metrics.sent_bytes.add(bytes as u64);
         add(&shared.counters.messages_sent, messages);
         add(&shared.counters.message_bytes_sent, bytes as u64);
     }
@@ -208,6 +218,7 @@ pub(super) async fn read_link(
                 continue;
             }
             add(&shared.counters.messages_received, 1);
+            peer.metrics.received_bytes.add(bytes.len() as u64);
             let message = Incoming::Message {
                 from: peer.id,
                 bytes,

@@ -182,6 +182,7 @@ pub(super) async fn read_snapshot_frame(
 
 /// Receives one snapshot stream and passes its chunks to the owner.
 pub(super) async fn receive_snapshot(shared: Arc<Shared>, peer: Arc<Peer>, mut recv: RecvStream) {
+    let started = Instant::now();
     let mut buffer = BytesMut::new();
     let mut chunks: [Bytes; 32] = Default::default();
     let metadata = match read_snapshot_frame(&mut recv, &mut buffer, &mut chunks).await {
@@ -268,12 +269,18 @@ pub(super) async fn receive_snapshot(shared: Arc<Shared>, peer: Arc<Peer>, mut r
     match outcome {
         Ok(()) => {
             add(&shared.counters.snapshots_received, 1);
+            peer.metrics.snapshot_receive_success.inc();
+            peer.metrics
+                .snapshot_receive_duration
+                .0
+                .observe(started.elapsed());
             debug!(peer = %format_args!("{:x}", peer.id), bytes, "snapshot received");
             // If the owner dropped the receiver, nobody is left to tell.
             let _receiver_gone = pieces.send(SnapshotPiece::Complete).await;
         }
         Err(error) => {
             add(&shared.counters.snapshots_receive_failed, 1);
+            peer.metrics.snapshot_receive_failures.inc();
             warn!(peer = %format_args!("{:x}", peer.id), %error, "receiving a snapshot failed");
             ignore_closed(recv.stop(VarInt::from_u32(stream_code::SNAPSHOT_ABORTED)));
             let _receiver_gone = pieces.send(SnapshotPiece::Failed(error)).await;
@@ -281,8 +288,30 @@ pub(super) async fn receive_snapshot(shared: Arc<Shared>, peer: Arc<Peer>, mut r
     }
 }
 
-/// Sends one snapshot on a new stream of the peer's link.
+/// Sends one snapshot on a new stream of the peer's link, counted in etcd's
+/// `etcd_network_snapshot_send_*` metrics.
 pub(super) async fn send_snapshot<S>(
+    shared: &Shared,
+    to: u64,
+    metadata: Bytes,
+    data: S,
+) -> Result<SnapshotSent, SnapshotError>
+where
+    S: Stream<Item = io::Result<Bytes>> + Send + 'static,
+{
+    let result = send_snapshot_stream(shared, to, metadata, data).await;
+    let metrics = rivet_engine::metrics::peer(to);
+    match &result {
+        Ok(sent) => {
+            metrics.snapshot_send_success.inc();
+            metrics.snapshot_send_duration.0.observe(sent.elapsed);
+        }
+        Err(_) => metrics.snapshot_send_failures.inc(),
+    }
+    result
+}
+
+async fn send_snapshot_stream<S>(
     shared: &Shared,
     to: u64,
     metadata: Bytes,

@@ -40,6 +40,8 @@ pub(super) struct Peer {
     pub(super) link: Mutex<Option<Link>>,
     /// Wakes the dialer when the link goes down or the peer stops.
     pub(super) wake_dialer: Notify,
+    /// etcd's `etcd_network_*` metrics of this peer.
+    pub(super) metrics: Arc<rivet_engine::metrics::PeerMetrics>,
 }
 
 /// The connection currently used with a peer.
@@ -107,6 +109,7 @@ impl Shared {
             stopped: AtomicBool::new(*self.closing.borrow()),
             link: Mutex::new(None),
             wake_dialer: Notify::new(),
+            metrics: rivet_engine::metrics::peer(id),
         });
         table.peers.insert(id, peer.clone());
         self.runtime.spawn(run_dialer(self.clone(), peer.clone()));
@@ -158,6 +161,7 @@ impl Peer {
         if queued + bytes > PEER_QUEUE_BYTES_MAX || self.queue.try_send(message).is_err() {
             self.queued_bytes.fetch_sub(bytes, Relaxed);
             add(&counters.dropped_queue_full, 1);
+            self.metrics.sent_failures.inc();
             return Err(SendError::QueueFull(self.id));
         }
         Ok(())
