@@ -420,9 +420,9 @@ flag_table! {
         "Expected behavior ('exit' or 'proxy') when discovery services fails.\n\"proxy\" supports v2 API only.";
     Clustering "discovery-proxy" discovery_proxy: String = Kind::Str, "", "''", LATER_DISCOVERY,
         "HTTP proxy to use for traffic to discovery service.";
-    Clustering "discovery-srv" discovery_srv: String = Kind::Str, "", "''", LATER_DISCOVERY,
+    Clustering "discovery-srv" discovery_srv: String = Kind::Str, "", "''", Status::Implemented,
         "DNS srv domain used to bootstrap the cluster.";
-    Clustering "discovery-srv-name" discovery_srv_name: String = Kind::Str, "", "''", LATER_DISCOVERY,
+    Clustering "discovery-srv-name" discovery_srv_name: String = Kind::Str, "", "''", Status::Implemented,
         "Suffix to the dns srv name queried when bootstrapping.";
     Clustering "strict-reconfig-check" strict_reconfig_check: bool = Kind::Bool, "true", "'true'", Status::Implemented,
         "Reject reconfiguration requests that would cause quorum loss.";

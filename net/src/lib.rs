@@ -4,6 +4,7 @@
 pub mod access;
 pub mod authority;
 pub mod config;
+pub mod discovery;
 pub mod forward;
 pub mod gateway;
 pub mod glommio_hyper;

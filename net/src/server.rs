@@ -108,7 +108,26 @@ impl ClientSettings {
     }
 }
 
-pub fn run(flags: Flags) -> anyhow::Result<()> {
+pub fn run(mut flags: Flags) -> anyhow::Result<()> {
+    if !flags.discovery_srv.is_empty() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let parts = runtime
+            .block_on(crate::discovery::initial_cluster_from_srv(
+                &flags.discovery_srv,
+                &flags.discovery_srv_name,
+                &flags.name,
+                &flags.initial_advertise_peer_urls,
+            ))
+            .map_err(|e| anyhow!(e))?;
+        tracing::info!(
+            domain = %flags.discovery_srv,
+            initial_cluster = %parts.join(","),
+            "resolved the initial cluster from DNS SRV records"
+        );
+        flags.initial_cluster = parts.join(",");
+    }
     let data_dir = PathBuf::from(flags.data_dir_or_default());
     let wal_dir = if flags.wal_dir.is_empty() {
         layout::default_wal_dir(&data_dir)
