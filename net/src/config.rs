@@ -283,7 +283,6 @@ pub struct TransportSecurity {
 const LATER_AUTH: Status = Status::Later("authentication");
 const LATER_STORAGE: Status = Status::Later("storage retention and compaction");
 const LATER_CORRUPT: Status = Status::Later("the corruption check");
-const LATER_DISCOVERY: Status = Status::Later("discovery (issue 15 item 8)");
 const NO_V2: Status = Status::NoEffect(
     "rivet serves only the v3 API: there is no v2 API, v2 store or v2 proxy to tune",
 );
@@ -414,11 +413,11 @@ flag_table! {
         "Initial cluster token for the etcd cluster during bootstrap.\nSpecifying this can protect you from unintended cross-cluster interaction when running multiple clusters.";
     Clustering "advertise-client-urls" advertise_client_urls: Vec<String> = Kind::Urls(&[""]), "http://localhost:2379", "'http://localhost:2379'", Status::Implemented,
         "List of this member's client URLs to advertise to the public.\nThe client URLs advertised should be accessible to machines that talk to etcd cluster. etcd client libraries parse these URLs to connect to the cluster.";
-    Clustering "discovery" discovery: String = Kind::Str, "", "''", LATER_DISCOVERY,
+    Clustering "discovery" discovery: String = Kind::Str, "", "''", Status::Implemented,
         "Discovery URL used to bootstrap the cluster.";
-    Clustering "discovery-fallback" discovery_fallback: String = Kind::Select(&["proxy", "exit"]), "proxy", "'proxy'", LATER_DISCOVERY,
+    Clustering "discovery-fallback" discovery_fallback: String = Kind::Select(&["proxy", "exit"]), "proxy", "'proxy'", Status::Implemented,
         "Expected behavior ('exit' or 'proxy') when discovery services fails.\n\"proxy\" supports v2 API only.";
-    Clustering "discovery-proxy" discovery_proxy: String = Kind::Str, "", "''", LATER_DISCOVERY,
+    Clustering "discovery-proxy" discovery_proxy: String = Kind::Str, "", "''", Status::Implemented,
         "HTTP proxy to use for traffic to discovery service.";
     Clustering "discovery-srv" discovery_srv: String = Kind::Str, "", "''", Status::Implemented,
         "DNS srv domain used to bootstrap the cluster.";

@@ -134,6 +134,52 @@ pub fn run(mut flags: Flags) -> anyhow::Result<()> {
     } else {
         PathBuf::from(&flags.wal_dir)
     };
+    // `--discovery`: as in etcd, the discovery URL is the cluster token; a fresh member
+    // registers with the discovery service and learns the initial cluster from it, a
+    // restarted one has its cluster in its WAL.
+    let restarted_from_discovery = !flags.discovery.is_empty() && Wal::exists(&wal_dir);
+    if !flags.discovery.is_empty() {
+        flags.initial_cluster_token = flags.discovery.clone();
+        let advertised = url_list(&flags.initial_advertise_peer_urls);
+        let own = advertised
+            .iter()
+            .map(|u| format!("{}={u}", flags.name))
+            .collect::<Vec<_>>()
+            .join(",");
+        if restarted_from_discovery {
+            flags.initial_cluster = own;
+        } else {
+            let member_id =
+                rivet_engine::identity::member_id(&advertised, &flags.initial_cluster_token);
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let joined = runtime.block_on(crate::discovery::v2::join_cluster(
+                &flags.discovery,
+                &flags.discovery_proxy,
+                member_id,
+                &own,
+            ));
+            match joined {
+                Ok(cluster) => {
+                    tracing::info!(initial_cluster = %cluster, "discovery: found the cluster");
+                    flags.initial_cluster = cluster;
+                }
+                Err(e)
+                    if e == crate::discovery::v2::ERR_FULL_CLUSTER
+                        && flags.discovery_fallback == "proxy" =>
+                {
+                    return Err(anyhow!(
+                        "{e}: --discovery-fallback 'proxy' would make this member a v2 proxy, \
+                         which rivet does not have (it serves the v3 API only); add the \
+                         member with `etcdctl member add` and start it with \
+                         --initial-cluster-state existing"
+                    ));
+                }
+                Err(e) => return Err(anyhow!(e)),
+            }
+        }
+    }
     let snap_dir = layout::snap_dir(&data_dir);
     std::fs::create_dir_all(&snap_dir)
         .with_context(|| format!("creating {}", snap_dir.display()))?;
@@ -189,6 +235,9 @@ pub fn run(mut flags: Flags) -> anyhow::Result<()> {
                 DISCOVERY_WAIT,
             ))?
         }
+    } else if restarted_from_discovery {
+        // Its WAL holds the cluster ID the discovered cluster had.
+        0
     } else {
         cluster
     };
