@@ -84,6 +84,11 @@ pub enum RaftCommand {
     IsolateForTests {
         isolate: bool,
     },
+    /// Test-only fault switch: drop, delay and duplicate this member's outgoing raft
+    /// messages, ignore chosen peers (`crate::raft::faults`).
+    FaultsForTests {
+        faults: crate::raft::faults::TestFaults,
+    },
     MemberList {
         reply: oneshot::Sender<Vec<rivet_api::etcdserverpb::Member>>,
     },

@@ -88,6 +88,40 @@ fn version() -> Response<Body> {
     )
 }
 
+/// `/rivet/test/faults?drop=0.2&delay_ms=100&duplicate=0.1&deaf_to=<hex id>,<hex id>`:
+/// the test-only fault switch's settings (absent: off).
+fn parse_faults(query: &str) -> Result<rivet_engine::raft::faults::TestFaults, String> {
+    let mut faults = rivet_engine::raft::faults::TestFaults::default();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let share = |v: &str| {
+            v.parse::<f64>()
+                .ok()
+                .filter(|s| (0.0..=1.0).contains(s))
+                .ok_or_else(|| format!("{name}={v}: a share from 0 to 1"))
+        };
+        match name {
+            "drop" => faults.drop = share(value)?,
+            "duplicate" => faults.duplicate = share(value)?,
+            "delay_ms" => {
+                let ms = value
+                    .parse::<u64>()
+                    .map_err(|_| format!("delay_ms={value}: milliseconds"))?;
+                faults.delay = std::time::Duration::from_millis(ms);
+            }
+            "deaf_to" => {
+                for id in value.split(',').filter(|v| !v.is_empty()) {
+                    let id = u64::from_str_radix(id, 16)
+                        .map_err(|_| format!("deaf_to={value}: hex member IDs"))?;
+                    faults.deaf_to.insert(id);
+                }
+            }
+            other => return Err(format!("unknown fault {other:?}")),
+        }
+    }
+    Ok(faults)
+}
+
 fn test_faults_enabled() -> bool {
     std::env::var("RIVET_TEST_FAULTS").is_ok_and(|v| v == "1")
 }
@@ -221,6 +255,21 @@ impl Service<Request<hyper::body::Incoming>> for ClientService {
                 "/metrics" => metrics(core).await,
                 // Test-only fault switch, off unless RIVET_TEST_FAULTS=1: isolate this
                 // member from its peers (etcd's tests isolate the leader the same way).
+                "/rivet/test/faults" if test_faults_enabled() => match parse_faults(&query) {
+                    Ok(faults) => match core.faults_for_tests(faults).await {
+                        Ok(()) => text(StatusCode::OK, "text/plain; charset=utf-8", "ok\n".into()),
+                        Err(e) => text(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "text/plain; charset=utf-8",
+                            format!("{e}\n"),
+                        ),
+                    },
+                    Err(e) => text(
+                        StatusCode::BAD_REQUEST,
+                        "text/plain; charset=utf-8",
+                        format!("{e}\n"),
+                    ),
+                },
                 "/rivet/test/isolate" | "/rivet/test/heal" if test_faults_enabled() => {
                     let isolate = path == "/rivet/test/isolate";
                     match core.isolate_for_tests(isolate).await {

@@ -3,11 +3,13 @@
 //! Concurrent clients (the `etcd-client` crate, each pinned to one member and moving to the
 //! next when a request fails) run puts, linearizable gets and compare-and-set txns on a
 //! few keys and record when each operation was invoked and when it completed. Meanwhile a
-//! nemesis kills the leader with SIGKILL and restarts it, then cuts the new leader off
-//! from its peers and heals it. The recorded history is then verified by the checker in
-//! `rivet-tools` (Wing & Gong search with memoisation, a register per key; a failed or
-//! timed-out write is indeterminate: it may have happened at any time after its
-//! invocation, or never).
+//! nemesis does its faults: kills the leader with SIGKILL and restarts it, cuts the new
+//! leader off from its peers; drops, delays (reorders) and duplicates raft messages on
+//! every member; makes the leader deaf to one follower (an asymmetric partition); pauses
+//! the leader with SIGSTOP for two election timeouts (issue 10 item 8). The recorded
+//! history is then verified by the checker in `rivet-tools` (Wing & Gong search with
+//! memoisation, a register per key; a failed or timed-out write is indeterminate: it may
+//! have happened at any time after its invocation, or never).
 
 mod common;
 
@@ -148,8 +150,10 @@ async fn run_client(
     }
 }
 
-#[test]
-fn a_history_with_a_killed_and_an_isolated_leader_is_linearizable() {
+/// Runs the clients against a fresh 3-member cluster while `nemesis` does its faults
+/// (it calls `progress` to let the clients complete operations between steps), then
+/// heals, waits for the members to converge and checks the history.
+fn run_history(nemesis: impl FnOnce(&mut Cluster, &dyn Fn(&str))) {
     let mut cluster = Cluster::start(3, &[]);
     let endpoints: Vec<String> = cluster.members.iter().map(|m| m.endpoint()).collect();
     let start = Instant::now();
@@ -184,28 +188,16 @@ fn a_history_with_a_killed_and_an_isolated_leader_is_linearizable() {
     };
     let progress = |what: &str| {
         let mark = history.lock().expect("history").len();
-        wait_until(what, Duration::from_secs(60), || {
-            completed_since(mark) >= 400
+        wait_until(what, Duration::from_secs(90), || {
+            completed_since(mark) >= 200
         });
     };
 
     progress("clients complete operations");
-    // Kill the leader; the others elect a new one and the clients move on.
-    let leader = cluster.wait_for_leader(None);
-    cluster.members[leader].kill9();
-    cluster.wait_for_leader(Some(leader));
-    progress("operations complete after the leader was killed");
-    // Restart it; it catches up as a follower.
-    let initial = Cluster::initial(&cluster.members);
-    cluster.members[leader].start(&initial, "new", &[]);
-    progress("operations complete after the old leader restarted");
-    // Cut the current leader off from its peers; the majority elects another one.
-    let isolated = cluster.wait_for_leader(None);
-    let isolated_endpoint = cluster.members[isolated].endpoint();
-    http_get(&isolated_endpoint, "/rivet/test/isolate").expect("isolate");
-    cluster.wait_for_leader(Some(isolated));
-    progress("operations complete while the old leader is isolated");
-    http_get(&isolated_endpoint, "/rivet/test/heal").expect("heal");
+    nemesis(&mut cluster, &progress);
+    for member in &cluster.members {
+        let _ = http_get(&member.endpoint(), "/rivet/test/heal");
+    }
     progress("operations complete after healing");
 
     stop.store(true, Ordering::Relaxed);
@@ -237,4 +229,101 @@ fn a_history_with_a_killed_and_an_isolated_leader_is_linearizable() {
             );
         }
     }
+}
+
+/// Sets the test-only fault switch of `member` (see `engine/src/raft/faults.rs`).
+fn set_faults(member: &common::cluster::Member, query: &str) {
+    let answer =
+        http_get(&member.endpoint(), &format!("/rivet/test/faults?{query}")).expect("fault switch");
+    assert!(answer.contains(" 200 "), "fault switch {query}: {answer}");
+}
+
+#[test]
+fn a_history_with_a_killed_and_an_isolated_leader_is_linearizable() {
+    run_history(|cluster, progress| {
+        // Kill the leader; the others elect a new one and the clients move on.
+        let leader = cluster.wait_for_leader(None);
+        cluster.members[leader].kill9();
+        cluster.wait_for_leader(Some(leader));
+        progress("operations complete after the leader was killed");
+        // Restart it; it catches up as a follower.
+        let initial = Cluster::initial(&cluster.members);
+        cluster.members[leader].start(&initial, "new", &[]);
+        progress("operations complete after the old leader restarted");
+        // Cut the current leader off from its peers; the majority elects another one.
+        let isolated = cluster.wait_for_leader(None);
+        let isolated_endpoint = cluster.members[isolated].endpoint();
+        http_get(&isolated_endpoint, "/rivet/test/isolate").expect("isolate");
+        cluster.wait_for_leader(Some(isolated));
+        progress("operations complete while the old leader is isolated");
+    });
+}
+
+/// Every member drops a share of its raft messages, then delays (and so reorders) them,
+/// then duplicates them (issue 10 item 8).
+#[test]
+fn a_history_with_dropped_delayed_and_duplicated_messages_is_linearizable() {
+    run_history(|cluster, progress| {
+        for (query, what) in [
+            (
+                "drop=0.2",
+                "operations complete while a fifth of messages are lost",
+            ),
+            (
+                "delay_ms=120",
+                "operations complete while messages are delayed",
+            ),
+            (
+                "duplicate=0.3",
+                "operations complete while messages are duplicated",
+            ),
+            (
+                "drop=0.1&delay_ms=60&duplicate=0.2",
+                "operations complete under all three",
+            ),
+        ] {
+            for member in &cluster.members {
+                set_faults(member, query);
+            }
+            progress(what);
+        }
+    });
+}
+
+/// An asymmetric partition (the leader does not hear one follower, which still hears the
+/// leader), then the leader paused with SIGSTOP for two election timeouts and resumed.
+#[test]
+fn a_history_with_an_asymmetric_partition_and_a_paused_leader_is_linearizable() {
+    run_history(|cluster, progress| {
+        let leader = cluster.wait_for_leader(None);
+        let follower = (leader + 1) % cluster.members.len();
+        let follower_id = Cluster::member_id(
+            &cluster.members[leader].endpoint(),
+            &cluster.members[follower].name,
+        );
+        set_faults(&cluster.members[leader], &format!("deaf_to={follower_id}"));
+        progress("operations complete while the leader does not hear a follower");
+        let _ = http_get(&cluster.members[leader].endpoint(), "/rivet/test/heal");
+
+        let leader = cluster.wait_for_leader(None);
+        let pid = cluster.members[leader]
+            .child
+            .as_ref()
+            .map(|c| c.id().to_string())
+            .expect("running leader");
+        let signal = |which: &str| {
+            let status = std::process::Command::new("kill")
+                .args([which, &pid])
+                .status()
+                .expect("kill");
+            assert!(status.success(), "kill {which} {pid}");
+        };
+        signal("-STOP");
+        // Two election timeouts (the harness runs with --election-timeout 500).
+        std::thread::sleep(Duration::from_millis(1000));
+        cluster.wait_for_leader(Some(leader));
+        progress("operations complete while the old leader is paused");
+        signal("-CONT");
+        progress("operations complete after the old leader resumed");
+    });
 }

@@ -93,6 +93,16 @@ impl ShardCore {
             .map_err(|_| EtcdError::Stopped)
     }
 
+    pub async fn faults_for_tests(
+        &self,
+        faults: crate::raft::faults::TestFaults,
+    ) -> Result<(), EtcdError> {
+        self.raft
+            .send(RaftCommand::FaultsForTests { faults })
+            .await
+            .map_err(|_| EtcdError::Stopped)
+    }
+
     pub async fn member_list(&self) -> Result<Vec<Member>, EtcdError> {
         self.ask(|reply| RaftCommand::MemberList { reply }).await
     }

@@ -211,6 +211,7 @@ impl RaftCore {
             stop: Stop::default(),
             initial_ticks_from: config_advance_from,
             observer: None,
+            faults: super::faults::Faults::new(incarnation),
         };
         core.update_peers();
         Ok(core)

@@ -29,11 +29,13 @@
 //! - [`checkpoint`]: checkpoints of the shards and the log compaction behind them;
 //! - [`snapshot`]: raft snapshots sent to and received from other members;
 //! - [`members`]: membership changes, the peer table, leadership transfer;
+//! - [`faults`]: the test-only network fault switch (drop, delay, duplicate, deaf);
 //! - [`leases`]: the leader's lease clock: keep-alives, TTLs, expiry.
 
 pub mod boot;
 pub mod checkpoint;
 pub mod config;
+pub mod faults;
 pub mod force_new;
 pub mod io;
 pub mod leases;
@@ -115,6 +117,8 @@ pub struct RaftCore {
     /// were advanced (see [`RaftCore::advance_initial_ticks`]).
     initial_ticks_from: Option<Instant>,
     observer: Option<ApplyObserver>,
+    /// The test-only network fault switch.
+    faults: faults::Faults,
 }
 
 #[derive(Default)]
@@ -184,6 +188,7 @@ impl RaftCore {
 
     /// One heartbeat interval passed.
     pub fn tick(&mut self) {
+        self.release_delayed();
         if let Some(started) = self.initial_ticks_from {
             if self.advance_initial_ticks(started) {
                 self.initial_ticks_from = None;
@@ -301,6 +306,7 @@ impl RaftCore {
                 let _ = reply.send(self.applier.alarms().list().to_vec());
             }
             RaftCommand::IsolateForTests { isolate } => self.isolate_for_tests(isolate),
+            RaftCommand::FaultsForTests { faults } => self.set_faults_for_tests(faults),
             RaftCommand::MemberList { reply } => {
                 let _ = reply.send(self.applier.members().to_api());
             }
@@ -343,6 +349,9 @@ impl RaftCore {
                     tracing::warn!("dropping an undecodable raft message from a peer: {e}");
                     return;
                 }
+                if !self.faults.hears(message.from) {
+                    return;
+                }
                 if let Err(e) = self.node.step(message) {
                     tracing::debug!("raft rejected a peer message: {e}");
                 }
@@ -376,7 +385,39 @@ impl RaftCore {
     }
 
     /// Test-only fault switch: cut this member off from every peer, or restore it.
+    /// Sets the test-only fault switch; `isolate_for_tests(false)` (heal) clears it too.
+    fn set_faults_for_tests(&mut self, faults: faults::TestFaults) {
+        tracing::warn!(?faults, "test fault switch: peer traffic faults set");
+        self.faults.set = faults;
+        if self.faults.set.delay.is_zero() {
+            let held = self.faults.due(Instant::now() + Duration::from_secs(3600));
+            self.send_held(held);
+        }
+    }
+
+    /// Sends held messages whose delay is over (each turn of the loop).
+    fn release_delayed(&mut self) {
+        if self.faults.delayed.is_empty() {
+            return;
+        }
+        let due = self.faults.due(self.clock.now());
+        self.send_held(due);
+    }
+
+    fn send_held(&mut self, held: Vec<(u64, RaftMessage)>) {
+        for (to, message) in held {
+            if let Ok(bytes) = message.write_to_bytes() {
+                if !self.peers.send(to, bytes.into()) {
+                    self.node.report_unreachable(to);
+                }
+            }
+        }
+    }
+
     fn isolate_for_tests(&mut self, isolate: bool) {
+        if !isolate {
+            self.set_faults_for_tests(faults::TestFaults::default());
+        }
         let peers: Vec<u64> = if isolate {
             self.applier
                 .members()

@@ -414,15 +414,26 @@ impl RaftCore {
                 self.export_snapshot(message);
                 continue;
             }
+            let copies = match self.faults.fate(&message, self.clock.now()) {
+                super::faults::Fate::Send => 1,
+                super::faults::Fate::Drop => continue,
+                super::faults::Fate::Duplicate => 2,
+                super::faults::Fate::Delay(until) => {
+                    self.faults.delayed.push((until, to, message));
+                    continue;
+                }
+            };
             let bytes = match message.write_to_bytes() {
-                Ok(bytes) => bytes,
+                Ok(bytes) => bytes::Bytes::from(bytes),
                 Err(e) => {
                     tracing::error!("cannot encode a raft message: {e}");
                     continue;
                 }
             };
-            if !self.peers.send(to, bytes.into()) {
-                self.node.report_unreachable(to);
+            for _ in 0..copies {
+                if !self.peers.send(to, bytes.clone()) {
+                    self.node.report_unreachable(to);
+                }
             }
         }
     }
