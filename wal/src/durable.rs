@@ -35,6 +35,10 @@ impl Durable {
     /// succeeded. A short write (which a regular file with preallocated space should not
     /// produce) is continued; a write that makes no progress is an error. EINTR is retried.
     pub fn write_and_sync(&mut self, fd: RawFd, buf: &[u8], offset: u64) -> Result<(), WriteError> {
+        crate::faults::wal_write(buf.len() as u64).map_err(|source| WriteError {
+            operation: "pwrite",
+            source,
+        })?;
         let mut written = 0_usize;
         while written < buf.len() {
             let rest = &buf[written..];
@@ -66,6 +70,10 @@ impl Durable {
                 self.counts.short_write_retries += 1;
             }
         }
+        crate::faults::wal_fdatasync().map_err(|source| WriteError {
+            operation: "fdatasync",
+            source,
+        })?;
         loop {
             // SAFETY: fdatasync on a file descriptor the caller owns; no memory is passed.
             if unsafe { libc::fdatasync(fd) } == 0 {

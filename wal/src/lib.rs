@@ -63,6 +63,7 @@
 
 mod durable;
 mod error;
+pub mod faults;
 pub mod format;
 pub mod limits;
 mod segment;

@@ -126,6 +126,7 @@ pub(super) fn write_zeros(file: &File, offset: u64, length: u64) -> io::Result<(
 /// mapping into a hole on a full disk raises `SIGBUS` instead of returning an error.
 /// `fallocate` reserves them at once; where the filesystem lacks it, zeros are written.
 pub(super) fn preallocate(file: &File, bytes: u64) -> io::Result<()> {
+    rivet_wal::faults::page_reserve(bytes)?;
     let length = libc::off_t::try_from(bytes).map_err(io::Error::other)?;
     // SAFETY: the descriptor is open for as long as `file` lives; fallocate reads no memory.
     let result = retry_interrupted(|| unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, length) });

@@ -149,7 +149,9 @@ impl Rivet {
         rivet
     }
 
-    fn start_in_with_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Rivet {
+    /// Starts a member on `data_dir` (kept by the caller) with extra flags and
+    /// environment variables.
+    pub fn start_in_with_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Rivet {
         Rivet::start_in_with(data_dir, extra, env, 0)
     }
 
@@ -266,6 +268,30 @@ impl Rivet {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
+    }
+
+    /// Waits up to `limit` for the member to exit by itself; its exit code (`Some(None)`
+    /// when a signal ended it), or `None` if it is still running.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<Option<i32>> {
+        let child = self.child.as_mut()?;
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return Some(status.code());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    /// Starts the same member again with other environment variables.
+    pub fn restart_with_env(&mut self, env: &[(&str, &str)]) {
+        self.env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        self.restart();
     }
 
     /// Starts the same member again on the same data dir and port.
