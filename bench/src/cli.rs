@@ -276,6 +276,13 @@ pub struct CompareArgs {
     /// The table shows each figure's median over the rounds.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub rounds: u32,
+    /// CPUs for rivet-bench itself (a Linux CPU list: `0`, `0-1`, `0,2`), so that the load
+    /// generator does not take the servers' CPU time.
+    #[arg(long = "bench-cpus", value_name = "LIST")]
+    pub bench_cpus: Option<String>,
+    /// CPUs every server process runs on (a Linux CPU list).
+    #[arg(long = "server-cpus", value_name = "LIST")]
+    pub server_cpus: Option<String>,
     /// One more workload, written after the flags: `compare --total 1000 put --val-size 64`.
     #[arg(
         trailing_var_arg = true,

@@ -191,6 +191,8 @@ pub struct Cell {
     pub cpu_seconds_per_op: f64,
     /// The largest VmHWM of the server's processes after the workload.
     pub peak_rss_bytes: u64,
+    /// rivet-bench's own CPU time per request during the workload.
+    pub bench_cpu_seconds_per_op: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
@@ -204,6 +206,15 @@ pub struct Ratio {
     pub peak_rss: Option<f64>,
 }
 
+/// The lowest and highest per-round ratio of each figure (over rounds that ran both).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Spread {
+    pub qps: Option<(f64, f64)>,
+    pub p50: Option<(f64, f64)>,
+    pub p99: Option<(f64, f64)>,
+    pub cpu_per_op: Option<(f64, f64)>,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Row {
     pub label: String,
@@ -212,6 +223,8 @@ pub struct Row {
     pub etcd: Cell,
     /// rivet ÷ etcd.
     pub ratio: Ratio,
+    /// With several rounds: each ratio's range over the rounds.
+    pub spread: Spread,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -256,7 +269,33 @@ impl Row {
             },
             rivet,
             etcd,
+            spread: Spread::default(),
         }
+    }
+}
+
+/// Each ratio's range over the rounds in which both servers ran workload `w`.
+fn spread(rivet_rounds: &[Vec<Cell>], etcd_rounds: &[Vec<Cell>], w: usize) -> Spread {
+    let pairs: Vec<(&Cell, &Cell)> = rivet_rounds
+        .iter()
+        .zip(etcd_rounds)
+        .filter_map(|(r, e)| Some((r.get(w)?, e.get(w)?)))
+        .filter(|(r, e)| r.error.is_none() && e.error.is_none())
+        .collect();
+    let range = |f: fn(&Cell) -> f64| {
+        let ratios: Vec<f64> = pairs
+            .iter()
+            .filter_map(|(r, e)| ratio(f(r), f(e)))
+            .collect();
+        let low = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+        let high = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        (!ratios.is_empty()).then_some((low, high))
+    };
+    Spread {
+        qps: range(|c| c.qps),
+        p50: range(|c| c.p50_seconds),
+        p99: range(|c| c.p99_seconds),
+        cpu_per_op: range(|c| c.cpu_seconds_per_op),
     }
 }
 
@@ -318,6 +357,7 @@ fn median_cells(rounds: &[Vec<Cell>], workloads: usize) -> Vec<Cell> {
                 requests: of(|c| c.requests as f64) as u64,
                 errors: cells.iter().map(|c| c.errors).sum(),
                 qps: of(|c| c.qps),
+                bench_cpu_seconds_per_op: of(|c| c.bench_cpu_seconds_per_op),
                 p50_seconds: of(|c| c.p50_seconds),
                 p99_seconds: of(|c| c.p99_seconds),
                 cpu_seconds: of(|c| c.cpu_seconds),
@@ -344,8 +384,10 @@ async fn run_all(
         let mut args = spec.args.clone();
         args.endpoints = endpoints.clone();
         let cpu_before = cpu_of(&pids);
+        let own_before = cpu_of(&[std::process::id()]);
         let outcome = workloads::run(&args).await;
         let cpu_seconds = (cpu_of(&pids) - cpu_before).max(0.0);
+        let own_seconds = (cpu_of(&[std::process::id()]) - own_before).max(0.0);
         let peak_rss_bytes = peak_rss_of(&pids);
         let cell = match outcome {
             Ok(outcome) => {
@@ -368,6 +410,11 @@ async fn run_all(
                         0.0
                     },
                     peak_rss_bytes,
+                    bench_cpu_seconds_per_op: if ops > 0 {
+                        own_seconds / ops as f64
+                    } else {
+                        0.0
+                    },
                     error: outcome.first_error.filter(|_| summary.errors > 0),
                 }
             }
@@ -424,6 +471,16 @@ pub async fn run(global: &Args, compare: &CompareArgs) -> anyhow::Result<Table> 
         }
         _ => None,
     };
+    if let Some(list) = &compare.server_cpus {
+        let cpus = crate::cpus::parse_list(list)?;
+        notes.push(format!("servers pinned to CPUs {list}"));
+        let _ = crate::servers::SERVER_CPUS.set(cpus);
+    }
+    if let Some(list) = &compare.bench_cpus {
+        let cpus = crate::cpus::parse_list(list)?;
+        crate::cpus::pin_this_process(&cpus)?;
+        notes.push(format!("rivet-bench pinned to CPUs {list}"));
+    }
     let rounds = compare.rounds;
     if rounds > 1 {
         notes.push(format!(
@@ -497,7 +554,14 @@ pub async fn run(global: &Args, compare: &CompareArgs) -> anyhow::Result<Table> 
             .iter()
             .zip(rivet_cells)
             .zip(etcd_cells)
-            .map(|((spec, r), e)| Row::new(spec, r, e))
+            .enumerate()
+            .map(|(w, ((spec, r), e))| {
+                let mut row = Row::new(spec, r, e);
+                if rounds > 1 {
+                    row.spread = spread(&rivet_rounds, &etcd_rounds, w);
+                }
+                row
+            })
             .collect(),
     })
 }
@@ -529,8 +593,16 @@ impl Table {
             out.push_str(&format!("note: {note}\n"));
         }
         out.push_str(&format!(
-            "\n{:<width$}  {:<10} {:>10} {:>9} {:>9} {:>11} {:>14} {:>7}\n",
-            "WORKLOAD", "SERVER", "QPS", "p50 ms", "p99 ms", "CPU µs/op", "peak RSS MiB", "errors"
+            "\n{:<width$}  {:<10} {:>10} {:>9} {:>9} {:>11} {:>14} {:>7} {:>13}\n",
+            "WORKLOAD",
+            "SERVER",
+            "QPS",
+            "p50 ms",
+            "p99 ms",
+            "CPU µs/op",
+            "peak RSS MiB",
+            "errors",
+            "bench µs/op"
         ));
         for row in &self.workloads {
             for (i, (server, cell)) in [("rivet", &row.rivet), ("etcd", &row.etcd)]
@@ -546,13 +618,14 @@ impl Table {
                     continue;
                 }
                 out.push_str(&format!(
-                    "{label:<width$}  {server:<10} {:>10.1} {:>9.3} {:>9.3} {:>11.1} {:>14.1} {:>7}\n",
+                    "{label:<width$}  {server:<10} {:>10.1} {:>9.3} {:>9.3} {:>11.1} {:>14.1} {:>7} {:>13.1}\n",
                     cell.qps,
                     cell.p50_seconds * 1e3,
                     cell.p99_seconds * 1e3,
                     cell.cpu_seconds_per_op * 1e6,
                     cell.peak_rss_bytes as f64 / (1024.0 * 1024.0),
-                    cell.errors
+                    cell.errors,
+                    cell.bench_cpu_seconds_per_op * 1e6
                 ));
             }
             out.push_str(&format!(
@@ -565,6 +638,21 @@ impl Table {
                 times(row.ratio.cpu_per_op),
                 times(row.ratio.peak_rss)
             ));
+            let range = |r: Option<(f64, f64)>| {
+                r.map(|(low, high)| format!("{low:.2}-{high:.2}"))
+                    .unwrap_or_else(|| "-".into())
+            };
+            if row.spread.qps.is_some() {
+                out.push_str(&format!(
+                    "{:<width$}  {:<10} {:>10} {:>9} {:>9} {:>11}\n",
+                    "",
+                    "spread",
+                    range(row.spread.qps),
+                    range(row.spread.p50),
+                    range(row.spread.p99),
+                    range(row.spread.cpu_per_op)
+                ));
+            }
         }
         out
     }

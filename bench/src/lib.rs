@@ -4,6 +4,7 @@
 
 pub mod cli;
 pub mod compare;
+pub mod cpus;
 pub mod hgrm;
 pub mod memory;
 pub mod plot;

@@ -107,6 +107,9 @@ impl Member {
 }
 
 /// A running rivet or etcd cluster; dropping it kills the members.
+/// `compare --server-cpus`: the CPUs every server process starts on (set once).
+pub static SERVER_CPUS: std::sync::OnceLock<Vec<usize>> = std::sync::OnceLock::new();
+
 pub struct Cluster {
     pub kind: Kind,
     pub members: Vec<Member>,
@@ -204,7 +207,11 @@ impl Cluster {
                 (Kind::Rivet, 2..) => &["--pin-cores=false"],
                 _ => &[],
             };
-            let child = Command::new(binary)
+            let mut command = Command::new(binary);
+            if let Some(cpus) = SERVER_CPUS.get() {
+                crate::cpus::pin_command(&mut command, cpus.clone());
+            }
+            let child = command
                 .args(pin_cores)
                 .arg("--name")
                 .arg(name)
