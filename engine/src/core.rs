@@ -163,8 +163,12 @@ impl ShardCore {
         }
     }
 
-    /// Streams this shard's live keys to the raft core to rebuild the sequencer.
-    pub async fn send_restore(&self, restore: &async_channel::Sender<RestoreChunk>) {
+    /// Streams this shard's live keys to the raft core to rebuild the sequencer. A
+    /// record that cannot be read fails the start (the caller stops the member).
+    pub async fn send_restore(
+        &self,
+        restore: &async_channel::Sender<RestoreChunk>,
+    ) -> Result<(), crate::shard::ShardOpenError> {
         let mut chunk = Vec::with_capacity(crate::limits::RESTORE_CHUNK_KEYS);
         let mut chunks = Vec::new();
         self.shard.borrow().heads(|key, head| {
@@ -172,7 +176,7 @@ impl ShardCore {
             if chunk.len() == crate::limits::RESTORE_CHUNK_KEYS {
                 chunks.push(std::mem::take(&mut chunk));
             }
-        });
+        })?;
         chunks.push(chunk);
         for heads in chunks {
             let _ = restore
@@ -188,6 +192,7 @@ impl ShardCore {
                 heads: None,
             })
             .await;
+        Ok(())
     }
 
     /// The apply loop: runs until the raft core closes the stream.
@@ -218,7 +223,11 @@ impl ShardCore {
                         revision,
                     } => {
                         if let Err(e) = shard.install(&snap_dir, index) {
-                            panic!("cannot install the snapshot at index {index}: {e}");
+                            // The WAL already names this snapshot: a restart finishes the
+                            // install, or refuses to start with the reason.
+                            crate::crash::stop(format_args!(
+                                "cannot install the snapshot at index {index}: {e}"
+                            ));
                         }
                         drop(shard);
                         self.publish_applied(index, revision);
@@ -285,7 +294,15 @@ impl ShardCore {
                 } => {
                     // Rare (a raft snapshot); the shards reach `index` within moments.
                     self.wait_applied(index).await;
-                    let _ = reply.send(self.shard.borrow().export(revision));
+                    match self.shard.borrow().export(revision) {
+                        Ok(records) => {
+                            let _ = reply.send(records);
+                        }
+                        Err(e) => {
+                            // Dropping `reply` fails this snapshot; raft asks again later.
+                            tracing::error!("cannot export a snapshot: {e}");
+                        }
+                    }
                 }
             }
         }
@@ -574,7 +591,12 @@ impl ShardCore {
     /// Watch: every change in `[from, to]` on every shard from the recent logs, ordered
     /// by revision (within a revision, in apply order per shard), or `None` when some
     /// shard's log does not reach back to `from`.
-    pub async fn watch_recent(&self, from: i64, to: i64, prev_kv: bool) -> Option<Vec<Event>> {
+    pub async fn watch_recent(
+        &self,
+        from: i64,
+        to: i64,
+        prev_kv: bool,
+    ) -> Option<crate::shard::WatchEvents> {
         let mut parts = Vec::with_capacity(self.shard_count);
         let mut pending = Vec::new();
         for id in 0..self.shard_count {
@@ -593,11 +615,19 @@ impl ShardCore {
             }
             pending.push(answer);
         }
-        parts.push(self.shard.borrow().recent_changes(from, to, prev_kv)?);
-        for answer in pending {
-            parts.push(answer.await.ok()??);
+        let local = self.shard.borrow().recent_changes(from, to, prev_kv)?;
+        match local {
+            Ok(events) => parts.push(events),
+            Err(e) => return Some(Err(e)),
         }
-        Some(merge_by_revision(parts))
+        for answer in pending {
+            match answer.await.ok()? {
+                Some(Ok(events)) => parts.push(events),
+                Some(Err(e)) => return Some(Err(e)),
+                None => return None,
+            }
+        }
+        Some(Ok(merge_by_revision(parts)))
     }
 
     /// Watch catch-up: one range's changes in `[from, to]` from the shards' indexes.
@@ -608,7 +638,7 @@ impl ShardCore {
         from: i64,
         to: i64,
         prev_kv: bool,
-    ) -> Result<Vec<Event>, CompactedAt> {
+    ) -> Result<crate::shard::WatchEvents, CompactedAt> {
         let shards = self.shards_of(key, end);
         let mut parts = Vec::with_capacity(shards.len());
         let mut pending = Vec::new();
@@ -626,20 +656,25 @@ impl ShardCore {
                 reply,
             };
             if self.peers[id].send(request).await.is_err() {
-                return Ok(Vec::new());
+                return Ok(Err(EtcdError::Stopped));
             }
             pending.push(answer);
         }
         if shards.contains(&self.id) {
-            parts.push(self.shard.borrow().history(key, end, from, to, prev_kv)?);
+            match self.shard.borrow().history(key, end, from, to, prev_kv)? {
+                Ok(events) => parts.push(events),
+                Err(e) => return Ok(Err(e)),
+            }
         }
         for answer in pending {
             match answer.await {
-                Ok(part) => parts.push(part?),
-                Err(_) => return Ok(Vec::new()),
+                Ok(Ok(Ok(events))) => parts.push(events),
+                Ok(Ok(Err(e))) => return Ok(Err(e)),
+                Ok(Err(compacted)) => return Err(compacted),
+                Err(_) => return Ok(Err(EtcdError::Stopped)),
             }
         }
-        Ok(merge_by_revision(parts))
+        Ok(Ok(merge_by_revision(parts)))
     }
 
     /// The shards a range touches.

@@ -4,6 +4,7 @@
 
 pub mod check;
 pub mod core;
+pub mod crash;
 pub mod error;
 pub mod identity;
 pub mod lessor;
@@ -15,6 +16,7 @@ pub mod mvcc;
 pub mod page;
 pub mod raft_core;
 pub mod range;
+pub mod replay;
 pub mod sequencer;
 pub mod shard;
 pub mod shared;

@@ -200,7 +200,7 @@ pub enum ShardRequest {
         from: i64,
         to: i64,
         prev_kv: bool,
-        reply: oneshot::Sender<Option<Vec<rivet_api::mvccpb::Event>>>,
+        reply: oneshot::Sender<Option<crate::shard::WatchEvents>>,
     },
     /// Watch catch-up: one range's changes in `[from, to]`, read from the index.
     WatchHistory {
@@ -209,7 +209,7 @@ pub enum ShardRequest {
         from: i64,
         to: i64,
         prev_kv: bool,
-        reply: oneshot::Sender<Result<Vec<rivet_api::mvccpb::Event>, crate::shard::CompactedAt>>,
+        reply: oneshot::Sender<Result<crate::shard::WatchEvents, crate::shard::CompactedAt>>,
     },
     /// The shard's part of HashKV at `revision`.
     HashKv {
@@ -217,6 +217,7 @@ pub enum ShardRequest {
         reply: oneshot::Sender<u32>,
     },
     /// This shard's records up to `revision`, once it applied `index` (raft snapshot).
+    /// A shard that cannot read a record drops `reply`: the snapshot is not sent.
     Export {
         index: u64,
         revision: i64,

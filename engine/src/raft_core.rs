@@ -512,6 +512,15 @@ impl RaftCore {
                 .apply_snapshot(snapshot)
                 .map_err(|e| StartError::Raft(e.to_string()))?;
         }
+        crate::check::contiguous_entries(
+            &recovered.entries,
+            raft::Storage::last_index(&storage).unwrap_or(applied),
+        )
+        .map_err(|(index, reason)| StartError::Decode {
+            what: "entry",
+            index,
+            reason,
+        })?;
         let last_index = recovered.entries.last().map_or(applied, |e| e.index);
         storage
             .wl()
@@ -1466,7 +1475,12 @@ impl RaftCore {
     fn apply_conf_change(&mut self, entry: &Entry) {
         let mut conf_change = ConfChange::default();
         if let Err(e) = conf_change.merge_from_bytes(&entry.data) {
-            panic!("undecodable conf change at index {}: {e}", entry.index);
+            // As for an undecodable normal entry: skipped alike on every replica.
+            tracing::error!(
+                "skipping an undecodable conf change at index {}: {e}",
+                entry.index
+            );
+            return;
         }
         let context = ConfChangeContext::decode(conf_change.context.as_ref()).unwrap_or_default();
         match self.node.apply_conf_change(&conf_change) {
@@ -1923,10 +1937,14 @@ impl RaftCore {
             let request = match InternalRequest::decode(entry.data.as_ref()) {
                 Ok(request) => request,
                 Err(e) => {
-                    // Entries are written only by rivet and checked by the WAL's CRCs:
-                    // an undecodable one means a bug; applying around it would fork the
-                    // replicas, so stop.
-                    panic!("undecodable raft entry at index {}: {e}", entry.index);
+                    // Every replica holds the same bytes and fails the same way, so
+                    // skipping the entry keeps them identical; its proposer (unknown: the
+                    // bytes name it) times out.
+                    tracing::error!(
+                        "skipping an undecodable raft entry at index {}: {e}",
+                        entry.index
+                    );
+                    continue;
                 }
             };
             let capped = self.nospace() && adds_data(&request.request);

@@ -281,7 +281,10 @@ pub fn run(flags: Flags) -> anyhow::Result<()> {
                     }
                 };
                 let core = Rc::new(ShardCore::new(id, shard, raft, peers, shared, max_txn_ops));
-                core.send_restore(&restore).await;
+                if let Err(e) = core.send_restore(&restore).await {
+                    let _ = fatal.send(e.to_string());
+                    return;
+                }
                 drop(restore);
                 let apply = glommio::spawn_local(Rc::clone(&core).run_apply(apply_rx, acks));
                 glommio::spawn_local(Rc::clone(&core).serve_peers(peer_rx)).detach();

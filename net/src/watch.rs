@@ -287,13 +287,32 @@ impl WatchStream {
         if !any {
             return true;
         }
-        let Some(events) = self.core.watch_recent(from, revision, prev_kv).await else {
-            // The recent logs no longer reach back: these watchers catch up from history.
-            for watcher in self.watchers.values_mut().filter(|w| w.synced) {
-                watcher.synced = false;
-                watcher.next = from;
+        let events = match self.core.watch_recent(from, revision, prev_kv).await {
+            Some(Ok(events)) => events,
+            Some(Err(e)) => {
+                // A change could not be read: these watchers cannot go on without a gap.
+                let synced: Vec<i64> = self
+                    .watchers
+                    .iter()
+                    .filter(|(_, w)| w.synced)
+                    .map(|(id, _)| *id)
+                    .collect();
+                for id in synced {
+                    if !self.cancel_for_error(id, &e).await {
+                        return false;
+                    }
+                }
+                return true;
             }
-            return true;
+            None => {
+                // The recent logs no longer reach back: these watchers catch up from
+                // history.
+                for watcher in self.watchers.values_mut().filter(|w| w.synced) {
+                    watcher.synced = false;
+                    watcher.next = from;
+                }
+                return true;
+            }
         };
         // One response per revision, as etcd sends live events.
         let mut start = 0;
@@ -355,7 +374,13 @@ impl WatchStream {
                     watcher.prev_kv,
                 );
                 match self.core.watch_history(&key, &end, from, to, prev_kv).await {
-                    Ok(events) => {
+                    Ok(Err(e)) => {
+                        if !self.cancel_for_error(id, &e).await {
+                            return false;
+                        }
+                        continue;
+                    }
+                    Ok(Ok(events)) => {
                         let Some(watcher) = self.watchers.get_mut(&id) else {
                             continue;
                         };
@@ -391,6 +416,18 @@ impl WatchStream {
             }
         }
         true
+    }
+
+    /// Ends a watcher that cannot be served without a gap (a change could not be read):
+    /// it is cancelled with the error as its reason, as etcd cancels a watcher it cannot
+    /// serve, and the client may watch again.
+    async fn cancel_for_error(&mut self, id: i64, error: &rivet_engine::error::EtcdError) -> bool {
+        tracing::error!(watch_id = id, "cancelling a watcher: {error}");
+        self.remove(id);
+        let mut response = self.response(id, self.core.shared.applied_revision());
+        response.canceled = true;
+        response.cancel_reason = error.to_string();
+        self.send(response).await
     }
 
     /// Sends events to one watcher, split into fragments when it asked for them and the
