@@ -161,6 +161,18 @@ impl Service<Request<hyper::body::Incoming>> for ClientService {
                         ),
                     }
                 }
+                // Test-only, off unless RIVET_TEST_FAULTS=1: panic the shard core that
+                // serves this request, as a bug would (net/tests/crash.rs).
+                "/rivet/test/panic" if test_faults_enabled() => {
+                    tracing::warn!(
+                        shard = core.id,
+                        "test fault switch: panicking this shard core"
+                    );
+                    panic!(
+                        "test fault switch: /rivet/test/panic on shard core {}",
+                        core.id
+                    );
+                }
                 _ => text(
                     StatusCode::NOT_FOUND,
                     "text/plain; charset=utf-8",

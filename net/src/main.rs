@@ -59,6 +59,9 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    // From here on a panic on any thread (a shard core, the raft core, a helper) logs
+    // and ends the process non-zero, so a supervisor restarts the member.
+    rivet_engine::crash::install_panic_hook();
     for (name, value) in std::env::vars() {
         if name.starts_with("ETCD_") && !KNOWN_ENV.contains(&name.as_str()) {
             tracing::warn!("unrecognized environment variable {name}={value}");

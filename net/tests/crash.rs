@@ -176,6 +176,9 @@ enum Stop {
     Kill,
     /// SIGTERM: the graceful stop.
     Term,
+    /// The test-only switch panics the shard core that serves it (`RIVET_TEST_FAULTS=1`):
+    /// the whole process must exit, non-zero.
+    Panic,
 }
 
 /// When a round ends.
@@ -259,12 +262,21 @@ async fn write_and_stop(
     killed.store(true, Ordering::SeqCst);
     // Only signal here, so that the writers keep running while the member dies; reap
     // it once they have all noticed.
-    let signal = match how {
-        Stop::Kill => libc::SIGKILL,
-        Stop::Term => libc::SIGTERM,
-    };
-    // SAFETY: signalling our own child process, not yet reaped.
-    unsafe { libc::kill(rivet.pid() as i32, signal) };
+    match how {
+        Stop::Kill | Stop::Term => {
+            let signal = if how == Stop::Kill {
+                libc::SIGKILL
+            } else {
+                libc::SIGTERM
+            };
+            // SAFETY: signalling our own child process, not yet reaped.
+            unsafe { libc::kill(rivet.pid() as i32, signal) };
+        }
+        Stop::Panic => {
+            // The connection dies with the process: no answer is expected.
+            let _ = common::http_get(&rivet.endpoint(), "/rivet/test/panic");
+        }
+    }
     let mut logs = Vec::new();
     for handle in writers {
         let log = tokio::time::timeout(ROUND_LIMIT, handle)
@@ -276,6 +288,21 @@ async fn write_and_stop(
     match how {
         Stop::Kill => rivet.kill9(),
         Stop::Term => rivet.stop(),
+        Stop::Panic => {
+            let status = rivet.wait_exit(ROUND_LIMIT);
+            assert!(
+                !status.success(),
+                "round {round}: a panicking shard core must end the process non-zero, got \
+                 {status}; log:\n{}",
+                rivet.log_text()
+            );
+            let log = rivet.log_text();
+            assert!(
+                log.contains("panic: test fault switch") && log.contains("stopping the member"),
+                "round {round}: the panic is not in the log (thread, location, message):\n{log}"
+            );
+            println!("round {round}: the member exited with {status} after the panic");
+        }
     }
     logs
 }
@@ -458,7 +485,11 @@ fn crash_rounds_with(
     let seed = seed();
     let mut rng = StdRng::seed_from_u64(seed);
     let started = Instant::now();
-    let mut rivet = Rivet::start(extra);
+    let mut rivet = if how == Stop::Panic {
+        Rivet::start_with_env(extra, &[("RIVET_TEST_FAULTS", "1")])
+    } else {
+        Rivet::start(extra)
+    };
     let rt = runtime();
     let mut ledger = Ledger::default();
     for round in 0..rounds {
@@ -555,6 +586,19 @@ fn acknowledged_writes_survive_kill9_with_three_shards_and_checkpoints() {
         &["--shards", "3", "--snapshot-count", "50"],
         3,
         Stop::Kill,
+        true,
+    );
+}
+
+/// Issue 10 item 2: a shard core that panics under load ends the process with a
+/// non-zero status (it does not linger with a dead core), and the restarted member has
+/// every acknowledged write. Three shards, so the panicking core is one of several.
+#[test]
+fn a_panicking_shard_core_ends_the_process_and_loses_nothing_acknowledged() {
+    crash_rounds(
+        &["--shards", "3", "--snapshot-count", "50"],
+        2,
+        Stop::Panic,
         true,
     );
 }

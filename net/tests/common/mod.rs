@@ -190,6 +190,27 @@ impl Rivet {
         }
     }
 
+    /// Waits up to `limit` for the member to exit by itself (it stopped, or crashed)
+    /// and returns its exit status; panics if it is still running then.
+    pub fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("a running member");
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "rivet did not exit within {limit:?}; log:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Starts the same member again on the same data dir and port.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "stop or kill the member first");
