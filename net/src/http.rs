@@ -40,17 +40,44 @@ fn text(status: StatusCode, content_type: &'static str, body: String) -> Respons
     response
 }
 
-/// `/health`: healthy when the member has a leader and a linearizable read succeeds.
+/// `/health`, as etcd 3.4's `checkHealth`: unhealthy while any alarm is active (NOSPACE,
+/// CORRUPT, …), else when the member has no leader, else when a linearizable read fails.
+/// Healthy answers 200 `{"health":"true"}`; unhealthy answers as Go's `http.Error` does:
+/// 503, the body with a newline, `X-Content-Type-Options: nosniff`.
 async fn health(core: Rc<ShardCore>) -> Response<Body> {
-    let has_leader = core.shared.leader.load(Ordering::Acquire) != 0;
-    let healthy = has_leader && core.read_index().await.is_ok();
-    let body = format!("{{\"health\":\"{healthy}\"}}");
-    let status = if healthy {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
+    let healthy = match core.alarms().await {
+        Ok(alarms) if alarms.is_empty() => {
+            core.shared.leader.load(Ordering::Acquire) != 0 && core.read_index().await.is_ok()
+        }
+        Ok(alarms) => {
+            for alarm in &alarms {
+                tracing::warn!(
+                    member = format_args!("{:x}", alarm.member_id),
+                    alarm = alarm.alarm,
+                    "/health error due to an alarm"
+                );
+            }
+            false
+        }
+        Err(_) => false,
     };
-    text(status, "text/plain; charset=utf-8", body)
+    if healthy {
+        return text(
+            StatusCode::OK,
+            "text/plain; charset=utf-8",
+            "{\"health\":\"true\"}".into(),
+        );
+    }
+    let mut response = text(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "text/plain; charset=utf-8",
+        "{\"health\":\"false\"}\n".into(),
+    );
+    response.headers_mut().insert(
+        "X-Content-Type-Options",
+        HeaderValue::from_static("nosniff"),
+    );
+    response
 }
 
 /// `/metrics`: Prometheus text format with etcd's metric names; sizes read now.

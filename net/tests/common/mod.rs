@@ -60,6 +60,31 @@ pub fn http_get(endpoint: &str, path: &str) -> std::io::Result<String> {
     Ok(response)
 }
 
+/// An HTTP response as [`http_get_parts`] splits it: status code, headers (names
+/// lower-cased, in order) and body.
+pub type HttpParts = (u16, Vec<(String, String)>, String);
+
+/// [`http_get`] split into the status code, the headers and the body. The response must
+/// carry a `Content-Length` body (not chunked).
+pub fn http_get_parts(endpoint: &str, path: &str) -> std::io::Result<HttpParts> {
+    let response = http_get(endpoint, path)?;
+    let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| bad("no end of headers"))?;
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|line| line.split(' ').nth(1))
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| bad("no status line"))?;
+    let headers = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_string()))
+        .collect();
+    Ok((status, headers, body.to_string()))
+}
+
 /// A `rivet` member started by a test.
 pub struct Rivet {
     child: Option<Child>,
