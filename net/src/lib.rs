@@ -6,6 +6,7 @@ pub mod config;
 pub mod glommio_hyper;
 pub mod http;
 pub mod lease;
+pub mod listener;
 pub mod lock;
 pub mod peer;
 pub mod peer_link;

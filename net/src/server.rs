@@ -290,7 +290,7 @@ pub fn run(flags: Flags) -> anyhow::Result<()> {
                 glommio::spawn_local(Rc::clone(&core).serve_peers(peer_rx)).detach();
                 glommio::spawn_local(Rc::clone(&core).run_watermark()).detach();
                 for address in addresses {
-                    match TcpListener::bind(address) {
+                    match crate::listener::bind_client(address) {
                         Ok(listener) => {
                             if id == 0 {
                                 tracing::info!(

@@ -12,7 +12,7 @@ use std::pin::Pin;
 use std::rc::Rc;
 
 use bytes::Bytes;
-use futures::channel::mpsc;
+use futures::channel::{mpsc, oneshot};
 use futures::future::{select, Either};
 use futures::{SinkExt, Stream, StreamExt};
 use prost::Message as _;
@@ -46,12 +46,19 @@ impl Watch for WatchService {
     ) -> Result<Response<Self::WatchStream>, Status> {
         let inbound = request.into_inner();
         let (out, responses) = mpsc::channel(limits::WATCH_STREAM_QUEUE);
+        // `gone` completes when tonic drops the response stream (the client went away):
+        // a stream whose client half-closed its side has no other way to learn it.
+        let (mut gone, client_holds) = oneshot::channel::<()>();
         let core = self.0.core();
         glommio::spawn_local(async move {
-            WatchStream::new(core, out).run(inbound).await;
+            WatchStream::new(core, out).run(inbound, &mut gone).await;
         })
         .detach();
-        Ok(Response::new(Box::pin(responses.map(Ok))))
+        let responses = responses.map(move |response| {
+            let _held_until_the_stream_drops = &client_holds;
+            Ok(response)
+        });
+        Ok(Response::new(Box::pin(responses)))
     }
 }
 
@@ -105,6 +112,8 @@ struct WatchStream {
 
 enum Wake {
     Request(Option<Result<WatchRequest, Status>>),
+    /// The client dropped the stream after half-closing its side.
+    ClientGone,
     Applied,
     Progress,
 }
@@ -125,14 +134,27 @@ impl WatchStream {
         }
     }
 
-    async fn run(mut self, mut inbound: Streaming<WatchRequest>) {
+    /// Serves the stream until the client cancels it, resets it or goes away. A client
+    /// that half-closes its sending side (grpc-gateway does, after the create request)
+    /// still gets events, as from etcd, until it drops the stream.
+    async fn run(mut self, mut inbound: Streaming<WatchRequest>, gone: &mut oneshot::Sender<()>) {
+        let mut half_closed = false;
         loop {
             let wake = {
                 // A watcher still catching up gets its next chunk without waiting for a
                 // new revision (requests still come first, so a cancel is not delayed).
                 let catching_up = self.catching_up();
                 let (core, seen_index) = (self.core.clone(), self.seen_index);
-                let request = std::pin::pin!(inbound.message());
+                let inbound = &mut inbound;
+                let gone = &mut *gone;
+                let request = std::pin::pin!(async move {
+                    if half_closed {
+                        gone.cancellation().await;
+                        Wake::ClientGone
+                    } else {
+                        Wake::Request(inbound.message().await.transpose())
+                    }
+                });
                 let applied = std::pin::pin!(async move {
                     if catching_up {
                         glommio::yield_if_needed().await;
@@ -144,14 +166,18 @@ impl WatchStream {
                     limits::WATCH_PROGRESS_NOTIFY_INTERVAL
                 ));
                 match select(request, select(applied, timer)).await {
-                    Either::Left((message, _)) => Wake::Request(message.transpose()),
+                    Either::Left((wake, _)) => wake,
                     Either::Right((Either::Left(_), _)) => Wake::Applied,
                     Either::Right((Either::Right(_), _)) => Wake::Progress,
                 }
             };
             let open = match wake {
                 Wake::Request(Some(Ok(request))) => self.handle(request).await,
-                Wake::Request(_) => false,
+                Wake::Request(None) => {
+                    half_closed = true;
+                    true
+                }
+                Wake::Request(Some(Err(_))) | Wake::ClientGone => false,
                 Wake::Applied => true,
                 Wake::Progress => self.progress_notify().await,
             };

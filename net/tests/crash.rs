@@ -603,6 +603,77 @@ fn a_panicking_shard_core_ends_the_process_and_loses_nothing_acknowledged() {
     );
 }
 
+/// Sockets whose local end is loopback port `port`, in TCP state `state` (/proc/net/tcp:
+/// 05 FIN-WAIT-2, 06 TIME-WAIT).
+fn sockets_in_state(port: u16, state: &str) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            fields.get(1).and_then(|local| local.rsplit(':').next())
+                == Some(format!("{port:04X}").as_str())
+                && fields.get(3) == Some(&state)
+        })
+        .count()
+}
+
+/// Issue 10 item 9: a member restarted while connections of its predecessor are still
+/// closing binds its client port at once (SO_REUSEADDR besides SO_REUSEPORT, as etcd's
+/// Go listeners), where one failed with "Address already in use" for up to a minute.
+/// Two cases at once: connections the server closed (its side in TIME-WAIT), and
+/// connections the clients keep open while the member dies (its side orphaned in
+/// FIN-WAIT-2 for tcp_fin_timeout, 60 s).
+#[test]
+fn a_restart_binds_while_closed_connections_are_in_time_wait() {
+    let mut rivet = Rivet::start(&["--shards", "2"]);
+    // HTTP/1.1 with `Connection: close`: the server closes each connection first, so its
+    // side of each stays in TIME-WAIT on the client port.
+    for _ in 0..200 {
+        common::http_get(&rivet.endpoint(), "/version").expect("GET /version");
+    }
+    // Keep-alive connections the clients hold open across the kill.
+    let held: Vec<std::net::TcpStream> = (0..100)
+        .map(|_| {
+            use std::io::{Read, Write};
+            let mut stream = std::net::TcpStream::connect(rivet.endpoint()).expect("connect");
+            write!(stream, "GET /version HTTP/1.1\r\nHost: rivet\r\n\r\n").expect("request");
+            let mut answer = [0u8; 512];
+            let _ = stream.read(&mut answer).expect("answer");
+            stream
+        })
+        .collect();
+    rivet.kill9();
+    let time_wait = sockets_in_state(rivet.port, "06");
+    let fin_wait = sockets_in_state(rivet.port, "05");
+    println!("client port: {time_wait} sockets in TIME-WAIT, {fin_wait} in FIN-WAIT-2");
+    assert!(
+        time_wait > 0 && fin_wait > 0,
+        "the test must restart over closing connections"
+    );
+    // `restart` fails the test with the member's log if it cannot listen.
+    rivet.restart();
+    drop(held);
+    put_and_get(&rivet);
+    // And after a graceful stop, which closes the connections of its clients itself.
+    for _ in 0..200 {
+        common::http_get(&rivet.endpoint(), "/version").expect("GET /version");
+    }
+    rivet.stop();
+    rivet.restart();
+    put_and_get(&rivet);
+}
+
+fn put_and_get(rivet: &Rivet) {
+    runtime().block_on(async {
+        let mut client = connect(&rivet.url()).await;
+        client.put("after", "restart", None).await.expect("put");
+        let got = client.get("after", None).await.expect("get");
+        assert_eq!(got.kvs()[0].value(), b"restart");
+    });
+}
+
 #[test]
 fn acknowledged_writes_survive_graceful_stops() {
     crash_rounds(&[], 3, Stop::Term, false);

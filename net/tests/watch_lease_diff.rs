@@ -848,6 +848,72 @@ fn watch_differential(shards: &str) {
     });
 }
 
+/// Issue 10 item 9: a client that half-closes its side of a Watch stream right after
+/// the create request (grpc-gateway does) keeps receiving events, from etcd and from
+/// rivet alike, until it drops the stream.
+#[test]
+fn a_half_closed_watch_stream_still_delivers_events() {
+    require_etcd_34();
+    let etcd = Etcd::start(&[]);
+    let rivet = Rivet::start(&[]);
+    let rt = runtime();
+    let mut seen = Vec::new();
+    for endpoint in [etcd.endpoint(), rivet.endpoint()] {
+        seen.push(rt.block_on(async {
+            let channel = channel(&endpoint).await;
+            let mut kv = KvClient::new(channel.clone());
+            let (requests, inbound) = mpsc::unbounded();
+            requests
+                .unbounded_send(WatchRequest {
+                    request_union: Some(RequestUnion::CreateRequest(create(b"hc", b"", 0, 0))),
+                })
+                .expect("queue the create request");
+            // End of the client's stream: only the create request was sent.
+            drop(requests);
+            let mut responses = bounded("watch", WatchClient::new(channel).watch(inbound))
+                .await
+                .expect("watch")
+                .into_inner();
+            let mut events = Vec::new();
+            let created = bounded("the created response", responses.next()).await;
+            assert!(
+                matches!(&created, Some(Ok(r)) if r.created),
+                "{endpoint}: {created:?}"
+            );
+            // Two puts, each after the previous event arrived: the second certainly comes
+            // after the server saw the end of the client's stream.
+            for value in [&b"1"[..], b"2"] {
+                bounded(
+                    "put",
+                    kv.put(PutRequest {
+                        key: b(b"hc"),
+                        value: b(value),
+                        ..Default::default()
+                    }),
+                )
+                .await
+                .expect("put");
+                let response = bounded("an event after the half-close", responses.next())
+                    .await
+                    .unwrap_or_else(|| panic!("{endpoint}: the stream ended after the half-close"))
+                    .unwrap_or_else(|e| panic!("{endpoint}: the stream failed: {e}"));
+                events.extend(
+                    response
+                        .events
+                        .iter()
+                        .map(|e| e.kv.as_ref().map(|kv| kv.value.clone())),
+                );
+            }
+            events
+        }));
+    }
+    assert_eq!(
+        seen[1], seen[0],
+        "rivet's events (right) differ from etcd's"
+    );
+    assert_eq!(seen[0].len(), 2);
+}
+
 #[test]
 fn watch_streams_match_etcd_one_shard() {
     watch_differential("1");
