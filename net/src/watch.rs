@@ -103,6 +103,10 @@ struct WatchStream {
     /// the watchers of each event instead of testing every watcher for every revision.
     by_key: HashMap<Bytes, Vec<i64>>,
     ranged: BTreeSet<i64>,
+    /// Watchers cancelled because their start was compacted: as in etcd, their IDs stay
+    /// taken (a create with one is a duplicate, auto IDs skip them) until the client
+    /// cancels them, which is then answered as for a live watcher.
+    compacted: BTreeSet<i64>,
     next_id: i64,
     /// The next revision the synced watchers have not seen.
     live_next: i64,
@@ -128,6 +132,7 @@ impl WatchStream {
             watchers: BTreeMap::new(),
             by_key: HashMap::new(),
             ranged: BTreeSet::new(),
+            compacted: BTreeSet::new(),
             next_id: 0,
             live_next,
             seen_index,
@@ -212,7 +217,7 @@ impl WatchStream {
         match request.request_union {
             Some(watch_request::RequestUnion::CreateRequest(create)) => self.create(create).await,
             Some(watch_request::RequestUnion::CancelRequest(cancel)) => {
-                if self.remove(cancel.watch_id) {
+                if self.remove(cancel.watch_id) || self.compacted.remove(&cancel.watch_id) {
                     let mut response =
                         self.response(cancel.watch_id, self.core.shared.applied_revision());
                     response.canceled = true;
@@ -234,7 +239,7 @@ impl WatchStream {
         let id = if create.watch_id != 0 {
             create.watch_id
         } else {
-            while self.watchers.contains_key(&self.next_id) {
+            while self.id_taken(self.next_id) {
                 self.next_id += 1;
             }
             self.next_id += 1;
@@ -242,7 +247,7 @@ impl WatchStream {
         };
         let mut response = self.response(id, current);
         response.created = true;
-        if self.watchers.contains_key(&id) {
+        if self.id_taken(id) {
             // etcd answers a refused create with watch ID -1, not the one asked for.
             response.watch_id = -1;
             response.canceled = true;
@@ -272,6 +277,10 @@ impl WatchStream {
         }
         self.watchers.insert(id, watcher);
         self.send(response).await
+    }
+
+    fn id_taken(&self, id: i64) -> bool {
+        self.watchers.contains_key(&id) || self.compacted.contains(&id)
     }
 
     /// Removes a watcher; false if there is none with this ID.
@@ -422,6 +431,7 @@ impl WatchStream {
                     }
                     Err(CompactedAt(compact_revision)) => {
                         self.remove(id);
+                        self.compacted.insert(id);
                         // As etcd 3.4 sends it: a header at revision 0 and no cancel
                         // reason (its mvcc layer reports only the compact revision).
                         let mut response = self.response(id, 0);

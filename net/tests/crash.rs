@@ -12,10 +12,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::rng::Rng;
 use common::{runtime, Rivet};
 use etcd_client::{Client, GetOptions, KvClient};
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 
 /// Writers per round.
 const WRITERS: usize = 4;
@@ -27,16 +26,7 @@ const PUT_TIMEOUT: Duration = Duration::from_secs(10);
 const ROUND_LIMIT: Duration = Duration::from_secs(60);
 
 fn seed() -> u64 {
-    let seed = std::env::var("RIVET_CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_nanos() as u64)
-        });
-    println!("crash test seed: {seed} (replay with RIVET_CRASH_SEED={seed})");
-    seed
+    common::rng::fresh_seed("RIVET_CRASH_SEED")
 }
 
 async fn connect(url: &str) -> Client {
@@ -131,19 +121,19 @@ async fn writer(
     acks: Arc<AtomicUsize>,
     padding: usize,
 ) -> WriterLog {
-    let mut rng = StdRng::seed_from_u64(seed ^ ((round as u64) << 32) ^ id as u64);
+    let mut rng = Rng::new(seed ^ ((round as u64) << 32) ^ id as u64);
     let mut kv = connect(&url).await.kv_client();
     let mut log = WriterLog::default();
     for i in 0.. {
-        let (key, value) = if rng.random_range(0..5) == 0 {
-            let shared = rng.random_range(0..SHARED_KEYS);
+        let (key, value) = if rng.below(5) == 0 {
+            let shared = rng.below(SHARED_KEYS);
             (format!("shared/{shared}"), format!("w{id}-r{round}-i{i}"))
         } else {
             (
                 format!("w{id}/r{round}/{i:06}"),
                 format!(
                     "value-{id}-{round}-{i}-{}",
-                    "x".repeat(padding + rng.random_range(0..64))
+                    "x".repeat(padding + rng.below(64))
                 ),
             )
         };
@@ -465,9 +455,9 @@ async fn check_latest(url: &str, ledger: &Ledger) {
 fn crash_rounds(extra: &[&str], rounds: usize, how: Stop, expect_checkpoints: bool) {
     // With checkpoints every 50 entries, enough puts that several happen before the kill.
     let at_least = if expect_checkpoints { 150 } else { 20 };
-    let random_delay = move |_: usize, rng: &mut StdRng, _: &Rivet| Trigger::Acks {
+    let random_delay = move |_: usize, rng: &mut Rng, _: &Rivet| Trigger::Acks {
         at_least,
-        then: Duration::from_millis(rng.random_range(0..1200)),
+        then: Duration::from_millis(rng.below(1200) as u64),
     };
     crash_rounds_with(extra, rounds, how, expect_checkpoints, 0, random_delay);
 }
@@ -480,10 +470,10 @@ fn crash_rounds_with(
     how: Stop,
     expect_checkpoints: bool,
     padding: usize,
-    trigger: impl Fn(usize, &mut StdRng, &Rivet) -> Trigger,
+    trigger: impl Fn(usize, &mut Rng, &Rivet) -> Trigger,
 ) {
     let seed = seed();
-    let mut rng = StdRng::seed_from_u64(seed);
+    let mut rng = Rng::new(seed);
     let started = Instant::now();
     let mut rivet = if how == Stop::Panic {
         Rivet::start_with_env(extra, &[("RIVET_TEST_FAULTS", "1")])
@@ -551,8 +541,8 @@ fn acknowledged_writes_survive_kill9_with_checkpoints() {
 /// in about 9000 puts. The kill comes shortly after the first segment is deleted.
 #[test]
 fn acknowledged_writes_survive_kill9_after_the_wal_is_released() {
-    let trigger = |round: usize, rng: &mut StdRng, rivet: &Rivet| {
-        let then = Duration::from_millis(rng.random_range(0..800));
+    let trigger = |round: usize, rng: &mut Rng, rivet: &Rivet| {
+        let then = Duration::from_millis(rng.below(800) as u64);
         if round == 0 {
             Trigger::WalReleased {
                 wal_dir: rivet.data_dir.join("member").join("wal"),
@@ -688,12 +678,12 @@ const HISTORY_PREFIX: &str = "h/";
 
 /// Seeded puts (overwrites) and deletes over a few keys; returns the model after every
 /// revision and checks each response's revision against it.
-async fn write_history(client: &mut Client, rng: &mut StdRng, history: &mut History, ops: usize) {
+async fn write_history(client: &mut Client, rng: &mut Rng, history: &mut History, ops: usize) {
     for _ in 0..ops {
         let mut state = history.last().expect("a first revision").clone();
         let revision = history.len() as i64;
-        let key = format!("{HISTORY_PREFIX}{:02}", rng.random_range(0..20));
-        if state.contains_key(&key) && rng.random_range(0..10) == 0 {
+        let key = format!("{HISTORY_PREFIX}{:02}", rng.below(20));
+        if state.contains_key(&key) && rng.below(10) == 0 {
             let deleted = client.delete(key.as_str(), None).await.expect("delete");
             assert_eq!(deleted.deleted(), 1);
             assert_eq!(deleted.header().expect("header").revision(), revision);
@@ -785,7 +775,7 @@ async fn check_history(url: &str, history: &History, compacted: i64) {
 #[test]
 fn history_and_compaction_survive_restarts() {
     let seed = seed();
-    let mut rng = StdRng::seed_from_u64(seed);
+    let mut rng = Rng::new(seed);
     let started = Instant::now();
     let mut rivet = Rivet::start(&["--snapshot-count", "100"]);
     let rt = runtime();
