@@ -13,6 +13,11 @@ pub fn check_range(request: &RangeRequest) -> Result<(), EtcdError> {
     if request.key.is_empty() {
         return Err(EtcdError::EmptyKey);
     }
+    // etcd 3.4 panics on an unknown sort target (also inside a txn); an unknown sort
+    // order it answers unsorted, as rivet does.
+    if rivet_api::etcdserverpb::range_request::SortTarget::try_from(request.sort_target).is_err() {
+        return Err(EtcdError::InvalidSortOption);
+    }
     Ok(())
 }
 
@@ -200,18 +205,15 @@ pub fn contiguous_entries(
     Ok(())
 }
 
-/// True when no op in any branch (recursively) writes: etcd serves such a txn without
-/// going through raft.
+/// etcd's `isTxnReadonly`: every op of both branches is a Range. etcd serves such a txn
+/// without going through raft; a txn that nests another goes through raft even when
+/// the nested one only reads (so it meets the request size check and reads at apply).
 pub fn txn_is_read_only(request: &TxnRequest) -> bool {
     request
         .success
         .iter()
         .chain(request.failure.iter())
-        .all(|op| match &op.request {
-            Some(request_op::Request::RequestRange(_)) | None => true,
-            Some(request_op::Request::RequestTxn(t)) => txn_is_read_only(t),
-            Some(_) => false,
-        })
+        .all(|op| matches!(&op.request, Some(request_op::Request::RequestRange(_))))
 }
 
 /// True when every op of both branches is a serializable range (etcd's rule: an empty
@@ -335,6 +337,29 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(check_put(&huge), Err(EtcdError::RequestTooLarge));
+    }
+
+    #[test]
+    fn an_unknown_sort_target_is_refused_also_inside_a_txn() {
+        let range = RangeRequest {
+            key: Bytes::from_static(b"k"),
+            sort_target: 9,
+            ..Default::default()
+        };
+        assert_eq!(check_range(&range), Err(EtcdError::InvalidSortOption));
+        let t = txn(
+            vec![RequestOp {
+                request: Some(request_op::Request::RequestRange(range)),
+            }],
+            vec![],
+        );
+        assert_eq!(check_txn(&t, 128), Err(EtcdError::InvalidSortOption));
+        let unknown_order = RangeRequest {
+            key: Bytes::from_static(b"k"),
+            sort_order: 7,
+            ..Default::default()
+        };
+        assert_eq!(check_range(&unknown_order), Ok(()));
     }
 
     #[test]

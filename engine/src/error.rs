@@ -21,6 +21,10 @@ pub enum EtcdError {
     TooManyOps,
     #[error("etcdserver: duplicate key given in txn request")]
     DuplicateKey,
+    /// A Range with an unknown sort target: etcd 3.4 panics on it (`sort.Sort` of a nil
+    /// sorter); this is etcd 3.5's answer (`ErrGRPCInvalidSortOption`).
+    #[error("etcdserver: invalid sort option")]
+    InvalidSortOption,
     #[error("etcdserver: mvcc: required revision has been compacted")]
     Compacted,
     #[error("etcdserver: mvcc: required revision is a future revision")]
@@ -88,6 +92,7 @@ impl EtcdError {
             | EtcdError::LeaseProvided
             | EtcdError::TooManyOps
             | EtcdError::DuplicateKey
+            | EtcdError::InvalidSortOption
             | EtcdError::RequestTooLarge => Code::InvalidArgument,
             EtcdError::Compacted | EtcdError::FutureRevision => Code::OutOfRange,
             EtcdError::MemberBadUrls => Code::InvalidArgument,

@@ -2170,14 +2170,12 @@ fn adds_data(request: &Option<internal_request::Request>) -> bool {
     }
 }
 
+/// etcd 3.4's `costTxn` counts the puts directly in either branch, not those of nested
+/// txns: a txn whose puts are all nested costs nothing and applies under NOSPACE.
 fn txn_has_put(txn: &rivet_api::etcdserverpb::TxnRequest) -> bool {
     use rivet_api::etcdserverpb::request_op::Request;
     txn.success
         .iter()
         .chain(txn.failure.iter())
-        .any(|op| match &op.request {
-            Some(Request::RequestPut(_)) => true,
-            Some(Request::RequestTxn(nested)) => txn_has_put(nested),
-            _ => false,
-        })
+        .any(|op| matches!(&op.request, Some(Request::RequestPut(_))))
 }

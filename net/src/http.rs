@@ -122,6 +122,77 @@ fn is_grpc<B>(request: &Request<B>) -> bool {
         .is_some_and(|v| v.starts_with("application/grpc"))
 }
 
+/// A request larger than the receive limit (`--max-request-bytes` + 512 KiB) is refused
+/// by tonic's decoder with OutOfRange "Error, decoded message length too large: found N
+/// bytes, the limit is: M bytes"; grpc-go, so etcd, answers ResourceExhausted "grpc:
+/// received message larger than max (N vs. M)". Clients match on etcd's, so the
+/// trailers-only answer is rewritten to it.
+fn go_receive_limit_status(mut response: Response<Body>) -> Response<Body> {
+    let headers = response.headers_mut();
+    if headers.get("grpc-status").and_then(|v| v.to_str().ok()) != Some("11") {
+        return response;
+    }
+    let Some(message) = headers
+        .get("grpc-message")
+        .and_then(|v| v.to_str().ok())
+        .map(percent_decode)
+    else {
+        return response;
+    };
+    if let Some(go) = go_receive_limit_message(&message) {
+        if let Ok(value) = HeaderValue::from_str(&go) {
+            headers.insert("grpc-status", HeaderValue::from_static("8"));
+            headers.insert("grpc-message", value);
+        }
+    }
+    response
+}
+
+/// grpc-go's text for tonic's "message too large" decode error, if `message` is one.
+fn go_receive_limit_message(message: &str) -> Option<String> {
+    const TONIC: &str = "Error, decoded message length too large: found ";
+    let (found, limit) = message
+        .strip_prefix(TONIC)?
+        .split_once(" bytes, the limit is: ")?;
+    let limit = limit.trim_end_matches(" bytes");
+    Some(format!(
+        "grpc: received message larger than max ({found} vs. {limit})"
+    ))
+}
+
+/// The status a stream ends with when reading the client's next message failed, as
+/// grpc-go (so etcd) words it: [`go_receive_limit_status`] for streams.
+pub fn go_stream_status(status: Status) -> Status {
+    match go_receive_limit_message(status.message()) {
+        Some(go) => Status::new(tonic::Code::ResourceExhausted, go),
+        None => status,
+    }
+}
+
+/// gRPC's percent-decoding of `grpc-message` (only `%XX` escapes).
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = (bytes[i] == b'%')
+            .then(|| text.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        match escaped {
+            Some(byte) => {
+                out.push(byte);
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// Routes one request of a client connection.
 #[derive(Clone)]
 pub struct ClientService {
@@ -152,7 +223,7 @@ impl Service<Request<hyper::body::Incoming>> for ClientService {
                 let response = if refused {
                     Ok(Status::from(EtcdError::NotSupportedForLearner).into_http())
                 } else {
-                    grpc.call(request).await
+                    grpc.call(request).await.map(go_receive_limit_status)
                 };
                 if let (Some(method), Ok(response)) = (method, &response) {
                     // Errors travel in the headers (trailers-only responses); a response

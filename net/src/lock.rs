@@ -152,7 +152,9 @@ async fn enqueue(
     value: Bytes,
 ) -> Result<(Bytes, i64, TxnResponse), EtcdError> {
     let prefix = Bytes::from([name.as_ref(), b"/"].concat());
-    let key = Bytes::from(format!("{}{lease:x}", String::from_utf8_lossy(&prefix)));
+    // The name's bytes as they are: a name need not be UTF-8 (clientv3 builds the key
+    // the same way, as bytes).
+    let key = Bytes::from([prefix.as_ref(), format!("{lease:x}").as_bytes()].concat());
     let response = core
         .txn(TxnRequest {
             compare: vec![create_revision_is(&key, 0)],
@@ -180,6 +182,37 @@ async fn enqueue(
     Ok((key, revision, response))
 }
 
+/// etcd serves Lock and Election with an embedded clientv3 and returns its errors as
+/// plain Go errors, which gRPC answers with code Unknown and the error's text (e.g.
+/// Unknown "etcdserver: requested lease not found", not NotFound). Answered alike.
+/// The TTL of the lease etcd's lock and election servers grant for a request whose
+/// lease is 0 (clientv3 concurrency's default session TTL, 60 s).
+const SESSION_TTL: i64 = 60;
+
+/// The lease a Lock, Campaign, Proclaim or Resign works under, as etcd's servers take it
+/// from a `concurrency.Session`: the request's lease, or, when it is 0, a new lease of
+/// [`SESSION_TTL`] granted now (and never kept alive: a lock taken without a lease is
+/// released by its expiry). The grant is refused like any other, e.g. under NOSPACE.
+async fn session_lease(core: &ShardCore, lease: i64) -> Result<i64, EtcdError> {
+    if lease != 0 {
+        return Ok(lease);
+    }
+    let granted = core
+        .lease_grant(rivet_api::etcdserverpb::LeaseGrantRequest {
+            ttl: SESSION_TTL,
+            id: 0,
+        })
+        .await?;
+    Ok(granted.id)
+}
+
+/// etcd's `ErrMissingLeaderKey`, for a Proclaim or Resign without a leader key.
+const MISSING_LEADER_KEY: &str = "\"leader\" field must be provided";
+
+fn concurrency_error(status: Status) -> Status {
+    Status::new(tonic::Code::Unknown, status.message())
+}
+
 pub struct LockService(pub CoreHandle);
 
 #[tonic::async_trait]
@@ -189,8 +222,9 @@ impl Lock for LockService {
         self.0
             .run_unbounded(|core| async move {
                 let prefix = Bytes::from([request.name.as_ref(), b"/"].concat());
+                let lease = session_lease(&core, request.lease).await?;
                 let (key, revision, response) =
-                    enqueue(&core, &request.name, request.lease, Bytes::new()).await?;
+                    enqueue(&core, &request.name, lease, Bytes::new()).await?;
                 let owner = range_of(&response, 1).and_then(|r| r.kvs.first());
                 let header = if owner.is_none_or(|o| o.create_revision == revision) {
                     response.header.unwrap_or_default()
@@ -209,6 +243,7 @@ impl Lock for LockService {
                 })
             })
             .await
+            .map_err(concurrency_error)
     }
 
     async fn unlock(
@@ -224,6 +259,7 @@ impl Lock for LockService {
                 })
             })
             .await
+            .map_err(concurrency_error)
     }
 }
 
@@ -267,14 +303,15 @@ impl Election for ElectionService {
         self.0
             .run_unbounded(|core| async move {
                 let prefix = Bytes::from([request.name.as_ref(), b"/"].concat());
+                let lease = session_lease(&core, request.lease).await?;
                 let (key, revision, response) =
-                    enqueue(&core, &request.name, request.lease, request.value.clone()).await?;
+                    enqueue(&core, &request.name, lease, request.value.clone()).await?;
                 if !response.succeeded {
                     let current = range_of(&response, 0)
                         .and_then(|r| r.kvs.first())
                         .map(|kv| kv.value.clone());
                     if current.as_ref() != Some(&request.value) {
-                        proclaim(&core, &key, revision, request.value.clone()).await?;
+                        proclaim(&core, &key, revision, lease, request.value.clone()).await?;
                     }
                 }
                 if let Err(e) = wait_deletes(&core, &prefix, revision - 1).await {
@@ -287,11 +324,12 @@ impl Election for ElectionService {
                         name: request.name,
                         key,
                         rev: revision,
-                        lease: request.lease,
+                        lease,
                     }),
                 })
             })
             .await
+            .map_err(concurrency_error)
     }
 
     async fn proclaim(
@@ -299,15 +337,19 @@ impl Election for ElectionService {
         request: Request<ProclaimRequest>,
     ) -> Result<Response<ProclaimResponse>, Status> {
         let request = request.into_inner();
+        let Some(leader) = request.leader else {
+            return Err(concurrency_error(Status::unknown(MISSING_LEADER_KEY)));
+        };
         self.0
             .run(|core| async move {
-                let leader = request.leader.unwrap_or_default();
-                let header = proclaim(&core, &leader.key, leader.rev, request.value).await?;
+                let lease = session_lease(&core, leader.lease).await?;
+                let header = proclaim(&core, &leader.key, leader.rev, lease, request.value).await?;
                 Ok(ProclaimResponse {
                     header: Some(header),
                 })
             })
             .await
+            .map_err(concurrency_error)
     }
 
     async fn leader(
@@ -325,6 +367,7 @@ impl Election for ElectionService {
                 })
             })
             .await
+            .map_err(concurrency_error)
     }
 
     type ObserveStream = Pin<Box<dyn Stream<Item = Result<LeaderResponse, Status>> + Send>>;
@@ -344,9 +387,12 @@ impl Election for ElectionService {
         &self,
         request: Request<ResignRequest>,
     ) -> Result<Response<ResignResponse>, Status> {
-        let leader = request.into_inner().leader.unwrap_or_default();
+        let Some(leader) = request.into_inner().leader else {
+            return Err(concurrency_error(Status::unknown(MISSING_LEADER_KEY)));
+        };
         self.0
             .run(|core| async move {
+                session_lease(&core, leader.lease).await?;
                 let response = core
                     .txn(TxnRequest {
                         compare: vec![create_revision_is(&leader.key, leader.rev)],
@@ -366,14 +412,17 @@ impl Election for ElectionService {
                 })
             })
             .await
+            .map_err(concurrency_error)
     }
 }
 
 /// Sets the leader's value if `key` still leads with the same create revision.
+/// The value goes with `lease`, as etcd's puts it with the session's lease.
 async fn proclaim(
     core: &ShardCore,
     key: &Bytes,
     revision: i64,
+    lease: i64,
     value: Bytes,
 ) -> Result<ResponseHeader, EtcdError> {
     let response = core
@@ -383,7 +432,7 @@ async fn proclaim(
                 request: Some(request_op::Request::RequestPut(PutRequest {
                     key: key.clone(),
                     value,
-                    ignore_lease: true,
+                    lease,
                     ..Default::default()
                 })),
             }],
@@ -423,7 +472,7 @@ async fn observe(
             }
             Ok((_, None)) => {}
             Err(e) => {
-                let _ = out.send(Err(Status::from(e))).await;
+                let _ = out.send(Err(concurrency_error(Status::from(e)))).await;
                 return;
             }
         }

@@ -355,15 +355,27 @@ async fn accept_loop(listener: TcpListener, core: Rc<ShardCore>, max_request_byt
             .max_decoding_message_size(decode_limit)
             .max_encoding_message_size(usize::MAX),
     )
-    .add_service(ClusterServer::new(ClusterService(handle.clone())))
-    .add_service(LeaseServer::new(crate::lease::LeaseService(handle.clone())))
-    .add_service(rivet_api::v3lockpb::lock_server::LockServer::new(
-        crate::lock::LockService(handle.clone()),
-    ))
+    .add_service(
+        ClusterServer::new(ClusterService(handle.clone()))
+            .max_decoding_message_size(decode_limit)
+            .max_encoding_message_size(usize::MAX),
+    )
+    .add_service(
+        LeaseServer::new(crate::lease::LeaseService(handle.clone()))
+            .max_decoding_message_size(decode_limit)
+            .max_encoding_message_size(usize::MAX),
+    )
+    .add_service(
+        rivet_api::v3lockpb::lock_server::LockServer::new(crate::lock::LockService(handle.clone()))
+            .max_decoding_message_size(decode_limit)
+            .max_encoding_message_size(usize::MAX),
+    )
     .add_service(
         rivet_api::v3electionpb::election_server::ElectionServer::new(
             crate::lock::ElectionService(handle.clone()),
-        ),
+        )
+        .max_decoding_message_size(decode_limit)
+        .max_encoding_message_size(usize::MAX),
     )
     .add_service(
         WatchServer::new(crate::watch::WatchService(handle.clone()))

@@ -31,6 +31,8 @@ use crate::services::CoreHandle;
 
 /// etcd's reason for a watch ID that is already in use on the stream.
 const DUPLICATE_WATCH_ID: &str = "mvcc: duplicate watch ID provided on the WatchStream";
+/// etcd's reason for a watch whose range holds no key.
+const EMPTY_RANGE: &str = "mvcc: watcher range is empty";
 /// Largest watch response before a watcher that asked for fragments gets them split.
 const FRAGMENT_BYTES: usize = 1_572_864;
 
@@ -56,7 +58,7 @@ impl Watch for WatchService {
         .detach();
         let responses = responses.map(move |response| {
             let _held_until_the_stream_drops = &client_holds;
-            Ok(response)
+            response
         });
         Ok(Response::new(Box::pin(responses)))
     }
@@ -97,7 +99,7 @@ impl Watcher {
 
 struct WatchStream {
     core: Rc<ShardCore>,
-    out: mpsc::Sender<WatchResponse>,
+    out: mpsc::Sender<Result<WatchResponse, Status>>,
     watchers: BTreeMap<i64, Watcher>,
     /// The watchers of a single key, by key, and those of a range: the live path looks up
     /// the watchers of each event instead of testing every watcher for every revision.
@@ -123,7 +125,7 @@ enum Wake {
 }
 
 impl WatchStream {
-    fn new(core: Rc<ShardCore>, out: mpsc::Sender<WatchResponse>) -> WatchStream {
+    fn new(core: Rc<ShardCore>, out: mpsc::Sender<Result<WatchResponse, Status>>) -> WatchStream {
         let live_next = core.shared.applied_revision() + 1;
         let seen_index = core.shared.applied_index();
         WatchStream {
@@ -182,7 +184,16 @@ impl WatchStream {
                     half_closed = true;
                     true
                 }
-                Wake::Request(Some(Err(_))) | Wake::ClientGone => false,
+                Wake::Request(Some(Err(status))) => {
+                    // A request that could not be read (too large, malformed) ends the
+                    // stream with its status, as etcd's does.
+                    let _ = self
+                        .out
+                        .send(Err(crate::http::go_stream_status(status)))
+                        .await;
+                    false
+                }
+                Wake::ClientGone => false,
                 Wake::Applied => true,
                 Wake::Progress => self.progress_notify().await,
             };
@@ -202,7 +213,7 @@ impl WatchStream {
     }
 
     async fn send(&mut self, response: WatchResponse) -> bool {
-        self.out.send(response).await.is_ok()
+        self.out.send(Ok(response)).await.is_ok()
     }
 
     fn response(&self, watch_id: i64, revision: i64) -> WatchResponse {
@@ -234,8 +245,24 @@ impl WatchStream {
         }
     }
 
-    async fn create(&mut self, create: WatchCreateRequest) -> bool {
+    async fn create(&mut self, mut create: WatchCreateRequest) -> bool {
         let current = self.core.shared.applied_revision();
+        // As etcd's v3rpc: the empty key is "\0", the smallest key.
+        if create.key.is_empty() {
+            create.key = Bytes::from_static(b"\0");
+        }
+        // etcd refuses a range that holds no key (end at or before the key; "\0" means
+        // from the key on) before it assigns an ID.
+        let empty_range = !create.range_end.is_empty()
+            && create.range_end.as_ref() != [0]
+            && create.key >= create.range_end;
+        if empty_range {
+            let mut response = self.response(-1, current);
+            response.created = true;
+            response.canceled = true;
+            response.cancel_reason = EMPTY_RANGE.to_string();
+            return self.send(response).await;
+        }
         let id = if create.watch_id != 0 {
             create.watch_id
         } else {
@@ -433,9 +460,12 @@ impl WatchStream {
                         self.remove(id);
                         self.compacted.insert(id);
                         // As etcd 3.4 sends it: a header at revision 0 and no cancel
-                        // reason (its mvcc layer reports only the compact revision).
+                        // reason (its mvcc layer reports only the compact revision),
+                        // and `canceled` only when that revision is not 0 (its send
+                        // loop derives one from the other; a store compacted at
+                        // revision 0 cancels a watcher with a negative start silently).
                         let mut response = self.response(id, 0);
-                        response.canceled = true;
+                        response.canceled = compact_revision != 0;
                         response.compact_revision = compact_revision;
                         if !self.send(response).await {
                             return false;

@@ -6,6 +6,7 @@
 
 pub mod cluster;
 pub mod etcdctl;
+pub mod request_fuzz;
 pub mod rng;
 pub mod watch;
 
@@ -306,6 +307,18 @@ impl Etcd {
 
     pub fn endpoint(&self) -> String {
         format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Whether the etcd process has exited (it panics on a few requests).
+    pub fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
+    /// The end of etcd's log (at most `lines` lines).
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(self._dir.path().join("etcd.log")).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
     }
 }
 
