@@ -16,7 +16,8 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::Instant;
 
-use rivet_engine::mvcc::{KeyIndex, RangeEnd};
+use rivet_engine::keyspace::RangeEnd;
+use rivet_engine::mvcc::KeyIndex;
 use rivet_engine::page::PagePtr;
 
 struct Counting;
@@ -163,7 +164,7 @@ fn run(label: &str, keys: &[Vec<u8>]) {
     let get = timer.elapsed();
     assert_eq!(found, count);
     let timer = Instant::now();
-    let scanned = index.count(b"\0", RangeEnd::FromKey, base);
+    let scanned = index.count(b"\0", &RangeEnd::FromKey, base);
     let scan = timer.elapsed();
     assert_eq!(scanned, count);
 

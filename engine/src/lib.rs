@@ -2,11 +2,16 @@
 //! and page file per core) and the messages between them. No sockets: the `net` crate
 //! serves clients on top of it.
 
+pub mod apply;
+pub mod auth;
 pub mod check;
 pub mod core;
 pub mod crash;
 pub mod error;
+pub mod etcd_backend;
 pub mod identity;
+pub mod keyspace;
+pub mod layout;
 pub mod lessor;
 pub mod limits;
 pub mod membership;
@@ -14,7 +19,7 @@ pub mod messages;
 pub mod metrics;
 pub mod mvcc;
 pub mod page;
-pub mod raft_core;
+pub mod raft;
 pub mod range;
 pub mod replay;
 pub mod sequencer;

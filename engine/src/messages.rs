@@ -8,8 +8,8 @@ use rivet_api::mvccpb::KeyValue;
 use rivet_api::rivetpb::internal_request;
 
 use crate::error::EtcdError;
-use crate::range::RangeEnd;
-use crate::sequencer::{Applied, Head, HistoricalRange, Mutation};
+use crate::keyspace::{CompactedAt, Head, Mutation, RangeEnd};
+use crate::sequencer::{Applied, HistoricalRange};
 
 /// The result of a write (or a read-only txn) handed back to the core that asked.
 #[derive(Clone, Debug)]
@@ -39,6 +39,8 @@ pub struct RaftStatus {
     pub applied_index: u64,
     /// Live keys (the sequencer's count).
     pub keys: u64,
+    /// Proposals of this member waiting for their entry to apply.
+    pub pending_proposals: u64,
 }
 
 /// Shard core → raft core.
@@ -148,7 +150,6 @@ pub enum ApplyMessage {
     Install {
         snap_dir: std::path::PathBuf,
         index: u64,
-        revision: i64,
     },
 }
 
@@ -209,7 +210,7 @@ pub enum ShardRequest {
         from: i64,
         to: i64,
         prev_kv: bool,
-        reply: oneshot::Sender<Result<crate::shard::WatchEvents, crate::shard::CompactedAt>>,
+        reply: oneshot::Sender<Result<crate::shard::WatchEvents, CompactedAt>>,
     },
     /// The shard's part of HashKV at `revision`.
     HashKv {

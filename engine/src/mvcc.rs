@@ -56,20 +56,9 @@ use std::fmt;
 use std::ops::Bound;
 use std::ptr::NonNull;
 
+use crate::keyspace::RangeEnd;
 use crate::limits::KEY_BYTES_MAX;
 use crate::page::PagePtr;
-
-/// The end of a key range, as etcd's `range_end` gives it.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum RangeEnd<'a> {
-    /// Only the key itself (etcd: `range_end` empty).
-    Single,
-    /// Every key `>=` the key (etcd: `range_end` is `"\0"`). With the key `"\0"` or the
-    /// empty key, that is every key.
-    FromKey,
-    /// Keys in `[key, end)`. Empty if `end <= key`.
-    Before(&'a [u8]),
-}
 
 /// A version the index cannot take (see [`KeyIndex::try_put`]).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -212,7 +201,7 @@ impl KeyIndex {
     pub fn range<'a>(
         &'a self,
         key: &[u8],
-        end: RangeEnd<'_>,
+        end: &RangeEnd,
         at_revision: i64,
     ) -> impl DoubleEndedIterator<Item = (&'a [u8], i64, PagePtr)> + 'a {
         self.entries(key, end).filter_map(move |entry| {
@@ -226,7 +215,7 @@ impl KeyIndex {
     pub fn range_rev<'a>(
         &'a self,
         key: &[u8],
-        end: RangeEnd<'_>,
+        end: &RangeEnd,
         at_revision: i64,
     ) -> impl Iterator<Item = (&'a [u8], i64, PagePtr)> + 'a {
         self.range(key, end, at_revision).rev()
@@ -234,7 +223,7 @@ impl KeyIndex {
 
     /// The number of keys of the range live at `at_revision`.
     #[must_use]
-    pub fn count(&self, key: &[u8], end: RangeEnd<'_>, at_revision: i64) -> usize {
+    pub fn count(&self, key: &[u8], end: &RangeEnd, at_revision: i64) -> usize {
         self.range(key, end, at_revision).count()
     }
 
@@ -250,7 +239,7 @@ impl KeyIndex {
     pub fn changes(
         &self,
         key: &[u8],
-        end: RangeEnd<'_>,
+        end: &RangeEnd,
         from_revision: i64,
         to_revision: i64,
     ) -> Vec<Change<'_>> {
@@ -310,14 +299,16 @@ impl KeyIndex {
     fn entries(
         &self,
         key: &[u8],
-        end: RangeEnd<'_>,
+        end: &RangeEnd,
     ) -> std::collections::btree_set::Range<'_, KeyEntry> {
         let bounds: (Bound<&[u8]>, Bound<&[u8]>) = match end {
             RangeEnd::Single => (Bound::Included(key), Bound::Included(key)),
             RangeEnd::FromKey => (Bound::Included(key), Bound::Unbounded),
             // BTreeSet::range panics on an inverted range; [key, key) is empty instead.
-            RangeEnd::Before(end) if end <= key => (Bound::Included(key), Bound::Excluded(key)),
-            RangeEnd::Before(end) => (Bound::Included(key), Bound::Excluded(end)),
+            RangeEnd::Before(end) if end.as_ref() <= key => {
+                (Bound::Included(key), Bound::Excluded(key))
+            }
+            RangeEnd::Before(end) => (Bound::Included(key), Bound::Excluded(end.as_ref())),
         };
         self.keys.range::<[u8], _>(bounds)
     }
@@ -690,7 +681,7 @@ mod tests {
 
         let revisions = |index: &KeyIndex| -> Vec<(i64, bool)> {
             index
-                .changes(b"foo", RangeEnd::Single, 0, i64::MAX)
+                .changes(b"foo", &RangeEnd::Single, 0, i64::MAX)
                 .iter()
                 .map(|change| (change.revision, change.tombstone))
                 .collect()
@@ -720,7 +711,7 @@ mod tests {
             index.put(key, revision, ptr(revision));
             assert_eq!(index.get(key, revision), Some((revision, ptr(revision))));
         }
-        assert_eq!(index.range(b"a", RangeEnd::FromKey, 1000).count(), 1);
+        assert_eq!(index.range(b"a", &RangeEnd::FromKey, 1000).count(), 1);
         for compact in [10, 100, 500, 999] {
             index.compact(compact);
             assert_eq!(
@@ -729,7 +720,10 @@ mod tests {
             );
             assert_eq!(index.get(key, compact), Some((compact, ptr(compact))));
             assert_eq!(
-                index.range(key, RangeEnd::Single, 1000).next().map(|e| e.0),
+                index
+                    .range(key, &RangeEnd::Single, 1000)
+                    .next()
+                    .map(|e| e.0),
                 Some(key)
             );
         }

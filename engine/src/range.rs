@@ -15,38 +15,6 @@ use rivet_api::mvccpb::KeyValue;
 
 use crate::error::EtcdError;
 
-/// The end of a key range in etcd's encoding.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum RangeEnd {
-    /// `range_end` empty: just the key.
-    Single,
-    /// `range_end == "\0"`: every key at or after the key.
-    FromKey,
-    /// `[key, end)`; empty when `end <= key`.
-    Before(Bytes),
-}
-
-impl RangeEnd {
-    pub fn from_request(range_end: &Bytes) -> RangeEnd {
-        if range_end.is_empty() {
-            RangeEnd::Single
-        } else if range_end.as_ref() == [0] {
-            RangeEnd::FromKey
-        } else {
-            RangeEnd::Before(range_end.clone())
-        }
-    }
-
-    /// Whether `candidate` lies in the range that starts at `key`.
-    pub fn contains(&self, key: &[u8], candidate: &[u8]) -> bool {
-        match self {
-            RangeEnd::Single => candidate == key,
-            RangeEnd::FromKey => candidate >= key,
-            RangeEnd::Before(end) => candidate >= key && candidate < end.as_ref(),
-        }
-    }
-}
-
 /// The revision a range reads at, given the store's current and compacted revisions
 /// (mvcc `rangeKeys`): `requested <= 0` reads the current revision; a future revision and
 /// one below the compaction are errors. `compact_revision` is -1 before any compaction.

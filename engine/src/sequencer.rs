@@ -30,45 +30,9 @@ use rivet_api::etcdserverpb::{
 use rivet_api::mvccpb::KeyValue;
 
 use crate::error::EtcdError;
-use crate::range::{fetch_limit, finish_range, resolve_revision, RangeEnd};
-
-/// The newest version of one live key.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Head {
-    pub create_revision: i64,
-    pub mod_revision: i64,
-    pub version: i64,
-    pub lease: i64,
-    pub value: Bytes,
-}
-
-impl Head {
-    fn key_value(&self, key: &Bytes) -> KeyValue {
-        KeyValue {
-            key: key.clone(),
-            create_revision: self.create_revision,
-            mod_revision: self.mod_revision,
-            version: self.version,
-            value: self.value.clone(),
-            lease: self.lease,
-        }
-    }
-}
-
-/// One change for the shard that owns the key.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Mutation {
-    Put { key: Bytes, head: Head },
-    Delete { key: Bytes, revision: i64 },
-}
-
-impl Mutation {
-    pub fn key(&self) -> &Bytes {
-        match self {
-            Mutation::Put { key, .. } | Mutation::Delete { key, .. } => key,
-        }
-    }
-}
+use crate::keyspace::RangeEnd;
+pub use crate::keyspace::{Head, Mutation};
+use crate::range::{fetch_limit, finish_range, resolve_revision};
 
 /// The answer to one applied write.
 #[derive(Clone, Debug, PartialEq)]

@@ -6,25 +6,17 @@ use std::path::Path;
 use bytes::Bytes;
 use rivet_api::mvccpb::KeyValue;
 
-use crate::error::EtcdError;
-use crate::messages::{ApplyBatch, CheckpointRequest, RangePart, RangePartResult};
-use crate::mvcc::{KeyIndex, RangeEnd as IndexEnd};
 use std::collections::VecDeque;
 
 use rivet_api::mvccpb::{event::EventType, Event};
 
+use crate::error::EtcdError;
+use crate::keyspace::{CompactedAt, Head, Mutation, RangeEnd};
+use crate::messages::{
+    ApplyBatch, ApplyMessage, CheckpointRequest, RangePart, RangePartResult, RestoreChunk, ShardAck,
+};
+use crate::mvcc::KeyIndex;
 use crate::page::{Checkpoint, KeyRecord, PageFile, PageOptions, PagePtr, RecordView};
-use crate::range::RangeEnd;
-use crate::sequencer::{Head, Mutation};
-
-/// The shard that owns `key`. Stable across restarts and members: page files are
-/// partitioned by it, so it must never change for a data dir.
-pub fn shard_of(key: &[u8], shard_count: usize) -> usize {
-    if shard_count <= 1 {
-        return 0;
-    }
-    (crc32c::crc32c(key) as usize) % shard_count
-}
 
 #[derive(Debug, thiserror::Error)]
 #[error("shard {shard}: {reason}")]
@@ -36,6 +28,8 @@ pub struct ShardOpenError {
 pub struct Shard {
     pub id: usize,
     page: PageFile,
+    /// The page file layout, kept for the files a snapshot install swaps in.
+    options: PageOptions,
     index: KeyIndex,
     applied_index: u64,
     revision: i64,
@@ -58,18 +52,6 @@ struct RecentChange {
 
 /// Watch events of a shard, or the error of the first record that could not be read.
 pub type WatchEvents = Result<Vec<Event>, EtcdError>;
-
-/// Changes a watch asks for were compacted away.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct CompactedAt(pub i64);
-
-fn index_end(end: &RangeEnd) -> IndexEnd<'_> {
-    match end {
-        RangeEnd::Single => IndexEnd::Single,
-        RangeEnd::FromKey => IndexEnd::FromKey,
-        RangeEnd::Before(end) => IndexEnd::Before(end.as_ref()),
-    }
-}
 
 fn key_value(key: &[u8], view: &RecordView<'_>, with_value: bool) -> KeyValue {
     KeyValue {
@@ -130,6 +112,7 @@ impl Shard {
         Ok(Shard {
             id,
             page,
+            options,
             index,
             applied_index,
             revision,
@@ -155,7 +138,7 @@ impl Shard {
     /// The newest version of every live key, for rebuilding the sequencer. A record
     /// that cannot be read fails it: the sequencer cannot be rebuilt without it.
     pub fn heads(&self, mut each: impl FnMut(Bytes, Head)) -> Result<(), ShardOpenError> {
-        for (key, _, ptr) in self.index.range(b"\0", IndexEnd::FromKey, self.revision) {
+        for (key, _, ptr) in self.index.range(b"\0", &RangeEnd::FromKey, self.revision) {
             let view = self.read(ptr).map_err(|e| ShardOpenError {
                 shard: self.id,
                 reason: e.to_string(),
@@ -182,6 +165,64 @@ impl Shard {
                 self.id
             ))
         })
+    }
+
+    /// The heads of the live keys in chunks, ending with the chunk that says this shard is
+    /// done: what the raft core rebuilds the sequencer from at start (in chunks, never
+    /// every key twice at once: ETCD_LESSONS 11). A record that cannot be read fails
+    /// it: the sequencer cannot be rebuilt without it, so the member refuses to start.
+    pub fn restore_chunks(&self) -> Result<Vec<RestoreChunk>, ShardOpenError> {
+        let mut chunk = Vec::with_capacity(crate::limits::RESTORE_CHUNK_KEYS);
+        let mut chunks = Vec::new();
+        self.heads(|key, head| {
+            chunk.push((key, head));
+            if chunk.len() == crate::limits::RESTORE_CHUNK_KEYS {
+                chunks.push(RestoreChunk {
+                    shard: self.id,
+                    heads: Some(std::mem::take(&mut chunk)),
+                });
+            }
+        })?;
+        chunks.push(RestoreChunk {
+            shard: self.id,
+            heads: Some(chunk),
+        });
+        chunks.push(RestoreChunk {
+            shard: self.id,
+            heads: None,
+        });
+        Ok(chunks)
+    }
+
+    /// Handles one message of the apply stream and returns what to acknowledge to the
+    /// raft core.
+    pub fn handle_apply(&mut self, message: ApplyMessage) -> ShardAck {
+        let checkpoint = match message {
+            ApplyMessage::Batch(batch) => {
+                self.apply(&batch);
+                None
+            }
+            ApplyMessage::Install { snap_dir, index } => {
+                if let Err(e) = self.install(&snap_dir, index) {
+                    // The WAL already names this snapshot: a restart finishes the
+                    // install, or refuses to start with the reason.
+                    crate::crash::stop(format_args!(
+                        "cannot install the snapshot at index {index}: {e}"
+                    ));
+                }
+                Some(index)
+            }
+            ApplyMessage::Checkpoint(request) => {
+                self.checkpoint(&request);
+                Some(request.index)
+            }
+        };
+        ShardAck {
+            shard: self.id,
+            index: self.applied_index,
+            checkpoint,
+            size_bytes: self.size_bytes(),
+        }
     }
 
     /// Applies one batch of the apply stream. A failure to write the page file (disk
@@ -243,7 +284,7 @@ impl Shard {
     /// records), oldest first. Built in one pass so that a compaction cannot interleave.
     pub fn export(&self, revision: i64) -> Result<Vec<u8>, EtcdError> {
         let mut out = Vec::new();
-        for change in self.index.changes(b"\0", IndexEnd::FromKey, 0, revision) {
+        for change in self.index.changes(b"\0", &RangeEnd::FromKey, 0, revision) {
             let view = self.read(change.ptr)?;
             // A page view is a `KeyRecord`: it encodes as it is.
             crate::page::encode_key_record(&view, &mut out).map_err(|e| {
@@ -259,7 +300,7 @@ impl Shard {
     pub fn hash_kv(&self, revision: i64) -> u32 {
         let mut sum = 0u32;
         let mut buffer = Vec::new();
-        for change in self.index.changes(b"\0", IndexEnd::FromKey, 0, revision) {
+        for change in self.index.changes(b"\0", &RangeEnd::FromKey, 0, revision) {
             let Ok(view) = self.page.read(change.ptr) else {
                 continue;
             };
@@ -273,13 +314,13 @@ impl Shard {
 
     /// Replaces this shard's files with the ones staged for a snapshot at `index`.
     pub fn install(&mut self, snap_dir: &Path, index: u64) -> Result<(), ShardOpenError> {
-        let staged = crate::snapshot::staged_dir(snap_dir, index, self.id);
+        let staged = crate::layout::staged_shard_dir(snap_dir, index, self.id);
         let own = self.page.dir().to_path_buf();
         crate::snapshot::swap_in(&staged, &own).map_err(|e| ShardOpenError {
             shard: self.id,
             reason: format!("swapping in the snapshot: {e}"),
         })?;
-        *self = Shard::open(&own, self.id, index, PageOptions::default())?;
+        *self = Shard::open(&own, self.id, index, self.options)?;
         Ok(())
     }
 
@@ -368,7 +409,7 @@ impl Shard {
         }
         Ok(self
             .index
-            .changes(key, index_end(end), from, to)
+            .changes(key, end, from, to)
             .into_iter()
             .map(|c| self.event(c.key, c.revision, c.ptr, c.tombstone, prev_kv))
             .collect())
@@ -399,10 +440,7 @@ impl Shard {
         }
         debug_assert!(part.revision <= self.revision);
         let mut result = RangePartResult::default();
-        for (key, _, ptr) in self
-            .index
-            .range(&part.key, index_end(&part.end), part.revision)
-        {
+        for (key, _, ptr) in self.index.range(&part.key, &part.end, part.revision) {
             result.count += 1;
             if part.count_only || (part.limit != 0 && result.kvs.len() >= part.limit) {
                 continue;

@@ -9,19 +9,19 @@
 //! its own shard count.
 //!
 //! Installing is crash-safe: the receiver writes new page files into
-//! `snap/incoming-<index>/shard-<i>/` with a checkpoint at the snapshot's index, then
+//! `snap/incoming-<index>/shard-<i>/` (`crate::layout`) with a checkpoint at the snapshot's index, then
 //! records the checkpoint marker in the WAL, then swaps the directories in. A restart after
 //! the WAL marker finishes the swap ([`finish_install`]); one before it removes the
 //! staged files.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use bytes::Bytes;
 
+use crate::keyspace::{shard_of, Head};
+use crate::layout::{incoming_dir, incoming_index, shard_dir, staged_shard_dir};
 use crate::page::{self, Checkpoint, PageFile, PageOptions, Record};
-use crate::sequencer::Head;
-use crate::shard::shard_of;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
@@ -29,17 +29,6 @@ pub enum SnapshotError {
     Damaged { offset: usize, reason: String },
     #[error("staging the snapshot in {dir}: {reason}")]
     Stage { dir: String, reason: String },
-}
-
-/// Where shard `shard` of a snapshot at `index` is staged.
-pub fn staged_dir(snap_dir: &Path, index: u64, shard: usize) -> PathBuf {
-    snap_dir
-        .join(format!("incoming-{index}"))
-        .join(format!("shard-{shard}"))
-}
-
-pub fn shard_dir(snap_dir: &Path, shard: usize) -> PathBuf {
-    snap_dir.join(format!("shard-{shard}"))
 }
 
 /// Walks the records of a snapshot stream, checking every record.
@@ -130,8 +119,9 @@ pub fn stage(
     data: &[u8],
     shard_count: usize,
     checkpoint: &Checkpoint,
+    options: PageOptions,
 ) -> Result<(), SnapshotError> {
-    let incoming = snap_dir.join(format!("incoming-{}", checkpoint.applied_index));
+    let incoming = incoming_dir(snap_dir, checkpoint.applied_index);
     let stage_error = |reason: String| SnapshotError::Stage {
         dir: incoming.display().to_string(),
         reason,
@@ -141,10 +131,10 @@ pub fn stage(
     }
     let mut files = Vec::with_capacity(shard_count);
     for shard in 0..shard_count {
-        let dir = staged_dir(snap_dir, checkpoint.applied_index, shard);
+        let dir = staged_shard_dir(snap_dir, checkpoint.applied_index, shard);
         std::fs::create_dir_all(&dir).map_err(|e| stage_error(e.to_string()))?;
-        let (file, _) = PageFile::open(&dir, PageOptions::default(), 0, |_, _| {})
-            .map_err(|e| stage_error(e.to_string()))?;
+        let (file, _) =
+            PageFile::open(&dir, options, 0, |_, _| {}).map_err(|e| stage_error(e.to_string()))?;
         files.push(file);
     }
     let mut failure = None;
@@ -184,15 +174,12 @@ pub fn finish_install(
     };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(index) = name
-            .strip_prefix("incoming-")
-            .and_then(|i| i.parse::<u64>().ok())
-        else {
+        let Some(index) = incoming_index(&name) else {
             continue;
         };
         if index == wal_checkpoint_index {
             for shard in 0..shard_count {
-                let staged = staged_dir(snap_dir, index, shard);
+                let staged = staged_shard_dir(snap_dir, index, shard);
                 if staged.exists() {
                     swap_in(&staged, &shard_dir(snap_dir, shard))?;
                 }
@@ -261,7 +248,7 @@ mod tests {
             revision: 51,
             compact_revision: -1,
         };
-        stage(dir.path(), &data, 3, &checkpoint).expect("stage");
+        stage(dir.path(), &data, 3, &checkpoint, PageOptions::default()).expect("stage");
         finish_install(dir.path(), 9, 3).expect("finish");
         let mut seen = 0;
         for shard in 0..3 {

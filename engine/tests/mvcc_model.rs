@@ -9,7 +9,8 @@
 use std::collections::BTreeMap;
 
 use proptest::prelude::*;
-use rivet_engine::mvcc::{Change, KeyIndex, RangeEnd};
+use rivet_engine::keyspace::RangeEnd;
+use rivet_engine::mvcc::{Change, KeyIndex};
 use rivet_engine::page::PagePtr;
 
 /// key → versions in revision order: (revision, Some(ptr) for a put, None for a tombstone).
@@ -64,11 +65,11 @@ enum EndSpec {
 }
 
 impl EndSpec {
-    fn to_range_end(&self) -> RangeEnd<'static> {
+    fn to_range_end(&self) -> RangeEnd {
         match self {
             EndSpec::Single => RangeEnd::Single,
             EndSpec::FromKey => RangeEnd::FromKey,
-            EndSpec::Before(index) => RangeEnd::Before(BOUNDS[*index]),
+            EndSpec::Before(index) => RangeEnd::Before(bytes::Bytes::from_static(BOUNDS[*index])),
         }
     }
 }
@@ -197,7 +198,7 @@ fn model_is_live(model: &Model, key: &[u8]) -> bool {
 
 fn index_range(index: &KeyIndex, start: &[u8], end: &EndSpec, at: i64) -> Vec<(Vec<u8>, i64, u64)> {
     index
-        .range(start, end.to_range_end(), at)
+        .range(start, &end.to_range_end(), at)
         .map(|(key, revision, ptr)| (key.to_vec(), revision, ptr_bits(ptr)))
         .collect()
 }
@@ -326,7 +327,7 @@ impl State {
             );
             let mut reversed: Vec<_> = self
                 .index
-                .range_rev(start, probe.end.to_range_end(), at)
+                .range_rev(start, &probe.end.to_range_end(), at)
                 .map(|(key, revision, ptr)| (key.to_vec(), revision, ptr_bits(ptr)))
                 .collect();
             reversed.reverse();
@@ -336,7 +337,7 @@ impl State {
                 probe.end
             );
             assert_eq!(
-                self.index.count(start, probe.end.to_range_end(), at),
+                self.index.count(start, &probe.end.to_range_end(), at),
                 expected.len(),
                 "count({start:?}, {:?}, {at})",
                 probe.end
@@ -354,7 +355,7 @@ impl State {
                 let expected = model_changes(&self.compacted, start, &probe.end, from, to);
                 let got = index_changes(&self.index.changes(
                     start,
-                    probe.end.to_range_end(),
+                    &probe.end.to_range_end(),
                     from,
                     to,
                 ));
@@ -413,24 +414,33 @@ fn range_edges() {
     };
     // etcd's "all keys": key "\0" (or empty) with range_end "\0".
     assert_eq!(
-        keys(&mut index.range(b"\0", RangeEnd::FromKey, 10)).len(),
+        keys(&mut index.range(b"\0", &RangeEnd::FromKey, 10)).len(),
         4
     );
-    assert_eq!(keys(&mut index.range(b"", RangeEnd::FromKey, 10)).len(), 4);
+    assert_eq!(keys(&mut index.range(b"", &RangeEnd::FromKey, 10)).len(), 4);
     // Inverted and empty ranges are empty, not a panic.
-    assert!(keys(&mut index.range(b"c", RangeEnd::Before(b"a"), 10)).is_empty());
-    assert!(keys(&mut index.range(b"b", RangeEnd::Before(b"b"), 10)).is_empty());
-    assert!(keys(&mut index.range(b"a", RangeEnd::Before(b""), 10)).is_empty());
-    assert!(keys(&mut index.range(b"", RangeEnd::Single, 10)).is_empty());
+    assert!(
+        keys(&mut index.range(b"c", &RangeEnd::Before(bytes::Bytes::from_static(b"a")), 10))
+            .is_empty()
+    );
+    assert!(
+        keys(&mut index.range(b"b", &RangeEnd::Before(bytes::Bytes::from_static(b"b")), 10))
+            .is_empty()
+    );
+    assert!(
+        keys(&mut index.range(b"a", &RangeEnd::Before(bytes::Bytes::from_static(b"")), 10))
+            .is_empty()
+    );
+    assert!(keys(&mut index.range(b"", &RangeEnd::Single, 10)).is_empty());
     assert_eq!(
-        keys(&mut index.range(b"a", RangeEnd::Before(b"c"), 10)),
+        keys(&mut index.range(b"a", &RangeEnd::Before(bytes::Bytes::from_static(b"c")), 10)),
         [b"a".to_vec(), b"b".to_vec()]
     );
     assert_eq!(
-        keys(&mut index.range_rev(b"a", RangeEnd::FromKey, 10)),
+        keys(&mut index.range_rev(b"a", &RangeEnd::FromKey, 10)),
         [b"c".to_vec(), b"b".to_vec(), b"a".to_vec()]
     );
     // Before the keys were written, nothing is visible.
-    assert_eq!(index.count(b"", RangeEnd::FromKey, 2), 2);
-    assert_eq!(index.count(b"", RangeEnd::FromKey, 0), 0);
+    assert_eq!(index.count(b"", &RangeEnd::FromKey, 2), 2);
+    assert_eq!(index.count(b"", &RangeEnd::FromKey, 0), 0);
 }

@@ -33,6 +33,15 @@ use crate::services::CoreHandle;
 /// etcd's `concurrency` errors, as its election server returns them.
 const NOT_LEADER: &str = "election: not leader";
 const NO_LEADER: &str = "election: no leader";
+/// etcd's election server's answer to a Proclaim or Resign without a leader key.
+const MISSING_LEADER_KEY: &str = "\"leader\" field must be provided";
+
+/// etcd's lock and election servers call the KV API through an in-process client and
+/// return its errors as they come, which gRPC answers with code Unknown and the error's
+/// text (`etcdserver: key is not provided` is InvalidArgument from KV, Unknown from Unlock).
+fn as_client_error(status: Status) -> Status {
+    Status::new(tonic::Code::Unknown, status.message())
+}
 
 /// The end of the prefix range of `prefix` (etcd's `GetPrefixRangeEnd`).
 pub fn prefix_end(prefix: &[u8]) -> Bytes {
@@ -182,9 +191,6 @@ async fn enqueue(
     Ok((key, revision, response))
 }
 
-/// etcd serves Lock and Election with an embedded clientv3 and returns its errors as
-/// plain Go errors, which gRPC answers with code Unknown and the error's text (e.g.
-/// Unknown "etcdserver: requested lease not found", not NotFound). Answered alike.
 /// The TTL of the lease etcd's lock and election servers grant for a request whose
 /// lease is 0 (clientv3 concurrency's default session TTL, 60 s).
 const SESSION_TTL: i64 = 60;
@@ -204,13 +210,6 @@ async fn session_lease(core: &ShardCore, lease: i64) -> Result<i64, EtcdError> {
         })
         .await?;
     Ok(granted.id)
-}
-
-/// etcd's `ErrMissingLeaderKey`, for a Proclaim or Resign without a leader key.
-const MISSING_LEADER_KEY: &str = "\"leader\" field must be provided";
-
-fn concurrency_error(status: Status) -> Status {
-    Status::new(tonic::Code::Unknown, status.message())
 }
 
 pub struct LockService(pub CoreHandle);
@@ -243,7 +242,7 @@ impl Lock for LockService {
                 })
             })
             .await
-            .map_err(concurrency_error)
+            .map_err(as_client_error)
     }
 
     async fn unlock(
@@ -259,7 +258,7 @@ impl Lock for LockService {
                 })
             })
             .await
-            .map_err(concurrency_error)
+            .map_err(as_client_error)
     }
 }
 
@@ -329,7 +328,7 @@ impl Election for ElectionService {
                 })
             })
             .await
-            .map_err(concurrency_error)
+            .map_err(as_client_error)
     }
 
     async fn proclaim(
@@ -338,7 +337,7 @@ impl Election for ElectionService {
     ) -> Result<Response<ProclaimResponse>, Status> {
         let request = request.into_inner();
         let Some(leader) = request.leader else {
-            return Err(concurrency_error(Status::unknown(MISSING_LEADER_KEY)));
+            return Err(Status::new(tonic::Code::Unknown, MISSING_LEADER_KEY));
         };
         self.0
             .run(|core| async move {
@@ -349,7 +348,7 @@ impl Election for ElectionService {
                 })
             })
             .await
-            .map_err(concurrency_error)
+            .map_err(as_client_error)
     }
 
     async fn leader(
@@ -367,7 +366,7 @@ impl Election for ElectionService {
                 })
             })
             .await
-            .map_err(concurrency_error)
+            .map_err(as_client_error)
     }
 
     type ObserveStream = Pin<Box<dyn Stream<Item = Result<LeaderResponse, Status>> + Send>>;
@@ -388,7 +387,7 @@ impl Election for ElectionService {
         request: Request<ResignRequest>,
     ) -> Result<Response<ResignResponse>, Status> {
         let Some(leader) = request.into_inner().leader else {
-            return Err(concurrency_error(Status::unknown(MISSING_LEADER_KEY)));
+            return Err(Status::new(tonic::Code::Unknown, MISSING_LEADER_KEY));
         };
         self.0
             .run(|core| async move {
@@ -412,7 +411,7 @@ impl Election for ElectionService {
                 })
             })
             .await
-            .map_err(concurrency_error)
+            .map_err(as_client_error)
     }
 }
 
@@ -472,7 +471,7 @@ async fn observe(
             }
             Ok((_, None)) => {}
             Err(e) => {
-                let _ = out.send(Err(concurrency_error(Status::from(e)))).await;
+                let _ = out.send(Err(as_client_error(Status::from(e)))).await;
                 return;
             }
         }

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
 
 use bytes::Bytes;
-use rivet_engine::raft_core::{PeerEvent, PeerLink};
+use rivet_engine::raft::{PeerEvent, PeerLink};
 use tokio::sync::mpsc;
 
 use crate::peer::{Incoming, PeerTransport};
@@ -122,6 +122,11 @@ impl PeerLink for QuicLink {
 
     fn connected_since(&self, to: u64) -> Option<std::time::Instant> {
         self.transport.connected_since(to)
+    }
+
+    fn flush(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + '_>> {
+        // The transport's tasks run on this thread's runtime: one yield lets them write.
+        Box::pin(tokio::task::yield_now())
     }
 
     fn send_snapshot(&self, to: u64, message: Bytes, data: Bytes) {

@@ -30,7 +30,7 @@ fn check_one_write(values: &[String], what: &str) {
 fn reads_never_mix_two_writes_across_shards() {
     let rivet = Rivet::start(&["--shards", "3"]);
     let shards: std::collections::BTreeSet<usize> = (0..KEYS)
-        .map(|i| rivet_engine::shard::shard_of(key(i).as_bytes(), 3))
+        .map(|i| rivet_engine::keyspace::shard_of(key(i).as_bytes(), 3))
         .collect();
     assert_eq!(shards.len(), 3, "the keys must span every shard");
     runtime().block_on(async {

@@ -1,0 +1,190 @@
+//! The shard's end of the apply stream, the applied-index watermark that read-your-writes
+//! waits on, and the requests the other cores send this shard.
+//!
+//! Every shard publishes the index it applied in [`Shared`](crate::shared::Shared); a
+//! request that must see index `i` waits until every shard published `i`. A core that
+//! waits says so (`waiting_for`), and a shard that passes that index wakes it, so nobody
+//! polls.
+
+use std::future::poll_fn;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::task::{Poll, Waker};
+
+use super::ShardCore;
+use crate::messages::{ApplyMessage, RestoreChunk, ShardAck, ShardRequest};
+
+impl ShardCore {
+    /// Returns once every shard has applied `index`: then any shard shows the effects of
+    /// everything up to it. Fast path: one atomic load per shard.
+    pub async fn wait_applied(&self, index: u64) {
+        poll_fn(|cx| {
+            if self.shared.applied_index() >= index {
+                return Poll::Ready(());
+            }
+            self.waiters.borrow_mut().push((index, cx.waker().clone()));
+            self.publish_waiting_for();
+            // Checked again after publishing: a shard that applied in between either saw
+            // our `waiting_for` or is visible here (both sides use SeqCst).
+            if self.shared.applied_index() >= index {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await
+    }
+
+    fn publish_waiting_for(&self) {
+        let smallest = self
+            .waiters
+            .borrow()
+            .iter()
+            .map(|(index, _)| *index)
+            .min()
+            .unwrap_or(u64::MAX);
+        self.shared.shards[self.id]
+            .waiting_for
+            .store(smallest, Ordering::SeqCst);
+    }
+
+    /// Wakes this core's requests whose index every shard has applied.
+    fn wake_satisfied(&self) {
+        let applied = self.shared.applied_index();
+        let ready: Vec<Waker> = {
+            let mut waiters = self.waiters.borrow_mut();
+            let mut ready = Vec::new();
+            waiters.retain(|(index, waker)| {
+                if *index <= applied {
+                    ready.push(waker.clone());
+                    false
+                } else {
+                    true
+                }
+            });
+            ready
+        };
+        self.publish_waiting_for();
+        for waker in ready {
+            waker.wake();
+        }
+    }
+
+    /// Publishes this shard's progress and wakes every core waiting for it.
+    fn publish_applied(&self, index: u64, revision: i64) {
+        let progress = &self.shared.shards[self.id];
+        progress.applied_revision.store(revision, Ordering::SeqCst);
+        progress.applied_index.store(index, Ordering::SeqCst);
+        for (id, other) in self.shared.shards.iter().enumerate() {
+            if id == self.id {
+                self.wake_satisfied();
+            } else if other.waiting_for.load(Ordering::SeqCst) <= index {
+                other.notified.store(true, Ordering::SeqCst);
+                other.waker.wake();
+            }
+        }
+    }
+
+    /// Wakes this core's waiting requests when another shard's progress satisfies them.
+    pub async fn run_watermark(self: Rc<Self>) {
+        loop {
+            poll_fn(|cx| {
+                let progress = &self.shared.shards[self.id];
+                progress.waker.register(cx.waker());
+                if progress.notified.swap(false, Ordering::SeqCst) {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending
+                }
+            })
+            .await;
+            self.wake_satisfied();
+        }
+    }
+
+    /// Streams this shard's live keys to the raft core to rebuild the sequencer. A
+    /// record that cannot be read fails the start (the caller stops the member).
+    pub async fn send_restore(
+        &self,
+        restore: &async_channel::Sender<RestoreChunk>,
+    ) -> Result<(), crate::shard::ShardOpenError> {
+        let chunks = self.shard.borrow().restore_chunks()?;
+        for chunk in chunks {
+            if restore.send(chunk).await.is_err() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// The apply loop: runs until the raft core closes the stream.
+    pub async fn run_apply(
+        self: Rc<Self>,
+        stream: async_channel::Receiver<ApplyMessage>,
+        acks: async_channel::Sender<ShardAck>,
+    ) {
+        while let Ok(message) = stream.recv().await {
+            let (ack, revision) = {
+                let mut shard = self.shard.borrow_mut();
+                let ack = shard.handle_apply(message);
+                (ack, shard.revision())
+            };
+            self.publish_applied(ack.index, revision);
+            if acks.send(ack).await.is_err() {
+                break;
+            }
+        }
+    }
+
+    /// Serves the other cores' parts of scattered reads.
+    pub async fn serve_peers(self: Rc<Self>, requests: async_channel::Receiver<ShardRequest>) {
+        while let Ok(request) = requests.recv().await {
+            match request {
+                ShardRequest::Range { part, reply } => {
+                    let _ = reply.send(self.shard.borrow().range(&part));
+                }
+                ShardRequest::SizeBytes { reply } => {
+                    let _ = reply.send(self.shard.borrow().size_bytes());
+                }
+                ShardRequest::HashKv { revision, reply } => {
+                    let _ = reply.send(self.shard.borrow().hash_kv(revision));
+                }
+                ShardRequest::WatchRecent {
+                    from,
+                    to,
+                    prev_kv,
+                    reply,
+                } => {
+                    let _ = reply.send(self.shard.borrow().recent_changes(from, to, prev_kv));
+                }
+                ShardRequest::WatchHistory {
+                    key,
+                    end,
+                    from,
+                    to,
+                    prev_kv,
+                    reply,
+                } => {
+                    let _ = reply.send(self.shard.borrow().history(&key, &end, from, to, prev_kv));
+                }
+                ShardRequest::Export {
+                    index,
+                    revision,
+                    reply,
+                } => {
+                    // Rare (a raft snapshot); the shards reach `index` within moments.
+                    self.wait_applied(index).await;
+                    match self.shard.borrow().export(revision) {
+                        Ok(records) => {
+                            let _ = reply.send(records);
+                        }
+                        Err(e) => {
+                            // Dropping `reply` fails this snapshot; raft asks again later.
+                            tracing::error!("cannot export a snapshot: {e}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,511 @@
+//! A page file that is open: appending records into the mapped active segment, reading
+//! them back zero-copy, checkpoints (sync, then a checkpoint record), and the segment
+//! files themselves. Opening one at a checkpoint is in [`super::recovery`].
+
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use memmap2::{Mmap, MmapMut, MmapOptions};
+
+use super::format::*;
+use crate::limits::{SEGMENT_ALIGNMENT_BYTES, SEGMENT_BYTES_DEFAULT};
+
+/// How a page file is laid out on disk.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct PageOptions {
+    /// The size of a segment file: a multiple of [`SEGMENT_ALIGNMENT_BYTES`] between
+    /// [`crate::limits::SEGMENT_BYTES_MIN`] and [`crate::limits::SEGMENT_BYTES_MAX`]. Tests use the minimum so that
+    /// rollover happens every few records.
+    pub segment_bytes: u32,
+}
+
+impl Default for PageOptions {
+    fn default() -> PageOptions {
+        PageOptions {
+            segment_bytes: SEGMENT_BYTES_DEFAULT,
+        }
+    }
+}
+
+/// Why [`PageFile::checkpoint`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("checkpoint applied index {given} must exceed the previous checkpoint's {previous}")]
+    NotIncreasing { previous: u64, given: u64 },
+    #[error(
+        "syncing {} failed: {source}; the page file is now unusable, reopen it",
+        path.display()
+    )]
+    Sync {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("appending the checkpoint record failed: {0}")]
+    Append(#[from] AppendError),
+}
+
+/// Why [`PageFile::read`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("page pointer {ptr}: no such segment")]
+    NoSuchSegment { ptr: PagePtr },
+    #[error(
+        "page pointer {ptr}: outside the {data_end} written bytes of its segment, or misaligned"
+    )]
+    OutOfBounds { ptr: PagePtr, data_end: usize },
+    #[error("page pointer {ptr}: a checkpoint record, not a key record")]
+    NotAKeyRecord { ptr: PagePtr },
+    #[error("page pointer {ptr} in {}: {error}", path.display())]
+    Damaged {
+        ptr: PagePtr,
+        path: PathBuf,
+        error: DecodeError,
+    },
+}
+
+// ---------------------------------------------------------------------------------------
+// Files.
+// ---------------------------------------------------------------------------------------
+
+pub(super) fn segment_file_name(id: u32) -> String {
+    format!("{id:010}.page")
+}
+
+/// The segment id in a file name of the form `0000000042.page`.
+pub(super) fn parse_segment_file_name(name: &str) -> Option<u32> {
+    let digits = name.strip_suffix(".page")?;
+    if digits.len() != 10 || !digits.bytes().all(|byte| byte.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+pub(super) fn retry_interrupted(mut call: impl FnMut() -> libc::c_int) -> io::Result<()> {
+    loop {
+        if call() == 0 {
+            return Ok(());
+        }
+        let error = io::Error::last_os_error();
+        if error.kind() != io::ErrorKind::Interrupted {
+            return Err(error);
+        }
+    }
+}
+
+pub(super) fn is_unsupported(error: &io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(libc::EOPNOTSUPP | libc::ENOSYS | libc::EINVAL)
+    )
+}
+
+/// Writes zeros over `length` bytes at `offset`, one chunk at a time.
+pub(super) fn write_zeros(file: &File, offset: u64, length: u64) -> io::Result<()> {
+    const CHUNK: u64 = 1024 * 1024;
+    let zeros = vec![0_u8; 1024 * 1024];
+    let mut done = 0;
+    while done < length {
+        let chunk = (length - done).min(CHUNK);
+        let slice = zeros
+            .get(..usize::try_from(chunk).unwrap_or(zeros.len()))
+            .unwrap_or_default();
+        file.write_all_at(slice, offset + done)?;
+        done += chunk;
+    }
+    Ok(())
+}
+
+/// Reserves `bytes` of disk blocks for a new, empty `file` and sets its length.
+///
+/// The blocks must really be allocated, not just a sparse length: writing through a
+/// mapping into a hole on a full disk raises `SIGBUS` instead of returning an error.
+/// `fallocate` reserves them at once; where the filesystem lacks it, zeros are written.
+pub(super) fn preallocate(file: &File, bytes: u64) -> io::Result<()> {
+    let length = libc::off_t::try_from(bytes).map_err(io::Error::other)?;
+    // SAFETY: the descriptor is open for as long as `file` lives; fallocate reads no memory.
+    let result = retry_interrupted(|| unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, length) });
+    match result {
+        Err(error) if is_unsupported(&error) => {
+            file.set_len(bytes)?;
+            write_zeros(file, 0, bytes)
+        }
+        other => other,
+    }
+}
+
+/// Zeros `length` bytes of `file` at `offset` without changing its length.
+pub(super) fn zero_range(file: &File, offset: u64, length: u64) -> io::Result<()> {
+    let start = libc::off_t::try_from(offset).map_err(io::Error::other)?;
+    let count = libc::off_t::try_from(length).map_err(io::Error::other)?;
+    let mode = libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE;
+    // SAFETY: as in `preallocate`.
+    let result =
+        retry_interrupted(|| unsafe { libc::fallocate(file.as_raw_fd(), mode, start, count) });
+    match result {
+        Err(error) if is_unsupported(&error) => write_zeros(file, offset, length),
+        other => other,
+    }
+}
+
+pub(super) fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// The segment being appended to: mapped read-write.
+pub(super) struct ActiveSegment {
+    pub(super) id: u32,
+    pub(super) path: PathBuf,
+    pub(super) file: File,
+    pub(super) map: MmapMut,
+    /// Where the next record goes; every byte from here to the end of the file is zero.
+    pub(super) write_offset: usize,
+    /// Bytes before this offset are durable.
+    pub(super) synced_offset: usize,
+}
+
+/// A segment no longer appended to: mapped read-only.
+pub(super) struct SealedSegment {
+    pub(super) id: u32,
+    pub(super) path: PathBuf,
+    pub(super) map: Mmap,
+    pub(super) data_end: usize,
+    /// Kept while the segment has bytes that the next checkpoint must sync.
+    pub(super) unsynced_file: Option<File>,
+}
+
+/// Creates segment `id` of `file_bytes` bytes, preallocated and mapped, with its header
+/// written. On failure the file is removed again.
+pub(super) fn create_segment(
+    dir: &Path,
+    id: u32,
+    file_bytes: u32,
+    previous_end: u32,
+) -> Result<ActiveSegment, AppendError> {
+    let path = dir.join(segment_file_name(id));
+    let created = (|| -> io::Result<(File, MmapMut)> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)?;
+        preallocate(&file, u64::from(file_bytes))?;
+        // SAFETY: the page file owns its directory; no other process or mapping changes
+        // this file while it is mapped (documented on `PageFile`).
+        let map = unsafe { MmapOptions::new().len(file_bytes as usize).map_mut(&file)? };
+        Ok((file, map))
+    })();
+    let (file, mut map) = match created {
+        Ok(created) => created,
+        Err(source) => {
+            if let Err(error) = fs::remove_file(&path) {
+                tracing::debug!(path = %path.display(), %error, "removing a failed segment");
+            }
+            return Err(AppendError::CreateSegment { path, source });
+        }
+    };
+    let header = encode_segment_header(&SegmentHeader {
+        id,
+        file_bytes,
+        previous_end,
+    });
+    put(&mut map, 0, &header);
+    Ok(ActiveSegment {
+        id,
+        path,
+        file,
+        map,
+        write_offset: SEGMENT_HEADER_BYTES,
+        synced_offset: 0,
+    })
+}
+
+/// The page file of one shard. See the module documentation.
+///
+/// Safety of the mappings: the page file assumes it alone writes the files in its
+/// directory while it is open. Another process truncating or writing a segment would
+/// change bytes that `read` has lent out.
+pub struct PageFile {
+    pub(super) dir: PathBuf,
+    pub(super) options: PageOptions,
+    /// Sealed segments in id order; their ids are consecutive, ending at `active.id − 1`.
+    pub(super) sealed: Vec<SealedSegment>,
+    pub(super) active: ActiveSegment,
+    pub(super) last_checkpoint_index: u64,
+    /// Segment files were created or removed since the directory was last synced.
+    pub(super) dir_unsynced: bool,
+    /// A sync failed: the state of the page cache is unknown (fsyncgate), so every
+    /// further append and checkpoint fails until the page file is reopened.
+    pub(super) poisoned: bool,
+}
+
+impl fmt::Debug for PageFile {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter
+            .debug_struct("PageFile")
+            .field("dir", &self.dir)
+            .field("segments", &(self.sealed.len() + 1))
+            .field("active_segment", &self.active.id)
+            .field("write_offset", &self.active.write_offset)
+            .field("last_checkpoint_index", &self.last_checkpoint_index)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PageFile {
+    /// Appends a key record and returns where it lives. In steady state this is a `memcpy`
+    /// into the mapping, with no system call; when the record does not fit in the current
+    /// segment a new one is created. Not durable until the next [`PageFile::checkpoint`].
+    pub fn append(&mut self, record: &KeyRecord<'_>) -> Result<PagePtr, AppendError> {
+        let length = key_record_length(record)?;
+        let offset = self.reserve(length)?;
+        let end = offset + length;
+        let destination = self
+            .active
+            .map
+            .get_mut(offset..end)
+            .ok_or(AppendError::TooLarge {
+                bytes: length as u64,
+            })?;
+        encode_key_record_into(destination, record);
+        debug_assert!(
+            matches!(
+                decode_record_at(&self.active.map, offset),
+                Ok(Some((Record::Key(view), _))) if view == *record
+            ),
+            "the record just written at {}:{offset} does not read back",
+            self.active.id
+        );
+        // `reserve` checked that the aligned end fits the segment.
+        self.active.write_offset = align_record(end).unwrap_or(end);
+        Ok(PagePtr::new(
+            self.active.id,
+            u32::try_from(offset).unwrap_or(u32::MAX),
+        ))
+    }
+
+    /// Makes room for a record of `length` bytes in the active segment, rolling over to a
+    /// new segment if needed, and returns the offset where it goes.
+    fn reserve(&mut self, length: usize) -> Result<usize, AppendError> {
+        if self.poisoned {
+            return Err(AppendError::Poisoned);
+        }
+        let too_large = AppendError::TooLarge {
+            bytes: length as u64,
+        };
+        let padded = align_record(length).ok_or(too_large)?;
+        let offset = self.active.write_offset;
+        if offset.saturating_add(padded) <= self.active.map.len() {
+            return Ok(offset);
+        }
+        self.roll_over(padded)?;
+        Ok(self.active.write_offset)
+    }
+
+    /// Seals the active segment and starts a new one that fits `padded` record bytes.
+    fn roll_over(&mut self, padded: usize) -> Result<(), AppendError> {
+        let alignment = SEGMENT_ALIGNMENT_BYTES as usize;
+        let needed = (SEGMENT_HEADER_BYTES + padded).div_ceil(alignment) * alignment;
+        let file_bytes =
+            u32::try_from(needed.max(self.options.segment_bytes as usize)).map_err(|_| {
+                AppendError::TooLarge {
+                    bytes: padded as u64,
+                }
+            })?;
+        let id = self
+            .active
+            .id
+            .checked_add(1)
+            .ok_or(AppendError::SegmentIdsExhausted)?;
+        // Map the old segment read-only first: if that fails, nothing has changed.
+        // SAFETY: see `create_segment`.
+        let sealed_map = unsafe { Mmap::map(&self.active.file) }.map_err(|source| {
+            AppendError::CreateSegment {
+                path: self.active.path.clone(),
+                source,
+            }
+        })?;
+        let data_end = self.active.write_offset;
+        let previous_end = u32::try_from(data_end).unwrap_or(u32::MAX);
+        let next = create_segment(&self.dir, id, file_bytes, previous_end)?;
+        let old = std::mem::replace(&mut self.active, next);
+        // Dropping the old read-write mapping leaves its dirty pages in the page cache;
+        // syncing the file writes them.
+        let unsynced = old.synced_offset < old.write_offset;
+        self.sealed.push(SealedSegment {
+            id: old.id,
+            path: old.path,
+            map: sealed_map,
+            data_end,
+            unsynced_file: unsynced.then_some(old.file),
+        });
+        self.dir_unsynced = true;
+        Ok(())
+    }
+
+    /// Reads the key record at `ptr`, zero-copy from the mapping.
+    ///
+    /// Checks that `ptr` lies within the written bytes of an existing segment, that the
+    /// record is a key record, and verifies its CRC. The CRC check is kept on every read:
+    /// crc32c runs in hardware (SSE 4.2 / ARMv8 CRC) at several GB/s, so for the small
+    /// values etcd stores it costs tens of nanoseconds, and it catches bytes damaged on
+    /// disk after the file was loaded before they reach a client.
+    pub fn read(&self, ptr: PagePtr) -> Result<RecordView<'_>, ReadError> {
+        let (bytes, data_end, path): (&[u8], usize, &Path) = if ptr.segment() == self.active.id {
+            (
+                &self.active.map,
+                self.active.write_offset,
+                &self.active.path,
+            )
+        } else {
+            let first = self
+                .sealed
+                .first()
+                .map_or(self.active.id, |segment| segment.id);
+            let segment = ptr
+                .segment()
+                .checked_sub(first)
+                .and_then(|index| self.sealed.get(index as usize))
+                .ok_or(ReadError::NoSuchSegment { ptr })?;
+            (&segment.map, segment.data_end, &segment.path)
+        };
+        let offset = ptr.offset() as usize;
+        if offset < SEGMENT_HEADER_BYTES
+            || offset % RECORD_ALIGNMENT != 0
+            || offset.saturating_add(KEY_RECORD_HEADER_BYTES) > data_end
+        {
+            return Err(ReadError::OutOfBounds { ptr, data_end });
+        }
+        let written = bytes.get(..data_end).unwrap_or_default();
+        match decode_record_at(written, offset) {
+            Ok(Some((Record::Key(view), _))) => Ok(view),
+            Ok(Some((Record::Checkpoint(_), _))) => Err(ReadError::NotAKeyRecord { ptr }),
+            Ok(None) => Err(ReadError::OutOfBounds { ptr, data_end }),
+            Err(error) => Err(ReadError::Damaged {
+                ptr,
+                path: path.to_path_buf(),
+                error,
+            }),
+        }
+    }
+
+    /// Makes every appended record durable (`fdatasync` of sealed segments with unsynced
+    /// bytes, `msync` of the written range of the active one, and the directory if
+    /// segments were created), then appends a checkpoint record and syncs it too.
+    ///
+    /// The two rounds are needed: the kernel writes dirty pages back in any order, so a
+    /// checkpoint written together with the records could become durable before them.
+    /// After a failed sync the page file refuses further appends and checkpoints: reopen it
+    /// (the WAL replays what was lost).
+    pub fn checkpoint(&mut self, checkpoint: &Checkpoint) -> Result<(), CheckpointError> {
+        if self.poisoned {
+            return Err(CheckpointError::Append(AppendError::Poisoned));
+        }
+        if checkpoint.applied_index <= self.last_checkpoint_index {
+            return Err(CheckpointError::NotIncreasing {
+                previous: self.last_checkpoint_index,
+                given: checkpoint.applied_index,
+            });
+        }
+        self.sync()?;
+        let offset = self.reserve(CHECKPOINT_RECORD_BYTES)?;
+        let record = encode_checkpoint(checkpoint);
+        put(&mut self.active.map, offset, &record);
+        debug_assert!(matches!(
+            decode_record_at(&self.active.map, offset),
+            Ok(Some((Record::Checkpoint(read), _))) if read == *checkpoint
+        ));
+        self.active.write_offset = offset + CHECKPOINT_RECORD_BYTES;
+        self.sync()?;
+        self.last_checkpoint_index = checkpoint.applied_index;
+        Ok(())
+    }
+
+    fn sync(&mut self) -> Result<(), CheckpointError> {
+        let result = self.sync_unpoisoned();
+        if result.is_err() {
+            self.poisoned = true;
+        }
+        result
+    }
+
+    fn sync_unpoisoned(&mut self) -> Result<(), CheckpointError> {
+        for segment in &mut self.sealed {
+            if let Some(file) = &segment.unsynced_file {
+                file.sync_data().map_err(|source| CheckpointError::Sync {
+                    path: segment.path.clone(),
+                    source,
+                })?;
+                segment.unsynced_file = None;
+            }
+        }
+        let active = &mut self.active;
+        if active.synced_offset < active.write_offset {
+            active
+                .map
+                .flush_range(
+                    active.synced_offset,
+                    active.write_offset - active.synced_offset,
+                )
+                .map_err(|source| CheckpointError::Sync {
+                    path: active.path.clone(),
+                    source,
+                })?;
+            active.synced_offset = active.write_offset;
+        }
+        if self.dir_unsynced {
+            sync_dir(&self.dir).map_err(|source| CheckpointError::Sync {
+                path: self.dir.clone(),
+                source,
+            })?;
+            self.dir_unsynced = false;
+        }
+        Ok(())
+    }
+
+    /// Bytes of segment files on disk. Segments are preallocated to their full size, so
+    /// this is the sum of the segment sizes, computed when called.
+    #[must_use]
+    pub fn size_bytes(&self) -> u64 {
+        self.sealed
+            .iter()
+            .map(|segment| segment.map.len() as u64)
+            .sum::<u64>()
+            + self.active.map.len() as u64
+    }
+
+    /// Bytes of records written (headers included), read from the segments' end offsets
+    /// when called: what the data takes, without the preallocated tails. This is the size
+    /// rivet reports as `dbSize` and checks against `--quota-backend-bytes`.
+    #[must_use]
+    pub fn used_bytes(&self) -> u64 {
+        self.sealed
+            .iter()
+            .map(|segment| segment.data_end as u64)
+            .sum::<u64>()
+            + self.active.write_offset as u64
+    }
+
+    /// The applied index of the last checkpoint (written or loaded); 0 if none.
+    #[must_use]
+    pub fn last_checkpoint_index(&self) -> u64 {
+        self.last_checkpoint_index
+    }
+
+    /// The number of segment files.
+    #[must_use]
+    pub fn segment_count(&self) -> usize {
+        self.sealed.len() + 1
+    }
+
+    /// The directory of this page file.
+    #[must_use]
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}

@@ -1,0 +1,220 @@
+//! Checkpoints: every `--snapshot-count` applied entries (and at a graceful stop) every
+//! shard makes what it applied durable and records a checkpoint at the same index; once
+//! all have, the log records a checkpoint marker — the state at that index that is not in
+//! the shards (raft configuration, members, leases, alarms) — and the raft log before it
+//! can go, but for a tail kept for followers that lag a little.
+//!
+//! A crash between the shards' checkpoints and the marker is harmless: the last marker
+//! names a checkpoint every shard has.
+
+use protobuf::Message as _;
+use rivet_api::rivetpb::CheckpointMarker;
+
+use super::{log, RaftCore};
+use crate::messages::{ApplyMessage, CheckpointRequest};
+
+/// Where the checkpoints are: the last one recorded, and the one the shards are making.
+pub struct Checkpoints {
+    /// Applied entries between checkpoints.
+    every: u64,
+    last_index: u64,
+    /// The checkpoint in the making, and which shards confirmed it.
+    in_flight: Option<(CheckpointRequest, Vec<bool>)>,
+}
+
+impl Checkpoints {
+    pub fn new(every: u64, last_index: u64) -> Checkpoints {
+        Checkpoints {
+            every,
+            last_index,
+            in_flight: None,
+        }
+    }
+
+    /// The applied index of the last checkpoint recorded.
+    pub fn last_index(&self) -> u64 {
+        self.last_index
+    }
+
+    pub fn in_flight(&self) -> bool {
+        self.in_flight.is_some()
+    }
+
+    /// Whether a checkpoint should start, with `applied` entries applied.
+    pub fn due(&self, applied: u64) -> bool {
+        self.in_flight.is_none() && applied >= self.last_index + self.every
+    }
+
+    pub fn started(&mut self, request: CheckpointRequest, shard_count: usize) {
+        self.in_flight = Some((request, vec![false; shard_count]));
+    }
+
+    /// Shard `shard` made a checkpoint at `index`.
+    pub fn acknowledged(&mut self, shard: usize, index: u64) {
+        if let Some((request, done)) = &mut self.in_flight {
+            if index == request.index {
+                if let Some(done) = done.get_mut(shard) {
+                    *done = true;
+                }
+            }
+        }
+    }
+
+    /// The checkpoint every shard confirmed, to record now.
+    pub fn take_complete(&mut self) -> Option<CheckpointRequest> {
+        match &self.in_flight {
+            Some((request, done)) if done.iter().all(|d| *d) => {
+                let request = *request;
+                self.in_flight = None;
+                Some(request)
+            }
+            _ => None,
+        }
+    }
+
+    /// The marker of the checkpoint at `index` is in the log.
+    pub fn recorded(&mut self, index: u64) {
+        self.last_index = index;
+    }
+
+    /// A snapshot installed at `index` is the checkpoint now; one in the making is moot.
+    pub fn installed(&mut self, index: u64) {
+        self.last_index = index;
+        self.in_flight = None;
+    }
+}
+
+/// The first index the raft log keeps after a checkpoint at `index`.
+pub fn log_kept_from(index: u64, kept_after_checkpoint: u64) -> u64 {
+    index.saturating_sub(kept_after_checkpoint)
+}
+
+impl RaftCore {
+    /// Starts a checkpoint when one is due; records one every shard confirmed.
+    pub(super) async fn maybe_checkpoint(&mut self) {
+        if let Some(request) = self.checkpoints.take_complete() {
+            if let Err(e) = self.record_checkpoint(request) {
+                // The log refused a write: its state is unknown and a retry could report
+                // success for lost data, so the member stops (the restart recovers from
+                // what is durable). Going on would also start this checkpoint again at an
+                // index the shards already checkpointed.
+                self.stop_for(format!(
+                    "could not record checkpoint {}: {e}",
+                    request.index
+                ));
+            }
+            return;
+        }
+        if self.checkpoints.due(self.applied_index) {
+            self.start_checkpoint().await;
+        }
+    }
+
+    /// Asks every shard for a checkpoint at the applied index.
+    pub(super) async fn start_checkpoint(&mut self) {
+        let term = self
+            .node
+            .raft
+            .raft_log
+            .term(self.applied_index)
+            .unwrap_or(self.node.raft.term);
+        let sequencer = self.applier.sequencer();
+        let request = CheckpointRequest {
+            index: self.applied_index,
+            term,
+            revision: sequencer.revision(),
+            compact_revision: sequencer.compact_revision(),
+        };
+        self.shards
+            .send_all(|_| ApplyMessage::Checkpoint(request))
+            .await;
+        self.checkpoints.started(request, self.config.shard_count);
+    }
+
+    /// Writes the marker of a checkpoint every shard has, then lets the raft log and the
+    /// WAL go before it, but for the kept tail.
+    fn record_checkpoint(&mut self, request: CheckpointRequest) -> Result<(), String> {
+        let conf_state = self.node.raft.prs().conf().to_conf_state();
+        let marker = CheckpointMarker {
+            applied_index: request.index,
+            term: request.term,
+            revision: request.revision,
+            compact_revision: request.compact_revision,
+            conf_state: conf_state
+                .write_to_bytes()
+                .map_err(|e| e.to_string())?
+                .into(),
+            membership: Some(self.applier.members().to_proto()),
+            leases: self.applier.lease_records(),
+            alarms: self.applier.alarms().list().to_vec(),
+        };
+        let sequence = self
+            .log
+            .submit(vec![log::marker_record(&marker)])
+            .map_err(|e| e.to_string())?;
+        self.log.wait_durable(sequence).map_err(|e| e.to_string())?;
+        self.checkpoints.recorded(request.index);
+        let keep_from = log_kept_from(
+            request.index,
+            self.config.tuning.log_entries_kept_after_checkpoint,
+        );
+        if keep_from > raft::Storage::first_index(self.node.store()).unwrap_or(1) {
+            let _ = self.node.mut_store().wl().compact(keep_from);
+        }
+        self.log
+            .release_before(keep_from)
+            .map_err(|e| e.to_string())?;
+        tracing::info!(
+            index = request.index,
+            revision = request.revision,
+            "checkpoint recorded"
+        );
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(index: u64) -> CheckpointRequest {
+        CheckpointRequest {
+            index,
+            term: 1,
+            revision: 1,
+            compact_revision: -1,
+        }
+    }
+
+    #[test]
+    fn a_checkpoint_is_recorded_once_every_shard_confirmed_it() {
+        let mut checkpoints = Checkpoints::new(10, 0);
+        assert!(!checkpoints.due(9));
+        assert!(checkpoints.due(10));
+        checkpoints.started(request(10), 2);
+        assert!(!checkpoints.due(50), "one at a time");
+        checkpoints.acknowledged(0, 10);
+        checkpoints.acknowledged(1, 9);
+        assert!(
+            checkpoints.take_complete().is_none(),
+            "shard 1 confirmed another index"
+        );
+        checkpoints.acknowledged(1, 10);
+        assert_eq!(checkpoints.take_complete().map(|r| r.index), Some(10));
+        assert!(checkpoints.take_complete().is_none());
+        checkpoints.recorded(10);
+        assert!(!checkpoints.due(19));
+        assert!(checkpoints.due(20));
+    }
+
+    #[test]
+    fn an_installed_snapshot_replaces_a_checkpoint_in_the_making() {
+        let mut checkpoints = Checkpoints::new(10, 0);
+        checkpoints.started(request(10), 1);
+        checkpoints.installed(500);
+        assert!(!checkpoints.in_flight());
+        assert_eq!(checkpoints.last_index(), 500);
+        assert_eq!(log_kept_from(500, 5000), 0);
+        assert_eq!(log_kept_from(9000, 5000), 4000);
+    }
+}
