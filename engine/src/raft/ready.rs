@@ -449,7 +449,12 @@ impl RaftCore {
             if entry.index <= self.applied_index {
                 continue;
             }
-            if let Some(problem) = super::validate::entry_problem(&entry) {
+            // Normal entries and conf changes are checked as they are decoded below;
+            // the one other kind is checked here.
+            let problem = (entry.get_entry_type() == EntryType::EntryConfChangeV2)
+                .then(|| super::validate::entry_problem(&entry))
+                .flatten();
+            if let Some(problem) = problem {
                 damaged = Some(format!(
                     "the raft log holds an entry rivet could not have proposed at index {}: \
                      {problem} (damaged log)",
