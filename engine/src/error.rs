@@ -31,6 +31,10 @@ pub enum EtcdError {
     FutureRevision,
     #[error("etcdserver: mvcc: database space exceeded")]
     NoSpace,
+    /// etcd's `ErrCorrupt`: a keyspace or lease request applied while the CORRUPT
+    /// alarm is raised.
+    #[error("etcdserver: corrupt cluster")]
+    Corrupt,
     #[error("etcdserver: requested lease not found")]
     LeaseNotFound,
     #[error("etcdserver: lease already exists")]
@@ -146,6 +150,7 @@ impl EtcdError {
                 Code::Unavailable
             }
             EtcdError::NoSpace => Code::ResourceExhausted,
+            EtcdError::Corrupt => Code::DataLoss,
             EtcdError::LeaseNotFound => Code::NotFound,
             EtcdError::LeaseExist => Code::FailedPrecondition,
             EtcdError::LeaseTtlTooLarge => Code::OutOfRange,
