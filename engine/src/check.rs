@@ -13,6 +13,11 @@ pub fn check_range(request: &RangeRequest) -> Result<(), EtcdError> {
     if request.key.is_empty() {
         return Err(EtcdError::EmptyKey);
     }
+    // etcd 3.4 panics on an unknown sort target (also inside a txn); an unknown sort
+    // order it answers unsorted, as rivet does.
+    if rivet_api::etcdserverpb::range_request::SortTarget::try_from(request.sort_target).is_err() {
+        return Err(EtcdError::InvalidSortOption);
+    }
     Ok(())
 }
 
@@ -25,6 +30,23 @@ pub fn check_put(request: &PutRequest) -> Result<(), EtcdError> {
     }
     if request.ignore_lease && request.lease != 0 {
         return Err(EtcdError::LeaseProvided);
+    }
+    check_put_storable(request)
+}
+
+/// What the store itself needs of a put, checked again when it applies (a peer's entry
+/// need not have passed [`check_put`]): a key, and a key and value that fit in one page
+/// record. etcd has no such limit below `--max-request-bytes`; only a member started with
+/// a request limit above 1 GiB can meet it.
+pub fn check_put_storable(request: &PutRequest) -> Result<(), EtcdError> {
+    if request.key.is_empty() {
+        return Err(EtcdError::EmptyKey);
+    }
+    let record_bytes = crate::page::KEY_RECORD_HEADER_BYTES
+        .saturating_add(request.key.len())
+        .saturating_add(request.value.len());
+    if record_bytes > crate::limits::RECORD_BYTES_MAX as usize {
+        return Err(EtcdError::RequestTooLarge);
     }
     Ok(())
 }
@@ -159,18 +181,39 @@ fn check_intervals(ops: &[RequestOp]) -> Result<(HashSet<Vec<u8>>, Deletes), Etc
     Ok((puts, deletes))
 }
 
-/// True when no op in any branch (recursively) writes: etcd serves such a txn without
-/// going through raft.
+/// Raft entries read back from the WAL must follow the log storage's last index one by
+/// one: raft-rs's `MemStorage::append` panics on a gap or on an entry below its first
+/// index. The WAL's CRCs make this a check against bugs, not bit rot; it answers the
+/// offending index and why instead of a panic at start-up.
+pub fn contiguous_entries(
+    entries: &[raft::prelude::Entry],
+    last_index: u64,
+) -> Result<(), (u64, String)> {
+    let mut expected = last_index.saturating_add(1);
+    for entry in entries {
+        if entry.index != expected {
+            return Err((
+                entry.index,
+                format!(
+                    "the log continues at index {expected}, but this entry is at {}",
+                    entry.index
+                ),
+            ));
+        }
+        expected = expected.saturating_add(1);
+    }
+    Ok(())
+}
+
+/// etcd's `isTxnReadonly`: every op of both branches is a Range. etcd serves such a txn
+/// without going through raft; a txn that nests another goes through raft even when
+/// the nested one only reads (so it meets the request size check and reads at apply).
 pub fn txn_is_read_only(request: &TxnRequest) -> bool {
     request
         .success
         .iter()
         .chain(request.failure.iter())
-        .all(|op| match &op.request {
-            Some(request_op::Request::RequestRange(_)) | None => true,
-            Some(request_op::Request::RequestTxn(t)) => txn_is_read_only(t),
-            Some(_) => false,
-        })
+        .all(|op| matches!(&op.request, Some(request_op::Request::RequestRange(_))))
 }
 
 /// True when every op of both branches is a serializable range (etcd's rule: an empty
@@ -257,6 +300,66 @@ mod tests {
         let t = txn((0..3).map(|i| put(&i.to_string())).collect(), vec![]);
         assert_eq!(check_txn(&t, 2), Err(EtcdError::TooManyOps));
         assert_eq!(check_txn(&t, 3), Ok(()));
+    }
+
+    #[test]
+    fn recovered_entries_must_continue_the_log() {
+        let entries = |indexes: &[u64]| -> Vec<raft::prelude::Entry> {
+            indexes
+                .iter()
+                .map(|&index| raft::prelude::Entry {
+                    index,
+                    ..Default::default()
+                })
+                .collect()
+        };
+        assert_eq!(contiguous_entries(&entries(&[]), 7), Ok(()));
+        assert_eq!(contiguous_entries(&entries(&[8, 9, 10]), 7), Ok(()));
+        assert_eq!(
+            contiguous_entries(&entries(&[9]), 7).map_err(|e| e.0),
+            Err(9)
+        );
+        assert_eq!(
+            contiguous_entries(&entries(&[7, 8]), 7).map_err(|e| e.0),
+            Err(7)
+        );
+        assert_eq!(
+            contiguous_entries(&entries(&[8, 10]), 7).map_err(|e| e.0),
+            Err(10)
+        );
+    }
+
+    #[test]
+    fn a_put_must_fit_a_page_record() {
+        let huge = PutRequest {
+            key: Bytes::from_static(b"k"),
+            value: Bytes::from(vec![0; crate::limits::RECORD_BYTES_MAX as usize]),
+            ..Default::default()
+        };
+        assert_eq!(check_put(&huge), Err(EtcdError::RequestTooLarge));
+    }
+
+    #[test]
+    fn an_unknown_sort_target_is_refused_also_inside_a_txn() {
+        let range = RangeRequest {
+            key: Bytes::from_static(b"k"),
+            sort_target: 9,
+            ..Default::default()
+        };
+        assert_eq!(check_range(&range), Err(EtcdError::InvalidSortOption));
+        let t = txn(
+            vec![RequestOp {
+                request: Some(request_op::Request::RequestRange(range)),
+            }],
+            vec![],
+        );
+        assert_eq!(check_txn(&t, 128), Err(EtcdError::InvalidSortOption));
+        let unknown_order = RangeRequest {
+            key: Bytes::from_static(b"k"),
+            sort_order: 7,
+            ..Default::default()
+        };
+        assert_eq!(check_range(&unknown_order), Ok(()));
     }
 
     #[test]

@@ -21,12 +21,20 @@ pub enum EtcdError {
     TooManyOps,
     #[error("etcdserver: duplicate key given in txn request")]
     DuplicateKey,
+    /// A Range with an unknown sort target: etcd 3.4 panics on it (`sort.Sort` of a nil
+    /// sorter); this is etcd 3.5's answer (`ErrGRPCInvalidSortOption`).
+    #[error("etcdserver: invalid sort option")]
+    InvalidSortOption,
     #[error("etcdserver: mvcc: required revision has been compacted")]
     Compacted,
     #[error("etcdserver: mvcc: required revision is a future revision")]
     FutureRevision,
     #[error("etcdserver: mvcc: database space exceeded")]
     NoSpace,
+    /// etcd's `ErrCorrupt`: a keyspace or lease request applied while the CORRUPT
+    /// alarm is raised.
+    #[error("etcdserver: corrupt cluster")]
+    Corrupt,
     #[error("etcdserver: requested lease not found")]
     LeaseNotFound,
     #[error("etcdserver: lease already exists")]
@@ -125,6 +133,7 @@ impl EtcdError {
             | EtcdError::LeaseProvided
             | EtcdError::TooManyOps
             | EtcdError::DuplicateKey
+            | EtcdError::InvalidSortOption
             | EtcdError::RequestTooLarge => Code::InvalidArgument,
             EtcdError::Compacted | EtcdError::FutureRevision => Code::OutOfRange,
             EtcdError::MemberBadUrls => Code::InvalidArgument,
@@ -141,6 +150,7 @@ impl EtcdError {
                 Code::Unavailable
             }
             EtcdError::NoSpace => Code::ResourceExhausted,
+            EtcdError::Corrupt => Code::DataLoss,
             EtcdError::LeaseNotFound => Code::NotFound,
             EtcdError::LeaseExist => Code::FailedPrecondition,
             EtcdError::LeaseTtlTooLarge => Code::OutOfRange,

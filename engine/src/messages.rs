@@ -206,7 +206,7 @@ pub enum ShardRequest {
         from: i64,
         to: i64,
         prev_kv: bool,
-        reply: oneshot::Sender<Option<Vec<rivet_api::mvccpb::Event>>>,
+        reply: oneshot::Sender<Option<crate::shard::WatchEvents>>,
     },
     /// Watch catch-up: one range's changes in `[from, to]`, read from the index.
     WatchHistory {
@@ -215,7 +215,7 @@ pub enum ShardRequest {
         from: i64,
         to: i64,
         prev_kv: bool,
-        reply: oneshot::Sender<Result<Vec<rivet_api::mvccpb::Event>, CompactedAt>>,
+        reply: oneshot::Sender<Result<crate::shard::WatchEvents, CompactedAt>>,
     },
     /// The shard's part of HashKV at `revision`.
     HashKv {
@@ -223,6 +223,7 @@ pub enum ShardRequest {
         reply: oneshot::Sender<u32>,
     },
     /// This shard's records up to `revision`, once it applied `index` (raft snapshot).
+    /// A shard that cannot read a record drops `reply`: the snapshot is not sent.
     Export {
         index: u64,
         revision: i64,

@@ -60,6 +60,15 @@ use crate::keyspace::RangeEnd;
 use crate::limits::KEY_BYTES_MAX;
 use crate::page::PagePtr;
 
+/// A version the index cannot take (see [`KeyIndex::try_put`]).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("version of key {key:?} at revision {revision}: {problem}", key = String::from_utf8_lossy(key))]
+pub struct IndexError {
+    pub key: Vec<u8>,
+    pub revision: i64,
+    pub problem: String,
+}
+
 /// One change of a key, as watch needs it: see [`KeyIndex::changes`].
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct Change<'a> {
@@ -128,6 +137,56 @@ impl KeyIndex {
         entry.push(Version::new(revision, ptr, true));
         self.version_count += 1;
         true
+    }
+
+    /// [`KeyIndex::put`] for versions read from disk or a peer's snapshot: the same
+    /// conditions are checked and answered as an error instead of a panic.
+    pub fn try_put(&mut self, key: &[u8], revision: i64, ptr: PagePtr) -> Result<(), IndexError> {
+        self.check_version(key, revision, true)?;
+        self.put(key, revision, ptr);
+        Ok(())
+    }
+
+    /// [`KeyIndex::tombstone`] for versions read from disk or a peer's snapshot.
+    pub fn try_tombstone(
+        &mut self,
+        key: &[u8],
+        revision: i64,
+        ptr: PagePtr,
+    ) -> Result<bool, IndexError> {
+        self.check_version(key, revision, false)?;
+        Ok(self.tombstone(key, revision, ptr))
+    }
+
+    fn check_version(&self, key: &[u8], revision: i64, put: bool) -> Result<(), IndexError> {
+        let problem = if revision <= 0 {
+            Some("revision is not positive")
+        } else if key.len() > KEY_BYTES_MAX as usize {
+            Some("key is longer than the limit")
+        } else if put && key.is_empty() {
+            Some("the empty key cannot be put")
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            return Err(IndexError {
+                key: key.to_vec(),
+                revision,
+                problem: problem.to_string(),
+            });
+        }
+        if let Some(entry) = self.keys.get(key) {
+            let latest = entry.latest();
+            let live = !latest.is_tombstone();
+            if (put || live) && revision <= latest.revision() {
+                return Err(IndexError {
+                    key: key.to_vec(),
+                    revision,
+                    problem: format!("not after the key's latest revision {}", latest.revision()),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// The version of `key` visible at `at_revision`: its mod revision and record, or
@@ -582,6 +641,24 @@ mod tests {
 
     fn ptr(revision: i64) -> PagePtr {
         PagePtr::new(0, u32::try_from(revision).unwrap_or(0) * 8)
+    }
+
+    /// Versions read from disk go through the checked calls: what `put` would panic on
+    /// is an error, and the index is left as it was.
+    #[test]
+    fn checked_calls_refuse_what_put_panics_on() {
+        let mut index = KeyIndex::new();
+        assert!(index.try_put(b"", 1, ptr(1)).is_err());
+        assert!(index.try_put(b"a", 0, ptr(1)).is_err());
+        assert!(index.try_tombstone(b"a", -1, ptr(1)).is_err());
+        index.try_put(b"a", 5, ptr(5)).expect("first version");
+        assert!(index.try_put(b"a", 5, ptr(5)).is_err());
+        assert!(index.try_put(b"a", 4, ptr(4)).is_err());
+        assert!(index.try_tombstone(b"a", 5, ptr(5)).is_err());
+        assert_eq!(index.try_tombstone(b"a", 6, ptr(6)), Ok(true));
+        // A tombstone of a deleted key changes nothing, whatever its revision.
+        assert_eq!(index.try_tombstone(b"a", 2, ptr(2)), Ok(false));
+        assert_eq!(index.version_count(), 2);
     }
 
     /// The worked example of the module documentation.

@@ -25,7 +25,7 @@ use rivet_api::etcdserverpb::{
     compare, request_op, response_op, CompactionRequest, CompactionResponse, Compare,
     DeleteRangeRequest, DeleteRangeResponse, LeaseCheckpointRequest, LeaseGrantRequest,
     LeaseGrantResponse, LeaseRevokeRequest, LeaseRevokeResponse, PutRequest, PutResponse,
-    RangeRequest, RangeResponse, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
+    RangeRequest, RangeResponse, RequestOp, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
 };
 use rivet_api::mvccpb::KeyValue;
 
@@ -62,7 +62,7 @@ pub struct HistoricalRange {
 }
 
 /// Everything one applied request produced.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Outcome {
     pub result: Option<Result<Applied, EtcdError>>,
     pub mutations: Vec<Mutation>,
@@ -270,7 +270,15 @@ impl Sequencer {
         self.keys.get(key)
     }
 
+    /// Every live key's head, in key order.
+    pub fn heads(&self) -> impl Iterator<Item = (&Bytes, &Head)> {
+        self.keys.iter()
+    }
+
     pub fn apply_put(&mut self, request: &PutRequest) -> Outcome {
+        if let Err(e) = crate::check::check_put_storable(request) {
+            return Outcome::error(e);
+        }
         if request.lease != 0 && !self.lease_exists(request.lease) {
             return Outcome::error(EtcdError::LeaseNotFound);
         }
@@ -313,14 +321,23 @@ impl Sequencer {
         }
         let mut txn = WriteTxn::new(self);
         let mut position = 0;
-        let mut response = txn.txn(request, &path, &mut position, &mut Vec::new());
-        if txn.ops > 1 {
-            crate::metrics::MVCC_TXN.inc();
+        match txn.txn(request, &path, &mut position, &mut Vec::new()) {
+            Ok(mut response) => {
+                if txn.ops > 1 {
+                    crate::metrics::MVCC_TXN.inc();
+                }
+                let revision = txn.finish();
+                response.header = Some(header(revision));
+                txn.outcome.result = Some(Ok(Applied::Txn(response)));
+                txn.outcome
+            }
+            Err(e) => {
+                // An op failed half-way (see `WriteTxn::txn`): the request changes
+                // nothing, on every replica alike.
+                txn.roll_back();
+                Outcome::error(e)
+            }
         }
-        let revision = txn.finish();
-        response.header = Some(header(revision));
-        txn.outcome.result = Some(Ok(Applied::Txn(response)));
-        txn.outcome
     }
 
     pub fn apply_compaction(&mut self, request: &CompactionRequest) -> Outcome {
@@ -381,15 +398,12 @@ impl Sequencer {
         path: &[bool],
         position: &mut usize,
     ) -> Result<(), EtcdError> {
-        let ops = if path[*position] {
-            &request.success
-        } else {
-            &request.failure
-        };
+        let ops = branch(request, path, *position)?;
         *position += 1;
         for op in ops {
             match &op.request {
                 Some(request_op::Request::RequestPut(put)) => {
+                    crate::check::check_put_storable(put)?;
                     if (put.ignore_value || put.ignore_lease) && !self.keys.contains_key(&put.key) {
                         return Err(EtcdError::KeyNotFound);
                     }
@@ -412,11 +426,7 @@ impl Sequencer {
         path: &[bool],
         position: &mut usize,
     ) -> Result<(), EtcdError> {
-        let ops = if path[*position] {
-            &request.success
-        } else {
-            &request.failure
-        };
+        let ops = branch(request, path, *position)?;
         *position += 1;
         for op in ops {
             match &op.request {
@@ -438,6 +448,24 @@ impl Sequencer {
             }
         }
         Ok(())
+    }
+}
+
+/// The ops of the branch `path[position]` chose (see `compare_to_path`). The path is built
+/// by the same walk that reads it, so a missing entry is a bug; it is answered as an
+/// error rather than a panic of the raft core.
+fn branch<'r>(
+    request: &'r TxnRequest,
+    path: &[bool],
+    position: usize,
+) -> Result<&'r [RequestOp], EtcdError> {
+    match path.get(position) {
+        Some(true) => Ok(&request.success),
+        Some(false) => Ok(&request.failure),
+        None => Err(EtcdError::Internal(format!(
+            "txn branch {position} not decided (path of {})",
+            path.len()
+        ))),
     }
 }
 
@@ -527,6 +555,9 @@ struct WriteTxn<'s> {
     /// Ranges, puts and deletes run (etcd counts a txn of more than one in
     /// `etcd_mvcc_txn_total`).
     ops: u32,
+    /// Each key change as (key, head before it), in order, so that a request that fails
+    /// half-way can be undone (`roll_back`).
+    undo: Vec<(Bytes, Option<Head>)>,
 }
 
 impl<'s> WriteTxn<'s> {
@@ -537,7 +568,28 @@ impl<'s> WriteTxn<'s> {
             begin_revision,
             outcome: Outcome::default(),
             ops: 0,
+            undo: Vec::new(),
         }
+    }
+
+    /// Undoes every change this request made to the heads and the lease attachments
+    /// (newest first) and drops its mutations: the store is as before the request, and
+    /// its revision was never advanced (`finish` was not called).
+    fn roll_back(&mut self) {
+        while let Some((key, before)) = self.undo.pop() {
+            let now_lease = self.sequencer.keys.get(&key).map_or(0, |h| h.lease);
+            let before_lease = before.as_ref().map_or(0, |h| h.lease);
+            self.sequencer.attach(&key, now_lease, before_lease);
+            match before {
+                Some(head) => {
+                    self.sequencer.keys.insert(key, head);
+                }
+                None => {
+                    self.sequencer.keys.remove(&key);
+                }
+            }
+        }
+        self.outcome = Outcome::default();
     }
 
     fn changed(&self) -> bool {
@@ -635,6 +687,7 @@ impl<'s> WriteTxn<'s> {
         crate::metrics::MVCC_PUT.inc();
         crate::metrics::MVCC_PUT_SIZE.add((request.key.len() + head.value.len()) as u64);
         let old_lease = previous.as_ref().map_or(0, |p| p.lease);
+        self.undo.push((request.key.clone(), previous.clone()));
         self.sequencer.attach(&request.key, old_lease, lease);
         self.sequencer
             .keys
@@ -664,6 +717,7 @@ impl<'s> WriteTxn<'s> {
         let revision = self.write_revision();
         let mut prev_kvs = Vec::new();
         for (key, head) in &doomed {
+            self.undo.push((key.clone(), Some(head.clone())));
             self.sequencer.keys.remove(key);
             self.sequencer.attach(key, head.lease, 0);
             self.outcome.mutations.push(Mutation::Delete {
@@ -708,14 +762,10 @@ impl<'s> WriteTxn<'s> {
         path: &[bool],
         position: &mut usize,
         response_path: &mut Vec<usize>,
-    ) -> TxnResponse {
-        let succeeded = path[*position];
+    ) -> Result<TxnResponse, EtcdError> {
+        let ops = branch(request, path, *position)?;
+        let succeeded = path.get(*position).copied().unwrap_or(false);
         *position += 1;
-        let ops = if succeeded {
-            &request.success
-        } else {
-            &request.failure
-        };
         let mut responses = Vec::with_capacity(ops.len());
         for (i, op) in ops.iter().enumerate() {
             let response = match &op.request {
@@ -745,19 +795,22 @@ impl<'s> WriteTxn<'s> {
                     }
                 }
                 Some(request_op::Request::RequestPut(put)) => {
-                    // Checked before the txn started; a failure here is a bug.
-                    let response = self.put(put).unwrap_or_else(|e| {
-                        panic!("put in a checked txn failed: {e} (key {:?})", put.key)
-                    });
-                    Some(response_op::Response::ResponsePut(response))
+                    // Checked against the view before the txn started, but an earlier op
+                    // of this txn may have deleted the key since: etcd's interval check
+                    // takes a from-key delete ("\0") as an empty interval, so
+                    // `[delete "a".."\0", put b ignore_value]` passes it. etcd 3.4 panics
+                    // there; the whole request fails with the error a put with
+                    // ignore_value gets for a missing key, and changes nothing.
+                    Some(response_op::Response::ResponsePut(self.put(put)?))
                 }
                 Some(request_op::Request::RequestDeleteRange(delete)) => Some(
                     response_op::Response::ResponseDeleteRange(self.delete(delete)),
                 ),
                 Some(request_op::Request::RequestTxn(nested)) => {
                     response_path.push(i);
-                    let mut nested_response = self.txn(nested, path, position, response_path);
+                    let nested_response = self.txn(nested, path, position, response_path);
                     response_path.pop();
+                    let mut nested_response = nested_response?;
                     // etcd gives nested txn responses an empty header.
                     nested_response.header = Some(ResponseHeader::default());
                     Some(response_op::Response::ResponseTxn(nested_response))
@@ -766,11 +819,11 @@ impl<'s> WriteTxn<'s> {
             };
             responses.push(ResponseOp { response });
         }
-        TxnResponse {
+        Ok(TxnResponse {
             header: None,
             succeeded,
             responses,
-        }
+        })
     }
 }
 
@@ -962,6 +1015,79 @@ mod tests {
         let out = s.apply_txn(&txn);
         assert!(out.mutations.is_empty());
         assert_eq!(s.revision(), 5);
+    }
+
+    /// The request of issue 10: it passes etcd's checks (a from-key delete is an empty
+    /// interval), then its delete removes the key the ignore_value put needs. etcd 3.4
+    /// panics; rivet answers "key not found" and changes nothing, leases included.
+    #[test]
+    fn a_put_whose_key_an_earlier_op_deleted_fails_the_whole_txn() {
+        let mut s = Sequencer::new();
+        s.apply_lease_grant(
+            &rivet_api::etcdserverpb::LeaseGrantRequest { ttl: 60, id: 7 },
+            1,
+        );
+        s.apply_put(&PutRequest {
+            key: b("b"),
+            value: b("v"),
+            lease: 7,
+            ..Default::default()
+        });
+        put(&mut s, "c", "w");
+        let before: Vec<(Bytes, Head)> = s.heads().map(|(k, h)| (k.clone(), h.clone())).collect();
+        let leases_before = s.leases().clone();
+        let revision = s.revision();
+        for ignore_lease in [false, true] {
+            let txn = TxnRequest {
+                compare: vec![],
+                success: vec![
+                    delete_from_op("a"),
+                    op(request_op::Request::RequestPut(PutRequest {
+                        key: b("b"),
+                        ignore_value: !ignore_lease,
+                        ignore_lease,
+                        ..Default::default()
+                    })),
+                ],
+                failure: vec![],
+            };
+            assert_eq!(crate::check::check_txn(&txn, 128), Ok(()));
+            let out = s.apply_txn(&txn);
+            assert_eq!(out.result, Some(Err(EtcdError::KeyNotFound)));
+            assert!(out.mutations.is_empty());
+            assert_eq!(s.revision(), revision);
+            let after: Vec<(Bytes, Head)> =
+                s.heads().map(|(k, h)| (k.clone(), h.clone())).collect();
+            assert_eq!(after, before);
+            assert_eq!(s.leases(), &leases_before);
+        }
+        // The same failure one level down, in a nested txn after other changes.
+        let nested = TxnRequest {
+            compare: vec![],
+            success: vec![op(request_op::Request::RequestPut(PutRequest {
+                key: b("c"),
+                ignore_value: true,
+                ..Default::default()
+            }))],
+            failure: vec![],
+        };
+        let txn = TxnRequest {
+            compare: vec![],
+            success: vec![
+                put_op("0", "x"),
+                delete_from_op("a"),
+                op(request_op::Request::RequestTxn(nested)),
+            ],
+            failure: vec![],
+        };
+        assert_eq!(crate::check::check_txn(&txn, 128), Ok(()));
+        let out = s.apply_txn(&txn);
+        assert_eq!(out.result, Some(Err(EtcdError::KeyNotFound)));
+        assert_eq!(s.revision(), revision);
+        assert_eq!(s.get(b"0"), None);
+        let after: Vec<(Bytes, Head)> = s.heads().map(|(k, h)| (k.clone(), h.clone())).collect();
+        assert_eq!(after, before);
+        assert_eq!(s.leases(), &leases_before);
     }
 
     #[test]

@@ -50,6 +50,9 @@ struct RecentChange {
     tombstone: bool,
 }
 
+/// Watch events of a shard, or the error of the first record that could not be read.
+pub type WatchEvents = Result<Vec<Event>, EtcdError>;
+
 fn key_value(key: &[u8], view: &RecordView<'_>, with_value: bool) -> KeyValue {
     KeyValue {
         key: Bytes::copy_from_slice(key),
@@ -74,17 +77,31 @@ impl Shard {
         options: PageOptions,
     ) -> Result<Shard, ShardOpenError> {
         let mut index = KeyIndex::default();
+        // A record that passed its CRC can still be one the index cannot take (an empty
+        // key, a revision out of order): the first such one fails the open.
+        let mut bad_record = None;
         let (page, checkpoint) = PageFile::open(dir, options, checkpoint_index, |ptr, view| {
-            if view.value.is_some() {
-                index.put(view.key, view.mod_revision, ptr);
+            if bad_record.is_some() {
+                return;
+            }
+            let taken = if view.value.is_some() {
+                index.try_put(view.key, view.mod_revision, ptr)
             } else {
-                index.tombstone(view.key, view.mod_revision, ptr);
+                index
+                    .try_tombstone(view.key, view.mod_revision, ptr)
+                    .map(|_| ())
+            };
+            if let Err(e) = taken {
+                bad_record = Some(format!("page record at {ptr:?}: {e}"));
             }
         })
         .map_err(|e| ShardOpenError {
             shard: id,
             reason: e.to_string(),
         })?;
+        if let Some(reason) = bad_record {
+            return Err(ShardOpenError { shard: id, reason });
+        }
         let (applied_index, revision, compact_revision) = match checkpoint {
             Some(c) => (c.applied_index, c.revision, c.compact_revision),
             None => (0, 1, -1),
@@ -118,32 +135,43 @@ impl Shard {
         self.page.used_bytes()
     }
 
-    /// The newest version of every live key, for rebuilding the sequencer.
-    pub fn heads(&self, mut each: impl FnMut(Bytes, Head)) {
+    /// The newest version of every live key, for rebuilding the sequencer. A record
+    /// that cannot be read fails it: the sequencer cannot be rebuilt without it.
+    pub fn heads(&self, mut each: impl FnMut(Bytes, Head)) -> Result<(), ShardOpenError> {
         for (key, _, ptr) in self.index.range(b"\0", &RangeEnd::FromKey, self.revision) {
-            match self.page.read(ptr) {
-                Ok(view) => each(
-                    Bytes::copy_from_slice(key),
-                    Head {
-                        create_revision: view.create_revision,
-                        mod_revision: view.mod_revision,
-                        version: view.version,
-                        lease: view.lease,
-                        value: Bytes::copy_from_slice(view.value.unwrap_or_default()),
-                    },
-                ),
-                Err(e) => panic!(
-                    "shard {}: index points at an unreadable record: {e}",
-                    self.id
-                ),
-            }
+            let view = self.read(ptr).map_err(|e| ShardOpenError {
+                shard: self.id,
+                reason: e.to_string(),
+            })?;
+            each(
+                Bytes::copy_from_slice(key),
+                Head {
+                    create_revision: view.create_revision,
+                    mod_revision: view.mod_revision,
+                    version: view.version,
+                    lease: view.lease,
+                    value: Bytes::copy_from_slice(view.value.unwrap_or_default()),
+                },
+            );
         }
+        Ok(())
+    }
+
+    /// Reads the record the index points at; a damaged one is an error naming it.
+    fn read(&self, ptr: PagePtr) -> Result<RecordView<'_>, EtcdError> {
+        self.page.read(ptr).map_err(|e| {
+            EtcdError::Internal(format!(
+                "shard {}: damaged page record at {ptr:?}: {e}",
+                self.id
+            ))
+        })
     }
 
     /// The heads of the live keys in chunks, ending with the chunk that says this shard is
     /// done: what the raft core rebuilds the sequencer from at start (in chunks, never
-    /// every key twice at once: ETCD_LESSONS 11).
-    pub fn restore_chunks(&self) -> Vec<RestoreChunk> {
+    /// every key twice at once: ETCD_LESSONS 11). A record that cannot be read fails
+    /// it: the sequencer cannot be rebuilt without it, so the member refuses to start.
+    pub fn restore_chunks(&self) -> Result<Vec<RestoreChunk>, ShardOpenError> {
         let mut chunk = Vec::with_capacity(crate::limits::RESTORE_CHUNK_KEYS);
         let mut chunks = Vec::new();
         self.heads(|key, head| {
@@ -154,7 +182,7 @@ impl Shard {
                     heads: Some(std::mem::take(&mut chunk)),
                 });
             }
-        });
+        })?;
         chunks.push(RestoreChunk {
             shard: self.id,
             heads: Some(chunk),
@@ -163,7 +191,7 @@ impl Shard {
             shard: self.id,
             heads: None,
         });
-        chunks
+        Ok(chunks)
     }
 
     /// Handles one message of the apply stream and returns what to acknowledge to the
@@ -176,7 +204,11 @@ impl Shard {
             }
             ApplyMessage::Install { snap_dir, index } => {
                 if let Err(e) = self.install(&snap_dir, index) {
-                    panic!("cannot install the snapshot at index {index}: {e}");
+                    // The WAL already names this snapshot: a restart finishes the
+                    // install, or refuses to start with the reason.
+                    crate::crash::stop(format_args!(
+                        "cannot install the snapshot at index {index}: {e}"
+                    ));
                 }
                 Some(index)
             }
@@ -194,8 +226,8 @@ impl Shard {
     }
 
     /// Applies one batch of the apply stream. A failure to write the page file (disk
-    /// full, I/O error) stops the member: the shard cannot skip a change and stay correct,
-    /// and the WAL still has everything for the restart.
+    /// full, I/O error) stops the member (`crash::stop`): the shard cannot skip a change
+    /// and stay correct, and the WAL still has everything for the restart.
     pub fn apply(&mut self, batch: &ApplyBatch) {
         for mutation in &batch.mutations {
             match mutation {
@@ -209,7 +241,10 @@ impl Shard {
                         value: Some(&head.value),
                     };
                     let ptr = self.page.append(&record).unwrap_or_else(|e| {
-                        panic!("shard {}: cannot append to the page file: {e}", self.id)
+                        crate::crash::stop(format_args!(
+                            "shard {}: cannot append to the page file: {e}",
+                            self.id
+                        ))
                     });
                     self.index.put(key, head.mod_revision, ptr);
                     self.remember(head.mod_revision, key, ptr, false);
@@ -224,7 +259,10 @@ impl Shard {
                         value: None,
                     };
                     let ptr = self.page.append(&record).unwrap_or_else(|e| {
-                        panic!("shard {}: cannot append to the page file: {e}", self.id)
+                        crate::crash::stop(format_args!(
+                            "shard {}: cannot append to the page file: {e}",
+                            self.id
+                        ))
                     });
                     self.index.tombstone(key, *revision, ptr);
                     self.remember(*revision, key, ptr, true);
@@ -251,20 +289,16 @@ impl Shard {
 
     /// Every version this shard retains up to `revision`, as a snapshot stream (page
     /// records), oldest first. Built in one pass so that a compaction cannot interleave.
-    pub fn export(&self, revision: i64) -> Vec<u8> {
+    pub fn export(&self, revision: i64) -> Result<Vec<u8>, EtcdError> {
         let mut out = Vec::new();
         for change in self.index.changes(b"\0", &RangeEnd::FromKey, 0, revision) {
-            let view = self.page.read(change.ptr).unwrap_or_else(|e| {
-                panic!(
-                    "shard {}: index points at an unreadable record: {e}",
-                    self.id
-                )
-            });
+            let view = self.read(change.ptr)?;
             // A page view is a `KeyRecord`: it encodes as it is.
-            crate::page::encode_key_record(&view, &mut out)
-                .unwrap_or_else(|e| panic!("shard {}: cannot encode a record: {e}", self.id));
+            crate::page::encode_key_record(&view, &mut out).map_err(|e| {
+                EtcdError::Internal(format!("shard {}: cannot encode a record: {e}", self.id))
+            })?;
         }
-        out
+        Ok(out)
     }
 
     /// The consistency hash of every version this shard retains up to `revision`: the
@@ -321,7 +355,7 @@ impl Shard {
         ptr: PagePtr,
         tombstone: bool,
         prev_kv: bool,
-    ) -> Event {
+    ) -> Result<Event, EtcdError> {
         let kv = if tombstone {
             KeyValue {
                 key: Bytes::copy_from_slice(key),
@@ -329,13 +363,7 @@ impl Shard {
                 ..Default::default()
             }
         } else {
-            match self.page.read(ptr) {
-                Ok(view) => key_value(key, &view, true),
-                Err(e) => panic!(
-                    "shard {}: index points at an unreadable record: {e}",
-                    self.id
-                ),
-            }
+            key_value(key, &self.read(ptr)?, true)
         };
         let prev = if prev_kv {
             self.index
@@ -344,7 +372,7 @@ impl Shard {
         } else {
             None
         };
-        Event {
+        Ok(Event {
             r#type: if tombstone {
                 EventType::Delete as i32
             } else {
@@ -352,13 +380,13 @@ impl Shard {
             },
             kv: Some(kv),
             prev_kv: prev,
-        }
+        })
     }
 
     /// Every change with `from <= revision <= to` from the recent log, in apply order, or
     /// `None` when the log no longer reaches back to `from` (the caller then reads the
     /// index for each watcher).
-    pub fn recent_changes(&self, from: i64, to: i64, prev_kv: bool) -> Option<Vec<Event>> {
+    pub fn recent_changes(&self, from: i64, to: i64, prev_kv: bool) -> Option<WatchEvents> {
         if from < self.recent_from {
             return None;
         }
@@ -382,7 +410,7 @@ impl Shard {
         from: i64,
         to: i64,
         prev_kv: bool,
-    ) -> Result<Vec<Event>, CompactedAt> {
+    ) -> Result<WatchEvents, CompactedAt> {
         if from < self.compact_revision {
             return Err(CompactedAt(self.compact_revision));
         }
@@ -406,9 +434,9 @@ impl Shard {
             compact_revision: request.compact_revision,
         };
         let started = std::time::Instant::now();
-        self.page
-            .checkpoint(&checkpoint)
-            .unwrap_or_else(|e| panic!("shard {}: checkpoint failed: {e}", self.id));
+        self.page.checkpoint(&checkpoint).unwrap_or_else(|e| {
+            crate::crash::stop(format_args!("shard {}: checkpoint failed: {e}", self.id))
+        });
         crate::metrics::BACKEND_COMMIT.observe(started.elapsed());
     }
 
@@ -424,10 +452,7 @@ impl Shard {
             if part.count_only || (part.limit != 0 && result.kvs.len() >= part.limit) {
                 continue;
             }
-            let view = self
-                .page
-                .read(ptr)
-                .map_err(|e| EtcdError::Internal(format!("shard {}: {e}", self.id)))?;
+            let view = self.read(ptr)?;
             result.kvs.push(key_value(key, &view, part.with_values));
         }
         Ok(result)

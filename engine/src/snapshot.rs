@@ -61,9 +61,36 @@ pub fn for_each_record(
 }
 
 /// The newest live version of every key in a snapshot stream: the sequencer's state.
+///
+/// Also checks what the page decoder cannot: every record's revision is positive, a
+/// put's key is not empty, and each key's versions come in increasing revision order (as
+/// a shard exports them). The staged shards index these records when they open; a
+/// snapshot that breaks these rules is refused here, before anything is written.
 pub fn heads(data: &[u8]) -> Result<Vec<(Bytes, Head)>, SnapshotError> {
-    let mut heads: BTreeMap<Bytes, Option<Head>> = BTreeMap::new();
-    for_each_record(data, |view| {
+    // key → (newest revision seen, its head if that version is live)
+    let mut heads: BTreeMap<Bytes, (i64, Option<Head>)> = BTreeMap::new();
+    let mut problem = None;
+    let records = for_each_record(data, |view| {
+        if problem.is_some() {
+            return;
+        }
+        let key = Bytes::copy_from_slice(view.key);
+        if view.mod_revision <= 0 || (view.value.is_some() && key.is_empty()) {
+            problem = Some(format!(
+                "key {key:?} at revision {}: empty key or revision not positive",
+                view.mod_revision
+            ));
+            return;
+        }
+        if let Some((newest, _)) = heads.get(&key) {
+            if *newest >= view.mod_revision {
+                problem = Some(format!(
+                    "key {key:?}: revision {} after revision {newest}",
+                    view.mod_revision
+                ));
+                return;
+            }
+        }
         let head = view.value.map(|value| Head {
             create_revision: view.create_revision,
             mod_revision: view.mod_revision,
@@ -71,18 +98,17 @@ pub fn heads(data: &[u8]) -> Result<Vec<(Bytes, Head)>, SnapshotError> {
             lease: view.lease,
             value: Bytes::copy_from_slice(value),
         });
-        let key = Bytes::copy_from_slice(view.key);
-        let newer = match heads.get(&key) {
-            Some(Some(old)) => old.mod_revision < view.mod_revision,
-            _ => true,
-        };
-        if newer {
-            heads.insert(key, head);
-        }
+        heads.insert(key, (view.mod_revision, head));
     })?;
+    if let Some(reason) = problem {
+        return Err(SnapshotError::Damaged {
+            offset: 0,
+            reason: format!("{reason} (of {records} records)"),
+        });
+    }
     Ok(heads
         .into_iter()
-        .filter_map(|(key, head)| head.map(|h| (key, h)))
+        .filter_map(|(key, (_, head))| head.map(|h| (key, h)))
         .collect())
 }
 
@@ -116,8 +142,14 @@ pub fn stage(
         if failure.is_some() {
             return;
         }
-        if let Err(e) = files[shard_of(view.key, shard_count)].append(&view) {
-            failure = Some(e.to_string());
+        let appended = match files.get_mut(shard_of(view.key, shard_count)) {
+            Some(file) => file.append(&view).map(|_| ()).map_err(|e| e.to_string()),
+            None => Err(format!(
+                "no page file for a key of shard count {shard_count}"
+            )),
+        };
+        if let Err(e) = appended {
+            failure = Some(e);
         }
     })?;
     if let Some(reason) = failure {
@@ -234,6 +266,29 @@ mod tests {
         }
         assert_eq!(seen, 50);
         assert!(!dir.path().join("incoming-9").exists());
+    }
+
+    /// Records with valid CRCs that a shard's index could not take: refused before
+    /// anything is staged (they would fail the shard's open after the swap).
+    #[test]
+    fn records_the_index_cannot_take_are_refused() {
+        let mut empty_key = Vec::new();
+        record(&mut empty_key, "", 2, Some("1"));
+        let mut zero_revision = Vec::new();
+        record(&mut zero_revision, "a", 0, Some("1"));
+        let mut backwards = Vec::new();
+        record(&mut backwards, "a", 4, Some("1"));
+        record(&mut backwards, "a", 3, Some("2"));
+        let mut repeated = Vec::new();
+        record(&mut repeated, "a", 4, Some("1"));
+        record(&mut repeated, "a", 4, None);
+        for data in [empty_key, zero_revision, backwards, repeated] {
+            assert!(
+                matches!(heads(&data), Err(SnapshotError::Damaged { .. })),
+                "{:?}",
+                heads(&data)
+            );
+        }
     }
 
     #[test]

@@ -29,22 +29,49 @@ pub(crate) fn text(status: StatusCode, content_type: &'static str, body: String)
     response
 }
 
-/// `/health`: healthy when the member has a leader and a linearizable read succeeds.
+/// `/health`, as etcd 3.4's `checkHealth`: unhealthy while any alarm is active (NOSPACE,
+/// CORRUPT, …), else when the member has no leader, else when a linearizable read fails.
+/// Healthy answers 200 `{"health":"true"}`; unhealthy answers as Go's `http.Error` does:
+/// 503, the body with a newline, `X-Content-Type-Options: nosniff`.
 pub(crate) async fn health(core: Rc<ShardCore>) -> Response<Body> {
-    let has_leader = core.shared.leader.load(Ordering::Acquire) != 0;
-    let healthy = has_leader && core.read_index().await.is_ok();
+    let healthy = match core.alarms().await {
+        Ok(alarms) if alarms.is_empty() => {
+            core.shared.leader.load(Ordering::Acquire) != 0 && core.read_index().await.is_ok()
+        }
+        Ok(alarms) => {
+            for alarm in &alarms {
+                tracing::warn!(
+                    member = format_args!("{:x}", alarm.member_id),
+                    alarm = alarm.alarm,
+                    "/health error due to an alarm"
+                );
+            }
+            false
+        }
+        Err(_) => false,
+    };
     if healthy {
         rivet_engine::metrics::HEALTH_SUCCESS.inc();
     } else {
         rivet_engine::metrics::HEALTH_FAILURES.inc();
     }
-    let body = format!("{{\"health\":\"{healthy}\"}}");
-    let status = if healthy {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    text(status, "text/plain; charset=utf-8", body)
+    if healthy {
+        return text(
+            StatusCode::OK,
+            "text/plain; charset=utf-8",
+            "{\"health\":\"true\"}".into(),
+        );
+    }
+    let mut response = text(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "text/plain; charset=utf-8",
+        "{\"health\":\"false\"}\n".into(),
+    );
+    response.headers_mut().insert(
+        "X-Content-Type-Options",
+        HeaderValue::from_static("nosniff"),
+    );
+    response
 }
 
 /// `/metrics`: Prometheus text format with etcd's metric names; sizes read now.
@@ -144,6 +171,77 @@ fn is_grpc<B>(request: &Request<B>) -> bool {
         .is_some_and(|v| v.starts_with("application/grpc"))
 }
 
+/// A request larger than the receive limit (`--max-request-bytes` + 512 KiB) is refused
+/// by tonic's decoder with OutOfRange "Error, decoded message length too large: found N
+/// bytes, the limit is: M bytes"; grpc-go, so etcd, answers ResourceExhausted "grpc:
+/// received message larger than max (N vs. M)". Clients match on etcd's, so the
+/// trailers-only answer is rewritten to it.
+fn go_receive_limit_status(mut response: Response<Body>) -> Response<Body> {
+    let headers = response.headers_mut();
+    if headers.get("grpc-status").and_then(|v| v.to_str().ok()) != Some("11") {
+        return response;
+    }
+    let Some(message) = headers
+        .get("grpc-message")
+        .and_then(|v| v.to_str().ok())
+        .map(percent_decode)
+    else {
+        return response;
+    };
+    if let Some(go) = go_receive_limit_message(&message) {
+        if let Ok(value) = HeaderValue::from_str(&go) {
+            headers.insert("grpc-status", HeaderValue::from_static("8"));
+            headers.insert("grpc-message", value);
+        }
+    }
+    response
+}
+
+/// grpc-go's text for tonic's "message too large" decode error, if `message` is one.
+fn go_receive_limit_message(message: &str) -> Option<String> {
+    const TONIC: &str = "Error, decoded message length too large: found ";
+    let (found, limit) = message
+        .strip_prefix(TONIC)?
+        .split_once(" bytes, the limit is: ")?;
+    let limit = limit.trim_end_matches(" bytes");
+    Some(format!(
+        "grpc: received message larger than max ({found} vs. {limit})"
+    ))
+}
+
+/// The status a stream ends with when reading the client's next message failed, as
+/// grpc-go (so etcd) words it: [`go_receive_limit_status`] for streams.
+pub fn go_stream_status(status: Status) -> Status {
+    match go_receive_limit_message(status.message()) {
+        Some(go) => Status::new(tonic::Code::ResourceExhausted, go),
+        None => status,
+    }
+}
+
+/// gRPC's percent-decoding of `grpc-message` (only `%XX` escapes).
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = (bytes[i] == b'%')
+            .then(|| text.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        match escaped {
+            Some(byte) => {
+                out.push(byte);
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// Routes one request of a client connection.
 #[derive(Clone)]
 pub struct ClientService {
@@ -185,7 +283,7 @@ impl ClientService {
             let response = if refused {
                 Ok(Status::from(EtcdError::NotSupportedForLearner).into_http())
             } else {
-                grpc.call(request).await
+                grpc.call(request).await.map(go_receive_limit_status)
             };
             // `--metrics extensive`: a unary RPC is handled when its response is ready
             // (streams run on past this point and are not timed).
@@ -280,6 +378,18 @@ impl Service<Request<hyper::body::Incoming>> for ClientService {
                             e.to_string(),
                         ),
                     }
+                }
+                // Test-only, off unless RIVET_TEST_FAULTS=1: panic the shard core that
+                // serves this request, as a bug would (net/tests/crash.rs).
+                "/rivet/test/panic" if test_faults_enabled() => {
+                    tracing::warn!(
+                        shard = core.id,
+                        "test fault switch: panicking this shard core"
+                    );
+                    panic!(
+                        "test fault switch: /rivet/test/panic on shard core {}",
+                        core.id
+                    );
                 }
                 _ if settings.enable_pprof && path.starts_with("/debug/pprof/") => {
                     match crate::pprof::route(&path, &query).await {

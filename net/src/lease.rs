@@ -50,7 +50,16 @@ impl Lease for LeaseService {
         let (mut out, responses) = mpsc::channel(limits::WATCH_STREAM_QUEUE);
         let core = self.0.core();
         glommio::spawn_local(async move {
-            while let Ok(Some(request)) = inbound.message().await {
+            loop {
+                let request = match inbound.message().await {
+                    Ok(Some(request)) => request,
+                    Ok(None) => break,
+                    Err(status) => {
+                        // Ends the stream with what could not be read, as etcd does.
+                        let _ = out.send(Err(crate::http::go_stream_status(status))).await;
+                        break;
+                    }
+                };
                 let response = core
                     .lease_keep_alive(request.id)
                     .await

@@ -11,6 +11,7 @@ pub mod glommio_hyper;
 pub mod grpc_metrics;
 pub mod http;
 pub mod lease;
+pub mod listener;
 pub mod listeners;
 pub mod lock;
 pub mod logging;

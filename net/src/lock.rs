@@ -161,7 +161,9 @@ async fn enqueue(
     value: Bytes,
 ) -> Result<(Bytes, i64, TxnResponse), EtcdError> {
     let prefix = Bytes::from([name.as_ref(), b"/"].concat());
-    let key = Bytes::from(format!("{}{lease:x}", String::from_utf8_lossy(&prefix)));
+    // The name's bytes as they are: a name need not be UTF-8 (clientv3 builds the key
+    // the same way, as bytes).
+    let key = Bytes::from([prefix.as_ref(), format!("{lease:x}").as_bytes()].concat());
     let response = core
         .txn(TxnRequest {
             compare: vec![create_revision_is(&key, 0)],
@@ -189,6 +191,27 @@ async fn enqueue(
     Ok((key, revision, response))
 }
 
+/// The TTL of the lease etcd's lock and election servers grant for a request whose
+/// lease is 0 (clientv3 concurrency's default session TTL, 60 s).
+const SESSION_TTL: i64 = 60;
+
+/// The lease a Lock, Campaign, Proclaim or Resign works under, as etcd's servers take it
+/// from a `concurrency.Session`: the request's lease, or, when it is 0, a new lease of
+/// [`SESSION_TTL`] granted now (and never kept alive: a lock taken without a lease is
+/// released by its expiry). The grant is refused like any other, e.g. under NOSPACE.
+async fn session_lease(core: &ShardCore, lease: i64) -> Result<i64, EtcdError> {
+    if lease != 0 {
+        return Ok(lease);
+    }
+    let granted = core
+        .lease_grant(rivet_api::etcdserverpb::LeaseGrantRequest {
+            ttl: SESSION_TTL,
+            id: 0,
+        })
+        .await?;
+    Ok(granted.id)
+}
+
 pub struct LockService(pub CoreHandle);
 
 #[tonic::async_trait]
@@ -198,8 +221,9 @@ impl Lock for LockService {
         self.0
             .run_unbounded(|core| async move {
                 let prefix = Bytes::from([request.name.as_ref(), b"/"].concat());
+                let lease = session_lease(&core, request.lease).await?;
                 let (key, revision, response) =
-                    enqueue(&core, &request.name, request.lease, Bytes::new()).await?;
+                    enqueue(&core, &request.name, lease, Bytes::new()).await?;
                 let owner = range_of(&response, 1).and_then(|r| r.kvs.first());
                 let header = if owner.is_none_or(|o| o.create_revision == revision) {
                     response.header.unwrap_or_default()
@@ -278,14 +302,15 @@ impl Election for ElectionService {
         self.0
             .run_unbounded(|core| async move {
                 let prefix = Bytes::from([request.name.as_ref(), b"/"].concat());
+                let lease = session_lease(&core, request.lease).await?;
                 let (key, revision, response) =
-                    enqueue(&core, &request.name, request.lease, request.value.clone()).await?;
+                    enqueue(&core, &request.name, lease, request.value.clone()).await?;
                 if !response.succeeded {
                     let current = range_of(&response, 0)
                         .and_then(|r| r.kvs.first())
                         .map(|kv| kv.value.clone());
                     if current.as_ref() != Some(&request.value) {
-                        proclaim(&core, &key, revision, request.value.clone()).await?;
+                        proclaim(&core, &key, revision, lease, request.value.clone()).await?;
                     }
                 }
                 if let Err(e) = wait_deletes(&core, &prefix, revision - 1).await {
@@ -298,7 +323,7 @@ impl Election for ElectionService {
                         name: request.name,
                         key,
                         rev: revision,
-                        lease: request.lease,
+                        lease,
                     }),
                 })
             })
@@ -316,7 +341,8 @@ impl Election for ElectionService {
         };
         self.0
             .run(|core| async move {
-                let header = proclaim(&core, &leader.key, leader.rev, request.value).await?;
+                let lease = session_lease(&core, leader.lease).await?;
+                let header = proclaim(&core, &leader.key, leader.rev, lease, request.value).await?;
                 Ok(ProclaimResponse {
                     header: Some(header),
                 })
@@ -365,6 +391,7 @@ impl Election for ElectionService {
         };
         self.0
             .run(|core| async move {
+                session_lease(&core, leader.lease).await?;
                 let response = core
                     .txn(TxnRequest {
                         compare: vec![create_revision_is(&leader.key, leader.rev)],
@@ -389,10 +416,12 @@ impl Election for ElectionService {
 }
 
 /// Sets the leader's value if `key` still leads with the same create revision.
+/// The value goes with `lease`, as etcd's puts it with the session's lease.
 async fn proclaim(
     core: &ShardCore,
     key: &Bytes,
     revision: i64,
+    lease: i64,
     value: Bytes,
 ) -> Result<ResponseHeader, EtcdError> {
     let response = core
@@ -402,7 +431,7 @@ async fn proclaim(
                 request: Some(request_op::Request::RequestPut(PutRequest {
                     key: key.clone(),
                     value,
-                    ignore_lease: true,
+                    lease,
                     ..Default::default()
                 })),
             }],

@@ -114,6 +114,9 @@ fn main() -> ExitCode {
         log_invalid(&e, false);
         return ExitCode::FAILURE;
     }
+    // From here on a panic on any thread (a shard core, the raft core, a helper) logs
+    // and ends the process non-zero, so a supervisor restarts the member.
+    rivet_engine::crash::install_panic_hook();
     if flags.from_config_file {
         if logging::is_zap() {
             tracing::info!(

@@ -366,11 +366,13 @@ pub fn run(mut flags: Flags) -> anyhow::Result<()> {
                 };
                 match RaftCore::start(raft_config, recovered, raft_shared, links).await {
                     Ok(core) => {
-                        core.run(command_rx, ack_rx, peer_rx).await;
+                        let reason = core.run(command_rx, ack_rx, peer_rx).await;
                         // After a stop signal the main thread is already done waiting;
-                        // otherwise the core stopped by itself (this member was removed).
-                        let _ = raft_fatal
-                            .send("stopped: this member was removed from the cluster".into());
+                        // otherwise the core stopped by itself (a failed log write, a
+                        // damaged log entry, this member removed): the member exits
+                        // non-zero with the reason.
+                        let reason = reason.unwrap_or_else(|| "the raft core stopped".into());
+                        let _ = raft_fatal.send(format!("stopped: {reason}"));
                     }
                     Err(e) => {
                         let _ = raft_fatal.send(format!("raft core: {e}"));
@@ -420,7 +422,10 @@ pub fn run(mut flags: Flags) -> anyhow::Result<()> {
                         }
                     };
                 let core = Rc::new(ShardCore::new(id, shard, raft, peers, shared, max_txn_ops));
-                core.send_restore(&restore).await;
+                if let Err(e) = core.send_restore(&restore).await {
+                    let _ = fatal.send(e.to_string());
+                    return;
+                }
                 drop(restore);
                 let apply = glommio::spawn_local(Rc::clone(&core).run_apply(apply_rx, acks));
                 glommio::spawn_local(Rc::clone(&core).serve_peers(peer_rx)).detach();
@@ -434,7 +439,7 @@ pub fn run(mut flags: Flags) -> anyhow::Result<()> {
                 };
                 for listen in addresses {
                     let address = listen.address;
-                    match TcpListener::bind(address) {
+                    match crate::listener::bind_client(address) {
                         Ok(listener) => {
                             if id == 0 {
                                 crate::listeners::log_serving(&listen);
@@ -456,7 +461,7 @@ pub fn run(mut flags: Flags) -> anyhow::Result<()> {
                 }
                 for listen in metrics_addresses {
                     let address = listen.address;
-                    match TcpListener::bind(address) {
+                    match crate::listener::bind_client(address) {
                         Ok(listener) => {
                             if id == 0 {
                                 tracing::info!("listening for metrics on {}", listen.url);
@@ -529,15 +534,27 @@ async fn accept_loop(
             .max_decoding_message_size(decode_limit)
             .max_encoding_message_size(usize::MAX),
     )
-    .add_service(ClusterServer::new(ClusterService(handle.clone())))
-    .add_service(LeaseServer::new(crate::lease::LeaseService(handle.clone())))
-    .add_service(rivet_api::v3lockpb::lock_server::LockServer::new(
-        crate::lock::LockService(handle.clone()),
-    ))
+    .add_service(
+        ClusterServer::new(ClusterService(handle.clone()))
+            .max_decoding_message_size(decode_limit)
+            .max_encoding_message_size(usize::MAX),
+    )
+    .add_service(
+        LeaseServer::new(crate::lease::LeaseService(handle.clone()))
+            .max_decoding_message_size(decode_limit)
+            .max_encoding_message_size(usize::MAX),
+    )
+    .add_service(
+        rivet_api::v3lockpb::lock_server::LockServer::new(crate::lock::LockService(handle.clone()))
+            .max_decoding_message_size(decode_limit)
+            .max_encoding_message_size(usize::MAX),
+    )
     .add_service(
         rivet_api::v3electionpb::election_server::ElectionServer::new(
             crate::lock::ElectionService(handle.clone()),
-        ),
+        )
+        .max_decoding_message_size(decode_limit)
+        .max_encoding_message_size(usize::MAX),
     )
     .add_service(
         WatchServer::new(crate::watch::WatchService(handle.clone()))

@@ -261,6 +261,9 @@ impl Cluster for ClusterService {
         request: Request<MemberAddRequest>,
     ) -> Result<Response<MemberAddResponse>, Status> {
         let request = request.into_inner();
+        if !peer_urls_valid(&request.peer_ur_ls) {
+            return Err(EtcdError::MemberBadUrls.into());
+        }
         self.0
             .run(|core| async move {
                 let result = core
@@ -299,6 +302,9 @@ impl Cluster for ClusterService {
         request: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
         let request = request.into_inner();
+        if !peer_urls_valid(&request.peer_ur_ls) {
+            return Err(EtcdError::MemberBadUrls.into());
+        }
         self.0
             .run(|core| async move {
                 let result = core
@@ -344,5 +350,61 @@ impl Cluster for ClusterService {
                 })
             })
             .await
+    }
+}
+
+/// etcd's `types.NewURLs`, which MemberAdd checks first ("given member URLs are
+/// invalid"): at least one URL; each with scheme http, https, unix or unixs, an address
+/// of the form host:port, and no path. etcd 3.4 does not check MemberUpdate's URLs and
+/// panics applying bad ones; rivet refuses them as MemberAdd does.
+fn peer_urls_valid(urls: &[String]) -> bool {
+    !urls.is_empty() && urls.iter().all(|url| peer_url_valid(url.trim()))
+}
+
+fn peer_url_valid(url: &str) -> bool {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return false;
+    };
+    if !matches!(scheme, "http" | "https" | "unix" | "unixs") {
+        return false;
+    }
+    // The authority ends at the path, query or fragment; userinfo is not part of it.
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, after) = rest.split_at(end);
+    if after.starts_with('/') {
+        let path = after.split(['?', '#']).next().unwrap_or("");
+        if !path.is_empty() {
+            return false;
+        }
+    }
+    let host_port = authority.rsplit('@').next().unwrap_or("");
+    // Go's net.SplitHostPort: a colon is required; an IPv6 host is bracketed.
+    if let Some(bracketed) = host_port.strip_prefix('[') {
+        return bracketed
+            .split_once(']')
+            .is_some_and(|(_, port)| port.starts_with(':') && !port[1..].contains(':'));
+    }
+    host_port
+        .split_once(':')
+        .is_some_and(|(_, port)| !port.contains(':') && !port.contains('['))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::peer_urls_valid;
+
+    #[test]
+    fn peer_urls_are_checked_like_etcds_new_urls() {
+        let ok = |u: &str| peer_urls_valid(&[u.to_string()]);
+        assert!(ok("http://127.0.0.1:2380"));
+        assert!(ok("https://host:2380"));
+        assert!(ok("http://[::1]:2380"));
+        assert!(ok(" http://127.0.0.1:2380 "));
+        assert!(!ok("http://127.0.0.1"));
+        assert!(!ok("http://127.0.0.1:2380/path"));
+        assert!(!ok("not a url"));
+        assert!(!ok(""));
+        assert!(!ok("ftp://127.0.0.1:2380"));
+        assert!(!peer_urls_valid(&[]));
     }
 }

@@ -13,7 +13,7 @@ use std::pin::Pin;
 use std::rc::Rc;
 
 use bytes::Bytes;
-use futures::channel::mpsc;
+use futures::channel::{mpsc, oneshot};
 use futures::future::{select, Either};
 use futures::{SinkExt, Stream, StreamExt};
 use prost::Message as _;
@@ -31,6 +31,8 @@ use crate::services::CoreHandle;
 
 /// etcd's reason for a watch ID that is already in use on the stream.
 const DUPLICATE_WATCH_ID: &str = "mvcc: duplicate watch ID provided on the WatchStream";
+/// etcd's reason for a watch whose range holds no key.
+const EMPTY_RANGE: &str = "mvcc: watcher range is empty";
 /// Largest watch response before a watcher that asked for fragments gets them split.
 const FRAGMENT_BYTES: usize = 1_572_864;
 
@@ -46,12 +48,19 @@ impl Watch for WatchService {
     ) -> Result<Response<Self::WatchStream>, Status> {
         let inbound = request.into_inner();
         let (out, responses) = mpsc::channel(limits::WATCH_STREAM_QUEUE);
+        // `gone` completes when tonic drops the response stream (the client went away):
+        // a stream whose client half-closed its side has no other way to learn it.
+        let (mut gone, client_holds) = oneshot::channel::<()>();
         let core = self.0.core();
         glommio::spawn_local(async move {
-            WatchStream::new(core, out).run(inbound).await;
+            WatchStream::new(core, out).run(inbound, &mut gone).await;
         })
         .detach();
-        Ok(Response::new(Box::pin(responses.map(Ok))))
+        let responses = responses.map(move |response| {
+            let _held_until_the_stream_drops = &client_holds;
+            response
+        });
+        Ok(Response::new(Box::pin(responses)))
     }
 }
 
@@ -92,12 +101,16 @@ impl Watcher {
 
 struct WatchStream {
     core: Rc<ShardCore>,
-    out: mpsc::Sender<WatchResponse>,
+    out: mpsc::Sender<Result<WatchResponse, Status>>,
     watchers: BTreeMap<i64, Watcher>,
     /// The watchers of a single key, by key, and those of a range: the live path looks up
     /// the watchers of each event instead of testing every watcher for every revision.
     by_key: HashMap<Bytes, Vec<i64>>,
     ranged: BTreeSet<i64>,
+    /// Watchers cancelled because their start was compacted: as in etcd, their IDs stay
+    /// taken (a create with one is a duplicate, auto IDs skip them) until the client
+    /// cancels them, which is then answered as for a live watcher.
+    compacted: BTreeSet<i64>,
     next_id: i64,
     /// The next revision the synced watchers have not seen.
     live_next: i64,
@@ -144,12 +157,14 @@ impl Drop for WatchStream {
 
 enum Wake {
     Request(Option<Result<WatchRequest, Status>>),
+    /// The client dropped the stream after half-closing its side.
+    ClientGone,
     Applied,
     Progress,
 }
 
 impl WatchStream {
-    fn new(core: Rc<ShardCore>, out: mpsc::Sender<WatchResponse>) -> WatchStream {
+    fn new(core: Rc<ShardCore>, out: mpsc::Sender<Result<WatchResponse, Status>>) -> WatchStream {
         let live_next = core.shared.applied_revision() + 1;
         let seen_index = core.shared.applied_index();
         metrics::WATCH_STREAMS.add(1);
@@ -159,6 +174,7 @@ impl WatchStream {
             watchers: BTreeMap::new(),
             by_key: HashMap::new(),
             ranged: BTreeSet::new(),
+            compacted: BTreeSet::new(),
             next_id: 0,
             live_next,
             seen_index,
@@ -166,11 +182,11 @@ impl WatchStream {
         }
     }
 
-    async fn run(mut self, mut inbound: Streaming<WatchRequest>) {
-        // A client that half-closes its side (as etcd's JSON gateway does when the HTTP
-        // body ends) keeps receiving events, as from etcd: only an error on the inbound
-        // side or a client that stopped reading ends the stream.
-        let mut inbound_open = true;
+    /// Serves the stream until the client cancels it, resets it or goes away. A client
+    /// that half-closes its sending side (grpc-gateway does, after the create request)
+    /// still gets events, as from etcd, until it drops the stream.
+    async fn run(mut self, mut inbound: Streaming<WatchRequest>, gone: &mut oneshot::Sender<()>) {
+        let mut half_closed = false;
         loop {
             if self.out.is_closed() {
                 break;
@@ -180,11 +196,14 @@ impl WatchStream {
                 // new revision (requests still come first, so a cancel is not delayed).
                 let catching_up = self.catching_up();
                 let (core, seen_index) = (self.core.clone(), self.seen_index);
-                let request = std::pin::pin!(async {
-                    if inbound_open {
-                        inbound.message().await
+                let inbound = &mut inbound;
+                let gone = &mut *gone;
+                let request = std::pin::pin!(async move {
+                    if half_closed {
+                        gone.cancellation().await;
+                        Wake::ClientGone
                     } else {
-                        futures::future::pending().await
+                        Wake::Request(inbound.message().await.transpose())
                     }
                 });
                 let applied = std::pin::pin!(async move {
@@ -199,7 +218,7 @@ impl WatchStream {
                         .saturating_duration_since(std::time::Instant::now())
                 ));
                 match select(request, select(applied, timer)).await {
-                    Either::Left((message, _)) => Wake::Request(message.transpose()),
+                    Either::Left((wake, _)) => wake,
                     Either::Right((Either::Left(_), _)) => Wake::Applied,
                     Either::Right((Either::Right(_), _)) => Wake::Progress,
                 }
@@ -207,10 +226,19 @@ impl WatchStream {
             let open = match wake {
                 Wake::Request(Some(Ok(request))) => self.handle(request).await,
                 Wake::Request(None) => {
-                    inbound_open = false;
+                    half_closed = true;
                     true
                 }
-                Wake::Request(Some(Err(_))) => false,
+                Wake::Request(Some(Err(status))) => {
+                    // A request that could not be read (too large, malformed) ends the
+                    // stream with its status, as etcd's does.
+                    let _ = self
+                        .out
+                        .send(Err(crate::http::go_stream_status(status)))
+                        .await;
+                    false
+                }
+                Wake::ClientGone => false,
                 Wake::Applied => true,
                 Wake::Progress => self.progress_notify().await,
             };
@@ -230,7 +258,7 @@ impl WatchStream {
     }
 
     async fn send(&mut self, response: WatchResponse) -> bool {
-        self.out.send(response).await.is_ok()
+        self.out.send(Ok(response)).await.is_ok()
     }
 
     fn response(&self, watch_id: i64, revision: i64) -> WatchResponse {
@@ -245,7 +273,7 @@ impl WatchStream {
         match request.request_union {
             Some(watch_request::RequestUnion::CreateRequest(create)) => self.create(create).await,
             Some(watch_request::RequestUnion::CancelRequest(cancel)) => {
-                if self.remove(cancel.watch_id) {
+                if self.remove(cancel.watch_id) || self.compacted.remove(&cancel.watch_id) {
                     let mut response =
                         self.response(cancel.watch_id, self.core.shared.applied_revision());
                     response.canceled = true;
@@ -262,12 +290,28 @@ impl WatchStream {
         }
     }
 
-    async fn create(&mut self, create: WatchCreateRequest) -> bool {
+    async fn create(&mut self, mut create: WatchCreateRequest) -> bool {
         let current = self.core.shared.applied_revision();
+        // As etcd's v3rpc: the empty key is "\0", the smallest key.
+        if create.key.is_empty() {
+            create.key = Bytes::from_static(b"\0");
+        }
+        // etcd refuses a range that holds no key (end at or before the key; "\0" means
+        // from the key on) before it assigns an ID.
+        let empty_range = !create.range_end.is_empty()
+            && create.range_end.as_ref() != [0]
+            && create.key >= create.range_end;
+        if empty_range {
+            let mut response = self.response(-1, current);
+            response.created = true;
+            response.canceled = true;
+            response.cancel_reason = EMPTY_RANGE.to_string();
+            return self.send(response).await;
+        }
         let id = if create.watch_id != 0 {
             create.watch_id
         } else {
-            while self.watchers.contains_key(&self.next_id) {
+            while self.id_taken(self.next_id) {
                 self.next_id += 1;
             }
             self.next_id += 1;
@@ -275,7 +319,7 @@ impl WatchStream {
         };
         let mut response = self.response(id, current);
         response.created = true;
-        if self.watchers.contains_key(&id) {
+        if self.id_taken(id) {
             // etcd answers a refused create with watch ID -1, not the one asked for.
             response.watch_id = -1;
             response.canceled = true;
@@ -310,6 +354,10 @@ impl WatchStream {
         }
         self.watchers.insert(id, watcher);
         self.send(response).await
+    }
+
+    fn id_taken(&self, id: i64) -> bool {
+        self.watchers.contains_key(&id) || self.compacted.contains(&id)
     }
 
     /// Removes a watcher; false if there is none with this ID.
@@ -355,14 +403,33 @@ impl WatchStream {
         if !any {
             return true;
         }
-        let Some(events) = self.core.watch_recent(from, revision, prev_kv).await else {
-            // The recent logs no longer reach back: these watchers catch up from history.
-            for watcher in self.watchers.values_mut().filter(|w| w.synced) {
-                watcher.synced = false;
-                metrics::WATCH_SLOW_WATCHERS.add(1);
-                watcher.next = from;
+        let events = match self.core.watch_recent(from, revision, prev_kv).await {
+            Some(Ok(events)) => events,
+            Some(Err(e)) => {
+                // A change could not be read: these watchers cannot go on without a gap.
+                let synced: Vec<i64> = self
+                    .watchers
+                    .iter()
+                    .filter(|(_, w)| w.synced)
+                    .map(|(id, _)| *id)
+                    .collect();
+                for id in synced {
+                    if !self.cancel_for_error(id, &e).await {
+                        return false;
+                    }
+                }
+                return true;
             }
-            return true;
+            None => {
+                // The recent logs no longer reach back: these watchers catch up from
+                // history.
+                for watcher in self.watchers.values_mut().filter(|w| w.synced) {
+                    watcher.synced = false;
+                    metrics::WATCH_SLOW_WATCHERS.add(1);
+                    watcher.next = from;
+                }
+                return true;
+            }
         };
         // One response per revision, as etcd sends live events.
         let mut start = 0;
@@ -424,7 +491,13 @@ impl WatchStream {
                     watcher.prev_kv,
                 );
                 match self.core.watch_history(&key, &end, from, to, prev_kv).await {
-                    Ok(events) => {
+                    Ok(Err(e)) => {
+                        if !self.cancel_for_error(id, &e).await {
+                            return false;
+                        }
+                        continue;
+                    }
+                    Ok(Ok(events)) => {
                         let Some(watcher) = self.watchers.get_mut(&id) else {
                             continue;
                         };
@@ -440,10 +513,14 @@ impl WatchStream {
                     }
                     Err(CompactedAt(compact_revision)) => {
                         self.remove(id);
+                        self.compacted.insert(id);
                         // As etcd 3.4 sends it: a header at revision 0 and no cancel
-                        // reason (its mvcc layer reports only the compact revision).
+                        // reason (its mvcc layer reports only the compact revision),
+                        // and `canceled` only when that revision is not 0 (its send
+                        // loop derives one from the other; a store compacted at
+                        // revision 0 cancels a watcher with a negative start silently).
                         let mut response = self.response(id, 0);
-                        response.canceled = true;
+                        response.canceled = compact_revision != 0;
                         response.compact_revision = compact_revision;
                         if !self.send(response).await {
                             return false;
@@ -461,6 +538,18 @@ impl WatchStream {
             }
         }
         true
+    }
+
+    /// Ends a watcher that cannot be served without a gap (a change could not be read):
+    /// it is cancelled with the error as its reason, as etcd cancels a watcher it cannot
+    /// serve, and the client may watch again.
+    async fn cancel_for_error(&mut self, id: i64, error: &rivet_engine::error::EtcdError) -> bool {
+        tracing::error!(watch_id = id, "cancelling a watcher: {error}");
+        self.remove(id);
+        let mut response = self.response(id, self.core.shared.applied_revision());
+        response.canceled = true;
+        response.cancel_reason = error.to_string();
+        self.send(response).await
     }
 
     /// Sends events to one watcher, split into fragments when it asked for them and the

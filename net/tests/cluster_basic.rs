@@ -73,7 +73,10 @@ fn an_isolated_leader_steps_down_and_rejoins() {
     wait_until(
         "the isolated member reports no leader",
         Duration::from_secs(30),
-        || http_get(&isolated, "/health").is_ok_and(|r| r.ends_with("{\"health\":\"false\"}")),
+        || {
+            http_get(&isolated, "/health")
+                .is_ok_and(|r| r.trim_end().ends_with("{\"health\":\"false\"}"))
+        },
     );
     // A client pinned to it fails instead of hanging.
     let out = etcdctl(

@@ -12,10 +12,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::rng::Rng;
 use common::{runtime, Rivet};
 use etcd_client::{Client, GetOptions, KvClient};
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 
 /// Writers per round.
 const WRITERS: usize = 4;
@@ -27,16 +26,7 @@ const PUT_TIMEOUT: Duration = Duration::from_secs(10);
 const ROUND_LIMIT: Duration = Duration::from_secs(60);
 
 fn seed() -> u64 {
-    let seed = std::env::var("RIVET_CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_nanos() as u64)
-        });
-    println!("crash test seed: {seed} (replay with RIVET_CRASH_SEED={seed})");
-    seed
+    common::rng::fresh_seed("RIVET_CRASH_SEED")
 }
 
 async fn connect(url: &str) -> Client {
@@ -131,19 +121,19 @@ async fn writer(
     acks: Arc<AtomicUsize>,
     padding: usize,
 ) -> WriterLog {
-    let mut rng = StdRng::seed_from_u64(seed ^ ((round as u64) << 32) ^ id as u64);
+    let mut rng = Rng::new(seed ^ ((round as u64) << 32) ^ id as u64);
     let mut kv = connect(&url).await.kv_client();
     let mut log = WriterLog::default();
     for i in 0.. {
-        let (key, value) = if rng.random_range(0..5) == 0 {
-            let shared = rng.random_range(0..SHARED_KEYS);
+        let (key, value) = if rng.below(5) == 0 {
+            let shared = rng.below(SHARED_KEYS);
             (format!("shared/{shared}"), format!("w{id}-r{round}-i{i}"))
         } else {
             (
                 format!("w{id}/r{round}/{i:06}"),
                 format!(
                     "value-{id}-{round}-{i}-{}",
-                    "x".repeat(padding + rng.random_range(0..64))
+                    "x".repeat(padding + rng.below(64))
                 ),
             )
         };
@@ -176,6 +166,9 @@ enum Stop {
     Kill,
     /// SIGTERM: the graceful stop.
     Term,
+    /// The test-only switch panics the shard core that serves it (`RIVET_TEST_FAULTS=1`):
+    /// the whole process must exit, non-zero.
+    Panic,
 }
 
 /// When a round ends.
@@ -259,12 +252,21 @@ async fn write_and_stop(
     killed.store(true, Ordering::SeqCst);
     // Only signal here, so that the writers keep running while the member dies; reap
     // it once they have all noticed.
-    let signal = match how {
-        Stop::Kill => libc::SIGKILL,
-        Stop::Term => libc::SIGTERM,
-    };
-    // SAFETY: signalling our own child process, not yet reaped.
-    unsafe { libc::kill(rivet.pid() as i32, signal) };
+    match how {
+        Stop::Kill | Stop::Term => {
+            let signal = if how == Stop::Kill {
+                libc::SIGKILL
+            } else {
+                libc::SIGTERM
+            };
+            // SAFETY: signalling our own child process, not yet reaped.
+            unsafe { libc::kill(rivet.pid() as i32, signal) };
+        }
+        Stop::Panic => {
+            // The connection dies with the process: no answer is expected.
+            let _ = common::http_get(&rivet.endpoint(), "/rivet/test/panic");
+        }
+    }
     let mut logs = Vec::new();
     for handle in writers {
         let log = tokio::time::timeout(ROUND_LIMIT, handle)
@@ -276,6 +278,21 @@ async fn write_and_stop(
     match how {
         Stop::Kill => rivet.kill9(),
         Stop::Term => rivet.stop(),
+        Stop::Panic => {
+            let status = rivet.wait_exit(ROUND_LIMIT);
+            assert!(
+                !status.success(),
+                "round {round}: a panicking shard core must end the process non-zero, got \
+                 {status}; log:\n{}",
+                rivet.log_text()
+            );
+            let log = rivet.log_text();
+            assert!(
+                log.contains("panic: test fault switch") && log.contains("stopping the member"),
+                "round {round}: the panic is not in the log (thread, location, message):\n{log}"
+            );
+            println!("round {round}: the member exited with {status} after the panic");
+        }
     }
     logs
 }
@@ -438,9 +455,9 @@ async fn check_latest(url: &str, ledger: &Ledger) {
 fn crash_rounds(extra: &[&str], rounds: usize, how: Stop, expect_checkpoints: bool) {
     // With checkpoints every 50 entries, enough puts that several happen before the kill.
     let at_least = if expect_checkpoints { 150 } else { 20 };
-    let random_delay = move |_: usize, rng: &mut StdRng, _: &Rivet| Trigger::Acks {
+    let random_delay = move |_: usize, rng: &mut Rng, _: &Rivet| Trigger::Acks {
         at_least,
-        then: Duration::from_millis(rng.random_range(0..1200)),
+        then: Duration::from_millis(rng.below(1200) as u64),
     };
     crash_rounds_with(extra, rounds, how, expect_checkpoints, 0, random_delay);
 }
@@ -453,12 +470,16 @@ fn crash_rounds_with(
     how: Stop,
     expect_checkpoints: bool,
     padding: usize,
-    trigger: impl Fn(usize, &mut StdRng, &Rivet) -> Trigger,
+    trigger: impl Fn(usize, &mut Rng, &Rivet) -> Trigger,
 ) {
     let seed = seed();
-    let mut rng = StdRng::seed_from_u64(seed);
+    let mut rng = Rng::new(seed);
     let started = Instant::now();
-    let mut rivet = Rivet::start(extra);
+    let mut rivet = if how == Stop::Panic {
+        Rivet::start_with_env(extra, &[("RIVET_TEST_FAULTS", "1")])
+    } else {
+        Rivet::start(extra)
+    };
     let rt = runtime();
     let mut ledger = Ledger::default();
     for round in 0..rounds {
@@ -520,8 +541,8 @@ fn acknowledged_writes_survive_kill9_with_checkpoints() {
 /// in about 9000 puts. The kill comes shortly after the first segment is deleted.
 #[test]
 fn acknowledged_writes_survive_kill9_after_the_wal_is_released() {
-    let trigger = |round: usize, rng: &mut StdRng, rivet: &Rivet| {
-        let then = Duration::from_millis(rng.random_range(0..800));
+    let trigger = |round: usize, rng: &mut Rng, rivet: &Rivet| {
+        let then = Duration::from_millis(rng.below(800) as u64);
         if round == 0 {
             Trigger::WalReleased {
                 wal_dir: rivet.data_dir.join("member").join("wal"),
@@ -559,6 +580,90 @@ fn acknowledged_writes_survive_kill9_with_three_shards_and_checkpoints() {
     );
 }
 
+/// Issue 10 item 2: a shard core that panics under load ends the process with a
+/// non-zero status (it does not linger with a dead core), and the restarted member has
+/// every acknowledged write. Three shards, so the panicking core is one of several.
+#[test]
+fn a_panicking_shard_core_ends_the_process_and_loses_nothing_acknowledged() {
+    crash_rounds(
+        &["--shards", "3", "--snapshot-count", "50"],
+        2,
+        Stop::Panic,
+        true,
+    );
+}
+
+/// Sockets whose local end is loopback port `port`, in TCP state `state` (/proc/net/tcp:
+/// 05 FIN-WAIT-2, 06 TIME-WAIT).
+fn sockets_in_state(port: u16, state: &str) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            fields.get(1).and_then(|local| local.rsplit(':').next())
+                == Some(format!("{port:04X}").as_str())
+                && fields.get(3) == Some(&state)
+        })
+        .count()
+}
+
+/// Issue 10 item 9: a member restarted while connections of its predecessor are still
+/// closing binds its client port at once (SO_REUSEADDR besides SO_REUSEPORT, as etcd's
+/// Go listeners), where one failed with "Address already in use" for up to a minute.
+/// Two cases at once: connections the server closed (its side in TIME-WAIT), and
+/// connections the clients keep open while the member dies (its side orphaned in
+/// FIN-WAIT-2 for tcp_fin_timeout, 60 s).
+#[test]
+fn a_restart_binds_while_closed_connections_are_in_time_wait() {
+    let mut rivet = Rivet::start(&["--shards", "2"]);
+    // HTTP/1.1 with `Connection: close`: the server closes each connection first, so its
+    // side of each stays in TIME-WAIT on the client port.
+    for _ in 0..200 {
+        common::http_get(&rivet.endpoint(), "/version").expect("GET /version");
+    }
+    // Keep-alive connections the clients hold open across the kill.
+    let held: Vec<std::net::TcpStream> = (0..100)
+        .map(|_| {
+            use std::io::{Read, Write};
+            let mut stream = std::net::TcpStream::connect(rivet.endpoint()).expect("connect");
+            write!(stream, "GET /version HTTP/1.1\r\nHost: rivet\r\n\r\n").expect("request");
+            let mut answer = [0u8; 512];
+            let _ = stream.read(&mut answer).expect("answer");
+            stream
+        })
+        .collect();
+    rivet.kill9();
+    let time_wait = sockets_in_state(rivet.port, "06");
+    let fin_wait = sockets_in_state(rivet.port, "05");
+    println!("client port: {time_wait} sockets in TIME-WAIT, {fin_wait} in FIN-WAIT-2");
+    assert!(
+        time_wait > 0 && fin_wait > 0,
+        "the test must restart over closing connections"
+    );
+    // `restart` fails the test with the member's log if it cannot listen.
+    rivet.restart();
+    drop(held);
+    put_and_get(&rivet);
+    // And after a graceful stop, which closes the connections of its clients itself.
+    for _ in 0..200 {
+        common::http_get(&rivet.endpoint(), "/version").expect("GET /version");
+    }
+    rivet.stop();
+    rivet.restart();
+    put_and_get(&rivet);
+}
+
+fn put_and_get(rivet: &Rivet) {
+    runtime().block_on(async {
+        let mut client = connect(&rivet.url()).await;
+        client.put("after", "restart", None).await.expect("put");
+        let got = client.get("after", None).await.expect("get");
+        assert_eq!(got.kvs()[0].value(), b"restart");
+    });
+}
+
 #[test]
 fn acknowledged_writes_survive_graceful_stops() {
     crash_rounds(&[], 3, Stop::Term, false);
@@ -573,12 +678,12 @@ const HISTORY_PREFIX: &str = "h/";
 
 /// Seeded puts (overwrites) and deletes over a few keys; returns the model after every
 /// revision and checks each response's revision against it.
-async fn write_history(client: &mut Client, rng: &mut StdRng, history: &mut History, ops: usize) {
+async fn write_history(client: &mut Client, rng: &mut Rng, history: &mut History, ops: usize) {
     for _ in 0..ops {
         let mut state = history.last().expect("a first revision").clone();
         let revision = history.len() as i64;
-        let key = format!("{HISTORY_PREFIX}{:02}", rng.random_range(0..20));
-        if state.contains_key(&key) && rng.random_range(0..10) == 0 {
+        let key = format!("{HISTORY_PREFIX}{:02}", rng.below(20));
+        if state.contains_key(&key) && rng.below(10) == 0 {
             let deleted = client.delete(key.as_str(), None).await.expect("delete");
             assert_eq!(deleted.deleted(), 1);
             assert_eq!(deleted.header().expect("header").revision(), revision);
@@ -670,7 +775,7 @@ async fn check_history(url: &str, history: &History, compacted: i64) {
 #[test]
 fn history_and_compaction_survive_restarts() {
     let seed = seed();
-    let mut rng = StdRng::seed_from_u64(seed);
+    let mut rng = Rng::new(seed);
     let started = Instant::now();
     let mut rivet = Rivet::start(&["--snapshot-count", "100"]);
     let rt = runtime();

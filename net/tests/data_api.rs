@@ -148,6 +148,29 @@ fn an_expired_lease_deletes_its_keys_in_one_revision_and_keep_alive_extends_it()
     });
 }
 
+/// Waits (at most 20 s) until `prefix` holds `count` keys.
+async fn keys_under(c: &mut Client, prefix: &str, count: i64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let held = c
+            .get(
+                prefix,
+                Some(GetOptions::new().with_prefix().with_count_only()),
+            )
+            .await
+            .expect("count")
+            .count();
+        if held == count {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{prefix} holds {held} keys, not {count}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[test]
 fn locks_exclude_each_other_and_elections_hand_over() {
     let rivet = Rivet::start(&[]);
@@ -166,7 +189,9 @@ fn locks_exclude_each_other_and_elections_hand_over() {
                 .await
                 .map(|r| r.key().to_vec())
         });
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Once the second locker's key is under the lock's prefix, it waits for the
+        // first.
+        keys_under(&mut c, "the-lock/", 2).await;
         assert!(!waiting.is_finished(), "the second locker must wait");
         c.unlock(held.key()).await.expect("unlock");
         let key = tokio::time::timeout(Duration::from_secs(10), waiting)
@@ -184,7 +209,7 @@ fn locks_exclude_each_other_and_elections_hand_over() {
         let mut other = client(&rivet).await;
         let campaigning =
             tokio::spawn(async move { other.campaign("the-election", "b", b).await.map(|_| ()) });
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        keys_under(&mut c, "the-election/", 2).await;
         let now = c.leader("the-election").await.expect("leader");
         assert_eq!(now.kv().expect("kv").value(), b"a");
         c.resign(Some(

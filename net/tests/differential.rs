@@ -27,7 +27,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::cluster::Cluster;
-use common::{runtime, Etcd, Rivet};
+use common::rng::{env_number, Rng};
+use common::{bytes, prefix_end_bytes as prefix_end, require_etcd_34, runtime, Etcd, Rivet};
 use rivet_api::etcdserverpb::{
     compare::{CompareResult, CompareTarget, TargetUnion},
     kv_client::KvClient,
@@ -63,39 +64,6 @@ const OTHER_KEYS: [&[u8]; 9] = [
 ];
 /// Few values, so that sorting by value and value compares see ties.
 const VALUES: [&[u8]; 5] = [b"", b"v", b"v1", b"v2", b"w"];
-
-/// SplitMix64: the replayed sequence depends on the seed alone, never on a dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    fn percent(&mut self, p: u64) -> bool {
-        self.next() % 100 < p
-    }
-
-    fn pick<T: Clone>(&mut self, items: &[T]) -> T {
-        items[self.below(items.len())].clone()
-    }
-
-    /// Uniform in `lo..=hi` (`lo` when `hi < lo`).
-    fn between(&mut self, lo: i64, hi: i64) -> i64 {
-        if hi <= lo {
-            return lo;
-        }
-        lo + (self.next() % ((hi - lo + 1) as u64)) as i64
-    }
-}
 
 #[derive(Clone, Debug)]
 enum Op {
@@ -227,23 +195,6 @@ async fn execute_now(client: &mut KvClient<Channel>, op: &Op) -> Answer {
 
 // ---- The generator ---------------------------------------------------------------------
 
-fn bytes(b: &[u8]) -> Bytes {
-    Bytes::copy_from_slice(b)
-}
-
-/// etcd's prefix end: the key with its last byte below 0xff incremented and what follows
-/// dropped; "\0" (every key from here on) when there is no such byte.
-fn prefix_end(key: &[u8]) -> Bytes {
-    let mut end = key.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return Bytes::from(end);
-        }
-    }
-    bytes(b"\0")
-}
-
 /// Whether a txn (nested ones included) deletes from a key on (`range_end` "\0").
 fn has_from_key_delete(txn: &TxnRequest) -> bool {
     txn.success
@@ -295,7 +246,7 @@ struct Gen {
 impl Gen {
     fn new(seed: u64) -> Gen {
         Gen {
-            rng: Rng(seed),
+            rng: Rng::new(seed),
             revision: 1,
             compacted: 0,
             empty_key_permille: 20,
@@ -621,26 +572,6 @@ impl Gen {
 
 // ---- The comparison --------------------------------------------------------------------
 
-/// The first lines where two pretty-printed answers differ, with a little context.
-fn first_difference(etcd: &str, rivet: &str) -> String {
-    let e: Vec<&str> = etcd.lines().collect();
-    let r: Vec<&str> = rivet.lines().collect();
-    let at = (0..e.len().max(r.len()))
-        .find(|&i| e.get(i) != r.get(i))
-        .unwrap_or(0);
-    let from = at.saturating_sub(4);
-    let mut out = String::new();
-    for i in from..at {
-        out.push_str(&format!("        {}\n", e.get(i).unwrap_or(&"")));
-    }
-    out.push_str(&format!(
-        "  etcd: {}\n rivet: {}\n",
-        e.get(at).unwrap_or(&"<end>"),
-        r.get(at).unwrap_or(&"<end>")
-    ));
-    out
-}
-
 /// Panics with everything needed to understand and reproduce a difference.
 fn report(
     context: &str,
@@ -667,49 +598,13 @@ fn report(
          rivet answered:\n{rivet_text}\n\
          first difference:\n{}\n\
          end of rivet's log:\n{}",
-        first_difference(&etcd_text, &rivet_text),
+        common::first_line_difference(&etcd_text, &rivet_text),
         log_tail.join("\n")
     );
 }
 
-fn env_number(name: &str, default: u64) -> u64 {
-    match std::env::var(name) {
-        Ok(text) => {
-            let text = text.trim();
-            let parsed = match text.strip_prefix("0x") {
-                Some(hex) => u64::from_str_radix(hex, 16),
-                None => text.parse(),
-            };
-            parsed.unwrap_or_else(|e| panic!("{name}={text:?} is not a number: {e}"))
-        }
-        Err(_) => default,
-    }
-}
-
-fn require_etcd_34() {
-    assert!(
-        Etcd::available(),
-        "the differential test needs etcd 3.4 on PATH (apt-get install etcd-server, as CI \
-         does); it fails rather than skip"
-    );
-    let version = std::process::Command::new("etcd")
-        .arg("--version")
-        .output()
-        .expect("etcd --version");
-    let text = String::from_utf8_lossy(&version.stdout);
-    assert!(
-        text.contains("etcd Version: 3.4."),
-        "the differential test needs etcd 3.4, found:\n{text}"
-    );
-}
-
 async fn connect(url: &str) -> KvClient<Channel> {
-    let channel = Channel::from_shared(url.to_string())
-        .expect("endpoint url")
-        .connect()
-        .await
-        .unwrap_or_else(|e| panic!("connect to {url}: {e}"));
-    KvClient::new(channel)
+    KvClient::new(common::grpc_channel(url).await)
 }
 
 /// The two servers under comparison and the context for reports.

@@ -539,23 +539,52 @@ async fn check_nospace_alarm(client: &mut Client) {
     );
 }
 
+/// `/health` as a client sees it: status, the headers etcd sets itself, and the body.
+fn health(endpoint: &str) -> common::HttpParts {
+    let (status, headers, body) = common::http_get_parts(endpoint, "/health").expect("/health");
+    let kept = ["content-type", "x-content-type-options", "content-length"];
+    let mut headers: Vec<(String, String)> = headers
+        .into_iter()
+        .filter(|(name, _)| kept.contains(&name.as_str()))
+        .collect();
+    // Header order is not part of HTTP's meaning (Go and hyper order them differently).
+    headers.sort();
+    (status, headers, body)
+}
+
 /// etcd 3.4 with an 8 MiB quota takes 1 MiB, refuses puts at about 9 MiB written, keeps
-/// serving reads and deletes, and raises NOSPACE. rivet must do the same.
+/// serving reads and deletes, and raises NOSPACE. rivet must do the same. While the alarm
+/// is active `/health` answers unhealthy (issue 10 item 5), byte for byte as etcd does,
+/// and healthy again once `etcdctl alarm disarm` cleared it.
 #[test]
 fn a_small_quota_eventually_refuses_puts_but_not_reads_or_deletes() {
     const QUOTA: u64 = 8 * 1024 * 1024;
     let rt = runtime();
     let quota = QUOTA.to_string();
-    let check = |url: String| async move {
+    let check = |url: String, endpoint: String| async move {
         let mut client = Client::connect([url], None).await.expect("connect");
         check_quota_refusals(&mut client, QUOTA, 64 * 1024).await;
         check_nospace_alarm(&mut client).await;
+        let alarmed = health(&endpoint);
+        common::etcdctl_ok(&endpoint, &["alarm", "disarm"]);
+        let disarmed = health(&endpoint);
+        (alarmed, disarmed)
     };
     let etcd = Etcd::start(&["--quota-backend-bytes", &quota]);
-    rt.block_on(check(format!("http://{}", etcd.endpoint())));
+    let etcd_health = rt.block_on(check(
+        format!("http://{}", etcd.endpoint()),
+        etcd.endpoint(),
+    ));
     drop(etcd);
     let rivet = Rivet::start(&["--quota-backend-bytes", &quota, "--shards", "1"]);
-    rt.block_on(check(rivet.url()));
+    let rivet_health = rt.block_on(check(rivet.url(), rivet.endpoint()));
+    println!("etcd /health with NOSPACE, then disarmed: {etcd_health:?}");
+    assert_eq!(etcd_health.0 .0, 503, "etcd's /health during the alarm");
+    assert_eq!(etcd_health.1 .2, "{\"health\":\"true\"}");
+    assert_eq!(
+        rivet_health, etcd_health,
+        "/health during the alarm, then disarmed"
+    );
 }
 
 /// A quota above what rivet preallocates for an empty member (one 64 MiB page segment

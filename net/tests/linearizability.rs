@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 
 use common::cluster::{wait_until, Cluster};
 use common::http_get;
+use common::rng::Rng;
 use etcd_client::{Client, Compare, CompareOp, ConnectOptions, Txn, TxnOp};
-use rand::{Rng, SeedableRng};
 use rivet_tools::linearizability::{check, to_text, Event, Op, Outcome, Verdict};
 
 const CLIENTS: u64 = 8;
@@ -36,7 +36,7 @@ async fn run_client(
     stop: Arc<AtomicBool>,
     history: Arc<Mutex<Vec<Event>>>,
 ) {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(0x11ea_0000 + id);
+    let mut rng = Rng::new(0x11ea_0000 + id);
     let mut member = id as usize % endpoints.len();
     let mut client: Option<Client> = None;
     let mut sequence = 0u64;
@@ -60,11 +60,11 @@ async fn run_client(
             }
         }
         let c = client.as_mut().expect("connected");
-        let k = rng.random_range(0..KEYS.len());
+        let k = rng.below(KEYS.len());
         let key = KEYS[k].to_string();
         sequence += 1;
         let value = format!("c{id}-{sequence}");
-        let choice = rng.random_range(0..10);
+        let choice = rng.below(10);
         let op = match choice {
             0..=3 => Op::Get { key: key.clone() },
             4..=6 => Op::Put {

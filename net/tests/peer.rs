@@ -6,6 +6,8 @@
 //! members dialing each other at once keep one of the two connections), so the helpers
 //! resend until everything arrived, as raft would.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::io;
@@ -115,15 +117,8 @@ fn mesh(members: &[&Member]) {
 }
 
 /// Waits until `condition` holds, checking every few milliseconds.
-async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + TEST_TIMEOUT / 2;
-    while !condition() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "gave up waiting until {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+async fn eventually(what: &str, condition: impl FnMut() -> bool) {
+    common::eventually(what, TEST_TIMEOUT / 2, condition).await
 }
 
 fn payload(from: u64, to: u64, index: usize) -> Bytes {

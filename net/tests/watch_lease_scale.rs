@@ -20,14 +20,13 @@
 mod common;
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::cluster::Cluster;
-use common::{etcdctl, http_get, runtime, Rivet};
+use common::{bounded, etcdctl, eventually, grpc_channel as channel, http_get, runtime, Rivet};
 use futures::channel::{mpsc, oneshot};
 use futures::StreamExt;
 use rivet_api::etcdserverpb::{
@@ -42,51 +41,16 @@ use rivet_api::v3electionpb::{
     ResignRequest,
 };
 use rivet_api::v3lockpb::{lock_client::LockClient, LockRequest, UnlockRequest};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// The bound on any one wait of these tests (a server that never answers fails).
 const BOUND: Duration = Duration::from_secs(60);
 
 // ---- Helpers -----------------------------------------------------------------------------
 
-async fn connect(endpoint: &str, stream_window: Option<u32>) -> Channel {
-    let url = format!("http://{endpoint}");
-    let mut builder = Endpoint::from_shared(url.clone()).expect("endpoint url");
-    if let Some(window) = stream_window {
-        builder = builder.initial_stream_window_size(window);
-    }
-    bounded("connect", builder.connect())
-        .await
-        .unwrap_or_else(|e| panic!("connect to {url}: {e}"))
-}
-
-async fn channel(endpoint: &str) -> Channel {
-    connect(endpoint, None).await
-}
-
-async fn bounded<F: Future>(what: &str, f: F) -> F::Output {
-    tokio::time::timeout(BOUND, f)
-        .await
-        .unwrap_or_else(|_| panic!("{what}: no answer within {BOUND:?}"))
-}
-
-/// Waits (without blocking the runtime) until `done`, at most `limit`.
-async fn eventually(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !done() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting until {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
+/// etcd's prefix end of an ASCII prefix, as text (these tests' keys are ASCII).
 fn prefix_end(prefix: &str) -> String {
-    let mut end = prefix.as_bytes().to_vec();
-    let last = end.pop().expect("non-empty prefix");
-    end.push(last + 1);
-    String::from_utf8(end).expect("ascii prefix")
+    String::from_utf8(common::prefix_end(prefix.as_bytes())).expect("an ASCII prefix ends in ASCII")
 }
 
 /// One event as a watcher saw it (or as the writer logged it).
@@ -653,7 +617,7 @@ fn a_slow_watcher_delays_no_other_watcher_and_catches_up() {
         let endpoint = rivet.endpoint();
         // The slow client's connection has a small stream window; one fast stream shares
         // that connection, three more have another.
-        let slow_channel = connect(&endpoint, Some(65_535)).await;
+        let slow_channel = common::grpc_channel_with_window(&endpoint, Some(65_535)).await;
         let other = channel(&endpoint).await;
         let mut slow = Watch::open_gated(&slow_channel, Some(2));
         let fast: Vec<Watch> = [&slow_channel, &other, &other, &other]

@@ -110,6 +110,10 @@ pub enum Damage {
     },
     #[error("{problem}, and the scan for valid data after it hit its work bound")]
     Undecided { problem: RecordProblem },
+    /// A record the decoder passed that recovery cannot use (a decoder bug, reported as
+    /// damage at the record's offset instead of a panic).
+    #[error("{problem}")]
+    Record { problem: RecordProblem },
 }
 
 /// Why a record handed to `append` was refused.

@@ -676,7 +676,8 @@ fn scan_segments(names: &[SegmentName]) -> Result<Scanned, OpenError> {
         let mut entry_index_max = None;
         for record in &decoded.records {
             let Some(kind) = RecordKind::from_byte(record.kind) else {
-                unreachable!("decoder returned a record of kind {}", record.kind)
+                let problem = format::RecordProblem::UnknownKind { kind: record.kind };
+                return Err(damaged(name, record.offset, Damage::Record { problem }));
             };
             match kind {
                 RecordKind::Entry => {

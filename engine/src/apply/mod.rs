@@ -13,8 +13,10 @@
 //!   `applierV3backend`);
 //! - [`capped::Capped`] refuses what adds data while NOSPACE is raised (etcd's
 //!   `applierV3Capped`), by the one quota rule in [`quota`];
-//! - the auth applier (issue 13) and the corrupt applier (issue 10) are further layers:
-//!   [`chain`] is the one place that stacks them.
+//! - [`corrupt::Corrupt`] refuses keyspace and lease requests while CORRUPT is raised
+//!   (etcd's `applierV3Corrupt`);
+//! - the auth applier (issue 13) is a further layer: [`chain`] is the one place that
+//!   stacks them.
 //!
 //! As in etcd, raising or disarming an alarm swaps the chain ([`Applier::apply`] rebuilds
 //! it after every Alarm request), so the layers themselves keep no state.
@@ -26,6 +28,7 @@
 pub mod alarms;
 pub mod backend;
 pub mod capped;
+pub mod corrupt;
 pub mod quota;
 
 use std::time::Instant;
@@ -79,8 +82,11 @@ pub fn chain(alarms: &Alarms, min_lease_ttl: i64) -> Box<dyn Apply> {
     if alarms.is_raised(AlarmType::Nospace) {
         chain = Box::new(capped::Capped { inner: chain });
     }
-    // The corrupt applier (issue 10) goes on top: while CORRUPT is raised, nothing
-    // applies.
+    // The corrupt applier goes on top: while CORRUPT is raised, no keyspace or lease
+    // request applies.
+    if alarms.is_raised(AlarmType::Corrupt) {
+        chain = Box::new(corrupt::Corrupt { inner: chain });
+    }
     chain
 }
 
@@ -283,6 +289,40 @@ mod tests {
         assert_eq!(applier.describe_chain(), "backend");
         assert!(matches!(
             apply(&mut applier, put("b")).result,
+            Some(Ok(Applied::Put(_)))
+        ));
+    }
+
+    #[test]
+    fn corrupt_refuses_keyspace_and_lease_requests_until_disarmed() {
+        let mut applier = applier();
+        let corrupt = |action: AlarmAction| {
+            internal_request::Request::Alarm(AlarmRequest {
+                action: action as i32,
+                member_id: 1,
+                alarm: AlarmType::Corrupt as i32,
+            })
+        };
+        apply(&mut applier, corrupt(AlarmAction::Activate));
+        assert_eq!(applier.describe_chain(), "corrupt → backend");
+        apply(&mut applier, alarm(AlarmAction::Activate));
+        assert_eq!(applier.describe_chain(), "corrupt → capped → backend");
+        let refused = apply(&mut applier, put("a"));
+        assert_eq!(refused.result, Some(Err(EtcdError::Corrupt)));
+        assert!(refused.mutations.is_empty());
+        let delete = internal_request::Request::DeleteRange(DeleteRangeRequest {
+            key: "a".into(),
+            ..Default::default()
+        });
+        assert_eq!(
+            apply(&mut applier, delete).result,
+            Some(Err(EtcdError::Corrupt))
+        );
+        apply(&mut applier, corrupt(AlarmAction::Deactivate));
+        apply(&mut applier, alarm(AlarmAction::Deactivate));
+        assert_eq!(applier.describe_chain(), "backend");
+        assert!(matches!(
+            apply(&mut applier, put("a")).result,
             Some(Ok(Applied::Put(_)))
         ));
     }

@@ -6,8 +6,9 @@
 //!   exceed `--quota-backend-bytes` — etcd's `quotaKVServer`, which checks every txn,
 //!   even one without a put;
 //! - when an entry is applied while NOSPACE is raised: the capped applier refuses what
-//!   adds data — a put, a lease grant, a txn with a put in any branch (nested txns
-//!   included) — while deletes, compactions and put-free txns still apply.
+//!   adds data — a put, a lease grant, a txn with a put directly in a branch (etcd 3.4's
+//!   `costTxn` does not look into nested txns) — while deletes, compactions and txns
+//!   without a direct put still apply.
 
 use rivet_api::etcdserverpb::{request_op, TxnRequest};
 use rivet_api::rivetpb::internal_request::Request;
@@ -41,15 +42,13 @@ pub fn admits(cost: QuotaCost, request_bytes: usize, db_size_bytes: u64, quota_b
         || db_size_bytes + request_bytes as u64 <= quota_bytes
 }
 
+/// etcd 3.4's `costTxn` counts the puts directly in either branch, not those of nested
+/// txns: a txn whose puts are all nested costs nothing and applies under NOSPACE.
 fn txn_has_put(txn: &TxnRequest) -> bool {
     txn.success
         .iter()
         .chain(txn.failure.iter())
-        .any(|op| match &op.request {
-            Some(request_op::Request::RequestPut(_)) => true,
-            Some(request_op::Request::RequestTxn(nested)) => txn_has_put(nested),
-            _ => false,
-        })
+        .any(|op| matches!(&op.request, Some(request_op::Request::RequestPut(_))))
 }
 
 #[cfg(test)]
@@ -64,13 +63,17 @@ mod tests {
     }
 
     #[test]
-    fn puts_anywhere_in_a_txn_add_data() {
+    fn direct_puts_in_a_txn_add_data_nested_ones_do_not() {
         let delete = op(request_op::Request::RequestDeleteRange(
             DeleteRangeRequest::default(),
         ));
         let put = op(request_op::Request::RequestPut(PutRequest::default()));
         let deletes_only = TxnRequest {
             success: vec![delete.clone()],
+            ..Default::default()
+        };
+        let direct_put = TxnRequest {
+            failure: vec![put.clone()],
             ..Default::default()
         };
         let nested_put = TxnRequest {
@@ -84,7 +87,9 @@ mod tests {
             cost(&Request::Txn(deletes_only.clone())),
             QuotaCost::Checked
         );
-        assert_eq!(cost(&Request::Txn(nested_put)), QuotaCost::AddsData);
+        assert_eq!(cost(&Request::Txn(direct_put)), QuotaCost::AddsData);
+        // As etcd 3.4's costTxn: only the puts directly in a branch count.
+        assert_eq!(cost(&Request::Txn(nested_put)), QuotaCost::Checked);
         assert_eq!(
             cost(&Request::LeaseGrant(LeaseGrantRequest::default())),
             QuotaCost::AddsData

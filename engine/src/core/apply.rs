@@ -102,14 +102,19 @@ impl ShardCore {
         }
     }
 
-    /// Streams this shard's live keys to the raft core to rebuild the sequencer.
-    pub async fn send_restore(&self, restore: &async_channel::Sender<RestoreChunk>) {
-        let chunks = self.shard.borrow().restore_chunks();
+    /// Streams this shard's live keys to the raft core to rebuild the sequencer. A
+    /// record that cannot be read fails the start (the caller stops the member).
+    pub async fn send_restore(
+        &self,
+        restore: &async_channel::Sender<RestoreChunk>,
+    ) -> Result<(), crate::shard::ShardOpenError> {
+        let chunks = self.shard.borrow().restore_chunks()?;
         for chunk in chunks {
             if restore.send(chunk).await.is_err() {
-                return;
+                break;
             }
         }
+        Ok(())
     }
 
     /// The apply loop: runs until the raft core closes the stream.
@@ -169,7 +174,15 @@ impl ShardCore {
                 } => {
                     // Rare (a raft snapshot); the shards reach `index` within moments.
                     self.wait_applied(index).await;
-                    let _ = reply.send(self.shard.borrow().export(revision));
+                    match self.shard.borrow().export(revision) {
+                        Ok(records) => {
+                            let _ = reply.send(records);
+                        }
+                        Err(e) => {
+                            // Dropping `reply` fails this snapshot; raft asks again later.
+                            tracing::error!("cannot export a snapshot: {e}");
+                        }
+                    }
                 }
             }
         }

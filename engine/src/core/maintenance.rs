@@ -42,6 +42,11 @@ impl ShardCore {
         let point = self.read_index().await?;
         let started = std::time::Instant::now();
         let compact = self.shard.borrow().compact_revision();
+        // etcd's HashByRev refuses the compaction revision itself too (`rev <=
+        // compactRev`), unlike a range at it.
+        if revision > 0 && revision <= compact {
+            return Err(EtcdError::Compacted);
+        }
         let at = resolve_revision(revision, point.revision, compact)?;
         let mut hash = self.shard.borrow().hash_kv(at);
         for id in 0..self.shard_count {

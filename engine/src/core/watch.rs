@@ -6,14 +6,17 @@ use bytes::Bytes;
 use rivet_api::mvccpb::Event;
 
 use super::ShardCore;
+use crate::error::EtcdError;
 use crate::keyspace::{CompactedAt, RangeEnd};
 use crate::messages::ShardRequest;
+use crate::shard::WatchEvents;
 
 impl ShardCore {
     /// Watch: every change in `[from, to]` on every shard from the recent logs, ordered
     /// by revision (within a revision, in apply order per shard), or `None` when some
     /// shard's log does not reach back to `from`.
-    pub async fn watch_recent(&self, from: i64, to: i64, prev_kv: bool) -> Option<Vec<Event>> {
+    /// A record that cannot be read answers its error.
+    pub async fn watch_recent(&self, from: i64, to: i64, prev_kv: bool) -> Option<WatchEvents> {
         let mut parts = Vec::with_capacity(self.shard_count);
         let mut pending = Vec::new();
         for id in 0..self.shard_count {
@@ -28,11 +31,19 @@ impl ShardCore {
             };
             pending.push(self.ask_shard(id, request).await.ok()?);
         }
-        parts.push(self.shard.borrow().recent_changes(from, to, prev_kv)?);
-        for answer in pending {
-            parts.push(answer.await.ok()??);
+        let local = self.shard.borrow().recent_changes(from, to, prev_kv)?;
+        match local {
+            Ok(events) => parts.push(events),
+            Err(e) => return Some(Err(e)),
         }
-        Some(merge_by_revision(parts))
+        for answer in pending {
+            match answer.await.ok()? {
+                Some(Ok(events)) => parts.push(events),
+                Some(Err(e)) => return Some(Err(e)),
+                None => return None,
+            }
+        }
+        Some(Ok(merge_by_revision(parts)))
     }
 
     /// Watch catch-up: one range's changes in `[from, to]` from the shards' indexes.
@@ -43,7 +54,7 @@ impl ShardCore {
         from: i64,
         to: i64,
         prev_kv: bool,
-    ) -> Result<Vec<Event>, CompactedAt> {
+    ) -> Result<WatchEvents, CompactedAt> {
         let shards = self.shards_of(key, end);
         let mut parts = Vec::with_capacity(shards.len());
         let mut pending = Vec::new();
@@ -61,19 +72,24 @@ impl ShardCore {
             };
             match self.ask_shard(id, request).await {
                 Ok(answer) => pending.push(answer),
-                Err(_) => return Ok(Vec::new()),
+                Err(_) => return Ok(Err(EtcdError::Stopped)),
             }
         }
         if shards.contains(&self.id) {
-            parts.push(self.shard.borrow().history(key, end, from, to, prev_kv)?);
+            match self.shard.borrow().history(key, end, from, to, prev_kv)? {
+                Ok(events) => parts.push(events),
+                Err(e) => return Ok(Err(e)),
+            }
         }
         for answer in pending {
             match answer.await {
-                Ok(part) => parts.push(part?),
-                Err(_) => return Ok(Vec::new()),
+                Ok(Ok(Ok(events))) => parts.push(events),
+                Ok(Ok(Err(e))) => return Ok(Err(e)),
+                Ok(Err(compacted)) => return Err(compacted),
+                Err(_) => return Ok(Err(EtcdError::Stopped)),
             }
         }
-        Ok(merge_by_revision(parts))
+        Ok(Ok(merge_by_revision(parts)))
     }
 }
 

@@ -132,6 +132,27 @@ impl RaftCore {
                 .apply_snapshot(snapshot)
                 .map_err(|e| StartError::Raft(e.to_string()))?;
         }
+        // raft-rs's log storage panics on entries that do not continue it, and every
+        // entry in this member's log was proposed by rivet or checked when a peer sent
+        // it: anything else is a damaged WAL, and the member refuses to start naming it.
+        crate::check::contiguous_entries(
+            &recovered.entries,
+            raft::Storage::last_index(&storage).unwrap_or(applied),
+        )
+        .map_err(|(index, reason)| StartError::Decode {
+            what: "entry",
+            index,
+            reason,
+        })?;
+        if let Some((index, reason)) = recovered.entries.iter().find_map(|entry| {
+            super::validate::entry_problem(entry).map(|problem| (entry.index, problem))
+        }) {
+            return Err(StartError::Decode {
+                what: "entry",
+                index,
+                reason,
+            });
+        }
         let last_index = recovered.entries.last().map_or(applied, |e| e.index);
         storage
             .wl()

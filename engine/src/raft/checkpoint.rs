@@ -98,11 +98,10 @@ impl RaftCore {
                 // success for lost data, so the member stops (the restart recovers from
                 // what is durable). Going on would also start this checkpoint again at an
                 // index the shards already checkpointed.
-                tracing::error!(
-                    "could not record checkpoint {}: {e}; stopping",
+                self.stop_for(format!(
+                    "could not record checkpoint {}: {e}",
                     request.index
-                );
-                self.stop.stopping = true;
+                ));
             }
             return;
         }

@@ -237,12 +237,24 @@ impl RaftCore {
 
     /// A committed configuration change: raft's configuration, the member table, the
     /// peer table; the proposer is answered; a removed member stops.
-    pub(super) fn apply_conf_change(&mut self, entry: &Entry) {
+    ///
+    /// A conf change that does not decode is refused (the caller stops the member): a
+    /// peer's entries are checked before they reach raft ([`super::validate`]), so this
+    /// one came from a damaged local log.
+    pub(super) fn apply_conf_change(&mut self, entry: &Entry) -> Result<(), String> {
         let mut conf_change = ConfChange::default();
         if let Err(e) = conf_change.merge_from_bytes(&entry.data) {
-            panic!("undecodable conf change at index {}: {e}", entry.index);
+            return Err(format!(
+                "the raft log holds an undecodable conf change at index {}: {e}",
+                entry.index
+            ));
         }
-        let context = ConfChangeContext::decode(conf_change.context.as_ref()).unwrap_or_default();
+        let context = ConfChangeContext::decode(conf_change.context.as_ref()).map_err(|e| {
+            format!(
+                "the raft log holds a conf change with an undecodable context at index {}: {e}",
+                entry.index
+            )
+        })?;
         match self.node.apply_conf_change(&conf_change) {
             Ok(conf_state) => {
                 self.node.mut_store().wl().set_conf_state(conf_state);
@@ -291,7 +303,11 @@ impl RaftCore {
         {
             tracing::warn!("this member was removed from the cluster; stopping");
             self.stop.stopping = true;
+            self.stop
+                .reason
+                .get_or_insert_with(|| "this member was removed from the cluster".into());
         }
+        Ok(())
     }
 
     /// A graceful stop: a leader with peers first transfers leadership to the most

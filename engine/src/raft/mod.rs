@@ -44,6 +44,7 @@ pub mod members;
 pub mod read_index;
 pub mod ready;
 pub mod snapshot;
+pub mod validate;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -124,6 +125,9 @@ pub struct RaftCore {
 #[derive(Default)]
 struct Stop {
     stopping: bool,
+    /// Why the core stopped by itself (not asked to by a stop signal), for the log and
+    /// the member's exit.
+    reason: Option<String>,
     /// Answered when a graceful stop is done.
     done: Option<oneshot::Sender<()>>,
     /// A leader stopping gracefully hands leadership over first (ETCD_LESSONS 8); it
@@ -133,13 +137,15 @@ struct Stop {
 
 impl RaftCore {
     /// Runs until `commands` closes (every shard core stopped), then checkpoints so the
-    /// next start replays nothing.
+    /// next start replays nothing. Returns why the core stopped when it stopped by itself
+    /// (a failed log write, a damaged entry, this member removed), `None` after a
+    /// requested stop.
     pub async fn run(
         mut self,
         commands: async_channel::Receiver<RaftCommand>,
         acks: async_channel::Receiver<ShardAck>,
         mut peer_events: tokio::sync::mpsc::Receiver<PeerEvent>,
-    ) {
+    ) -> Option<String> {
         let mut ticker = tokio::time::interval(self.config.heartbeat_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_tick = self.clock.now();
@@ -177,7 +183,16 @@ impl RaftCore {
                 break;
             }
         }
+        let reason = self.stop.reason.take();
         self.shutdown(acks).await;
+        reason
+    }
+
+    /// Stops the core by itself at the end of this turn, for `reason`.
+    fn stop_for(&mut self, reason: String) {
+        tracing::error!("raft core stopping: {reason}");
+        self.stop.stopping = true;
+        self.stop.reason.get_or_insert(reason);
     }
 
     /// Hands every applied entry to `observer` from now on (the simulation test checks
@@ -213,7 +228,7 @@ impl RaftCore {
         }
         self.poll_exports();
         if let Err(e) = self.handle_ready().await {
-            tracing::error!("raft core stopping: {e}");
+            self.stop_for(e);
             return false;
         }
         self.maybe_checkpoint().await;
@@ -341,6 +356,9 @@ impl RaftCore {
             PeerEvent::RemovedFromCluster => {
                 tracing::warn!("the cluster removed this member; stopping");
                 self.stop.stopping = true;
+                self.stop
+                    .reason
+                    .get_or_insert_with(|| "this member was removed from the cluster".into());
             }
             PeerEvent::SnapshotStatus { to, delivered } => self.snapshot_sent(to, delivered),
             PeerEvent::Message(bytes) => {
@@ -350,6 +368,13 @@ impl RaftCore {
                     return;
                 }
                 if !self.faults.hears(message.from) {
+                    return;
+                }
+                if let Some(problem) = validate::message_problem(&message) {
+                    tracing::warn!(
+                        from = format_args!("{:x}", message.from),
+                        "dropping a raft message from a peer: {problem}"
+                    );
                     return;
                 }
                 if let Err(e) = self.node.step(message) {

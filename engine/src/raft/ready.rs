@@ -332,7 +332,7 @@ impl RaftCore {
                 .map_err(|e| format!("applying snapshot {index} to the raft log: {e}"))?;
         }
         let committed = ready.take_committed_entries();
-        self.apply_entries(committed).await;
+        self.apply_entries(committed).await?;
         if let Some(sequence) = self.submit_ready(&ready)? {
             if sent && !ready.entries().is_empty() {
                 self.peers.flush().await;
@@ -364,7 +364,7 @@ impl RaftCore {
         let messages = light.take_messages();
         self.send_messages(messages);
         let committed = light.take_committed_entries();
-        self.apply_entries(committed).await;
+        self.apply_entries(committed).await?;
         self.node.advance_apply();
         self.shared
             .term
@@ -440,9 +440,14 @@ impl RaftCore {
 
     /// Applies committed entries in order and streams the changes to the shards: one
     /// batch per shard (every shard gets one, so that each acknowledges the index).
-    async fn apply_entries(&mut self, entries: Vec<Entry>) {
+    ///
+    /// An entry rivet could not have proposed ([`super::validate`]) stops the member:
+    /// peers' entries are checked before raft sees them, so it came from a damaged local
+    /// log, and applying around it would fork this replica from the others. What came
+    /// before it is applied and streamed; the applied index stays below it.
+    async fn apply_entries(&mut self, entries: Vec<Entry>) -> Result<(), String> {
         if entries.is_empty() {
-            return;
+            return Ok(());
         }
         let started = std::time::Instant::now();
         let shard_count = self.config.shard_count;
@@ -450,30 +455,50 @@ impl RaftCore {
             (0..shard_count).map(|_| ApplyBatch::default()).collect();
         let mut compaction = None;
         let mut replies = Vec::new();
+        let mut damaged = None;
         for entry in entries {
             if entry.index <= self.applied_index {
                 continue;
             }
-            self.applied_index = entry.index;
+            // Normal entries and conf changes are checked as they are decoded below;
+            // the one other kind is checked here.
+            let problem = (entry.get_entry_type() == EntryType::EntryConfChangeV2)
+                .then(|| super::validate::entry_problem(&entry))
+                .flatten();
+            if let Some(problem) = problem {
+                damaged = Some(format!(
+                    "the raft log holds an entry rivet could not have proposed at index {}: \
+                     {problem} (damaged log)",
+                    entry.index
+                ));
+                break;
+            }
             if entry.get_entry_type() == EntryType::EntryConfChange {
-                self.apply_conf_change(&entry);
+                if let Err(e) = self.apply_conf_change(&entry) {
+                    damaged = Some(e);
+                    break;
+                }
+                self.applied_index = entry.index;
                 self.observe(&entry, None);
                 continue;
             }
             if entry.get_entry_type() != EntryType::EntryNormal || entry.data.is_empty() {
                 // The leader's empty entry of a new term.
+                self.applied_index = entry.index;
                 self.observe(&entry, None);
                 continue;
             }
             let request = match InternalRequest::decode(entry.data.as_ref()) {
                 Ok(request) => request,
                 Err(e) => {
-                    // Entries are written only by rivet and checked by the WAL's CRCs:
-                    // an undecodable one means a bug; applying around it would fork the
-                    // replicas, so stop.
-                    panic!("undecodable raft entry at index {}: {e}", entry.index);
+                    damaged = Some(format!(
+                        "the raft log holds an undecodable entry at index {}: {e}",
+                        entry.index
+                    ));
+                    break;
                 }
             };
+            self.applied_index = entry.index;
             let mut outcome = self.apply_request(&entry, &request);
             if let Some(revision) = outcome.compaction {
                 compaction = Some(revision);
@@ -512,6 +537,10 @@ impl RaftCore {
                 expected_duration = ?self.config.warning_apply_duration,
                 "apply request took too long"
             );
+        }
+        match damaged {
+            Some(reason) => Err(reason),
+            None => Ok(()),
         }
     }
 

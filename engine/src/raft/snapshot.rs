@@ -217,10 +217,9 @@ impl RaftCore {
             .and_then(|sequence| self.log.wait_durable(sequence));
         if let Err(e) = recorded {
             // As for a checkpoint: a log that failed a write stops the member.
-            tracing::error!(
-                "cannot record the snapshot at index {index} in the log: {e}; stopping"
-            );
-            self.stop.stopping = true;
+            self.stop_for(format!(
+                "cannot record the snapshot at index {index} in the log: {e}"
+            ));
             return;
         }
         let snap_dir = self.config.snap_dir.clone();

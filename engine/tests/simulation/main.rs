@@ -151,7 +151,8 @@ fn check_run(sim: &Sim) -> Result<(), String> {
         for shard in &running.shards {
             let events = shard
                 .history(b"\0", &RangeEnd::FromKey, 1, shard.revision(), false)
-                .map_err(|e| format!("m{}: history compacted at {}", node.id, e.0))?;
+                .map_err(|e| format!("m{}: history compacted at {}", node.id, e.0))?
+                .map_err(|e| format!("m{}: history unreadable: {e}", node.id))?;
             for event in events {
                 if let Some(kv) = event.kv {
                     let key = String::from_utf8_lossy(&kv.key).into_owned();

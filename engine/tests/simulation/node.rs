@@ -118,7 +118,10 @@ impl Node {
         }
         let (restore_tx, restore_rx) = async_channel::unbounded();
         for shard in &shards {
-            for chunk in shard.restore_chunks() {
+            let chunks = shard
+                .restore_chunks()
+                .map_err(|e| format!("restoring from a shard: {e}"))?;
+            for chunk in chunks {
                 restore_tx.try_send(chunk).map_err(|e| e.to_string())?;
             }
         }

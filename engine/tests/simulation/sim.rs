@@ -523,7 +523,13 @@ impl Sim {
         let exports = std::mem::take(&mut running.exports);
         for (shard, index, revision, reply) in exports {
             if running.shards[shard].applied_index() >= index {
-                let _ = reply.send(running.shards[shard].export(revision));
+                // The simulation's disk never damages a record: an export error is a bug.
+                match running.shards[shard].export(revision) {
+                    Ok(records) => {
+                        let _ = reply.send(records);
+                    }
+                    Err(e) => panic!("m{i}: shard {shard} cannot export: {e}"),
+                }
             } else {
                 running.exports.push((shard, index, revision, reply));
             }

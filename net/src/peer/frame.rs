@@ -149,7 +149,7 @@ pub fn decode_frame(buffer: &mut BytesMut) -> Result<Option<Frame>, FrameError> 
             data_bytes: body.get_u64_le(),
             crc32c: body.get_u32_le(),
         }),
-        _ => unreachable!("check_length accepted kind {kind}"),
+        _ => return Err(FrameError::UnknownKind { kind }),
     };
     Ok(Some(frame))
 }

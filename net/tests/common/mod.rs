@@ -6,7 +6,11 @@
 
 pub mod cluster;
 pub mod dns;
+pub mod etcdctl;
+pub mod request_fuzz;
+pub mod rng;
 pub mod tls;
+pub mod watch;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -98,6 +102,31 @@ pub fn http_get(endpoint: &str, path: &str) -> std::io::Result<String> {
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
     Ok(response)
+}
+
+/// An HTTP response as [`http_get_parts`] splits it: status code, headers (names
+/// lower-cased, in order) and body.
+pub type HttpParts = (u16, Vec<(String, String)>, String);
+
+/// [`http_get`] split into the status code, the headers and the body. The response must
+/// carry a `Content-Length` body (not chunked).
+pub fn http_get_parts(endpoint: &str, path: &str) -> std::io::Result<HttpParts> {
+    let response = http_get(endpoint, path)?;
+    let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| bad("no end of headers"))?;
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|line| line.split(' ').nth(1))
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| bad("no status line"))?;
+    let headers = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_string()))
+        .collect();
+    Ok((status, headers, body.to_string()))
 }
 
 /// A `rivet` member started by a test.
@@ -270,19 +299,25 @@ impl Rivet {
         }
     }
 
-    /// Waits up to `limit` for the member to exit by itself; its exit code (`Some(None)`
-    /// when a signal ended it), or `None` if it is still running.
-    pub fn wait_exit(&mut self, limit: Duration) -> Option<Option<i32>> {
-        let child = self.child.as_mut()?;
+    /// Waits up to `limit` for the member to exit by itself (it stopped, or crashed)
+    /// and returns its exit status; panics if it is still running then.
+    pub fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("a running member");
         let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
+        loop {
             if let Ok(Some(status)) = child.try_wait() {
-                self.child = None;
-                return Some(status.code());
+                return status;
             }
-            std::thread::sleep(Duration::from_millis(50));
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "rivet did not exit within {limit:?}; log:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
-        None
     }
 
     /// Starts the same member again with other environment variables.
@@ -415,6 +450,21 @@ impl Etcd {
 
     pub fn endpoint(&self) -> String {
         format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Whether the etcd process has exited (it panics on a few requests).
+    pub fn exited(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_none_or(|c| matches!(c.try_wait(), Ok(Some(_))))
+    }
+
+    /// The end of etcd's log (at most `lines` lines).
+    pub fn log_tail(&self, lines: usize) -> String {
+        let log = self.data_dir.with_extension(format!("{}.log", self.port));
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
     }
 
     /// SIGTERM and wait: etcd commits its backend and closes its files, so the data dir
@@ -561,6 +611,138 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .expect("tokio runtime")
+}
+
+/// etcd's prefix end (clientv3 `GetPrefixRangeEnd`): the key with its last byte below
+/// 0xff incremented and what follows it dropped; `"\0"` (every key from there on) when
+/// every byte is 0xff or the key is empty.
+pub fn prefix_end(key: &[u8]) -> Vec<u8> {
+    let mut end = key.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+/// [`prefix_end`] as `Bytes` (protobuf fields of the raw clients).
+pub fn prefix_end_bytes(key: &[u8]) -> bytes::Bytes {
+    bytes::Bytes::from(prefix_end(key))
+}
+
+/// Waits (without blocking the runtime) until `done`, at most `limit`; panics naming
+/// `what` after that.
+pub async fn eventually(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The bound on one request or wait of a test: a server that never answers fails the
+/// test instead of hanging it.
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// `f`, or a panic naming `what` if it takes longer than [`ANSWER_TIMEOUT`].
+pub async fn bounded<F: std::future::Future>(what: &str, f: F) -> F::Output {
+    tokio::time::timeout(ANSWER_TIMEOUT, f)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: no answer within {ANSWER_TIMEOUT:?}"))
+}
+
+/// A gRPC channel to `endpoint` (`host:port`), for the raw generated clients.
+pub async fn grpc_channel(endpoint: &str) -> tonic::transport::Channel {
+    grpc_channel_with_window(endpoint, None).await
+}
+
+/// [`grpc_channel`] with an initial HTTP/2 stream window (small windows make a slow
+/// client).
+pub async fn grpc_channel_with_window(
+    endpoint: &str,
+    stream_window: Option<u32>,
+) -> tonic::transport::Channel {
+    let url = if endpoint.starts_with("http") {
+        endpoint.to_string()
+    } else {
+        format!("http://{endpoint}")
+    };
+    let mut builder = tonic::transport::Endpoint::from_shared(url.clone()).expect("endpoint url");
+    if let Some(window) = stream_window {
+        builder = builder.initial_stream_window_size(window);
+    }
+    bounded("connect", builder.connect())
+        .await
+        .unwrap_or_else(|e| panic!("connect to {url}: {e}"))
+}
+
+/// Fails (never skips) unless etcd 3.4 is on PATH: the differential tests need it.
+pub fn require_etcd_34() {
+    assert!(
+        Etcd::available(),
+        "this test needs etcd 3.4 on PATH (apt-get install etcd-server, as CI does); it \
+         fails rather than skip"
+    );
+    let version = Command::new("etcd")
+        .arg("--version")
+        .output()
+        .expect("etcd --version");
+    let text = String::from_utf8_lossy(&version.stdout);
+    assert!(
+        text.contains("etcd Version: 3.4."),
+        "this test needs etcd 3.4, found:\n{text}"
+    );
+}
+
+/// The first lines where two pretty-printed answers differ, with a little context.
+pub fn first_line_difference(etcd: &str, rivet: &str) -> String {
+    let e: Vec<&str> = etcd.lines().collect();
+    let r: Vec<&str> = rivet.lines().collect();
+    let at = (0..e.len().max(r.len()))
+        .find(|&i| e.get(i) != r.get(i))
+        .unwrap_or(0);
+    let from = at.saturating_sub(4);
+    let mut out = String::new();
+    for i in from..at {
+        out.push_str(&format!("        {}\n", e.get(i).unwrap_or(&"")));
+    }
+    out.push_str(&format!(
+        "  etcd: {}\n rivet: {}\n",
+        e.get(at).unwrap_or(&"<end>"),
+        r.get(at).unwrap_or(&"<end>")
+    ));
+    out
+}
+
+/// `b` as `Bytes` (protobuf fields of the raw clients).
+pub fn bytes(b: &[u8]) -> bytes::Bytes {
+    bytes::Bytes::copy_from_slice(b)
+}
+
+/// Clears what differs between any two clusters in a response header: the member and
+/// cluster IDs (random per cluster). `raft_term` stays: rivet elects itself at term 2,
+/// like etcd's bootstrap.
+pub fn clear_ids(header: &mut Option<rivet_api::etcdserverpb::ResponseHeader>) {
+    if let Some(h) = header {
+        h.member_id = 0;
+        h.cluster_id = 0;
+    }
+}
+
+/// A unary gRPC answer or its error (code and message), as text comparable across
+/// servers.
+pub fn grpc_outcome<T: std::fmt::Debug>(
+    result: Result<tonic::Response<T>, tonic::Status>,
+) -> String {
+    match result {
+        Ok(r) => format!("{:?}", r.into_inner()),
+        Err(s) => format!("error {:?}: {}", s.code(), s.message()),
+    }
 }
 
 /// What a process that was expected to stop by itself printed.
