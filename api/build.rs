@@ -6,6 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = [
         "proto/etcd/kv.proto",
         "proto/etcd/auth.proto",
+        "proto/etcd/lease.proto",
         "proto/etcd/rpc.proto",
         "proto/etcd/v3lock.proto",
         "proto/etcd/v3election.proto",

@@ -6,6 +6,7 @@ pub mod apply;
 pub mod check;
 pub mod core;
 pub mod error;
+pub mod etcd_backend;
 pub mod identity;
 pub mod keyspace;
 pub mod layout;

@@ -24,6 +24,18 @@ pub fn free_udp_port() -> u16 {
 }
 
 fn wait_for_health(endpoint: &str, child: &mut Child, log: &Path) {
+    wait_for_health_body(endpoint, child, log, |body| {
+        body.contains("\"health\":\"true\"")
+    });
+}
+
+/// Waits until `/health` answers with a body `accept` takes.
+fn wait_for_health_body(
+    endpoint: &str,
+    child: &mut Child,
+    log: &Path,
+    accept: impl Fn(&str) -> bool,
+) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Ok(Some(status)) = child.try_wait() {
@@ -33,7 +45,7 @@ fn wait_for_health(endpoint: &str, child: &mut Child, log: &Path) {
             );
         }
         if let Ok(body) = http_get(endpoint, "/health") {
-            if body.contains("\"health\":\"true\"") {
+            if accept(&body) {
                 return;
             }
         }
@@ -209,9 +221,10 @@ impl Drop for Rivet {
 
 /// A real etcd 3.4 (Debian's `etcd-server`) started by a test, for differential checks.
 pub struct Etcd {
-    child: Child,
+    child: Option<Child>,
     pub port: u16,
-    _dir: tempfile::TempDir,
+    pub data_dir: PathBuf,
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl Etcd {
@@ -225,17 +238,36 @@ impl Etcd {
             .is_ok_and(|s| s.success())
     }
 
+    /// Starts a member in a fresh temporary data dir with extra flags.
     pub fn start(extra: &[&str]) -> Etcd {
         let dir = tempfile::tempdir().expect("temp dir");
+        let mut etcd = Etcd::start_in(&dir.path().join("data.etcd"), extra);
+        etcd._dir = Some(dir);
+        etcd
+    }
+
+    /// Starts a member on `data_dir` (kept by the caller: an existing data dir, e.g. one
+    /// `etcdctl snapshot restore` made, or a new one), its log beside it.
+    pub fn start_in(data_dir: &Path, extra: &[&str]) -> Etcd {
+        Etcd::start_in_until(data_dir, extra, |body| body.contains("\"health\":\"true\""))
+    }
+
+    /// Like [`Etcd::start_in`] for a data dir with an active alarm: etcd then answers
+    /// `/health` with `"health":"false"` while it serves.
+    pub fn start_in_with_alarm(data_dir: &Path, extra: &[&str]) -> Etcd {
+        Etcd::start_in_until(data_dir, extra, |body| body.contains("\"health\":"))
+    }
+
+    fn start_in_until(data_dir: &Path, extra: &[&str], ready: impl Fn(&str) -> bool) -> Etcd {
         let port = free_port();
         let peer = free_port();
-        let log_path = dir.path().join("etcd.log");
+        let log_path = data_dir.with_extension(format!("{port}.log"));
         let log = std::fs::File::create(&log_path).expect("log");
         let client_url = format!("http://127.0.0.1:{port}");
         let peer_url = format!("http://127.0.0.1:{peer}");
         let mut child = Command::new("etcd")
             .arg("--data-dir")
-            .arg(dir.path().join("data.etcd"))
+            .arg(data_dir)
             .args(["--listen-client-urls", &client_url])
             .args(["--advertise-client-urls", &client_url])
             .args(["--listen-peer-urls", &peer_url])
@@ -247,23 +279,44 @@ impl Etcd {
             .stderr(log)
             .spawn()
             .expect("start etcd (apt-get install etcd-server)");
-        wait_for_health(&format!("127.0.0.1:{port}"), &mut child, &log_path);
+        wait_for_health_body(&format!("127.0.0.1:{port}"), &mut child, &log_path, ready);
         Etcd {
-            child,
+            child: Some(child),
             port,
-            _dir: dir,
+            data_dir: data_dir.to_path_buf(),
+            _dir: None,
         }
     }
 
     pub fn endpoint(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
+
+    /// SIGTERM and wait: etcd commits its backend and closes its files, so the data dir
+    /// can be read (`member/snap/db`).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: sending a signal to our own child process.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while !matches!(child.try_wait(), Ok(Some(_))) {
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("etcd did not stop within 20 s of SIGTERM");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
 }
 
 impl Drop for Etcd {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
