@@ -5,6 +5,7 @@
 pub mod apply;
 pub mod check;
 pub mod core;
+pub mod crash;
 pub mod error;
 pub mod etcd_backend;
 pub mod identity;

@@ -51,6 +51,9 @@ pub const SHARD_REQUEST_QUEUE: usize = 4096;
 /// Messages from the peer transport waiting for the raft core: a few heartbeat rounds of
 /// a large cluster; when full, the transport waits (QUIC flow control pushes back).
 pub const PEER_EVENT_QUEUE: usize = 4096;
+/// Wake-ups and defragmentation requests queued for a shard's garbage collection task:
+/// one pending wake-up is as good as many; defragmentations are rare.
+pub const GC_REQUEST_QUEUE: usize = 64;
 /// Chunks of live keys in flight from the shards to the raft core at start-up.
 pub const RESTORE_QUEUE_CHUNKS: usize = 4;
 /// Keys per start-up chunk: the sequencer is rebuilt in chunks, never by loading every
@@ -156,7 +159,47 @@ pub const RECORD_BYTES_MAX: u32 = 1024 * 1024 * 1024;
 /// Cost: the key's bytes live on the heap for as long as any version of it is indexed.
 pub const KEY_BYTES_MAX: u32 = RECORD_BYTES_MAX;
 
+/// A page segment is rewritten by the background garbage collection once this share of
+/// its record bytes is dead (after a compaction).
+///
+/// Why 50%: rewriting a segment costs writing its live bytes; at half dead, every byte
+/// written frees at least one, so the write amplification of garbage collection stays at
+/// most 2 (the usual trade-off of log-structured stores), while at most half of the disk
+/// space of old segments waits for reuse. Maintenance.Defragment ignores the threshold
+/// and rewrites every segment with a dead byte.
+pub const GC_DEAD_PERCENT_MIN: u64 = 50;
+
+/// Records garbage collection examines per step before it lets the shard core serve
+/// other work (it goes on to finish the revision at hand). ~1000 small records take
+/// ~100 µs, well below a read's latency budget.
+pub const GC_STEP_RECORDS: usize = 1024;
+
+/// The share of a shard core garbage collection runs at, against 1000 for serving
+/// requests (glommio task queue shares): under load it takes ~1/10 of the core; idle, all
+/// of it.
+pub const GC_TASK_QUEUE_SHARES: usize = 100;
+
+/// The page segment size in force: [`SEGMENT_BYTES_DEFAULT`], unless the test-only
+/// variable `RIVET_TEST_PAGE_SEGMENT_BYTES=<n>` names a valid size (a multiple of
+/// [`SEGMENT_ALIGNMENT_BYTES`] between the limits), which tests use so that a few
+/// megabytes of data span many segments and garbage collection has work
+/// (`net/tests/storage.rs`). Honoured only when set; read once per process.
+pub fn page_segment_bytes() -> u32 {
+    static BYTES: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *BYTES.get_or_init(|| {
+        std::env::var("RIVET_TEST_PAGE_SEGMENT_BYTES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|&n: &u32| {
+                (SEGMENT_BYTES_MIN..=SEGMENT_BYTES_MAX).contains(&n)
+                    && n % SEGMENT_ALIGNMENT_BYTES == 0
+            })
+            .unwrap_or(SEGMENT_BYTES_DEFAULT)
+    })
+}
+
 const _: () = assert!(SEGMENT_BYTES_DEFAULT % SEGMENT_ALIGNMENT_BYTES == 0);
+const _: () = assert!(GC_DEAD_PERCENT_MIN > 0 && GC_DEAD_PERCENT_MIN <= 100);
 const _: () = assert!(SEGMENT_BYTES_MIN % SEGMENT_ALIGNMENT_BYTES == 0);
 const _: () = assert!(SEGMENT_BYTES_MAX % SEGMENT_ALIGNMENT_BYTES == 0);
 const _: () = assert!(SEGMENT_BYTES_MIN <= SEGMENT_BYTES_DEFAULT);

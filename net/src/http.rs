@@ -55,11 +55,11 @@ async fn health(core: Rc<ShardCore>) -> Response<Body> {
 
 /// `/metrics`: Prometheus text format with etcd's metric names; sizes read now.
 async fn metrics(core: Rc<ShardCore>) -> Response<Body> {
-    let size = core.db_size_bytes().await;
+    let sizes = core.db_sizes().await;
     let keys = core.raft_status().await.map_or(0, |s| s.keys);
     let body = rivet_engine::metrics::render(&rivet_engine::metrics::Gauges {
-        db_size_bytes: size,
-        db_size_in_use_bytes: size,
+        db_size_bytes: sizes.used_bytes,
+        db_size_in_use_bytes: sizes.live_bytes,
         keys,
     });
     text(StatusCode::OK, "text/plain; version=0.0.4", body)

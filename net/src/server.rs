@@ -144,6 +144,9 @@ pub fn run(flags: Flags) -> anyhow::Result<()> {
             })
             .collect()
     };
+    let page_options = PageOptions {
+        segment_bytes: limits::page_segment_bytes(),
+    };
     let mut raft_config = RaftCoreConfig {
         wal_dir,
         member_id: member,
@@ -164,7 +167,10 @@ pub fn run(flags: Flags) -> anyhow::Result<()> {
         strict_reconfig_check: flags.strict_reconfig_check,
         cluster_token: flags.initial_cluster_token.clone(),
         snap_dir: snap_dir.clone(),
-        tuning: Default::default(),
+        tuning: rivet_engine::raft::RaftCoreTuning {
+            page_options,
+            ..Default::default()
+        },
     };
     let recovered = open_wal(&mut raft_config, flags.shards)?;
     let shard_count = raft_config.shard_count;
@@ -273,7 +279,7 @@ pub fn run(flags: Flags) -> anyhow::Result<()> {
             .io_memory(limits::GLOMMIO_IO_MEMORY_BYTES)
             .spin_before_park(limits::SHARD_SPIN_BEFORE_PARK)
             .spawn(move || async move {
-                let shard = match Shard::open(&shard_dir, id, checkpoint_index, PageOptions::default()) {
+                let shard = match Shard::open(&shard_dir, id, checkpoint_index, page_options) {
                     Ok(shard) => shard,
                     Err(e) => {
                         let _ = fatal.send(e.to_string());
@@ -286,6 +292,21 @@ pub fn run(flags: Flags) -> anyhow::Result<()> {
                 let apply = glommio::spawn_local(Rc::clone(&core).run_apply(apply_rx, acks));
                 glommio::spawn_local(Rc::clone(&core).serve_peers(peer_rx)).detach();
                 glommio::spawn_local(Rc::clone(&core).run_watermark()).detach();
+                // Garbage collection of the page file runs in a queue of its own with
+                // fewer shares than serving: it never holds the core for more than a step.
+                let gc_queue = glommio::executor().create_task_queue(
+                    glommio::Shares::Static(limits::GC_TASK_QUEUE_SHARES),
+                    glommio::Latency::NotImportant,
+                    "gc",
+                );
+                let gc = Rc::clone(&core).run_gc(|| async { glommio::executor().yield_task_queue_now().await });
+                match glommio::spawn_local_into(gc, gc_queue) {
+                    Ok(task) => task.detach(),
+                    Err(e) => {
+                        let _ = fatal.send(format!("cannot start garbage collection: {e}"));
+                        return;
+                    }
+                };
                 for address in addresses {
                     match TcpListener::bind(address) {
                         Ok(listener) => {

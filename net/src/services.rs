@@ -153,7 +153,8 @@ impl Maintenance for MaintenanceService {
         self.0
             .run(|core| async move {
                 let raft = core.raft_status().await?;
-                let db_size = core.db_size_bytes().await as i64;
+                let sizes = core.db_sizes().await;
+                let db_size = sizes.used_bytes as i64;
                 let revision = core.shared.applied_revision();
                 Ok(StatusResponse {
                     header: Some(core.header(revision)),
@@ -173,7 +174,7 @@ impl Maintenance for MaintenanceService {
                             format!("memberID:{} alarm:{kind} ", a.member_id)
                         })
                         .collect(),
-                    db_size_in_use: db_size,
+                    db_size_in_use: sizes.live_bytes as i64,
                     is_learner: core
                         .shared
                         .is_learner
@@ -183,11 +184,29 @@ impl Maintenance for MaintenanceService {
             .await
     }
 
+    /// Defragment rewrites the page segments that hold dead records on every shard of
+    /// this member, each on its own core beside serving, and answers when done. Like
+    /// etcd's, it is not replicated and has no deadline of its own (the client's).
     async fn defragment(
         &self,
         _: Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
-        Err(not_yet("Defragment"))
+        self.0
+            .run_unbounded(|core| async move {
+                let started = std::time::Instant::now();
+                core.defragment().await?;
+                let sizes = core.db_sizes().await;
+                tracing::info!(
+                    took = ?started.elapsed(),
+                    db_size = sizes.used_bytes,
+                    db_size_in_use = sizes.live_bytes,
+                    "defragmented"
+                );
+                Ok(DefragmentResponse {
+                    header: Some(core.current_header()),
+                })
+            })
+            .await
     }
 
     /// Hash: rivet keeps no separate backend file, so this hashes the same versions as

@@ -188,7 +188,8 @@ impl RaftCore {
         let now = clock.now();
         let member_id = config.member_id;
         let core = RaftCore {
-            checkpoints: super::checkpoint::Checkpoints::new(config.snapshot_count, applied),
+            checkpoints: super::checkpoint::Checkpoints::new(config.snapshot_count, applied)
+                .with_compact_revision(compact_revision),
             shards: ready::Shards::new(apply_senders, shard_requests),
             config,
             node,

@@ -267,6 +267,7 @@ impl RaftCore {
             RaftCommand::Status { reply } => {
                 let _ = reply.send(self.status());
             }
+            RaftCommand::Defragment { reply } => self.defragment(reply),
         }
     }
 

@@ -109,7 +109,9 @@ impl Rivet {
         Rivet::start_in_with_env(data_dir, extra, &[])
     }
 
-    fn start_in_with_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Rivet {
+    /// Starts a member on `data_dir` (kept by the caller) with extra flags and
+    /// environment variables.
+    pub fn start_in_with_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Rivet {
         let port = free_port();
         let mut args = vec![
             "--data-dir".to_string(),
@@ -200,6 +202,45 @@ impl Rivet {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
+    }
+
+    /// Waits until the member exits by itself (a test crash point killed it), at most
+    /// 60 s.
+    pub fn wait_exit(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("rivet did not exit within 60 s");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    /// Whether the member exited by itself within `wait`.
+    pub fn exits_within(&mut self, wait: Duration) -> bool {
+        let deadline = Instant::now() + wait;
+        loop {
+            match self.child.as_mut().map(Child::try_wait) {
+                None | Some(Ok(Some(_))) => return true,
+                _ if Instant::now() > deadline => return false,
+                _ => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    }
+
+    /// Replaces the extra environment variables of the next [`Rivet::restart`].
+    pub fn set_env(&mut self, env: &[(&str, &str)]) {
+        self.env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
     }
 
     /// Starts the same member again on the same data dir and port.
