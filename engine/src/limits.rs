@@ -73,6 +73,30 @@ pub const LEASE_CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::
 /// Leases per checkpoint entry (etcd's `maxLeaseCheckpointBatchSize`).
 pub const LEASE_CHECKPOINT_BATCH: usize = 1000;
 
+// ---- Auto-compaction -----------------------------------------------------------------
+
+/// How long the leader's auto-compactor waits for its compaction to apply before it
+/// counts it failed and retries (etcd's request timeout with default timings: its
+/// `Compact` call returns a timeout then).
+pub const AUTO_COMPACTION_TIMEOUT: Duration = Duration::from_secs(7);
+
+/// How often the revision auto-compactor looks: etcd's `revInterval`, 5 minutes, unless
+/// the test-only `RIVET_TEST_REVISION_COMPACTION_INTERVAL_MS=<n>` (n > 0) shortens it
+/// (`net/tests/storage.rs`). Honoured only when set; read once per process.
+pub fn revision_compaction_interval() -> Duration {
+    static INTERVAL: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+    *INTERVAL.get_or_init(|| {
+        std::env::var("RIVET_TEST_REVISION_COMPACTION_INTERVAL_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|&ms: &u64| ms > 0)
+            .map_or(
+                crate::raft::compactor::REVISION_COMPACTION_INTERVAL,
+                Duration::from_millis,
+            )
+    })
+}
+
 // ---- Watch -----------------------------------------------------------------------------
 
 /// Changes each shard keeps in memory for watchers that keep up (~100 B each: 6.4 MiB per

@@ -108,6 +108,30 @@ pub struct Flags {
     /// Reject reconfiguration requests that would cause quorum loss.
     #[arg(long = "strict-reconfig-check", env = "ETCD_STRICT_RECONFIG_CHECK", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub strict_reconfig_check: bool,
+    /// Auto compaction retention length. 0 means disable auto compaction.
+    #[arg(
+        long = "auto-compaction-retention",
+        env = "ETCD_AUTO_COMPACTION_RETENTION",
+        default_value = "0"
+    )]
+    pub auto_compaction_retention: String,
+    /// Interpret 'auto-compaction-retention' one of: periodic|revision. 'periodic' for duration based retention, defaulting to hours if no time unit is provided (e.g. '5m'). 'revision' for revision number based retention.
+    #[arg(
+        long = "auto-compaction-mode",
+        env = "ETCD_AUTO_COMPACTION_MODE",
+        default_value = "periodic"
+    )]
+    pub auto_compaction_mode: String,
+    /// Maximum number of snapshot files to retain (0 is unlimited).
+    #[arg(
+        long = "max-snapshots",
+        env = "ETCD_MAX_SNAPSHOTS",
+        default_value_t = 5
+    )]
+    pub max_snapshots: u32,
+    /// Maximum number of wal files to retain (0 is unlimited).
+    #[arg(long = "max-wals", env = "ETCD_MAX_WALS", default_value_t = 5)]
+    pub max_wals: u32,
     /// Shard cores (each owns a partition of the keys); default: cores - 1, at least 1.
     #[arg(long, env = "RIVET_SHARDS")]
     pub shards: Option<usize>,

@@ -22,6 +22,10 @@ const KNOWN_ENV: &[&str] = &[
     "ETCD_QUOTA_BACKEND_BYTES",
     "ETCD_SNAPSHOT_COUNT",
     "ETCD_LOG_LEVEL",
+    "ETCD_AUTO_COMPACTION_RETENTION",
+    "ETCD_AUTO_COMPACTION_MODE",
+    "ETCD_MAX_SNAPSHOTS",
+    "ETCD_MAX_WALS",
 ];
 
 fn log_filter(level: &str) -> Option<&'static str> {

@@ -68,6 +68,19 @@ fn wait_for_stop_signal(set: &libc::sigset_t) -> i32 {
 }
 
 pub fn run(flags: Flags) -> anyhow::Result<()> {
+    // etcd checks the mode when it verifies its flags, and parses the retention when it
+    // starts; both stop it with these messages.
+    let auto_compaction = rivet_engine::raft::compactor::parse_auto_compaction(
+        &flags.auto_compaction_mode,
+        &flags.auto_compaction_retention,
+    )
+    .map_err(|e| {
+        if e.starts_with("unknown") {
+            anyhow!("error verifying flags, {e}. See 'rivet --help'.")
+        } else {
+            anyhow!(e)
+        }
+    })?;
     let data_dir = flags
         .data_dir
         .clone()
@@ -242,7 +255,8 @@ pub fn run(flags: Flags) -> anyhow::Result<()> {
                     clock: Box::new(MonotonicClock),
                 };
                 match RaftCore::start(raft_config, recovered, raft_shared, links).await {
-                    Ok(core) => {
+                    Ok(mut core) => {
+                        core.set_auto_compaction(auto_compaction);
                         core.run(command_rx, ack_rx, peer_rx).await;
                         // After a stop signal the main thread is already done waiting;
                         // otherwise the core stopped by itself (this member was removed).

@@ -209,6 +209,7 @@ impl RaftCore {
             move_leader: None,
             stop: Stop::default(),
             observer: None,
+            compactor: None,
         };
         core.update_peers();
         Ok(core)

@@ -31,6 +31,7 @@
 
 pub mod boot;
 pub mod checkpoint;
+pub mod compactor;
 pub mod config;
 pub mod io;
 pub mod leases;
@@ -109,6 +110,8 @@ pub struct RaftCore {
     move_leader: Option<members::PendingMoveLeader>,
     stop: Stop,
     observer: Option<ApplyObserver>,
+    /// Auto-compaction, when `--auto-compaction-retention` asks for it.
+    compactor: Option<compactor::Compactor>,
 }
 
 #[derive(Default)]
@@ -186,6 +189,7 @@ impl RaftCore {
         }
         self.check_move_leader();
         self.expire_leases();
+        self.auto_compact();
     }
 
     /// The end of a turn: the reads of the turn ask raft for their ReadIndex, the Ready is
