@@ -73,6 +73,22 @@ pub const LEASE_CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::
 /// Leases per checkpoint entry (etcd's `maxLeaseCheckpointBatchSize`).
 pub const LEASE_CHECKPOINT_BATCH: usize = 1000;
 
+// ---- Snapshots in etcd's format (Maintenance.Snapshot) ---------------------------------
+
+/// Bytes per `SnapshotResponse` blob: etcd's `snapshotSendBufferSize` (32 KiB), so that
+/// clients see the same message sizes.
+pub const SNAPSHOT_BLOB_BYTES: usize = 32 * 1024;
+/// Versions a shard hands the snapshot stream per request: bounds the memory of one
+/// chunk (with [`SNAPSHOT_CHUNK_BYTES`]) while keeping the cross-core round trips few.
+pub const SNAPSHOT_CHUNK_VERSIONS: usize = 1024;
+/// Key and value bytes per chunk at most (one version may exceed it).
+pub const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
+/// Versions and blobs queued between the stream's core and its writer thread.
+pub const SNAPSHOT_QUEUE: usize = 4096;
+/// A snapshot pin nobody read a chunk of for this long is dropped: a stream whose end
+/// was never reported must not hold back garbage collection and compactions forever.
+pub const SNAPSHOT_PIN_IDLE: Duration = Duration::from_secs(300);
+
 // ---- Auto-compaction -----------------------------------------------------------------
 
 /// How long the leader's auto-compactor waits for its compaction to apply before it

@@ -61,6 +61,10 @@ pub enum RaftCommand {
     Status {
         reply: oneshot::Sender<RaftStatus>,
     },
+    /// Maintenance.Snapshot: pin every shard at the applied index and answer the point.
+    SnapshotBegin {
+        reply: oneshot::Sender<Result<crate::etcd_snapshot::SnapshotPoint, EtcdError>>,
+    },
     /// Maintenance.Defragment: a checkpoint that seals the shards' active segments, so
     /// that everything applied so far can be rewritten. Answers the index of the
     /// checkpoint to wait for once it is recorded (the last one when nothing was applied
@@ -159,6 +163,9 @@ pub enum ApplyMessage {
     /// The checkpoint at `index` is recorded in the WAL: every later start opens at it or
     /// at a later one, so garbage collection may drop what it compacted away.
     CheckpointRecorded { index: u64 },
+    /// A `Maintenance.Snapshot` stream starts here (after everything applied so far):
+    /// keep the versions of `revision` readable until it ends.
+    SnapshotPin { id: u64, revision: i64 },
 }
 
 #[derive(Debug, Default)]
@@ -224,6 +231,17 @@ pub enum ShardRequest {
     },
     /// The shard's page file sizes: bytes written and bytes live.
     SizeBytes { reply: oneshot::Sender<PageSizes> },
+    /// The next versions of snapshot stream `id` (see `crate::etcd_snapshot`); `restart`
+    /// goes back to the first (the second pass), `sizes_only` gives zeros for keys and
+    /// values.
+    SnapshotChunk {
+        id: u64,
+        restart: bool,
+        sizes_only: bool,
+        reply: oneshot::Sender<Result<crate::etcd_snapshot::SnapshotChunk, EtcdError>>,
+    },
+    /// Snapshot stream `id` ended: unpin.
+    SnapshotEnd { id: u64 },
     /// Rewrite every page segment with a dead byte once the checkpoint at `after` is
     /// recorded (Maintenance.Defragment); answers when done.
     Defragment {

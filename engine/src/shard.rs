@@ -56,6 +56,8 @@ pub struct Shard {
     pins: usize,
     /// A compaction that came while pinned, applied to the index when the pins end.
     deferred_compaction: Option<i64>,
+    /// `Maintenance.Snapshot` streams reading this shard, by id (each holds a pin).
+    snapshots: std::collections::HashMap<u64, crate::etcd_snapshot::SnapshotCursor>,
 }
 
 /// A checkpoint and where its record lies.
@@ -169,6 +171,7 @@ impl Shard {
             switch: None,
             pins: 0,
             deferred_compaction: None,
+            snapshots: std::collections::HashMap::new(),
         })
     }
 
@@ -268,7 +271,12 @@ impl Shard {
                 self.checkpoint_recorded(index);
                 None
             }
+            ApplyMessage::SnapshotPin { id, revision } => {
+                self.snapshot_pin(id, revision);
+                None
+            }
         };
+        self.expire_idle_snapshots();
         ShardAck {
             shard: self.id,
             index: self.applied_index,
@@ -387,9 +395,11 @@ impl Shard {
             shard: self.id,
             reason: format!("swapping in the snapshot: {e}"),
         })?;
+        let streams = self.snapshots.len();
         *self = Shard::open(&own, self.id, index, self.options)?;
-        // Streams still reading hold their own mappings of the old files; they unpin.
-        self.pins = pins;
+        // The index the streams checked versions against is gone: they fail at their
+        // next chunk. Pins taken otherwise stay counted until they are released.
+        self.pins = pins.saturating_sub(streams);
         Ok(())
     }
 
@@ -407,6 +417,78 @@ impl Shard {
             if let Some(revision) = self.deferred_compaction.take() {
                 self.compact_index(revision);
             }
+        }
+    }
+
+    /// A snapshot stream starts reading this shard at `revision` (everything applied so
+    /// far): the segments as they are now and the index's versions stay readable for it.
+    fn snapshot_pin(&mut self, id: u64, revision: i64) {
+        self.pin();
+        match self.page.segment_views() {
+            Ok(views) => {
+                let cursor = crate::etcd_snapshot::SnapshotCursor::new(revision, views);
+                self.snapshots.insert(id, cursor);
+            }
+            Err(e) => {
+                tracing::error!(
+                    shard = self.id,
+                    "snapshot {id}: cannot map the segments: {e}"
+                );
+                self.unpin();
+            }
+        }
+    }
+
+    /// Whether snapshot stream `id` is pinned here.
+    pub fn has_snapshot(&self, id: u64) -> bool {
+        self.snapshots.contains_key(&id)
+    }
+
+    /// The next versions of snapshot stream `id`.
+    pub fn snapshot_chunk(
+        &mut self,
+        id: u64,
+        restart: bool,
+        sizes_only: bool,
+    ) -> Result<crate::etcd_snapshot::SnapshotChunk, EtcdError> {
+        let cursor = self.snapshots.get_mut(&id).ok_or_else(|| {
+            EtcdError::Internal(format!("snapshot {id} is not open on shard {}", self.id))
+        })?;
+        if restart {
+            cursor.restart();
+        }
+        Ok(cursor.next_chunk(
+            &self.index,
+            crate::limits::SNAPSHOT_CHUNK_VERSIONS,
+            crate::limits::SNAPSHOT_CHUNK_BYTES,
+            sizes_only,
+        ))
+    }
+
+    /// Snapshot stream `id` ended.
+    pub fn snapshot_end(&mut self, id: u64) {
+        if self.snapshots.remove(&id).is_some() {
+            self.unpin();
+        }
+    }
+
+    /// Drops snapshot pins nobody read for [`crate::limits::SNAPSHOT_PIN_IDLE`].
+    fn expire_idle_snapshots(&mut self) {
+        if self.snapshots.is_empty() {
+            return;
+        }
+        let idle: Vec<u64> = self
+            .snapshots
+            .iter()
+            .filter(|(_, cursor)| cursor.last_used.elapsed() > crate::limits::SNAPSHOT_PIN_IDLE)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in idle {
+            tracing::warn!(
+                shard = self.id,
+                "snapshot {id}: nobody read it for a while; unpinned"
+            );
+            self.snapshot_end(id);
         }
     }
 

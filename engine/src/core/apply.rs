@@ -144,6 +144,17 @@ impl ShardCore {
                 ShardRequest::SizeBytes { reply } => {
                     let _ = reply.send(self.shard.borrow().sizes());
                 }
+                ShardRequest::SnapshotChunk {
+                    id,
+                    restart,
+                    sizes_only,
+                    reply,
+                } => {
+                    let _ = reply.send(self.local_snapshot_chunk(id, restart, sizes_only).await);
+                }
+                ShardRequest::SnapshotEnd { id } => {
+                    self.shard.borrow_mut().snapshot_end(id);
+                }
                 ShardRequest::Defragment { after, reply } => {
                     let request = super::gc::GcRequest::Defragment { after, reply };
                     if let Err(async_channel::SendError(super::gc::GcRequest::Defragment {

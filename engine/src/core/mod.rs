@@ -18,6 +18,7 @@ pub mod gc;
 pub mod kv;
 pub mod lease;
 pub mod maintenance;
+pub mod snapshot;
 pub mod watch;
 
 use std::cell::RefCell;

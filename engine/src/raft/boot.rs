@@ -210,6 +210,7 @@ impl RaftCore {
             stop: Stop::default(),
             observer: None,
             compactor: None,
+            snapshot_streams: Default::default(),
         };
         core.update_peers();
         Ok(core)

@@ -33,6 +33,7 @@ pub mod boot;
 pub mod checkpoint;
 pub mod compactor;
 pub mod config;
+pub mod etcd_snapshot;
 pub mod io;
 pub mod leases;
 pub mod log;
@@ -112,6 +113,8 @@ pub struct RaftCore {
     observer: Option<ApplyObserver>,
     /// Auto-compaction, when `--auto-compaction-retention` asks for it.
     compactor: Option<compactor::Compactor>,
+    /// `Maintenance.Snapshot` streams waiting for their point.
+    snapshot_streams: etcd_snapshot::SnapshotStreams,
 }
 
 #[derive(Default)]
@@ -204,6 +207,7 @@ impl RaftCore {
             return false;
         }
         self.maybe_checkpoint().await;
+        self.start_snapshot_streams().await;
         self.maybe_publish_attributes();
         if let Some(deadline) = self.stop.after_transfer {
             if self.node.raft.state != StateRole::Leader || self.clock.now() >= deadline {
@@ -272,6 +276,7 @@ impl RaftCore {
                 let _ = reply.send(self.status());
             }
             RaftCommand::Defragment { reply } => self.defragment(reply),
+            RaftCommand::SnapshotBegin { reply } => self.begin_snapshot_stream(reply),
         }
     }
 
