@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole rivet test suite, exactly as CI runs it (`.ci/run`). Works on a fresh Debian
 # machine: installs what the tests need (real etcd 3.4 and etcdctl 3.4 for differential and
-# client tests, protoc for the etcd-client crate's build script), then runs every test.
+# client tests, protoc for the etcd-client crate's build script, curl for the README's
+# JSON gateway examples), then runs every test.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -10,6 +11,8 @@ need=()
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 command -v etcdctl >/dev/null 2>&1 || need+=(etcd-client)
 command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
+# The JSON gateway's README examples are curl commands (net/tests/gateway.rs runs them).
+command -v curl >/dev/null 2>&1 || need+=(curl)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
@@ -32,4 +35,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# Style and lints first: they fail in seconds, the tests take minutes.
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+# The deterministic cluster simulation (engine/tests/simulation) runs its default seed
+# count with the rest; RIVET_SIM_SEEDS=<n> runs more.
 cargo test --workspace --locked

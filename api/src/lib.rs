@@ -1,15 +1,18 @@
 //! The etcd v3 API as rivet speaks it: protobuf types and tonic services generated from
 //! the `.proto` files in `proto/` (written for rivet from the public etcd v3 API
-//! reference), plus rivet's own replicated message types.
+//! reference), plus rivet's own replicated message types. The etcd messages also
+//! implement serde's `Serialize`/`Deserialize` as proto3 JSON (see `build.rs`).
 
 #![allow(clippy::all, clippy::pedantic, missing_docs)]
 
 pub mod mvccpb {
     tonic::include_proto!("mvccpb");
+    include!(concat!(env!("OUT_DIR"), "/mvccpb.serde.rs"));
 }
 
 pub mod authpb {
     tonic::include_proto!("authpb");
+    include!(concat!(env!("OUT_DIR"), "/authpb.serde.rs"));
 }
 
 pub mod leasepb {
@@ -18,16 +21,74 @@ pub mod leasepb {
 
 pub mod etcdserverpb {
     tonic::include_proto!("etcdserverpb");
+    include!(concat!(env!("OUT_DIR"), "/etcdserverpb.serde.rs"));
 }
 
 pub mod v3lockpb {
     tonic::include_proto!("v3lockpb");
+    include!(concat!(env!("OUT_DIR"), "/v3lockpb.serde.rs"));
 }
 
 pub mod v3electionpb {
     tonic::include_proto!("v3electionpb");
+    include!(concat!(env!("OUT_DIR"), "/v3electionpb.serde.rs"));
 }
 
 pub mod rivetpb {
     tonic::include_proto!("rivetpb");
+}
+
+/// Every field of the etcd messages the JSON gateway reads, generated from the protos'
+/// descriptors (`build.rs`): the gateway reads request JSON with the rules and error
+/// messages of etcd's gateway (golang/protobuf's jsonpb), then pbjson makes the message.
+pub mod json_schema {
+    /// A field's JSON kind; `Enum` and `Message` index [`ENUMS`] and [`MESSAGES`].
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Kind {
+        Bytes,
+        String,
+        Bool,
+        Int64,
+        Uint64,
+        Int32,
+        Uint32,
+        Enum(usize),
+        Message(usize),
+    }
+
+    #[derive(Debug)]
+    pub struct Field {
+        /// The name written in the proto (`create_revision`, `ID`, `peerURLs`).
+        pub name: &'static str,
+        /// protoc's lowerCamelCase name (`createRevision`), also accepted when reading.
+        pub json_name: &'static str,
+        pub kind: Kind,
+        pub repeated: bool,
+        /// A member of a `oneof`.
+        pub oneof: bool,
+    }
+
+    #[derive(Debug)]
+    pub struct Message {
+        /// `etcdserverpb.RangeRequest`.
+        pub proto_name: &'static str,
+        /// The Go type name that etcd's error messages use.
+        pub go_name: &'static str,
+        pub fields: &'static [Field],
+    }
+
+    #[derive(Debug)]
+    pub struct Enum {
+        pub proto_name: &'static str,
+        /// `etcdserverpb.RangeRequest_SortOrder`, as etcd's error messages name it.
+        pub go_name: &'static str,
+        pub values: &'static [(&'static str, i32)],
+    }
+
+    include!(concat!(env!("OUT_DIR"), "/json_schema.rs"));
+
+    /// The message named `proto_name` (`etcdserverpb.RangeRequest`).
+    pub fn message(proto_name: &str) -> Option<&'static Message> {
+        MESSAGES.iter().find(|m| m.proto_name == proto_name)
+    }
 }

@@ -52,6 +52,17 @@ pub struct Args {
     /// the same label replaces the one plotted before.
     #[arg(long = "plot-label", global = true)]
     pub plot_label: Option<String>,
+    /// Verify the servers' certificates with this CA bundle (etcd's benchmark and
+    /// etcdctl flag); endpoints without a scheme then use https.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub cacert: Option<PathBuf>,
+    /// Identify with this client certificate (PEM).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub cert: Option<PathBuf>,
+    /// The client certificate's key (PEM). (`range` has a positional `key`, hence the
+    /// field's other name.)
+    #[arg(long = "key", global = true, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -254,6 +265,17 @@ pub struct CompareArgs {
     /// are its defaults).
     #[arg(long = "workload", value_name = "ARGS")]
     pub workloads: Vec<String>,
+    /// Serve clients over TLS with this certificate (both servers get `--cert-file`,
+    /// `--key-file`, and with --cacert `--trusted-ca-file` and `--client-cert-auth`).
+    #[arg(long = "server-cert", value_name = "FILE", requires = "server_key")]
+    pub server_cert: Option<PathBuf>,
+    /// The key of --server-cert.
+    #[arg(long = "server-key", value_name = "FILE", requires = "server_cert")]
+    pub server_key: Option<PathBuf>,
+    /// Rounds: each starts rivet, runs the workloads, stops it, then the same with etcd.
+    /// The table shows each figure's median over the rounds.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rounds: u32,
     /// One more workload, written after the flags: `compare --total 1000 put --val-size 64`.
     #[arg(
         trailing_var_arg = true,

@@ -13,7 +13,7 @@ use rivet_api::etcdserverpb::PutRequest;
 use serde::Serialize;
 
 use crate::cli::{Args, Command, CompareArgs};
-use crate::servers::{find_on_path, Cluster, Kind};
+use crate::servers::{find_on_path, Cluster, Kind, ServerTls};
 use crate::{plot, procstat, workloads};
 
 /// How long a server gets to start and elect a leader.
@@ -292,6 +292,43 @@ fn peak_rss_of(pids: &[u32]) -> u64 {
         .unwrap_or(0)
 }
 
+/// The median of `values` (the upper one of an even count); 0 for none.
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// Per workload, each figure's median over the rounds that ran it without error (the
+/// first round's error when none did); errors are summed and the peak memory is the
+/// largest seen.
+fn median_cells(rounds: &[Vec<Cell>], workloads: usize) -> Vec<Cell> {
+    (0..workloads)
+        .map(|w| {
+            let cells: Vec<&Cell> = rounds.iter().filter_map(|round| round.get(w)).collect();
+            let ok: Vec<&Cell> = cells
+                .iter()
+                .copied()
+                .filter(|c| c.error.is_none())
+                .collect();
+            if ok.is_empty() {
+                return cells.first().map(|c| (*c).clone()).unwrap_or_default();
+            }
+            let of = |field: fn(&Cell) -> f64| median(ok.iter().map(|c| field(c)).collect());
+            Cell {
+                requests: of(|c| c.requests as f64) as u64,
+                errors: cells.iter().map(|c| c.errors).sum(),
+                qps: of(|c| c.qps),
+                p50_seconds: of(|c| c.p50_seconds),
+                p99_seconds: of(|c| c.p99_seconds),
+                cpu_seconds: of(|c| c.cpu_seconds),
+                cpu_seconds_per_op: of(|c| c.cpu_seconds_per_op),
+                peak_rss_bytes: cells.iter().map(|c| c.peak_rss_bytes).max().unwrap_or(0),
+                error: None,
+            }
+        })
+        .collect()
+}
+
 /// Runs every spec against `cluster`.
 async fn run_all(
     cluster: &Cluster,
@@ -366,36 +403,82 @@ pub async fn run(global: &Args, compare: &CompareArgs) -> anyhow::Result<Table> 
         bail!("--members: 1 or 3");
     }
     let mut notes = Vec::new();
-
-    let rivet_cluster = match Cluster::start(Kind::Rivet, &rivet, members, START_TIMEOUT).await {
-        Ok(cluster) => cluster,
-        Err(e) if members > 1 => {
-            let note = format!(
-                "rivet's {members}-member cluster failed to start, so both servers run with 1 member: {e:#}"
-            );
-            eprintln!("compare: {note}");
-            notes.push(note);
-            members = 1;
-            Cluster::start(Kind::Rivet, &rivet, members, START_TIMEOUT).await?
+    let tls = match (&compare.server_cert, &compare.server_key) {
+        (Some(cert), Some(key)) => {
+            if global.cacert.is_none() {
+                bail!("--server-cert needs --cacert (and --cert/--key if the CA should also require client certificates)");
+            }
+            notes.push(format!(
+                "clients over TLS: both servers serve {} with --trusted-ca-file and --client-cert-auth; rivet-bench presents {}",
+                cert.display(),
+                global
+                    .cert
+                    .as_ref()
+                    .map_or("no certificate".to_string(), |c| c.display().to_string())
+            ));
+            Some(ServerTls {
+                cert: cert.clone(),
+                key: key.clone(),
+                ca: global.cacert.clone(),
+            })
         }
-        Err(e) => return Err(e),
+        _ => None,
     };
-    eprintln!(
-        "compare: rivet running ({members} member{}, in {})",
-        if members == 1 { "" } else { "s" },
-        rivet_cluster.dir().display()
-    );
-    let rivet_cells = run_all(&rivet_cluster, &specs, global.plot.as_deref()).await?;
-    drop(rivet_cluster);
+    let rounds = compare.rounds;
+    if rounds > 1 {
+        notes.push(format!(
+            "{rounds} rounds, alternating rivet and etcd (fresh servers each round); every figure is the median over the rounds"
+        ));
+    }
+    let mut rivet_rounds: Vec<Vec<Cell>> = Vec::new();
+    let mut etcd_rounds: Vec<Vec<Cell>> = Vec::new();
+    for round in 1..=rounds {
+        if rounds > 1 {
+            eprintln!("compare: round {round} of {rounds}");
+        }
+        let rivet_cluster = match Cluster::start_with_tls(
+            Kind::Rivet,
+            &rivet,
+            members,
+            START_TIMEOUT,
+            tls.as_ref(),
+        )
+        .await
+        {
+            Ok(cluster) => cluster,
+            Err(e) if members > 1 && round == 1 => {
+                let note = format!(
+                    "rivet's {members}-member cluster failed to start, so both servers run with 1 member: {e:#}"
+                );
+                eprintln!("compare: {note}");
+                notes.push(note);
+                members = 1;
+                Cluster::start_with_tls(Kind::Rivet, &rivet, members, START_TIMEOUT, tls.as_ref())
+                    .await?
+            }
+            Err(e) => return Err(e),
+        };
+        eprintln!(
+            "compare: rivet running ({members} member{}, in {})",
+            if members == 1 { "" } else { "s" },
+            rivet_cluster.dir().display()
+        );
+        rivet_rounds.push(run_all(&rivet_cluster, &specs, global.plot.as_deref()).await?);
+        drop(rivet_cluster);
 
-    let etcd_cluster = Cluster::start(Kind::Etcd, &etcd, members, START_TIMEOUT).await?;
-    eprintln!(
-        "compare: etcd running ({members} member{}, in {})",
-        if members == 1 { "" } else { "s" },
-        etcd_cluster.dir().display()
-    );
-    let etcd_cells = run_all(&etcd_cluster, &specs, global.plot.as_deref()).await?;
-    drop(etcd_cluster);
+        let etcd_cluster =
+            Cluster::start_with_tls(Kind::Etcd, &etcd, members, START_TIMEOUT, tls.as_ref())
+                .await?;
+        eprintln!(
+            "compare: etcd running ({members} member{}, in {})",
+            if members == 1 { "" } else { "s" },
+            etcd_cluster.dir().display()
+        );
+        etcd_rounds.push(run_all(&etcd_cluster, &specs, global.plot.as_deref()).await?);
+        drop(etcd_cluster);
+    }
+    let rivet_cells = median_cells(&rivet_rounds, specs.len());
+    let etcd_cells = median_cells(&etcd_rounds, specs.len());
 
     Ok(Table {
         command: "compare".into(),

@@ -61,6 +61,34 @@ pub fn find_on_path(name: &Path) -> Option<PathBuf> {
         .find(|path| path.is_file())
 }
 
+/// The servers' TLS files: both get the same certificate, and with a CA they require
+/// client certificates from it.
+#[derive(Clone, Debug)]
+pub struct ServerTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: Option<PathBuf>,
+}
+
+impl ServerTls {
+    fn flags(&self) -> Vec<String> {
+        let mut flags = vec![
+            "--cert-file".to_string(),
+            self.cert.display().to_string(),
+            "--key-file".into(),
+            self.key.display().to_string(),
+        ];
+        if let Some(ca) = &self.ca {
+            flags.extend([
+                "--trusted-ca-file".to_string(),
+                ca.display().to_string(),
+                "--client-cert-auth".into(),
+            ]);
+        }
+        flags
+    }
+}
+
 pub struct Member {
     pub name: String,
     pub client_port: u16,
@@ -95,9 +123,20 @@ impl Cluster {
         members: usize,
         timeout: Duration,
     ) -> anyhow::Result<Cluster> {
+        Cluster::start_with_tls(kind, binary, members, timeout, None).await
+    }
+
+    /// [`Cluster::start`] with clients served over TLS when `tls` is given.
+    pub async fn start_with_tls(
+        kind: Kind,
+        binary: &Path,
+        members: usize,
+        timeout: Duration,
+        tls: Option<&ServerTls>,
+    ) -> anyhow::Result<Cluster> {
         let mut failures = Vec::new();
         for attempt in 1..=3 {
-            match Cluster::start_once(kind, binary, members, timeout).await {
+            match Cluster::start_once(kind, binary, members, timeout, tls).await {
                 Ok(cluster) => return Ok(cluster),
                 Err(e) => {
                     let message = format!("{e:#}");
@@ -125,6 +164,7 @@ impl Cluster {
         binary: &Path,
         members: usize,
         timeout: Duration,
+        tls: Option<&ServerTls>,
     ) -> anyhow::Result<Cluster> {
         let dir = tempfile::Builder::new()
             .prefix(&format!("rivet-bench-{kind}-"))
@@ -151,7 +191,11 @@ impl Cluster {
             let log = cluster.dir.path().join(format!("{name}.log"));
             let log_file = std::fs::File::create(&log)
                 .with_context(|| format!("creating {}", log.display()))?;
-            let client_url = format!("http://127.0.0.1:{client}");
+            let client_url = format!(
+                "{}://127.0.0.1:{client}",
+                if tls.is_some() { "https" } else { "http" }
+            );
+            let tls_flags = tls.map(ServerTls::flags).unwrap_or_default();
             let peer_url = format!("http://127.0.0.1:{peer}");
             let data_dir = cluster.dir.path().join(format!("{name}.{kind}"));
             // Members of one cluster share this machine's CPUs: rivet's would queue on the
@@ -174,6 +218,7 @@ impl Cluster {
                 .args(["--initial-cluster-token", &token])
                 .args(["--initial-cluster-state", "new"])
                 .args(["--log-level", "warn"])
+                .args(&tls_flags)
                 .stdin(Stdio::null())
                 .stdout(log_file.try_clone()?)
                 .stderr(log_file)

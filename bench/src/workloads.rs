@@ -45,10 +45,46 @@ pub fn key_of(n: u64, size: usize) -> Bytes {
     Bytes::from(key)
 }
 
-/// `http://host:port` for a `host:port` endpoint.
+/// The client TLS of this process (`--cacert --cert --key`), set once at start.
+static CLIENT_TLS: std::sync::OnceLock<Option<ClientTls>> = std::sync::OnceLock::new();
+
+/// PEM files of the client's TLS settings.
+#[derive(Clone, Debug)]
+pub struct ClientTls {
+    pub ca: Option<Vec<u8>>,
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+/// Reads `--cacert`, `--cert` and `--key`; every later connection uses them for https.
+pub fn set_client_tls(args: &crate::cli::Args) -> anyhow::Result<()> {
+    let read = |path: &std::path::PathBuf| {
+        std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+    };
+    let tls = match (&args.cacert, &args.cert, &args.tls_key) {
+        (None, None, None) => None,
+        (ca, cert, key) => Some(ClientTls {
+            ca: ca.as_ref().map(read).transpose()?,
+            identity: match (cert, key) {
+                (Some(cert), Some(key)) => Some((read(cert)?, read(key)?)),
+                (None, None) => None,
+                _ => anyhow::bail!("--cert and --key go together"),
+            },
+        }),
+    };
+    let _already_set = CLIENT_TLS.set(tls);
+    Ok(())
+}
+
+fn client_tls() -> Option<&'static ClientTls> {
+    CLIENT_TLS.get().and_then(Option::as_ref)
+}
+
+/// `http://host:port` for a `host:port` endpoint (`https://` with TLS settings).
 pub fn url_of(endpoint: &str) -> String {
     if endpoint.contains("://") {
         endpoint.to_string()
+    } else if client_tls().is_some() {
+        format!("https://{endpoint}")
     } else {
         format!("http://{endpoint}")
     }
@@ -56,9 +92,24 @@ pub fn url_of(endpoint: &str) -> String {
 
 pub async fn connect(endpoint: &str) -> anyhow::Result<Channel> {
     let url = url_of(endpoint);
-    Endpoint::from_shared(url.clone())?
+    let mut builder = Endpoint::from_shared(url.clone())?
         .tcp_nodelay(true)
-        .connect_timeout(Duration::from_secs(5))
+        .connect_timeout(Duration::from_secs(5));
+    if url.starts_with("https://") {
+        let mut config = tonic::transport::ClientTlsConfig::new();
+        if let Some(tls) = client_tls() {
+            if let Some(ca) = &tls.ca {
+                config = config.ca_certificate(tonic::transport::Certificate::from_pem(ca));
+            }
+            if let Some((cert, key)) = &tls.identity {
+                config = config.identity(tonic::transport::Identity::from_pem(cert, key));
+            }
+        }
+        builder = builder
+            .tls_config(config)
+            .with_context(|| format!("TLS settings for {url}"))?;
+    }
+    builder
         .connect()
         .await
         .with_context(|| format!("connecting to {url}"))

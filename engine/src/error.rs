@@ -67,6 +67,43 @@ pub enum EtcdError {
     BadLeaderTransferee,
     #[error("etcdserver: leader changed")]
     LeaderChanged,
+    #[error("etcdserver: too many requests")]
+    TooManyRequests,
+    // Auth (etcd's `auth` package errors as `v3rpc/util.go` maps them).
+    #[error("etcdserver: root user does not exist")]
+    RootUserNotExist,
+    #[error("etcdserver: root user does not have root role")]
+    RootRoleNotExist,
+    #[error("etcdserver: user name already exists")]
+    UserAlreadyExist,
+    #[error("etcdserver: user name is empty")]
+    UserEmpty,
+    #[error("etcdserver: user name not found")]
+    UserNotFound,
+    #[error("etcdserver: role name already exists")]
+    RoleAlreadyExist,
+    #[error("etcdserver: role name not found")]
+    RoleNotFound,
+    #[error("etcdserver: role name is empty")]
+    RoleEmpty,
+    #[error("etcdserver: authentication failed, invalid user ID or password")]
+    AuthFailed,
+    #[error("etcdserver: permission not given")]
+    PermissionNotGiven,
+    #[error("etcdserver: permission denied")]
+    PermissionDenied,
+    #[error("etcdserver: role is not granted to the user")]
+    RoleNotGranted,
+    #[error("etcdserver: permission is not granted to the role")]
+    PermissionNotGranted,
+    #[error("etcdserver: authentication is not enabled")]
+    AuthNotEnabled,
+    #[error("etcdserver: invalid auth token")]
+    InvalidAuthToken,
+    #[error("etcdserver: invalid auth management")]
+    InvalidAuthMgmt,
+    #[error("etcdserver: revision of auth store is old")]
+    AuthOldRevision,
     #[error("etcdserver: {0}")]
     Internal(String),
     /// The answer of another member this request was handed to, passed on as it came.
@@ -108,6 +145,24 @@ impl EtcdError {
             EtcdError::LeaseExist => Code::FailedPrecondition,
             EtcdError::LeaseTtlTooLarge => Code::OutOfRange,
             EtcdError::NoLeader | EtcdError::Timeout | EtcdError::Stopped => Code::Unavailable,
+            EtcdError::TooManyRequests => Code::ResourceExhausted,
+            EtcdError::RootUserNotExist
+            | EtcdError::RootRoleNotExist
+            | EtcdError::UserAlreadyExist
+            | EtcdError::UserNotFound
+            | EtcdError::RoleAlreadyExist
+            | EtcdError::RoleNotFound
+            | EtcdError::RoleNotGranted
+            | EtcdError::PermissionNotGranted
+            | EtcdError::AuthNotEnabled => Code::FailedPrecondition,
+            EtcdError::UserEmpty
+            | EtcdError::RoleEmpty
+            | EtcdError::AuthFailed
+            | EtcdError::PermissionNotGiven
+            | EtcdError::InvalidAuthMgmt
+            | EtcdError::AuthOldRevision => Code::InvalidArgument,
+            EtcdError::PermissionDenied => Code::PermissionDenied,
+            EtcdError::InvalidAuthToken => Code::Unauthenticated,
             EtcdError::Internal(_) | EtcdError::Plain(_) => Code::Unknown,
             EtcdError::Forwarded(code, _) => *code,
         }

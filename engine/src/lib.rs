@@ -3,6 +3,7 @@
 //! serves clients on top of it.
 
 pub mod apply;
+pub mod auth;
 pub mod check;
 pub mod core;
 pub mod crash;

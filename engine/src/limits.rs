@@ -18,9 +18,6 @@ pub const RAFT_COMMANDS_PER_TURN_MAX: usize = 8192;
 pub const RAFT_LOG_KEPT_AFTER_CHECKPOINT: u64 = 5000;
 /// etcd warns when an fdatasync of the WAL takes longer than a second.
 pub const WAL_FSYNC_WARN: Duration = Duration::from_secs(1);
-/// etcd warns when applying entries takes longer than 100 ms (a slow disk is a dead
-/// leader: ETCD_LESSONS 7).
-pub const APPLY_WARN: Duration = Duration::from_millis(100);
 
 /// Learners at once (etcd 3.4 allows one): a learner costs the leader a full replication
 /// stream without adding fault tolerance.
@@ -141,6 +138,20 @@ pub const WATCH_STREAM_QUEUE: usize = 128;
 /// etcd's default interval of progress notifications for watchers that asked for them.
 pub const WATCH_PROGRESS_NOTIFY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(600);
 
+// ---- JSON gateway (net/src/gateway) ----------------------------------------------------
+
+/// Requests of one gateway stream (watch, lease keep-alive) read from the HTTP body ahead
+/// of the service: a client that writes faster than the stream serves waits here instead
+/// of growing a buffer.
+pub const GATEWAY_STREAM_REQUEST_QUEUE: usize = 16;
+/// The JSON of one gateway request may be this many times `--max-request-bytes` (plus
+/// [`GATEWAY_REQUEST_OVERHEAD_BYTES`]): base64 makes keys and values 4/3 as long and JSON
+/// adds names and quotes; a larger body is refused before it is buffered, as the request
+/// it carries would be too large anyway.
+pub const GATEWAY_REQUEST_EXPANSION: usize = 2;
+/// Room for field names and punctuation of a gateway request with small keys and values.
+pub const GATEWAY_REQUEST_OVERHEAD_BYTES: usize = 64 * 1024;
+
 // ---- Executors -------------------------------------------------------------------------
 
 /// How long an idle shard core spins before it parks: a reply from the raft core usually
@@ -238,6 +249,14 @@ pub fn page_segment_bytes() -> u32 {
     })
 }
 
+// ---- Client connections ----------------------------------------------------------------
+
+/// Time a client has to complete its TLS handshake on an https listener. etcd sets none
+/// (a connection that never finishes holds a goroutine forever); a shard core must not
+/// keep half-open handshakes from a scanner or a stuck client. A TLS handshake on
+/// loopback takes about a millisecond; 10 s leave room for slow networks.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 const _: () = assert!(SEGMENT_BYTES_DEFAULT % SEGMENT_ALIGNMENT_BYTES == 0);
 const _: () = assert!(GC_DEAD_PERCENT_MIN > 0 && GC_DEAD_PERCENT_MIN <= 100);
 const _: () = assert!(SEGMENT_BYTES_MIN % SEGMENT_ALIGNMENT_BYTES == 0);
@@ -249,3 +268,19 @@ const _: () = assert!(SEGMENT_BYTES_DEFAULT <= SEGMENT_BYTES_MAX);
 const _: () =
     assert!((RECORD_BYTES_MAX as u64) + 2 * (SEGMENT_ALIGNMENT_BYTES as u64) < u32::MAX as u64);
 const _: () = assert!(KEY_BYTES_MAX <= RECORD_BYTES_MAX);
+
+/// Threads that run bcrypt (password hashing and checks, `auth::password::PasswordPool`).
+/// One bcrypt at cost 10 takes tens of milliseconds of CPU; two threads keep logins going
+/// while one is slow, and at most two cores' worth of CPU ever goes to them, however many
+/// clients log in at once.
+pub const PASSWORD_HASH_THREADS: usize = 2;
+
+/// bcrypt jobs waiting for a thread. Beyond this a login or password change is refused at
+/// once with etcd's `too many requests`: 64 jobs are about 2 s of work for two threads at
+/// cost 10, under etcdctl's 5 s command timeout.
+pub const PASSWORD_HASH_QUEUE: usize = 64;
+
+/// JWTs a core remembers as checked (`auth::jwt::VerifiedJwtCache`): a signature check
+/// costs 0.1-0.2 ms of CPU, a lookup well under a microsecond. 4096 tokens of ~400 bytes
+/// is ~2 MiB per core at most; past it the cache is emptied and refills.
+pub const JWT_VERIFIED_CACHE_ENTRIES: usize = 4096;

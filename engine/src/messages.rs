@@ -39,6 +39,8 @@ pub struct RaftStatus {
     pub applied_index: u64,
     /// Live keys (the sequencer's count).
     pub keys: u64,
+    /// Proposals of this member waiting for their entry to apply.
+    pub pending_proposals: u64,
 }
 
 /// Shard core → raft core.

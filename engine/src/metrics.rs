@@ -44,6 +44,25 @@ impl Histogram {
         self.count.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// The series of one labeled histogram (`labels` like `a="x",b="y"`), without the
+    /// HELP and TYPE lines.
+    fn render_series(&self, name: &str, labels: &str, out: &mut String) {
+        let mut cumulative = 0;
+        for (i, bound) in self.bounds.iter().enumerate() {
+            cumulative += self.counts[i].load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {cumulative}");
+        }
+        cumulative += self.counts[self.bounds.len()].load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {cumulative}");
+        let sum = self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
+        let _ = writeln!(
+            out,
+            "{name}_count{{{labels}}} {}",
+            self.count.load(Ordering::Relaxed)
+        );
+    }
+
     fn render(&self, name: &str, help: &str, out: &mut String) {
         let _ = writeln!(out, "# HELP {name} {help}");
         let _ = writeln!(out, "# TYPE {name} histogram");
@@ -168,6 +187,32 @@ pub fn grpc_method(path: &str) -> Option<usize> {
     GRPC_METHODS
         .iter()
         .position(|(s, m, _)| *s == service && *m == method)
+}
+
+/// Prometheus' default buckets, which grpc_prometheus' handling-time histogram uses.
+pub const GRPC_HANDLING_BUCKETS: [f64; 11] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+static GRPC_HANDLING: [Histogram; METHODS] =
+    [const { Histogram::new(&GRPC_HANDLING_BUCKETS) }; METHODS];
+/// `--metrics extensive`: etcd then exports `grpc_server_handling_seconds`.
+static EXTENSIVE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Sets `--metrics` (`extensive` adds the gRPC handling-time histogram).
+pub fn set_extensive(extensive: bool) {
+    EXTENSIVE.store(extensive, Ordering::Relaxed);
+}
+
+/// Whether `--metrics extensive` is on.
+pub fn extensive() -> bool {
+    EXTENSIVE.load(Ordering::Relaxed)
+}
+
+/// Records how long a unary RPC took (only with `--metrics extensive`).
+pub fn grpc_handling(method: usize, took: Duration) {
+    if extensive() {
+        GRPC_HANDLING[method].observe(took);
+    }
 }
 
 pub fn grpc_started(method: usize) {
@@ -304,6 +349,19 @@ pub fn render(gauges: &Gauges) -> String {
                     "grpc_server_handled_total{{grpc_code=\"{name}\",grpc_method=\"{method}\",grpc_service=\"{service}\",grpc_type=\"{kind}\"}} {value}"
                 );
             }
+        }
+    }
+    if extensive() {
+        let _ = writeln!(out, "# HELP grpc_server_handling_seconds Histogram of response latency (seconds) of gRPC that had been application-level handled by the server.");
+        let _ = writeln!(out, "# TYPE grpc_server_handling_seconds histogram");
+        for (i, (service, method, kind)) in GRPC_METHODS.iter().enumerate() {
+            GRPC_HANDLING[i].render_series(
+                "grpc_server_handling_seconds",
+                &format!(
+                    "grpc_method=\"{method}\",grpc_service=\"{service}\",grpc_type=\"{kind}\""
+                ),
+                &mut out,
+            );
         }
     }
     process_metrics(&mut out);

@@ -1,4 +1,5 @@
-//! hyper on glommio: an I/O adapter for glommio's `TcpStream` and an executor that
+//! hyper on glommio: an I/O adapter for glommio's `TcpStream` (or a TLS stream over it)
+//! and an executor that
 //! queues the tasks hyper spawns into the current task queue (`DESIGN.md` §3: glommio's
 //! `spawn_local` would run them at once, which costs about a third of the throughput).
 
@@ -15,16 +16,17 @@ use bytes::Buf;
 
 use crate::authority::AuthorityFilter;
 
-/// hyper's `Read`/`Write` over a glommio socket. What the client sends passes through
-/// an [`AuthorityFilter`] (Go clients' URL authorities) until the connection shows it
-/// is not HTTP/2 with prior knowledge.
-pub struct GlommioIo {
-    socket: TcpStream,
+/// hyper's `Read`/`Write` over a glommio socket, or over a TLS stream on one (any
+/// futures-io stream). What the client sends passes through an [`AuthorityFilter`] (Go
+/// clients' URL authorities) until the connection shows it is not HTTP/2 with prior
+/// knowledge.
+pub struct GlommioIo<S = TcpStream> {
+    socket: S,
     filter: Option<AuthorityFilter>,
 }
 
-impl GlommioIo {
-    pub fn new(socket: TcpStream) -> GlommioIo {
+impl<S> GlommioIo<S> {
+    pub fn new(socket: S) -> GlommioIo<S> {
         GlommioIo {
             socket,
             filter: Some(AuthorityFilter::new()),
@@ -32,7 +34,7 @@ impl GlommioIo {
     }
 }
 
-impl hyper::rt::Read for GlommioIo {
+impl<S: AsyncRead + AsyncWrite + Unpin> hyper::rt::Read for GlommioIo<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -85,7 +87,7 @@ impl hyper::rt::Read for GlommioIo {
     }
 }
 
-impl hyper::rt::Write for GlommioIo {
+impl<S: AsyncRead + AsyncWrite + Unpin> hyper::rt::Write for GlommioIo<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -120,5 +122,35 @@ where
             }
             Err(e) => tracing::error!("cannot spawn a connection task: {e}"),
         }
+    }
+}
+
+/// hyper's timer on glommio (HTTP/2 keep-alive pings, `--grpc-keepalive-interval` and
+/// `--grpc-keepalive-timeout`). glommio's timers are not `Send`; hyper polls them on the
+/// connection's own task, which never leaves this core, so `SendWrapper` is sound.
+#[derive(Clone, Copy, Debug)]
+pub struct GlommioTimer;
+
+struct GlommioSleep(send_wrapper::SendWrapper<Pin<Box<glommio::timer::Timer>>>);
+
+impl Future for GlommioSleep {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        self.0.as_mut().poll(cx).map(|_| ())
+    }
+}
+
+impl hyper::rt::Sleep for GlommioSleep {}
+
+impl hyper::rt::Timer for GlommioTimer {
+    fn sleep(&self, duration: std::time::Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        Box::pin(GlommioSleep(send_wrapper::SendWrapper::new(Box::pin(
+            glommio::timer::Timer::new(duration),
+        ))))
+    }
+
+    fn sleep_until(&self, deadline: std::time::Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        self.sleep(deadline.saturating_duration_since(std::time::Instant::now()))
     }
 }

@@ -33,6 +33,15 @@ use crate::services::CoreHandle;
 /// etcd's `concurrency` errors, as its election server returns them.
 const NOT_LEADER: &str = "election: not leader";
 const NO_LEADER: &str = "election: no leader";
+/// etcd's election server's answer to a Proclaim or Resign without a leader key.
+const MISSING_LEADER_KEY: &str = "\"leader\" field must be provided";
+
+/// etcd's lock and election servers call the KV API through an in-process client and
+/// return its errors as they come, which gRPC answers with code Unknown and the error's
+/// text (`etcdserver: key is not provided` is InvalidArgument from KV, Unknown from Unlock).
+fn as_client_error(status: Status) -> Status {
+    Status::new(tonic::Code::Unknown, status.message())
+}
 
 /// The end of the prefix range of `prefix` (etcd's `GetPrefixRangeEnd`).
 pub fn prefix_end(prefix: &[u8]) -> Bytes {
@@ -209,6 +218,7 @@ impl Lock for LockService {
                 })
             })
             .await
+            .map_err(as_client_error)
     }
 
     async fn unlock(
@@ -224,6 +234,7 @@ impl Lock for LockService {
                 })
             })
             .await
+            .map_err(as_client_error)
     }
 }
 
@@ -292,6 +303,7 @@ impl Election for ElectionService {
                 })
             })
             .await
+            .map_err(as_client_error)
     }
 
     async fn proclaim(
@@ -299,15 +311,18 @@ impl Election for ElectionService {
         request: Request<ProclaimRequest>,
     ) -> Result<Response<ProclaimResponse>, Status> {
         let request = request.into_inner();
+        let Some(leader) = request.leader else {
+            return Err(Status::new(tonic::Code::Unknown, MISSING_LEADER_KEY));
+        };
         self.0
             .run(|core| async move {
-                let leader = request.leader.unwrap_or_default();
                 let header = proclaim(&core, &leader.key, leader.rev, request.value).await?;
                 Ok(ProclaimResponse {
                     header: Some(header),
                 })
             })
             .await
+            .map_err(as_client_error)
     }
 
     async fn leader(
@@ -325,6 +340,7 @@ impl Election for ElectionService {
                 })
             })
             .await
+            .map_err(as_client_error)
     }
 
     type ObserveStream = Pin<Box<dyn Stream<Item = Result<LeaderResponse, Status>> + Send>>;
@@ -344,7 +360,9 @@ impl Election for ElectionService {
         &self,
         request: Request<ResignRequest>,
     ) -> Result<Response<ResignResponse>, Status> {
-        let leader = request.into_inner().leader.unwrap_or_default();
+        let Some(leader) = request.into_inner().leader else {
+            return Err(Status::new(tonic::Code::Unknown, MISSING_LEADER_KEY));
+        };
         self.0
             .run(|core| async move {
                 let response = core
@@ -366,6 +384,7 @@ impl Election for ElectionService {
                 })
             })
             .await
+            .map_err(as_client_error)
     }
 }
 
@@ -423,7 +442,7 @@ async fn observe(
             }
             Ok((_, None)) => {}
             Err(e) => {
-                let _ = out.send(Err(Status::from(e))).await;
+                let _ = out.send(Err(as_client_error(Status::from(e)))).await;
                 return;
             }
         }

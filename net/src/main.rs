@@ -2,76 +2,151 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
 /// mimalloc instead of glibc malloc: per-thread heaps without arena locks; glibc malloc
 /// cost ~20% of the server's CPU under load.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use rivet_net::config::{normalize_args, Flags};
 
-/// The `ETCD_*` variables rivet reads; any other one is reported, as etcd does.
-const KNOWN_ENV: &[&str] = &[
-    "ETCD_NAME",
-    "ETCD_DATA_DIR",
-    "ETCD_WAL_DIR",
-    "ETCD_LISTEN_CLIENT_URLS",
-    "ETCD_ADVERTISE_CLIENT_URLS",
-    "ETCD_MAX_REQUEST_BYTES",
-    "ETCD_MAX_TXN_OPS",
-    "ETCD_QUOTA_BACKEND_BYTES",
-    "ETCD_SNAPSHOT_COUNT",
-    "ETCD_LOG_LEVEL",
-    "ETCD_AUTO_COMPACTION_RETENTION",
-    "ETCD_AUTO_COMPACTION_MODE",
-    "ETCD_MAX_SNAPSHOTS",
-    "ETCD_MAX_WALS",
-];
+use rivet_net::config::{help, Flags, Status, Stop, UNSET_ADVERTISE_CLIENT_URLS};
+use rivet_net::logging;
 
-fn log_filter(level: &str) -> Option<&'static str> {
-    match level {
-        "debug" => Some("debug"),
-        "info" => Some("info"),
-        "warn" => Some("warn"),
-        "error" | "panic" | "fatal" => Some("error"),
-        _ => None,
+/// etcd's "error verifying flags" line, in the logger's form when one is set up.
+fn log_invalid(error: &str, logger_ready: bool) {
+    if logger_ready && logging::is_zap() {
+        tracing::warn!(target: "rivet", error, "failed to verify flags");
+        if error == UNSET_ADVERTISE_CLIENT_URLS {
+            tracing::warn!(target: "rivet", error, "advertise client URLs are not set");
+        }
+        return;
+    }
+    let mut text = logging::capnslog_line(
+        'E',
+        "etcdmain",
+        &format!("error verifying flags, {error}. See 'rivet --help'."),
+    );
+    if error == UNSET_ADVERTISE_CLIENT_URLS {
+        text.push_str(&logging::capnslog_line(
+            'E',
+            "etcdmain",
+            "When listening on specific address(es), this etcd process must advertise accessible url(s) to each connected client.",
+        ));
+    }
+    eprint!("{text}");
+}
+
+/// Logs once, at start, each flag that was given a value rivet does not act on.
+fn log_not_implemented(flags: &Flags) {
+    for (spec, value) in flags.not_implemented() {
+        match spec.status {
+            Status::Later(part) => tracing::warn!(
+                target: "rivet",
+                flag = spec.name,
+                value,
+                "--{} is accepted but not implemented yet in rivet (it comes with {part}); it has no effect",
+                spec.name
+            ),
+            Status::NoEffect(reason) => tracing::warn!(
+                target: "rivet",
+                flag = spec.name,
+                value,
+                "--{} has no effect in rivet: {reason}",
+                spec.name
+            ),
+            Status::Implemented => {}
+        }
     }
 }
 
 fn main() -> ExitCode {
-    let flags = match Flags::try_parse_from(normalize_args(std::env::args())) {
-        Ok(flags) => flags,
-        Err(e) => e.exit(),
+    let args: Vec<String> = std::env::args_os()
+        .skip(1)
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let env: Vec<(String, String)> = std::env::vars_os()
+        .map(|(k, v)| {
+            (
+                k.to_string_lossy().into_owned(),
+                v.to_string_lossy().into_owned(),
+            )
+        })
+        .collect();
+    let loaded = match Flags::load(&args, &env) {
+        Ok(loaded) => loaded,
+        Err((stop, early)) => {
+            logging::write_early(&early);
+            return match stop {
+                Stop::Help => {
+                    eprint!("{}", help::usage());
+                    print!("{}", help::flags());
+                    ExitCode::SUCCESS
+                }
+                Stop::Version => {
+                    println!("rivet Version: {}", env!("CARGO_PKG_VERSION"));
+                    println!("etcd API Version: {}", rivet_net::services::ETCD_VERSION);
+                    ExitCode::SUCCESS
+                }
+                Stop::Usage(message) => {
+                    eprintln!("{message}");
+                    eprint!("{}", help::usage());
+                    ExitCode::from(2)
+                }
+                Stop::Invalid(message) => {
+                    log_invalid(&message, false);
+                    ExitCode::FAILURE
+                }
+                Stop::Fatal(message) => {
+                    eprint!("{}", logging::capnslog_line('C', "pkg/flags", &message));
+                    ExitCode::FAILURE
+                }
+                Stop::Raw(message) => {
+                    eprintln!("{message}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
     };
-    if flags.version {
-        println!("rivet Version: {}", env!("CARGO_PKG_VERSION"));
-        println!("etcd API Version: {}", rivet_net::services::ETCD_VERSION);
-        return ExitCode::SUCCESS;
-    }
-    let Some(filter) = log_filter(&flags.log_level) else {
-        eprintln!(
-            "rivet: invalid --log-level {:?}: only debug, info, warn, error, panic, or fatal",
-            flags.log_level
-        );
+    logging::write_early(&loaded.early);
+    let mut flags = loaded.flags;
+    if let Err(e) = logging::init(&flags) {
+        if flags.from_config_file {
+            logging::write_early(&[rivet_net::config::config_file_line(&flags.config_file)]);
+        }
+        log_invalid(&e, false);
         return ExitCode::FAILURE;
-    };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("RIVET_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter)),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    for (name, value) in std::env::vars() {
-        if name.starts_with("ETCD_") && !KNOWN_ENV.contains(&name.as_str()) {
-            tracing::warn!("unrecognized environment variable {name}={value}");
+    }
+    if flags.from_config_file {
+        if logging::is_zap() {
+            tracing::info!(
+                target: "rivet",
+                path = flags.config_file.as_str(),
+                "loaded server configuration, other configuration command line flags and environment variables will be ignored if provided"
+            );
+        } else {
+            tracing::info!(
+                target: "rivet",
+                "Loading server configuration from {:?}. Other configuration command line flags and environment variables will be ignored if provided.",
+                flags.config_file
+            );
         }
     }
+    if let Err(e) = flags.validate() {
+        log_invalid(&e, true);
+        return ExitCode::FAILURE;
+    }
+    flags.update_default_cluster_from_name();
+    if flags.data_dir.is_empty() {
+        let data_dir = flags.data_dir_or_default();
+        if logging::is_zap() {
+            tracing::warn!(target: "rivet", data_dir = data_dir.as_str(), "'data-dir' was empty; using default");
+        } else {
+            tracing::warn!(target: "rivet", "no data-dir provided, using default data-dir ./{data_dir}");
+        }
+    }
+    log_not_implemented(&flags);
     match rivet_net::server::run(flags) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("rivet: {e:#}");
+            tracing::error!(target: "rivet", "{e:#}");
             ExitCode::FAILURE
         }
     }

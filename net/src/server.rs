@@ -23,18 +23,21 @@ use rivet_api::etcdserverpb::{
 use rivet_engine::core::ShardCore;
 use rivet_engine::messages::RaftCommand;
 use rivet_engine::page::PageOptions;
-use rivet_engine::raft::{open_wal, MonotonicClock, RaftCore, RaftCoreConfig, RaftCoreLinks};
+use rivet_engine::raft::{
+    force_new, open_wal, MonotonicClock, RaftCore, RaftCoreConfig, RaftCoreLinks,
+};
 use rivet_engine::shard::Shard;
 use rivet_engine::shared::Shared;
 use rivet_engine::{layout, limits};
 use rivet_wal::Wal;
 
 use crate::config::{bootstrap, listen_addresses, url_list, Flags};
-use crate::glommio_hyper::{GlommioExecutor, GlommioIo};
+use crate::glommio_hyper::{GlommioExecutor, GlommioIo, GlommioTimer};
 use crate::http::ClientService;
 use crate::peer::{PeerConfig, PeerTransport};
 use crate::peer_link::{peer_address, QuicLink};
 use crate::services::{ClusterService, CoreHandle, KvService, MaintenanceService};
+use crate::tls::{ClientIdentity, ServerTls};
 
 /// etcd's default quota when `--quota-backend-bytes` is 0: 2 GiB.
 const DEFAULT_QUOTA_BYTES: u64 = 2 * 1024 * 1024 * 1024;
@@ -67,28 +70,58 @@ fn wait_for_stop_signal(set: &libc::sigset_t) -> i32 {
     signal
 }
 
+/// What the client listeners take from the flags; one copy shared by every shard core.
+#[derive(Debug)]
+pub struct ClientSettings {
+    pub max_request_bytes: usize,
+    /// `--max-concurrent-streams`: HTTP/2 streams per client connection.
+    pub max_concurrent_streams: u32,
+    /// `--grpc-keepalive-interval` and `--grpc-keepalive-timeout`: server pings, as
+    /// grpc-go's `keepalive.ServerParameters` (off when either is 0, as in etcd).
+    pub keepalive_interval: Duration,
+    pub keepalive_timeout: Duration,
+    /// `--grpc-keepalive-min-time`: the client's shortest ping interval.
+    pub keepalive_min_time: Duration,
+    pub http: Arc<crate::access::HttpSettings>,
+    /// `--enable-grpc-gateway` and the gateway's body limit.
+    pub gateway: crate::gateway::GatewayConfig,
+}
+
+impl ClientSettings {
+    pub fn from_flags(flags: &Flags) -> ClientSettings {
+        ClientSettings {
+            max_request_bytes: flags.max_request_bytes,
+            max_concurrent_streams: flags.max_concurrent_streams,
+            keepalive_interval: flags.grpc_keepalive_interval,
+            keepalive_timeout: flags.grpc_keepalive_timeout,
+            keepalive_min_time: flags.grpc_keepalive_min_time,
+            gateway: crate::gateway::GatewayConfig {
+                enabled: flags.enable_grpc_gateway,
+                ..crate::gateway::GatewayConfig::new(flags.max_request_bytes)
+            },
+            http: Arc::new(crate::access::HttpSettings {
+                cors: flags.cors.clone(),
+                host_whitelist: flags.host_whitelist.clone(),
+                enable_pprof: flags.enable_pprof,
+            }),
+        }
+    }
+}
+
 pub fn run(flags: Flags) -> anyhow::Result<()> {
-    // etcd checks the mode when it verifies its flags, and parses the retention when it
-    // starts; both stop it with these messages.
+    // The mode was checked with the other flags (`Flags::validate`); etcd parses the
+    // retention when it starts, and a bad one stops it with this message.
     let auto_compaction = rivet_engine::raft::compactor::parse_auto_compaction(
         &flags.auto_compaction_mode,
         &flags.auto_compaction_retention,
     )
-    .map_err(|e| {
-        if e.starts_with("unknown") {
-            anyhow!("error verifying flags, {e}. See 'rivet --help'.")
-        } else {
-            anyhow!(e)
-        }
-    })?;
-    let data_dir = flags
-        .data_dir
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(format!("{}.rivet", flags.name)));
-    let wal_dir = flags
-        .wal_dir
-        .clone()
-        .unwrap_or_else(|| layout::default_wal_dir(&data_dir));
+    .map_err(|e| anyhow!(e))?;
+    let data_dir = PathBuf::from(flags.data_dir_or_default());
+    let wal_dir = if flags.wal_dir.is_empty() {
+        layout::default_wal_dir(&data_dir)
+    } else {
+        PathBuf::from(&flags.wal_dir)
+    };
     let snap_dir = layout::snap_dir(&data_dir);
     std::fs::create_dir_all(&snap_dir)
         .with_context(|| format!("creating {}", snap_dir.display()))?;
@@ -96,6 +129,10 @@ pub fn run(flags: Flags) -> anyhow::Result<()> {
     if addresses.is_empty() {
         return Err(anyhow!("--listen-client-urls is empty"));
     }
+    let metrics_addresses = listen_addresses(&flags.listen_metrics_urls)?;
+    let client_tls =
+        crate::listeners::client_tls(&flags, &data_dir, &addresses, &metrics_addresses)?;
+    let peer_tls = crate::listeners::peer_tls(&flags, &data_dir)?;
     let cpus = core_affinity::get_core_ids().unwrap_or_default();
     let cpu_ids: Vec<usize> = if cpus.is_empty() {
         vec![0]
@@ -103,7 +140,7 @@ pub fn run(flags: Flags) -> anyhow::Result<()> {
         cpus.iter().map(|c| c.id).collect()
     };
     let default_shards = flags
-        .shards
+        .shards_given()
         .unwrap_or(cpu_ids.len().saturating_sub(1))
         .max(1);
 
@@ -114,7 +151,7 @@ pub fn run(flags: Flags) -> anyhow::Result<()> {
     let peer_listen = peer_address(&url_list(&flags.listen_peer_urls)).ok_or_else(|| {
         anyhow!(
             "--listen-peer-urls {:?} has no usable URL",
-            flags.listen_peer_urls
+            flags.listen_peer_urls.join(",")
         )
     })?;
     let initial_peers: Vec<(u64, std::net::SocketAddr)> = cluster_plan
@@ -136,6 +173,7 @@ pub fn run(flags: Flags) -> anyhow::Result<()> {
                 member,
                 peer_listen,
                 initial_peers.clone(),
+                peer_tls.clone(),
                 DISCOVERY_WAIT,
             ))?
         }
@@ -167,10 +205,10 @@ pub fn run(flags: Flags) -> anyhow::Result<()> {
         shard_count: default_shards,
         snapshot_count: flags.snapshot_count.max(1),
         max_request_bytes: flags.max_request_bytes,
-        quota_backend_bytes: if flags.quota_backend_bytes == 0 {
-            DEFAULT_QUOTA_BYTES
-        } else {
-            flags.quota_backend_bytes
+        // etcd: 0 means the default quota; a negative quota is as good as none.
+        quota_backend_bytes: match flags.quota_backend_bytes {
+            0 => DEFAULT_QUOTA_BYTES,
+            bytes => u64::try_from(bytes).unwrap_or(u64::MAX),
         },
         heartbeat_interval: Duration::from_millis(flags.heartbeat_interval.max(1)),
         election_ticks: (flags.election_timeout / flags.heartbeat_interval.max(1)).max(2) as usize,
@@ -180,12 +218,27 @@ pub fn run(flags: Flags) -> anyhow::Result<()> {
         strict_reconfig_check: flags.strict_reconfig_check,
         cluster_token: flags.initial_cluster_token.clone(),
         snap_dir: snap_dir.clone(),
+        pre_vote: flags.pre_vote,
+        initial_election_tick_advance: flags.initial_election_tick_advance,
+        warning_apply_duration: flags.experimental_warning_apply_duration,
         tuning: rivet_engine::raft::RaftCoreTuning {
             page_options,
             ..Default::default()
         },
     };
-    let recovered = open_wal(&mut raft_config, flags.shards)?;
+    let mut recovered = open_wal(&mut raft_config, flags.shards_given())?;
+    if flags.force_new_cluster && force_new::has_state(&recovered) {
+        let voters: Vec<u64> = raft_config.initial_members.iter().map(|m| m.id).collect();
+        let forced = force_new::force_new_cluster(&mut recovered, member, &voters)?;
+        tracing::warn!(
+            "forcing restart of member {member:x} in cluster {:x} at commit index {}",
+            raft_config.cluster_id,
+            forced.commit
+        );
+        for id in &forced.removed {
+            tracing::info!("--force-new-cluster: removing member {id:x} from the cluster");
+        }
+    }
     let shard_count = raft_config.shard_count;
     let cluster = raft_config.cluster_id;
     let shared = Arc::new(Shared::new(member, cluster, shard_count));
@@ -238,7 +291,8 @@ pub fn run(flags: Flags) -> anyhow::Result<()> {
             };
             runtime.block_on(async move {
                 let (peer_tx, peer_rx) = tokio::sync::mpsc::channel(limits::PEER_EVENT_QUEUE);
-                let peer_config = PeerConfig::new(member, cluster, peer_listen, initial_peers);
+                let mut peer_config = PeerConfig::new(member, cluster, peer_listen, initial_peers);
+                peer_config.tls = peer_tls;
                 let link = match PeerTransport::start(peer_config).await {
                     Ok((transport, incoming)) => QuicLink::new(transport, incoming, peer_tx),
                     Err(e) => {
@@ -270,6 +324,13 @@ pub fn run(flags: Flags) -> anyhow::Result<()> {
             });
         })?;
 
+    let client_settings = Arc::new(ClientSettings::from_flags(&flags));
+    rivet_engine::metrics::set_extensive(flags.metrics == "extensive");
+    if !flags.experimental_watch_progress_notify_interval.is_zero() {
+        crate::watch::set_progress_report_interval(
+            flags.experimental_watch_progress_notify_interval,
+        );
+    }
     let mut executors = Vec::with_capacity(shard_count);
     for (id, (apply_rx, peer_rx)) in apply_rxs.into_iter().zip(peer_rxs).enumerate() {
         let cpu = cpu_ids[(1 + id) % cpu_ids.len()];
@@ -280,9 +341,11 @@ pub fn run(flags: Flags) -> anyhow::Result<()> {
         let acks = ack_tx.clone();
         let restore = restore_tx.clone();
         let addresses = addresses.clone();
+        let metrics_addresses = metrics_addresses.clone();
+        let client_tls = client_tls.clone();
         let fatal = fatal_tx.clone();
         let max_txn_ops = flags.max_txn_ops;
-        let max_request_bytes = flags.max_request_bytes;
+        let client_settings = Arc::clone(&client_settings);
         let placement = if flags.pin_cores {
             Placement::Fixed(cpu)
         } else {
@@ -313,7 +376,8 @@ pub fn run(flags: Flags) -> anyhow::Result<()> {
                     glommio::Latency::NotImportant,
                     "gc",
                 );
-                let gc = Rc::clone(&core).run_gc(|| async { glommio::executor().yield_task_queue_now().await });
+                let gc = Rc::clone(&core)
+                    .run_gc(|| async { glommio::executor().yield_task_queue_now().await });
                 match glommio::spawn_local_into(gc, gc_queue) {
                     Ok(task) => task.detach(),
                     Err(e) => {
@@ -321,16 +385,49 @@ pub fn run(flags: Flags) -> anyhow::Result<()> {
                         return;
                     }
                 };
-                for address in addresses {
+                let core_tls = match client_tls.build() {
+                    Ok(core_tls) => core_tls,
+                    Err(e) => {
+                        let _ = fatal.send(format!("client TLS: {e}"));
+                        return;
+                    }
+                };
+                for listen in addresses {
+                    let address = listen.address;
                     match TcpListener::bind(address) {
                         Ok(listener) => {
                             if id == 0 {
-                                tracing::info!(
-                                    "ready to serve client requests; serving insecure client requests on {address}"
-                                );
+                                crate::listeners::log_serving(&listen);
                             }
-                            glommio::spawn_local(accept_loop(listener, Rc::clone(&core), max_request_bytes))
-                                .detach();
+                            let tls = crate::listeners::tls_for(&listen, &core_tls.client);
+                            glommio::spawn_local(accept_loop(
+                                listener,
+                                Rc::clone(&core),
+                                Arc::clone(&client_settings),
+                                tls,
+                            ))
+                            .detach();
+                        }
+                        Err(e) => {
+                            let _ = fatal.send(format!("cannot listen on {address}: {e}"));
+                            return;
+                        }
+                    }
+                }
+                for listen in metrics_addresses {
+                    let address = listen.address;
+                    match TcpListener::bind(address) {
+                        Ok(listener) => {
+                            if id == 0 {
+                                tracing::info!("listening for metrics on {}", listen.url);
+                            }
+                            let tls = crate::listeners::tls_for(&listen, &core_tls.metrics);
+                            glommio::spawn_local(crate::listeners::metrics_accept_loop(
+                                listener,
+                                Rc::clone(&core),
+                                tls,
+                            ))
+                            .detach();
                         }
                         Err(e) => {
                             let _ = fatal.send(format!("cannot listen on {address}: {e}"));
@@ -379,9 +476,14 @@ pub fn run(flags: Flags) -> anyhow::Result<()> {
     }
 }
 
-async fn accept_loop(listener: TcpListener, core: Rc<ShardCore>, max_request_bytes: usize) {
+async fn accept_loop(
+    listener: TcpListener,
+    core: Rc<ShardCore>,
+    settings: Arc<ClientSettings>,
+    tls: Option<Rc<ServerTls>>,
+) {
     let handle = CoreHandle::new(Rc::clone(&core), REQUEST_TIMEOUT);
-    let decode_limit = max_request_bytes + GRPC_OVERHEAD_BYTES;
+    let decode_limit = settings.max_request_bytes + GRPC_OVERHEAD_BYTES;
     let routes = tonic::service::Routes::new(
         KvServer::new(KvService(handle.clone()))
             .max_decoding_message_size(decode_limit)
@@ -410,6 +512,9 @@ async fn accept_loop(listener: TcpListener, core: Rc<ShardCore>, max_request_byt
     let service = ClientService {
         grpc: routes,
         core: send_wrapper::SendWrapper::new(core),
+        gateway: settings.gateway,
+        http: Arc::clone(&settings.http),
+        secure: false,
     };
     loop {
         let stream = match listener.accept().await {
@@ -421,17 +526,24 @@ async fn accept_loop(listener: TcpListener, core: Rc<ShardCore>, max_request_byt
             }
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(service.clone());
+        let service = service.clone();
         let queue = glommio::executor().current_task_queue();
+        let settings = Arc::clone(&settings);
+        let tls = tls.clone();
         let connection = async move {
-            let mut builder = auto::Builder::new(GlommioExecutor);
-            // Never cap concurrent streams low: proxies multiplex many (etcd lesson 34).
-            builder.http2().max_concurrent_streams(u32::MAX);
-            if let Err(e) = builder
-                .serve_connection(GlommioIo::new(stream), service)
-                .await
-            {
-                tracing::debug!("client connection ended: {e}");
+            match tls {
+                None => serve_connection(GlommioIo::new(stream), service, &settings, None).await,
+                Some(tls) => {
+                    let Some((stream, identity)) = crate::listeners::handshake(&tls, stream).await
+                    else {
+                        return;
+                    };
+                    let service = ClientService {
+                        secure: true,
+                        ..service
+                    };
+                    serve_connection(GlommioIo::new(stream), service, &settings, identity).await
+                }
             }
         };
         match glommio::spawn_local_into(connection, queue) {
@@ -440,5 +552,38 @@ async fn accept_loop(listener: TcpListener, core: Rc<ShardCore>, max_request_byt
             }
             Err(e) => tracing::error!("cannot spawn a connection: {e}"),
         };
+    }
+}
+
+/// Serves one client connection (plain or TLS) with hyper, HTTP/1.1 or HTTP/2. The
+/// identity of a verified client certificate goes into every request's extensions.
+async fn serve_connection<S>(
+    io: GlommioIo<S>,
+    service: ClientService,
+    settings: &ClientSettings,
+    identity: Option<ClientIdentity>,
+) where
+    S: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin + 'static,
+{
+    use tower::ServiceExt;
+    let service = service.map_request(move |mut request: http::Request<hyper::body::Incoming>| {
+        if let Some(identity) = &identity {
+            request.extensions_mut().insert(identity.clone());
+        }
+        request
+    });
+    let service = TowerToHyperService::new(service);
+    let mut builder = auto::Builder::new(GlommioExecutor);
+    // etcd's default is math.MaxUint32: proxies multiplex many (etcd lesson 34).
+    let mut http2 = builder.http2();
+    http2.max_concurrent_streams(settings.max_concurrent_streams);
+    if !settings.keepalive_interval.is_zero() && !settings.keepalive_timeout.is_zero() {
+        http2
+            .timer(GlommioTimer)
+            .keep_alive_interval(settings.keepalive_interval)
+            .keep_alive_timeout(settings.keepalive_timeout);
+    }
+    if let Err(e) = builder.serve_connection(io, service).await {
+        tracing::debug!("client connection ended: {e}");
     }
 }

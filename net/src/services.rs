@@ -141,7 +141,13 @@ impl Maintenance for MaintenanceService {
     ) -> Result<Response<AlarmResponse>, Status> {
         let request = request.into_inner();
         self.0
-            .run(|core| async move { core.alarm(request).await })
+            .run(|core| async move {
+                // etcd's alarm applier answers without a header (`etcdctl -w json alarm
+                // list` prints `{}`).
+                let mut response = core.alarm(request).await?;
+                response.header = None;
+                Ok(response)
+            })
             .await
     }
 
@@ -273,6 +279,11 @@ impl Maintenance for MaintenanceService {
 
 pub struct ClusterService(pub CoreHandle);
 
+/// etcd's Cluster service header: cluster, member and raft term, no revision.
+fn cluster_header(core: &ShardCore) -> rivet_api::etcdserverpb::ResponseHeader {
+    core.header(0)
+}
+
 #[tonic::async_trait]
 impl Cluster for ClusterService {
     async fn member_add(
@@ -289,7 +300,7 @@ impl Cluster for ClusterService {
                     })
                     .await?;
                 Ok(MemberAddResponse {
-                    header: Some(core.current_header()),
+                    header: Some(cluster_header(&core)),
                     member: result.member,
                     members: result.members,
                 })
@@ -306,7 +317,7 @@ impl Cluster for ClusterService {
             .run(|core| async move {
                 let result = core.member_change(MemberChange::Remove { id }).await?;
                 Ok(MemberRemoveResponse {
-                    header: Some(core.current_header()),
+                    header: Some(cluster_header(&core)),
                     members: result.members,
                 })
             })
@@ -327,7 +338,7 @@ impl Cluster for ClusterService {
                     })
                     .await?;
                 Ok(MemberUpdateResponse {
-                    header: Some(core.current_header()),
+                    header: Some(cluster_header(&core)),
                     members: result.members,
                 })
             })
@@ -342,7 +353,7 @@ impl Cluster for ClusterService {
             .run(|core| async move {
                 let members = core.member_list().await?;
                 Ok(MemberListResponse {
-                    header: Some(core.current_header()),
+                    header: Some(cluster_header(&core)),
                     members,
                 })
             })
@@ -358,7 +369,7 @@ impl Cluster for ClusterService {
             .run(|core| async move {
                 let result = core.member_change(MemberChange::Promote { id }).await?;
                 Ok(MemberPromoteResponse {
-                    header: Some(core.current_header()),
+                    header: Some(cluster_header(&core)),
                     members: result.members,
                 })
             })

@@ -64,6 +64,8 @@ struct Watcher {
     no_delete: bool,
     prev_kv: bool,
     progress_notify: bool,
+    /// No events went out since the last progress tick (etcd's `sws.progress[id]`).
+    quiet: bool,
     fragment: bool,
 }
 
@@ -100,6 +102,34 @@ struct WatchStream {
     live_next: i64,
     /// The applied index the stream last caught up with.
     seen_index: u64,
+    /// When the next progress notifications go out.
+    next_progress: std::time::Instant,
+}
+
+/// `--experimental-watch-progress-notify-interval`: a process-wide setting, as etcd's
+/// `v3rpc.SetProgressReportInterval`.
+static PROGRESS_REPORT_INTERVAL: std::sync::OnceLock<std::time::Duration> =
+    std::sync::OnceLock::new();
+
+/// Sets the interval of progress notifications (once, at start).
+pub fn set_progress_report_interval(interval: std::time::Duration) {
+    let _ = PROGRESS_REPORT_INTERVAL.set(interval);
+}
+
+/// etcd's `GetProgressReportInterval`: the interval plus up to a tenth of it as jitter,
+/// so that streams opened together (a client restart) do not notify together.
+fn progress_report_interval(seed: u64) -> std::time::Duration {
+    let interval = PROGRESS_REPORT_INTERVAL
+        .get()
+        .copied()
+        .unwrap_or(limits::WATCH_PROGRESS_NOTIFY_INTERVAL);
+    let tenth = (interval.as_nanos() / 10).max(1);
+    let clock = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .subsec_nanos();
+    let mixed = (seed ^ u64::from(clock)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    interval + std::time::Duration::from_nanos((u128::from(mixed) % tenth) as u64)
 }
 
 enum Wake {
@@ -121,17 +151,31 @@ impl WatchStream {
             next_id: 0,
             live_next,
             seen_index,
+            next_progress: std::time::Instant::now() + progress_report_interval(seen_index),
         }
     }
 
     async fn run(mut self, mut inbound: Streaming<WatchRequest>) {
+        // A client that half-closes its side (as etcd's JSON gateway does when the HTTP
+        // body ends) keeps receiving events, as from etcd: only an error on the inbound
+        // side or a client that stopped reading ends the stream.
+        let mut inbound_open = true;
         loop {
+            if self.out.is_closed() {
+                break;
+            }
             let wake = {
                 // A watcher still catching up gets its next chunk without waiting for a
                 // new revision (requests still come first, so a cancel is not delayed).
                 let catching_up = self.catching_up();
                 let (core, seen_index) = (self.core.clone(), self.seen_index);
-                let request = std::pin::pin!(inbound.message());
+                let request = std::pin::pin!(async {
+                    if inbound_open {
+                        inbound.message().await
+                    } else {
+                        futures::future::pending().await
+                    }
+                });
                 let applied = std::pin::pin!(async move {
                     if catching_up {
                         glommio::yield_if_needed().await;
@@ -140,7 +184,8 @@ impl WatchStream {
                     }
                 });
                 let timer = std::pin::pin!(glommio::timer::sleep(
-                    limits::WATCH_PROGRESS_NOTIFY_INTERVAL
+                    self.next_progress
+                        .saturating_duration_since(std::time::Instant::now())
                 ));
                 match select(request, select(applied, timer)).await {
                     Either::Left((message, _)) => Wake::Request(message.transpose()),
@@ -150,7 +195,11 @@ impl WatchStream {
             };
             let open = match wake {
                 Wake::Request(Some(Ok(request))) => self.handle(request).await,
-                Wake::Request(_) => false,
+                Wake::Request(None) => {
+                    inbound_open = false;
+                    true
+                }
+                Wake::Request(Some(Err(_))) => false,
                 Wake::Applied => true,
                 Wake::Progress => self.progress_notify().await,
             };
@@ -236,6 +285,7 @@ impl WatchStream {
             no_delete: create.filters.contains(&(FilterType::Nodelete as i32)),
             prev_kv: create.prev_kv,
             progress_notify: create.progress_notify,
+            quiet: true,
             fragment: create.fragment,
         };
         if matches!(watcher.end, RangeEnd::Single) {
@@ -395,6 +445,9 @@ impl WatchStream {
     /// Sends events to one watcher, split into fragments when it asked for them and the
     /// response would be too large.
     async fn deliver(&mut self, id: i64, revision: i64, events: Vec<Event>) -> bool {
+        if let Some(watcher) = self.watchers.get_mut(&id) {
+            watcher.quiet = false;
+        }
         let fragment = self.watchers.get(&id).is_some_and(|w| w.fragment);
         let total: usize = events.iter().map(prost::Message::encoded_len).sum();
         if !fragment || total <= FRAGMENT_BYTES {
@@ -427,14 +480,22 @@ impl WatchStream {
         true
     }
 
+    /// etcd 3.4's progress tick: every watcher that asked for progress notifications and
+    /// got no events since the last tick, and is caught up, gets an empty response at
+    /// the current revision; then the tick starts over for all.
     async fn progress_notify(&mut self) -> bool {
+        self.next_progress =
+            std::time::Instant::now() + progress_report_interval(self.live_next as u64);
         let revision = self.core.shared.applied_revision();
         let ids: Vec<i64> = self
             .watchers
             .iter()
-            .filter(|(_, w)| w.progress_notify && w.synced)
+            .filter(|(_, w)| w.progress_notify && w.quiet && w.synced)
             .map(|(id, _)| *id)
             .collect();
+        for watcher in self.watchers.values_mut() {
+            watcher.quiet = true;
+        }
         for id in ids {
             let response = self.response(id, revision);
             if !self.send(response).await {

@@ -4,70 +4,12 @@
 
 mod common;
 
-use std::process::Output;
-
-use common::{etcdctl, Etcd, Rivet};
+use common::{etcdctl, seen, Etcd, Rivet, Seen};
 
 /// One etcd and one rivet, fed the same commands.
 struct Pair {
     etcd: Etcd,
     rivet: Rivet,
-}
-
-/// What a comparison looks at: exit status, stdout, and stderr without the client's
-/// JSON log lines (they carry timestamps and connection IDs).
-#[derive(Debug, PartialEq)]
-struct Seen {
-    success: bool,
-    stdout: String,
-    stderr: String,
-}
-
-/// Replaces the digits after `pattern` with `N`.
-fn mask_number_after(text: &str, pattern: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(at) = rest.find(pattern) {
-        let after = at + pattern.len();
-        out.push_str(&rest[..after]);
-        rest = &rest[after..];
-        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-        if digits > 0 {
-            out.push('N');
-            rest = &rest[digits..];
-        }
-    }
-    out.push_str(rest);
-    out
-}
-
-/// Masks member and cluster IDs and raft terms in `-w json` and `-w fields` output.
-fn mask(text: &str) -> String {
-    [
-        "\"cluster_id\":",
-        "\"member_id\":",
-        "\"raft_term\":",
-        "\"ClusterID\" : ",
-        "\"MemberID\" : ",
-        "\"RaftTerm\" : ",
-    ]
-    .iter()
-    .fold(text.to_string(), |t, pattern| {
-        mask_number_after(&t, pattern)
-    })
-}
-
-fn seen(output: Output) -> Seen {
-    let stderr = String::from_utf8_lossy(&output.stderr)
-        .lines()
-        .filter(|line| !line.starts_with("{\"level\":"))
-        .map(|line| format!("{line}\n"))
-        .collect();
-    Seen {
-        success: output.status.success(),
-        stdout: mask(&String::from_utf8_lossy(&output.stdout)),
-        stderr,
-    }
 }
 
 impl Pair {

@@ -153,7 +153,7 @@ impl RaftCore {
             applied,
             max_size_per_msg: limits::RAFT_MESSAGE_BYTES_MAX,
             max_inflight_msgs: limits::RAFT_INFLIGHT_MESSAGES_MAX,
-            pre_vote: true,
+            pre_vote: config.pre_vote,
             check_quorum: true,
             ..Default::default()
         };
@@ -187,6 +187,8 @@ impl RaftCore {
         let applier = Applier::new(state, min_lease_ttl(&config));
         let now = clock.now();
         let member_id = config.member_id;
+        let config_advance_from = config.initial_election_tick_advance.then_some(now);
+        let incarnation = config.tuning.incarnation;
         let core = RaftCore {
             checkpoints: super::checkpoint::Checkpoints::new(config.snapshot_count, applied)
                 .with_compact_revision(compact_revision),
@@ -200,14 +202,15 @@ impl RaftCore {
             shared,
             applier,
             applied_index: applied,
-            waiters: ready::Waiters::default(),
-            reads: super::read_index::ReadIndexQueue::new(member_id),
+            waiters: ready::Waiters::new(incarnation),
+            reads: super::read_index::ReadIndexQueue::new(member_id, incarnation),
             exports: super::snapshot::Exports::default(),
             last_lease_checkpoint: now,
             nospace_proposed: false,
             attributes_proposed: false,
             move_leader: None,
             stop: Stop::default(),
+            initial_ticks_from: config_advance_from,
             observer: None,
             compactor: None,
             snapshot_streams: Default::default(),

@@ -164,7 +164,17 @@ impl RaftCore {
                     self.checkpoints
                         .recorded(request.index, request.compact_revision);
                 }
-                Err(e) => tracing::error!("could not record checkpoint {}: {e}", request.index),
+                Err(e) => {
+                    // The log refused a write: its state is unknown and a retry could
+                    // report success for lost data, so the member stops (the restart
+                    // recovers from what is durable). Going on would also start this
+                    // checkpoint again at an index the shards already checkpointed.
+                    tracing::error!(
+                        "could not record checkpoint {}: {e}; stopping",
+                        request.index
+                    );
+                    self.stop.stopping = true;
+                }
             }
             return;
         }

@@ -32,6 +32,13 @@ pub struct RaftCoreConfig {
     pub cluster_token: String,
     /// `member/snap`: where snapshots are staged next to the shards' page files.
     pub snap_dir: PathBuf,
+    /// `--pre-vote`: raft's PreVote phase (etcd 3.4's default is off).
+    pub pre_vote: bool,
+    /// `--initial-election-tick-advance`: once a restarted member of a multi-member
+    /// cluster reaches its peers, fast-forward its election ticks as etcd does.
+    pub initial_election_tick_advance: bool,
+    /// `--experimental-warning-apply-duration`: applying longer than this is warned about.
+    pub warning_apply_duration: Duration,
     pub tuning: RaftCoreTuning,
 }
 
@@ -48,6 +55,12 @@ pub struct RaftCoreTuning {
     pub randomized_election_timeout: bool,
     /// The layout of the page files a snapshot install stages.
     pub page_options: PageOptions,
+    /// A number this member never started with before (random by default): this start's
+    /// proposal IDs and ReadIndex contexts begin from it, so that an answer meant for an
+    /// earlier start — an entry it proposed that commits only now, a ReadIndex response
+    /// still in flight — is never taken for an answer to this one. The simulation draws it
+    /// from its seed.
+    pub incarnation: u64,
 }
 
 impl Default for RaftCoreTuning {
@@ -56,6 +69,7 @@ impl Default for RaftCoreTuning {
             log_entries_kept_after_checkpoint: limits::RAFT_LOG_KEPT_AFTER_CHECKPOINT,
             randomized_election_timeout: true,
             page_options: PageOptions::default(),
+            incarnation: random_u64(),
         }
     }
 }
@@ -82,4 +96,16 @@ pub enum StartError {
     },
     #[error("raft: {0}")]
     Raft(String),
+}
+
+/// A random number from the standard library's per-process hash keys.
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    hasher.finish()
 }

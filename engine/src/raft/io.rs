@@ -2,7 +2,7 @@
 //! ([`LogStorage`]), its clock ([`Clock`]) and the leader's client port
 //! ([`LeaderForward`]). The raft core holds each as a trait object, so the production
 //! parts (the QUIC transport and the gRPC forwarder in `net`, the WAL, the monotonic
-//! clock) and the simulation's (`engine/tests/simulation.rs`: a seeded network, a disk
+//! clock) and the simulation's (`engine/tests/simulation/`: a seeded network, a disk
 //! that crashes, a clock that jumps) drive the same core.
 
 use std::future::Future;

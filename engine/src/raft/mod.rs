@@ -22,6 +22,8 @@
 //! - [`config`]: what the core is started with;
 //! - [`boot`]: building the raft node from the recovered log and the shards' state;
 //! - [`log`]: the WAL as log storage, and recovery from its records;
+//! - [`force_new`]: `--force-new-cluster`, rewriting the recovered log into a one-member
+//!   cluster before the node starts;
 //! - [`ready`]: the Ready handling, proposals, and committed entries through the applier;
 //! - [`read_index`]: ReadIndex batching and retry;
 //! - [`checkpoint`]: checkpoints of the shards and the log compaction behind them;
@@ -34,6 +36,7 @@ pub mod checkpoint;
 pub mod compactor;
 pub mod config;
 pub mod etcd_snapshot;
+pub mod force_new;
 pub mod io;
 pub mod leases;
 pub mod log;
@@ -110,6 +113,9 @@ pub struct RaftCore {
     attributes_proposed: bool,
     move_leader: Option<members::PendingMoveLeader>,
     stop: Stop,
+    /// `--initial-election-tick-advance`: when this start began, until the election ticks
+    /// were advanced (see [`RaftCore::advance_initial_ticks`]).
+    initial_ticks_from: Option<Instant>,
     observer: Option<ApplyObserver>,
     /// Auto-compaction, when `--auto-compaction-retention` asks for it.
     compactor: Option<compactor::Compactor>,
@@ -184,6 +190,11 @@ impl RaftCore {
 
     /// One heartbeat interval passed.
     pub fn tick(&mut self) {
+        if let Some(started) = self.initial_ticks_from {
+            if self.advance_initial_ticks(started) {
+                self.initial_ticks_from = None;
+            }
+        }
         self.node.tick();
         let now = self.clock.now();
         let has_leader = self.node.raft.leader_id != raft::INVALID_ID;
@@ -193,6 +204,7 @@ impl RaftCore {
         self.check_move_leader();
         self.expire_leases();
         self.auto_compact();
+        self.waiters.drop_abandoned();
     }
 
     /// The end of a turn: the reads of the turn ask raft for their ReadIndex, the Ready is
@@ -215,6 +227,42 @@ impl RaftCore {
             }
         }
         !self.stop.stopping
+    }
+
+    /// etcd's `adjustTicks` for a multi-member cluster (`--initial-election-tick-advance`):
+    /// within 5 s of the start (rafthttp's ConnReadTimeout), once more than one peer is
+    /// reachable, advance the election ticks by `election ticks - 2` so that a restarted
+    /// member does not wait a whole election timeout before it can campaign. A single
+    /// voter campaigns at once at start instead. Returns whether it is done.
+    fn advance_initial_ticks(&mut self, started: Instant) -> bool {
+        if self.clock.now().saturating_duration_since(started) > Duration::from_secs(5) {
+            return true;
+        }
+        let voters: Vec<u64> = self.node.raft.prs().conf().voters().ids().iter().collect();
+        if voters.len() <= 1 {
+            return true;
+        }
+        let active = voters
+            .iter()
+            .filter(|id| **id != self.config.member_id)
+            .filter(|id| self.peers.connected_since(**id).is_some())
+            .count();
+        if active <= 1 {
+            return false;
+        }
+        let ticks = self.config.election_ticks.saturating_sub(2);
+        tracing::info!(
+            local_member_id = format_args!("{:x}", self.config.member_id),
+            forward_ticks = ticks,
+            forward_duration = ?(self.config.heartbeat_interval * ticks as u32),
+            election_ticks = self.config.election_ticks,
+            active_remote_members = active,
+            "initialized peer connections; fast-forwarding election ticks"
+        );
+        for _ in 0..ticks {
+            self.node.tick();
+        }
+        true
     }
 
     /// etcd's warning when a leader's heartbeats go out later than twice the heartbeat
@@ -287,6 +335,7 @@ impl RaftCore {
             last_index: self.node.raft.raft_log.last_index(),
             applied_index: self.applied_index,
             keys: self.applier.sequencer().key_count() as u64,
+            pending_proposals: self.waiters.len() as u64,
         }
     }
 

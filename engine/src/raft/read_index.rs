@@ -6,9 +6,12 @@
 //! every read in it is answered with the read point (index and revision), and every
 //! read-only txn is evaluated there.
 //!
-//! A batch is named by a context of the member ID and a sequence number: raft ignores a
-//! ReadIndex whose context is already pending, and followers forward theirs to the
-//! leader, so contexts must be unique across members. Raft drops a ReadIndex that finds
+//! A batch is named by a context of the member ID, this start's incarnation number and a
+//! sequence number: raft ignores a ReadIndex whose context is already pending, and
+//! followers forward theirs to the leader, so contexts must be unique across members and
+//! across restarts of one member — a leader's answer to a read of an earlier start may
+//! still be on its way, with an index too old for a read of this one, and the leader
+//! ignores a context it still holds as pending. Raft drops a ReadIndex that finds
 //! no leader (a follower that just rejoined) or that a leader change loses, and nothing
 //! else would ever answer its readers: a batch not answered within
 //! [`READ_INDEX_RETRY`] is asked about again. A duplicate is harmless: a leader ignores a
@@ -49,6 +52,7 @@ impl ReadBatch {
 
 pub struct ReadIndexQueue {
     member_id: u64,
+    incarnation: u64,
     /// Readers of the current turn, not yet given a ReadIndex.
     unsent: ReadBatch,
     /// Batches raft was asked about, by sequence, with when they were last asked.
@@ -60,9 +64,10 @@ pub struct ReadIndexQueue {
 }
 
 impl ReadIndexQueue {
-    pub fn new(member_id: u64) -> ReadIndexQueue {
+    pub fn new(member_id: u64, incarnation: u64) -> ReadIndexQueue {
         ReadIndexQueue {
             member_id,
+            incarnation,
             unsent: ReadBatch::default(),
             in_raft: BTreeMap::new(),
             next_sequence: 1,
@@ -106,7 +111,11 @@ impl ReadIndexQueue {
         for (sequence, (_, asked)) in &mut self.in_raft {
             if now.duration_since(*asked) >= READ_INDEX_RETRY {
                 *asked = now;
-                contexts.push(Self::context_of(self.member_id, *sequence));
+                contexts.push(Self::context_of(
+                    self.member_id,
+                    self.incarnation,
+                    *sequence,
+                ));
             }
         }
         contexts
@@ -114,11 +123,11 @@ impl ReadIndexQueue {
 
     /// Raft answered a ReadIndex: the batch of `context` reads once `index` is applied.
     pub fn answered(&mut self, context: &[u8], index: u64) {
-        let Ok(bytes) = <[u8; 16]>::try_from(context) else {
+        let Ok(bytes) = <[u8; 24]>::try_from(context) else {
             return;
         };
-        let (member, sequence) = bytes.split_at(8);
-        if member != self.member_id.to_be_bytes() {
+        let (ours, sequence) = bytes.split_at(16);
+        if *ours != Self::context_of(self.member_id, self.incarnation, 0)[..16] {
             return;
         }
         let mut sequence_bytes = [0u8; 8];
@@ -144,12 +153,14 @@ impl ReadIndexQueue {
     }
 
     fn context(&self, sequence: u64) -> Vec<u8> {
-        Self::context_of(self.member_id, sequence)
+        Self::context_of(self.member_id, self.incarnation, sequence)
     }
 
-    /// The member ID makes contexts unique across members.
-    fn context_of(member_id: u64, sequence: u64) -> Vec<u8> {
-        let mut context = member_id.to_be_bytes().to_vec();
+    /// Member ID, incarnation, sequence: unique across members and restarts.
+    fn context_of(member_id: u64, incarnation: u64, sequence: u64) -> Vec<u8> {
+        let mut context = Vec::with_capacity(24);
+        context.extend_from_slice(&member_id.to_be_bytes());
+        context.extend_from_slice(&incarnation.to_be_bytes());
         context.extend_from_slice(&sequence.to_be_bytes());
         context
     }
@@ -168,17 +179,20 @@ mod tests {
     #[test]
     fn reads_of_one_turn_share_one_read_index_and_wait_for_apply() {
         let now = Instant::now();
-        let mut queue = ReadIndexQueue::new(7);
+        let mut queue = ReadIndexQueue::new(7, 99);
         assert_eq!(queue.send(now), None, "nobody waits: no ReadIndex");
         let _a = read(&mut queue);
         let _b = read(&mut queue);
         let context = queue.send(now).expect("one context for the turn");
         assert_eq!(&context[..8], &7u64.to_be_bytes());
         assert_eq!(queue.send(now), None);
-        // Another member's context is not ours.
+        // Another member's context is not ours, nor one of an earlier start of this member.
         let mut foreign = context.clone();
         foreign[0] ^= 1;
         queue.answered(&foreign, 10);
+        let mut earlier = context.clone();
+        earlier[8] ^= 1;
+        queue.answered(&earlier, 10);
         queue.answered(&context, 10);
         assert!(queue.ready(9).is_empty());
         let ready = queue.ready(10);
@@ -192,7 +206,7 @@ mod tests {
     #[test]
     fn unanswered_reads_are_asked_again_only_with_a_leader() {
         let now = Instant::now();
-        let mut queue = ReadIndexQueue::new(1);
+        let mut queue = ReadIndexQueue::new(1, 99);
         let _waiting = read(&mut queue);
         let context = queue.send(now).expect("context");
         assert!(queue.retry(now, true).is_empty(), "not yet due");
@@ -207,7 +221,7 @@ mod tests {
     #[test]
     fn batches_whose_readers_gave_up_are_dropped() {
         let now = Instant::now();
-        let mut queue = ReadIndexQueue::new(1);
+        let mut queue = ReadIndexQueue::new(1, 99);
         let gone = read(&mut queue);
         let context = queue.send(now).expect("context");
         drop(gone);

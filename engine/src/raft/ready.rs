@@ -21,7 +21,6 @@ use super::{log, AppliedEntry, RaftCore};
 use crate::apply::{quota, ApplyContext};
 use crate::error::EtcdError;
 use crate::keyspace::shard_of;
-use crate::limits;
 use crate::messages::{
     ApplyBatch, ApplyMessage, MemberChangeResult, ReadPoint, Reply, ShardAck, ShardRequest,
 };
@@ -81,17 +80,24 @@ enum Waiter {
 }
 
 /// The requests proposed by this member, by proposal id (the `id` of the entry's
-/// `InternalRequest` or membership context).
-#[derive(Default)]
+/// `InternalRequest` or membership context). IDs start at the start's incarnation number,
+/// so that an entry proposed before a restart that commits after it finds no waiter.
 pub struct Waiters {
     next_id: u64,
     waiting: HashMap<u64, Waiter>,
 }
 
 impl Waiters {
-    /// The id for the next proposal.
+    pub fn new(incarnation: u64) -> Waiters {
+        Waiters {
+            next_id: incarnation,
+            waiting: HashMap::new(),
+        }
+    }
+
+    /// The id for the next proposal; never 0 (internal requests that answer nobody).
     pub fn next_id(&mut self) -> u64 {
-        self.next_id += 1;
+        self.next_id = self.next_id.wrapping_add(1).max(1);
         self.next_id
     }
 
@@ -134,6 +140,17 @@ impl Waiters {
 
     pub fn len(&self) -> usize {
         self.waiting.len()
+    }
+
+    /// Forgets the proposals nobody waits for any more (the asking core gave up: the
+    /// client's request timed out). Their entries may still apply, or never: raft drops a
+    /// proposal a leader change loses, and a forwarded proposal the network lost, without
+    /// a word; without this their waiters would stay for as long as the member runs.
+    pub fn drop_abandoned(&mut self) {
+        self.waiting.retain(|_, waiter| match waiter {
+            Waiter::Write(reply) => !reply.is_canceled(),
+            Waiter::Member(reply) => !reply.is_canceled(),
+        });
     }
 
     pub fn is_empty(&self) -> bool {
@@ -477,8 +494,12 @@ impl RaftCore {
             let _ = reply.send(result);
         }
         let took = started.elapsed();
-        if took > limits::APPLY_WARN {
-            tracing::warn!(?took, "apply took too long (etcd warns above 100ms)");
+        if took > self.config.warning_apply_duration {
+            tracing::warn!(
+                took = ?took,
+                expected_duration = ?self.config.warning_apply_duration,
+                "apply request took too long"
+            );
         }
     }
 
@@ -525,5 +546,34 @@ impl RaftCore {
                 result,
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proposal_ids_start_at_the_incarnation_and_abandoned_waiters_go() {
+        let mut waiters = Waiters::new(u64::MAX);
+        // Wrapping skips 0, the id of requests that answer nobody.
+        assert_eq!(waiters.next_id(), 1);
+        let mut waiters = Waiters::new(1 << 40);
+        let kept = waiters.next_id();
+        let gone = waiters.next_id();
+        assert_eq!((kept, gone), ((1 << 40) + 1, (1 << 40) + 2));
+        let (reply, _answer) = oneshot::channel();
+        waiters.wait_write(kept, reply);
+        let (reply, answer) = oneshot::channel();
+        waiters.wait_member(gone, reply);
+        drop(answer);
+        waiters.drop_abandoned();
+        assert_eq!(waiters.len(), 1);
+        assert!(
+            waiters.take_member(kept).is_none(),
+            "a write is not a member change"
+        );
+        assert!(waiters.take_write(kept).is_some());
+        assert!(waiters.is_empty());
     }
 }

@@ -212,7 +212,11 @@ impl RaftCore {
             .submit(vec![log::marker_record(&marker)])
             .and_then(|sequence| self.log.wait_durable(sequence));
         if let Err(e) = recorded {
-            tracing::error!("cannot record the snapshot at index {index} in the log: {e}");
+            // As for a checkpoint: a log that failed a write stops the member.
+            tracing::error!(
+                "cannot record the snapshot at index {index} in the log: {e}; stopping"
+            );
+            self.stop.stopping = true;
             return;
         }
         let snap_dir = self.config.snap_dir.clone();

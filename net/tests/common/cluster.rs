@@ -18,6 +18,8 @@ pub struct Member {
     pub child: Option<Child>,
     /// A real etcd member (peer port on TCP) instead of rivet (peer port on UDP).
     pub etcd: bool,
+    /// `http`, or `https` for members whose peer flags carry certificates.
+    pub peer_scheme: &'static str,
 }
 
 impl Member {
@@ -26,7 +28,7 @@ impl Member {
     }
 
     pub fn peer_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.peer)
+        format!("{}://127.0.0.1:{}", self.peer_scheme, self.peer)
     }
 
     pub fn start(&mut self, initial_cluster: &str, state: &str, extra: &[&str]) {
@@ -48,7 +50,17 @@ impl Member {
                 &client,
             ])
             .args(["--listen-peer-urls", &self.peer_url()])
-            .args(["--initial-advertise-peer-urls", &self.peer_url()])
+            // A test may advertise another member's URL (an impostor).
+            .args(
+                if extra
+                    .iter()
+                    .any(|a| a.starts_with("--initial-advertise-peer-urls"))
+                {
+                    vec![]
+                } else {
+                    vec!["--initial-advertise-peer-urls".to_string(), self.peer_url()]
+                },
+            )
             .args(["--initial-cluster-token", "cluster-test"])
             .args([
                 "--initial-cluster",
@@ -113,12 +125,26 @@ impl Cluster {
         Cluster::start_of(false, size, extra)
     }
 
+    /// A rivet cluster with https peer URLs; `extra` carries the peer TLS flags.
+    pub fn start_https_peers(size: usize, extra: &[&str]) -> Cluster {
+        Cluster::start_with_scheme(false, "https", size, extra)
+    }
+
     /// A real etcd 3.4 cluster started with the same flags as [`Cluster::start`].
     pub fn start_etcd(size: usize, extra: &[&str]) -> Cluster {
         Cluster::start_of(true, size, extra)
     }
 
     fn start_of(etcd: bool, size: usize, extra: &[&str]) -> Cluster {
+        Cluster::start_with_scheme(etcd, "http", size, extra)
+    }
+
+    fn start_with_scheme(
+        etcd: bool,
+        peer_scheme: &'static str,
+        size: usize,
+        extra: &[&str],
+    ) -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut members: Vec<Member> = (0..size)
             .map(|i| Member {
@@ -130,6 +156,7 @@ impl Cluster {
                     .join(format!("m{i}.{}", if etcd { "etcd" } else { "rivet" })),
                 child: None,
                 etcd,
+                peer_scheme,
             })
             .collect();
         let initial = Cluster::initial(&members);
@@ -152,6 +179,7 @@ impl Cluster {
             dir: self.dir.path().join(format!("{name}.rivet")),
             child: None,
             etcd,
+            peer_scheme: self.members.first().map_or("http", |m| m.peer_scheme),
         }
     }
 

@@ -6,6 +6,7 @@
 
 pub mod cluster;
 pub mod history;
+pub mod tls;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -59,6 +60,32 @@ fn wait_for_health_body(
     }
 }
 
+/// A minimal HTTP/1.1 POST of a JSON body with extra headers (etcd's JSON gateway).
+pub fn http_post(
+    endpoint: &str,
+    path: &str,
+    body: &str,
+    headers: &[(&str, &str)],
+) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(endpoint)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {endpoint}\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
+    stream.write_all(request.as_bytes())?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    Ok(response)
+}
+
 /// A minimal HTTP/1.1 GET (no client library needed for two endpoints).
 pub fn http_get(endpoint: &str, path: &str) -> std::io::Result<String> {
     use std::io::{Read, Write};
@@ -77,6 +104,8 @@ pub fn http_get(endpoint: &str, path: &str) -> std::io::Result<String> {
 pub struct Rivet {
     child: Option<Child>,
     pub port: u16,
+    /// The https client port of a member started with [`Rivet::start_secure`] (0 if none).
+    pub tls_port: u16,
     pub data_dir: PathBuf,
     pub log: PathBuf,
     args: Vec<String>,
@@ -110,17 +139,47 @@ impl Rivet {
         Rivet::start_in_with_env(data_dir, extra, &[])
     }
 
+    /// Starts a member that serves clients on an https URL ([`Rivet::tls_url`]) besides
+    /// its plain http one (used to wait for health); `extra` carries the TLS flags.
+    pub fn start_secure(extra: &[&str]) -> Rivet {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let data_dir = dir.path().join("data.rivet");
+        let mut rivet = Rivet::start_in_with(&data_dir, extra, &[], free_port());
+        rivet._dir = Some(dir);
+        rivet
+    }
+
     /// Starts a member on `data_dir` (kept by the caller) with extra flags and
     /// environment variables.
     pub fn start_in_with_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Rivet {
+        Rivet::start_in_with(data_dir, extra, env, 0)
+    }
+
+    fn start_in_with(
+        data_dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        tls_port: u16,
+    ) -> Rivet {
         let port = free_port();
+        let (listen, advertise) = if tls_port == 0 {
+            (
+                format!("http://127.0.0.1:{port}"),
+                format!("http://127.0.0.1:{port}"),
+            )
+        } else {
+            (
+                format!("http://127.0.0.1:{port},https://127.0.0.1:{tls_port}"),
+                format!("https://127.0.0.1:{tls_port}"),
+            )
+        };
         let mut args = vec![
             "--data-dir".to_string(),
             data_dir.display().to_string(),
             "--listen-client-urls".to_string(),
-            format!("http://127.0.0.1:{port}"),
+            listen,
             "--advertise-client-urls".to_string(),
-            format!("http://127.0.0.1:{port}"),
+            advertise,
         ];
         // A member of its own: a peer URL of its own, unless the test sets cluster flags.
         if !extra.iter().any(|a| a.starts_with("--listen-peer-urls")) {
@@ -138,6 +197,7 @@ impl Rivet {
         let mut rivet = Rivet {
             child: None,
             port,
+            tls_port,
             data_dir: data_dir.to_path_buf(),
             log: data_dir.with_extension(format!("{port}.log")),
             args,
@@ -171,6 +231,11 @@ impl Rivet {
 
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The https client URL of a member started with [`Rivet::start_secure`].
+    pub fn tls_url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.tls_port)
     }
 
     pub fn pid(&self) -> u32 {
@@ -266,6 +331,8 @@ pub struct Etcd {
     child: Option<Child>,
     pub port: u16,
     pub data_dir: PathBuf,
+    /// The https client port of an etcd started with [`Etcd::start_secure`] (0 if none).
+    pub tls_port: u16,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -282,8 +349,21 @@ impl Etcd {
 
     /// Starts a member in a fresh temporary data dir with extra flags.
     pub fn start(extra: &[&str]) -> Etcd {
+        Etcd::start_with(extra, 0)
+    }
+
+    /// Like [`Rivet::start_secure`]: an https client URL ([`Etcd::tls_url`]) besides the
+    /// plain one; `extra` carries the TLS flags.
+    pub fn start_secure(extra: &[&str]) -> Etcd {
+        Etcd::start_with(extra, free_port())
+    }
+
+    fn start_with(extra: &[&str], tls_port: u16) -> Etcd {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut etcd = Etcd::start_in(&dir.path().join("data.etcd"), extra);
+        let mut etcd =
+            Etcd::start_in_until(&dir.path().join("data.etcd"), extra, tls_port, |body| {
+                body.contains("\"health\":\"true\"")
+            });
         etcd._dir = Some(dir);
         etcd
     }
@@ -291,27 +371,44 @@ impl Etcd {
     /// Starts a member on `data_dir` (kept by the caller: an existing data dir, e.g. one
     /// `etcdctl snapshot restore` made, or a new one), its log beside it.
     pub fn start_in(data_dir: &Path, extra: &[&str]) -> Etcd {
-        Etcd::start_in_until(data_dir, extra, |body| body.contains("\"health\":\"true\""))
+        Etcd::start_in_until(data_dir, extra, 0, |body| {
+            body.contains("\"health\":\"true\"")
+        })
     }
 
     /// Like [`Etcd::start_in`] for a data dir with an active alarm: etcd then answers
     /// `/health` with `"health":"false"` while it serves.
     pub fn start_in_with_alarm(data_dir: &Path, extra: &[&str]) -> Etcd {
-        Etcd::start_in_until(data_dir, extra, |body| body.contains("\"health\":"))
+        Etcd::start_in_until(data_dir, extra, 0, |body| body.contains("\"health\":"))
     }
 
-    fn start_in_until(data_dir: &Path, extra: &[&str], ready: impl Fn(&str) -> bool) -> Etcd {
+    fn start_in_until(
+        data_dir: &Path,
+        extra: &[&str],
+        tls_port: u16,
+        ready: impl Fn(&str) -> bool,
+    ) -> Etcd {
         let port = free_port();
         let peer = free_port();
         let log_path = data_dir.with_extension(format!("{port}.log"));
         let log = std::fs::File::create(&log_path).expect("log");
-        let client_url = format!("http://127.0.0.1:{port}");
+        let (client_url, advertise_url) = if tls_port == 0 {
+            (
+                format!("http://127.0.0.1:{port}"),
+                format!("http://127.0.0.1:{port}"),
+            )
+        } else {
+            (
+                format!("http://127.0.0.1:{port},https://127.0.0.1:{tls_port}"),
+                format!("https://127.0.0.1:{tls_port}"),
+            )
+        };
         let peer_url = format!("http://127.0.0.1:{peer}");
         let mut child = Command::new("etcd")
             .arg("--data-dir")
             .arg(data_dir)
             .args(["--listen-client-urls", &client_url])
-            .args(["--advertise-client-urls", &client_url])
+            .args(["--advertise-client-urls", &advertise_url])
             .args(["--listen-peer-urls", &peer_url])
             .args(["--initial-advertise-peer-urls", &peer_url])
             .args(["--initial-cluster", &format!("default={peer_url}")])
@@ -326,6 +423,7 @@ impl Etcd {
             child: Some(child),
             port,
             data_dir: data_dir.to_path_buf(),
+            tls_port,
             _dir: None,
         }
     }
@@ -350,6 +448,10 @@ impl Etcd {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
+    }
+
+    pub fn tls_url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.tls_port)
     }
 }
 
@@ -386,6 +488,21 @@ pub fn etcdctl(endpoint: &str, args: &[&str], stdin: Option<&str>) -> Output {
     child.wait_with_output().expect("etcdctl output")
 }
 
+/// Runs `etcdctl` for at most `seconds` (for commands that never end by themselves, such
+/// as `watch`): what it printed by then.
+pub fn etcdctl_for(endpoint: &str, args: &[&str], seconds: u32) -> Output {
+    Command::new("timeout")
+        .arg(seconds.to_string())
+        .arg("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg("--endpoints")
+        .arg(endpoint)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run timeout etcdctl")
+}
+
 /// stdout of a successful etcdctl run; panics with stderr otherwise.
 pub fn etcdctl_ok(endpoint: &str, args: &[&str]) -> String {
     let output = etcdctl(endpoint, args, None);
@@ -397,10 +514,202 @@ pub fn etcdctl_ok(endpoint: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
+/// What a comparison looks at: exit status, stdout, and stderr without the client's
+/// JSON log lines (they carry timestamps and connection IDs).
+#[derive(Debug, PartialEq)]
+pub struct Seen {
+    pub success: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Replaces the digits after `pattern` with `N`.
+pub fn mask_number_after(text: &str, pattern: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find(pattern) {
+        let after = at + pattern.len();
+        out.push_str(&rest[..after]);
+        rest = &rest[after..];
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits > 0 {
+            out.push('N');
+            rest = &rest[digits..];
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Masks member and cluster IDs and raft terms in `-w json` and `-w fields` output.
+pub fn mask(text: &str) -> String {
+    [
+        "\"cluster_id\":",
+        "\"member_id\":",
+        "\"raft_term\":",
+        "\"ClusterID\" : ",
+        "\"MemberID\" : ",
+        "\"RaftTerm\" : ",
+    ]
+    .iter()
+    .fold(text.to_string(), |t, pattern| {
+        mask_number_after(&t, pattern)
+    })
+}
+
+pub fn seen(output: Output) -> Seen {
+    let stderr = String::from_utf8_lossy(&output.stderr)
+        .lines()
+        .filter(|line| !line.starts_with("{\"level\":"))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    Seen {
+        success: output.status.success(),
+        stdout: mask(&String::from_utf8_lossy(&output.stdout)),
+        stderr,
+    }
+}
+
 /// A tokio runtime for tests that use the `etcd-client` crate.
 pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("tokio runtime")
+}
+
+/// What a process that was expected to stop by itself printed.
+#[derive(Debug)]
+pub struct Exited {
+    /// The exit code (`None` if it had to be killed: it did not stop within 20 s).
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `program args` in `cwd` with only `env` for its `ETCD_*`/`RIVET_*` variables and
+/// waits (at most 20 s) for it to exit by itself: for command lines that must be refused.
+pub fn run_to_exit(program: &str, args: &[&str], env: &[(&str, &str)], cwd: &Path) -> Exited {
+    let mut command = Command::new(program);
+    for (name, _) in std::env::vars() {
+        if name.starts_with("ETCD_") || name.starts_with("RIVET_") {
+            command.env_remove(name);
+        }
+    }
+    let out = cwd.join(format!("exit-{}.out", free_port()));
+    let err = cwd.join(format!("exit-{}.err", free_port()));
+    let mut child = command
+        .current_dir(cwd)
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out).expect("stdout file"))
+        .stderr(std::fs::File::create(&err).expect("stderr file"))
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {program}: {e}"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let code = loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            break status.code();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Exited {
+        code,
+        stdout: std::fs::read_to_string(&out).unwrap_or_default(),
+        stderr: std::fs::read_to_string(&err).unwrap_or_default(),
+    }
+}
+
+/// An HTTP/1.1 answer: status, headers (names in lower case) and body bytes.
+#[derive(Debug)]
+pub struct HttpAnswer {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpAnswer {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// One HTTP/1.1 request with extra header lines (`Host` given there replaces the
+/// default); the body is read whole (content-length, chunked or until close).
+pub fn http_request(
+    endpoint: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    timeout: Duration,
+) -> std::io::Result<HttpAnswer> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(endpoint)?;
+    stream.set_read_timeout(Some(timeout))?;
+    let mut request = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
+    if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("host")) {
+        request.push_str(&format!("Host: {endpoint}\r\n"));
+    }
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes())?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other("no end of headers"))?;
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad status line in {head}")))?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let mut body = raw[split + 4..].to_vec();
+    let chunked = headers
+        .iter()
+        .any(|(n, v)| n == "transfer-encoding" && v.contains("chunked"));
+    if chunked {
+        let mut decoded = Vec::new();
+        let mut rest = body.as_slice();
+        while let Some(end) = rest.windows(2).position(|w| w == b"\r\n") {
+            let size = usize::from_str_radix(
+                String::from_utf8_lossy(&rest[..end])
+                    .split(';')
+                    .next()
+                    .unwrap_or("0")
+                    .trim(),
+                16,
+            )
+            .unwrap_or(0);
+            if size == 0 {
+                break;
+            }
+            let start = end + 2;
+            decoded.extend_from_slice(&rest[start..(start + size).min(rest.len())]);
+            rest = &rest[(start + size + 2).min(rest.len())..];
+        }
+        body = decoded;
+    }
+    Ok(HttpAnswer {
+        status,
+        headers,
+        body,
+    })
 }
