@@ -9,6 +9,8 @@ pub mod core;
 pub mod crash;
 pub mod error;
 pub mod etcd_backend;
+pub mod etcd_import;
+pub mod etcd_snapshot;
 pub mod identity;
 pub mod keyspace;
 pub mod layout;

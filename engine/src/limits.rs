@@ -48,6 +48,9 @@ pub const SHARD_REQUEST_QUEUE: usize = 4096;
 /// Messages from the peer transport waiting for the raft core: a few heartbeat rounds of
 /// a large cluster; when full, the transport waits (QUIC flow control pushes back).
 pub const PEER_EVENT_QUEUE: usize = 4096;
+/// Wake-ups and defragmentation requests queued for a shard's garbage collection task:
+/// one pending wake-up is as good as many; defragmentations are rare.
+pub const GC_REQUEST_QUEUE: usize = 64;
 /// Chunks of live keys in flight from the shards to the raft core at start-up.
 pub const RESTORE_QUEUE_CHUNKS: usize = 4;
 /// Keys per start-up chunk: the sequencer is rebuilt in chunks, never by loading every
@@ -66,6 +69,46 @@ pub const LEASE_REVOKES_PER_SECOND: usize = 1000;
 pub const LEASE_CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(300);
 /// Leases per checkpoint entry (etcd's `maxLeaseCheckpointBatchSize`).
 pub const LEASE_CHECKPOINT_BATCH: usize = 1000;
+
+// ---- Snapshots in etcd's format (Maintenance.Snapshot) ---------------------------------
+
+/// Bytes per `SnapshotResponse` blob: etcd's `snapshotSendBufferSize` (32 KiB), so that
+/// clients see the same message sizes.
+pub const SNAPSHOT_BLOB_BYTES: usize = 32 * 1024;
+/// Versions a shard hands the snapshot stream per request: bounds the memory of one
+/// chunk (with [`SNAPSHOT_CHUNK_BYTES`]) while keeping the cross-core round trips few.
+pub const SNAPSHOT_CHUNK_VERSIONS: usize = 1024;
+/// Key and value bytes per chunk at most (one version may exceed it).
+pub const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
+/// Versions and blobs queued between the stream's core and its writer thread.
+pub const SNAPSHOT_QUEUE: usize = 4096;
+/// A snapshot pin nobody read a chunk of for this long is dropped: a stream whose end
+/// was never reported must not hold back garbage collection and compactions forever.
+pub const SNAPSHOT_PIN_IDLE: Duration = Duration::from_secs(300);
+
+// ---- Auto-compaction -----------------------------------------------------------------
+
+/// How long the leader's auto-compactor waits for its compaction to apply before it
+/// counts it failed and retries (etcd's request timeout with default timings: its
+/// `Compact` call returns a timeout then).
+pub const AUTO_COMPACTION_TIMEOUT: Duration = Duration::from_secs(7);
+
+/// How often the revision auto-compactor looks: etcd's `revInterval`, 5 minutes, unless
+/// the test-only `RIVET_TEST_REVISION_COMPACTION_INTERVAL_MS=<n>` (n > 0) shortens it
+/// (`net/tests/storage.rs`). Honoured only when set; read once per process.
+pub fn revision_compaction_interval() -> Duration {
+    static INTERVAL: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+    *INTERVAL.get_or_init(|| {
+        std::env::var("RIVET_TEST_REVISION_COMPACTION_INTERVAL_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|&ms: &u64| ms > 0)
+            .map_or(
+                crate::raft::compactor::REVISION_COMPACTION_INTERVAL,
+                Duration::from_millis,
+            )
+    })
+}
 
 // ---- Watch -----------------------------------------------------------------------------
 
@@ -167,6 +210,45 @@ pub const RECORD_BYTES_MAX: u32 = 1024 * 1024 * 1024;
 /// Cost: the key's bytes live on the heap for as long as any version of it is indexed.
 pub const KEY_BYTES_MAX: u32 = RECORD_BYTES_MAX;
 
+/// A page segment is rewritten by the background garbage collection once this share of
+/// its record bytes is dead (after a compaction).
+///
+/// Why 50%: rewriting a segment costs writing its live bytes; at half dead, every byte
+/// written frees at least one, so the write amplification of garbage collection stays at
+/// most 2 (the usual trade-off of log-structured stores), while at most half of the disk
+/// space of old segments waits for reuse. Maintenance.Defragment ignores the threshold
+/// and rewrites every segment with a dead byte.
+pub const GC_DEAD_PERCENT_MIN: u64 = 50;
+
+/// Records garbage collection examines per step before it lets the shard core serve
+/// other work (it goes on to finish the revision at hand). ~1000 small records take
+/// ~100 µs, well below a read's latency budget.
+pub const GC_STEP_RECORDS: usize = 1024;
+
+/// The share of a shard core garbage collection runs at, against 1000 for serving
+/// requests (glommio task queue shares): under load it takes ~1/10 of the core; idle, all
+/// of it.
+pub const GC_TASK_QUEUE_SHARES: usize = 100;
+
+/// The page segment size in force: [`SEGMENT_BYTES_DEFAULT`], unless the test-only
+/// variable `RIVET_TEST_PAGE_SEGMENT_BYTES=<n>` names a valid size (a multiple of
+/// [`SEGMENT_ALIGNMENT_BYTES`] between the limits), which tests use so that a few
+/// megabytes of data span many segments and garbage collection has work
+/// (`net/tests/storage.rs`). Honoured only when set; read once per process.
+pub fn page_segment_bytes() -> u32 {
+    static BYTES: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *BYTES.get_or_init(|| {
+        std::env::var("RIVET_TEST_PAGE_SEGMENT_BYTES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|&n: &u32| {
+                (SEGMENT_BYTES_MIN..=SEGMENT_BYTES_MAX).contains(&n)
+                    && n % SEGMENT_ALIGNMENT_BYTES == 0
+            })
+            .unwrap_or(SEGMENT_BYTES_DEFAULT)
+    })
+}
+
 // ---- Client connections ----------------------------------------------------------------
 
 /// Time a client has to complete its TLS handshake on an https listener. etcd sets none
@@ -176,6 +258,7 @@ pub const KEY_BYTES_MAX: u32 = RECORD_BYTES_MAX;
 pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 const _: () = assert!(SEGMENT_BYTES_DEFAULT % SEGMENT_ALIGNMENT_BYTES == 0);
+const _: () = assert!(GC_DEAD_PERCENT_MIN > 0 && GC_DEAD_PERCENT_MIN <= 100);
 const _: () = assert!(SEGMENT_BYTES_MIN % SEGMENT_ALIGNMENT_BYTES == 0);
 const _: () = assert!(SEGMENT_BYTES_MAX % SEGMENT_ALIGNMENT_BYTES == 0);
 const _: () = assert!(SEGMENT_BYTES_MIN <= SEGMENT_BYTES_DEFAULT);

@@ -63,6 +63,17 @@ pub enum RaftCommand {
     Status {
         reply: oneshot::Sender<RaftStatus>,
     },
+    /// Maintenance.Snapshot: pin every shard at the applied index and answer the point.
+    SnapshotBegin {
+        reply: oneshot::Sender<Result<crate::etcd_snapshot::SnapshotPoint, EtcdError>>,
+    },
+    /// Maintenance.Defragment: a checkpoint that seals the shards' active segments, so
+    /// that everything applied so far can be rewritten. Answers the index of the
+    /// checkpoint to wait for once it is recorded (the last one when nothing was applied
+    /// since).
+    Defragment {
+        reply: oneshot::Sender<u64>,
+    },
     /// Renew a lease on the leader; answers its TTL (0 for an unknown lease).
     LeaseKeepAlive {
         id: i64,
@@ -156,6 +167,12 @@ pub enum ApplyMessage {
         snap_dir: std::path::PathBuf,
         index: u64,
     },
+    /// The checkpoint at `index` is recorded in the WAL: every later start opens at it or
+    /// at a later one, so garbage collection may drop what it compacted away.
+    CheckpointRecorded { index: u64 },
+    /// A `Maintenance.Snapshot` stream starts here (after everything applied so far):
+    /// keep the versions of `revision` readable until it ends.
+    SnapshotPin { id: u64, revision: i64 },
 }
 
 #[derive(Debug, Default)]
@@ -172,6 +189,28 @@ pub struct CheckpointRequest {
     pub term: u64,
     pub revision: i64,
     pub compact_revision: i64,
+    /// Seal the active page segment first, so that everything applied so far lies in
+    /// segments garbage collection may rewrite (a defragmentation asked for it).
+    pub seal: bool,
+}
+
+/// A shard's page file sizes (Maintenance.Status, `/metrics`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PageSizes {
+    /// Bytes of records written, dead ones included: `dbSize`.
+    pub used_bytes: u64,
+    /// Bytes of live records: `dbSizeInUse`.
+    pub live_bytes: u64,
+}
+
+impl std::ops::Add for PageSizes {
+    type Output = PageSizes;
+    fn add(self, other: PageSizes) -> PageSizes {
+        PageSizes {
+            used_bytes: self.used_bytes + other.used_bytes,
+            live_bytes: self.live_bytes + other.live_bytes,
+        }
+    }
 }
 
 /// Shard core → raft core: progress of the apply stream.
@@ -197,8 +236,24 @@ pub enum ShardRequest {
         part: RangePart,
         reply: oneshot::Sender<Result<RangePartResult, EtcdError>>,
     },
-    SizeBytes {
-        reply: oneshot::Sender<u64>,
+    /// The shard's page file sizes: bytes written and bytes live.
+    SizeBytes { reply: oneshot::Sender<PageSizes> },
+    /// The next versions of snapshot stream `id` (see `crate::etcd_snapshot`); `restart`
+    /// goes back to the first (the second pass), `sizes_only` gives zeros for keys and
+    /// values.
+    SnapshotChunk {
+        id: u64,
+        restart: bool,
+        sizes_only: bool,
+        reply: oneshot::Sender<Result<crate::etcd_snapshot::SnapshotChunk, EtcdError>>,
+    },
+    /// Snapshot stream `id` ended: unpin.
+    SnapshotEnd { id: u64 },
+    /// Rewrite every page segment with a dead byte once the checkpoint at `after` is
+    /// recorded (Maintenance.Defragment); answers when done.
+    Defragment {
+        after: u64,
+        reply: oneshot::Sender<Result<(), EtcdError>>,
     },
     /// Watch: the changes in `[from, to]` from the recent log (`None`: it does not reach
     /// back that far).

@@ -271,17 +271,63 @@ impl KeyIndex {
     /// `revision` (dropping it too if it is a tombstone) and every version after it; removes
     /// keys left without versions. Visits every key.
     pub fn compact(&mut self, revision: i64) {
+        self.compact_with(revision, |_| {});
+    }
+
+    /// [`KeyIndex::compact`], handing `removed` the record of every version it drops
+    /// (the page file counts them dead).
+    pub fn compact_with(&mut self, revision: i64, mut removed: impl FnMut(PagePtr)) {
         let version_count = &mut self.version_count;
-        self.keys.retain(|entry| match entry.compact(revision) {
-            Compacted::Kept { removed } => {
-                *version_count -= removed;
-                true
+        self.keys
+            .retain(|entry| match entry.compact(revision, &mut removed) {
+                Compacted::Kept { removed } => {
+                    *version_count -= removed;
+                    true
+                }
+                Compacted::Empty { removed } => {
+                    *version_count -= removed;
+                    false
+                }
+            });
+    }
+
+    /// The record of `key`'s version at exactly `revision`, and whether it is a tombstone.
+    #[must_use]
+    pub fn version_at(&self, key: &[u8], revision: i64) -> Option<(PagePtr, bool)> {
+        let entry = self.keys.get(key)?;
+        let versions = entry.versions();
+        let index = versions
+            .binary_search_by_key(&revision, |version| version.revision())
+            .ok()?;
+        versions
+            .get(index)
+            .map(|version| (version.ptr, version.is_tombstone()))
+    }
+
+    /// `key`'s oldest version still held: its revision and whether it is a tombstone.
+    #[must_use]
+    pub fn first_version(&self, key: &[u8]) -> Option<(i64, bool)> {
+        let version = *self.keys.get(key)?.versions().first()?;
+        Some((version.revision(), version.is_tombstone()))
+    }
+
+    /// Moves `key`'s version at `revision` from record `from` to record `to` (garbage
+    /// collection rewrote it). False, and nothing changed, when the index holds no such
+    /// version at `from` (it was compacted away meanwhile).
+    pub fn relocate(&mut self, key: &[u8], revision: i64, from: PagePtr, to: PagePtr) -> bool {
+        let Some(entry) = self.keys.get(key) else {
+            return false;
+        };
+        entry.relocate(revision, from, to)
+    }
+
+    /// Calls `each` with the record of every version held, key by key.
+    pub fn for_each_ptr(&self, mut each: impl FnMut(PagePtr)) {
+        for entry in &self.keys {
+            for version in entry.versions() {
+                each(version.ptr);
             }
-            Compacted::Empty { removed } => {
-                *version_count -= removed;
-                false
-            }
-        });
+        }
     }
 
     /// The number of keys with at least one version.
@@ -538,8 +584,33 @@ impl KeyEntry {
         }
     }
 
+    /// Points the version at `revision` at `to` instead of `from`; false if there is no
+    /// such version at `from`.
+    fn relocate(&self, revision: i64, from: PagePtr, to: PagePtr) -> bool {
+        let versions = self.versions();
+        let Ok(index) = versions.binary_search_by_key(&revision, |version| version.revision())
+        else {
+            return false;
+        };
+        if versions.get(index).map(|version| version.ptr) != Some(from) {
+            return false;
+        }
+        // SAFETY: `index` < count: slot `index` holds an initialized version within the
+        // block; only its pointer changes (the revision, and so the order, stays).
+        unsafe {
+            let slot = self
+                .block
+                .get()
+                .as_ptr()
+                .add(HEADER_BYTES + index * VERSION_BYTES)
+                .cast::<Version>();
+            (*slot).ptr = to;
+        }
+        true
+    }
+
     /// Compaction of one key (see [`KeyIndex::compact`]).
-    fn compact(&self, revision: i64) -> Compacted {
+    fn compact(&self, revision: i64, removed: &mut impl FnMut(PagePtr)) -> Compacted {
         let versions = self.versions();
         let count = versions.len();
         let after = versions.partition_point(|version| version.revision() <= revision);
@@ -552,6 +623,9 @@ impl KeyEntry {
         };
         if keep_from == 0 {
             return Compacted::Kept { removed: 0 };
+        }
+        for version in versions.iter().take(keep_from) {
+            removed(version.ptr);
         }
         if keep_from == count {
             return Compacted::Empty { removed: count };

@@ -13,10 +13,13 @@ use rivet_api::mvccpb::{event::EventType, Event};
 use crate::error::EtcdError;
 use crate::keyspace::{CompactedAt, Head, Mutation, RangeEnd};
 use crate::messages::{
-    ApplyBatch, ApplyMessage, CheckpointRequest, RangePart, RangePartResult, RestoreChunk, ShardAck,
+    ApplyBatch, ApplyMessage, CheckpointRequest, PageSizes, RangePart, RangePartResult,
+    RestoreChunk, ShardAck,
 };
 use crate::mvcc::KeyIndex;
-use crate::page::{Checkpoint, KeyRecord, PageFile, PageOptions, PagePtr, RecordView};
+use crate::page::{
+    Checkpoint, GcError, Keep, KeyRecord, PageFile, PageOptions, PagePtr, RecordView, StepProgress,
+};
 
 #[derive(Debug, thiserror::Error)]
 #[error("shard {shard}: {reason}")]
@@ -39,6 +42,57 @@ pub struct Shard {
     /// index (the catch-up path).
     recent: VecDeque<RecentChange>,
     recent_from: i64,
+    /// The last checkpoint this shard wrote: index, slot of its record, compact revision.
+    written: Option<DurablePoint>,
+    /// The newest checkpoint recorded in the WAL (every later start opens at it or at a
+    /// later one): what garbage collection may rely on.
+    durable: Option<DurablePoint>,
+    /// Set when a checkpoint became durable: the core's garbage collection task looks.
+    gc_wanted: bool,
+    /// Moves of a rewritten segment not yet applied to the index.
+    switch: Option<Switch>,
+    /// Snapshot streams reading this shard's segments: garbage collection waits, and
+    /// compactions keep the index's old versions until they end.
+    pins: usize,
+    /// A compaction that came while pinned, applied to the index when the pins end.
+    deferred_compaction: Option<i64>,
+    /// `Maintenance.Snapshot` streams reading this shard, by id (each holds a pin).
+    snapshots: std::collections::HashMap<u64, crate::etcd_snapshot::SnapshotCursor>,
+}
+
+/// A checkpoint and where its record lies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DurablePoint {
+    pub index: u64,
+    pub slot: u32,
+    pub compact_revision: i64,
+}
+
+/// The moves of a rewritten segment, applied to the index in steps.
+struct Switch {
+    moves: Vec<(PagePtr, PagePtr)>,
+    next: usize,
+}
+
+/// How a garbage collection pass picks and treats segments.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GcMode {
+    /// After a compaction: segments whose dead share reaches
+    /// [`crate::limits::GC_DEAD_PERCENT_MIN`]; dead tombstones that may still hide older
+    /// records of their key elsewhere are kept.
+    Background,
+    /// Maintenance.Defragment: every segment with a dead byte, every dead record dropped
+    /// (safe because every segment holding one is rewritten, oldest first).
+    Defragment,
+}
+
+impl GcMode {
+    fn threshold_percent(self) -> u64 {
+        match self {
+            GcMode::Background => crate::limits::GC_DEAD_PERCENT_MIN,
+            GcMode::Defragment => 0,
+        }
+    }
 }
 
 /// One change in the recent log.
@@ -109,6 +163,15 @@ impl Shard {
         if compact_revision > 0 {
             index.compact(compact_revision);
         }
+        let mut live = Vec::with_capacity(index.version_count());
+        index.for_each_ptr(|ptr| live.push(ptr));
+        let mut page = page;
+        page.recount_live(live);
+        let durable = checkpoint.map(|c| DurablePoint {
+            index: c.applied_index,
+            slot: page.last_checkpoint_slot(),
+            compact_revision: c.compact_revision,
+        });
         Ok(Shard {
             id,
             page,
@@ -119,6 +182,13 @@ impl Shard {
             compact_revision,
             recent: VecDeque::new(),
             recent_from: revision + 1,
+            written: durable,
+            durable,
+            gc_wanted: durable.is_some(),
+            switch: None,
+            pins: 0,
+            deferred_compaction: None,
+            snapshots: std::collections::HashMap::new(),
         })
     }
 
@@ -133,6 +203,19 @@ impl Shard {
     /// Bytes the shard's records take in its page file (not the preallocated space).
     pub fn size_bytes(&self) -> u64 {
         self.page.used_bytes()
+    }
+
+    /// Bytes written and bytes live in the shard's page file.
+    pub fn sizes(&self) -> PageSizes {
+        PageSizes {
+            used_bytes: self.page.used_bytes(),
+            live_bytes: self.page.live_bytes(),
+        }
+    }
+
+    /// The page file (tests and tools look at its segments).
+    pub fn page(&self) -> &PageFile {
+        &self.page
     }
 
     /// The newest version of every live key, for rebuilding the sequencer. A record
@@ -216,7 +299,16 @@ impl Shard {
                 self.checkpoint(&request);
                 Some(request.index)
             }
+            ApplyMessage::CheckpointRecorded { index } => {
+                self.checkpoint_recorded(index);
+                None
+            }
+            ApplyMessage::SnapshotPin { id, revision } => {
+                self.snapshot_pin(id, revision);
+                None
+            }
         };
+        self.expire_idle_snapshots();
         ShardAck {
             shard: self.id,
             index: self.applied_index,
@@ -264,27 +356,45 @@ impl Shard {
                             self.id
                         ))
                     });
-                    self.index.tombstone(key, *revision, ptr);
+                    if !self.index.tombstone(key, *revision, ptr) {
+                        // The key was not live: the record is dead from the start.
+                        self.page.release(ptr);
+                    }
                     self.remember(*revision, key, ptr, true);
                 }
             }
         }
         if let Some(revision) = batch.compaction {
             if revision > self.compact_revision {
-                // etcd's index compaction pause and compacted keys; the page files give
-                // the space back later, in the background.
-                let started = std::time::Instant::now();
-                let versions = self.index.version_count();
-                self.index.compact(revision);
-                crate::metrics::INDEX_COMPACTION_PAUSE.observe_millis(started.elapsed());
-                crate::metrics::DB_COMPACTION_KEYS
-                    .add(versions.saturating_sub(self.index.version_count()) as u64);
                 self.compact_revision = revision;
+                if self.pins > 0 {
+                    // A snapshot stream reads the versions this drops: the index keeps
+                    // them until it ends (reads below the compaction are refused anyway).
+                    self.deferred_compaction = Some(revision);
+                } else {
+                    self.compact_index(revision);
+                }
             }
         }
         debug_assert!(batch.index >= self.applied_index);
         self.applied_index = batch.index;
         self.revision = batch.revision;
+    }
+
+    /// etcd's index compaction pause and compacted keys; the page files give the space
+    /// back later, in the background.
+    fn compact_index(&mut self, revision: i64) {
+        let started = std::time::Instant::now();
+        let versions = self.index.version_count();
+        self.compact_index_now(revision);
+        crate::metrics::INDEX_COMPACTION_PAUSE.observe_millis(started.elapsed());
+        crate::metrics::DB_COMPACTION_KEYS
+            .add(versions.saturating_sub(self.index.version_count()) as u64);
+    }
+
+    fn compact_index_now(&mut self, revision: i64) {
+        let page = &mut self.page;
+        self.index.compact_with(revision, |ptr| page.release(ptr));
     }
 
     /// Every version this shard retains up to `revision`, as a snapshot stream (page
@@ -321,14 +431,110 @@ impl Shard {
 
     /// Replaces this shard's files with the ones staged for a snapshot at `index`.
     pub fn install(&mut self, snap_dir: &Path, index: u64) -> Result<(), ShardOpenError> {
+        self.finish_switch();
+        self.page.relocation_abort();
+        let pins = self.pins;
         let staged = crate::layout::staged_shard_dir(snap_dir, index, self.id);
         let own = self.page.dir().to_path_buf();
         crate::snapshot::swap_in(&staged, &own).map_err(|e| ShardOpenError {
             shard: self.id,
             reason: format!("swapping in the snapshot: {e}"),
         })?;
+        let streams = self.snapshots.len();
         *self = Shard::open(&own, self.id, index, self.options)?;
+        // The index the streams checked versions against is gone: they fail at their
+        // next chunk. Pins taken otherwise stay counted until they are released.
+        self.pins = pins.saturating_sub(streams);
         Ok(())
+    }
+
+    /// A snapshot stream starts reading this shard: garbage collection waits and the
+    /// index keeps the versions of compactions until [`Shard::unpin`].
+    pub fn pin(&mut self) {
+        self.finish_switch();
+        self.page.relocation_abort();
+        self.pins += 1;
+    }
+
+    pub fn unpin(&mut self) {
+        self.pins = self.pins.saturating_sub(1);
+        if self.pins == 0 {
+            if let Some(revision) = self.deferred_compaction.take() {
+                self.compact_index(revision);
+            }
+        }
+    }
+
+    /// A snapshot stream starts reading this shard at `revision` (everything applied so
+    /// far): the segments as they are now and the index's versions stay readable for it.
+    fn snapshot_pin(&mut self, id: u64, revision: i64) {
+        self.pin();
+        match self.page.segment_views() {
+            Ok(views) => {
+                let cursor = crate::etcd_snapshot::SnapshotCursor::new(revision, views);
+                self.snapshots.insert(id, cursor);
+            }
+            Err(e) => {
+                tracing::error!(
+                    shard = self.id,
+                    "snapshot {id}: cannot map the segments: {e}"
+                );
+                self.unpin();
+            }
+        }
+    }
+
+    /// Whether snapshot stream `id` is pinned here.
+    pub fn has_snapshot(&self, id: u64) -> bool {
+        self.snapshots.contains_key(&id)
+    }
+
+    /// The next versions of snapshot stream `id`.
+    pub fn snapshot_chunk(
+        &mut self,
+        id: u64,
+        restart: bool,
+        sizes_only: bool,
+    ) -> Result<crate::etcd_snapshot::SnapshotChunk, EtcdError> {
+        let cursor = self.snapshots.get_mut(&id).ok_or_else(|| {
+            EtcdError::Internal(format!("snapshot {id} is not open on shard {}", self.id))
+        })?;
+        if restart {
+            cursor.restart();
+        }
+        Ok(cursor.next_chunk(
+            &self.index,
+            crate::limits::SNAPSHOT_CHUNK_VERSIONS,
+            crate::limits::SNAPSHOT_CHUNK_BYTES,
+            sizes_only,
+        ))
+    }
+
+    /// Snapshot stream `id` ended.
+    pub fn snapshot_end(&mut self, id: u64) {
+        if self.snapshots.remove(&id).is_some() {
+            self.unpin();
+        }
+    }
+
+    /// Drops snapshot pins nobody read for [`crate::limits::SNAPSHOT_PIN_IDLE`].
+    fn expire_idle_snapshots(&mut self) {
+        if self.snapshots.is_empty() {
+            return;
+        }
+        let idle: Vec<u64> = self
+            .snapshots
+            .iter()
+            .filter(|(_, cursor)| cursor.last_used.elapsed() > crate::limits::SNAPSHOT_PIN_IDLE)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in idle {
+            tracing::warn!(
+                shard = self.id,
+                "snapshot {id}: nobody read it for a while; unpinned"
+            );
+            self.snapshot_end(id);
+        }
     }
 
     fn remember(&mut self, revision: i64, key: &Bytes, ptr: PagePtr, tombstone: bool) {
@@ -434,10 +640,205 @@ impl Shard {
             compact_revision: request.compact_revision,
         };
         let started = std::time::Instant::now();
+        if request.seal {
+            self.page.seal_active().unwrap_or_else(|e| {
+                crate::crash::stop(format_args!(
+                    "shard {}: sealing a segment failed: {e}",
+                    self.id
+                ))
+            });
+        }
         self.page.checkpoint(&checkpoint).unwrap_or_else(|e| {
             crate::crash::stop(format_args!("shard {}: checkpoint failed: {e}", self.id))
         });
         crate::metrics::BACKEND_COMMIT.observe(started.elapsed());
+        self.written = Some(DurablePoint {
+            index: request.index,
+            slot: self.page.last_checkpoint_slot(),
+            compact_revision: request.compact_revision,
+        });
+    }
+
+    /// The checkpoint at `index` is recorded in the WAL.
+    fn checkpoint_recorded(&mut self, index: u64) {
+        if let Some(written) = self.written.filter(|w| w.index == index) {
+            self.durable = Some(written);
+            self.gc_wanted = true;
+        }
+    }
+
+    /// Whether a checkpoint became durable since the last call (garbage collection may
+    /// have work).
+    pub fn take_gc_wanted(&mut self) -> bool {
+        std::mem::take(&mut self.gc_wanted)
+    }
+
+    /// The newest checkpoint recorded in the WAL that this shard knows of.
+    pub fn durable(&self) -> Option<DurablePoint> {
+        self.durable
+    }
+
+    // ---- Garbage collection of the page file ------------------------------------------
+    //
+    // Which records may go (the page file only moves bytes, `crate::page::gc`):
+    // - only what the compaction of a checkpoint already recorded in the WAL removed
+    //   (every later start opens at that checkpoint or a later one, whose compaction
+    //   removes at least as much), and only segments that lie wholly before it;
+    // - a dead tombstone that is the newest version of its key at or below the compact
+    //   revision hides the key's older records: dropped while an older record of its key
+    //   may remain in another segment, the next start would bring the key back. So the
+    //   background pass keeps it (pinned) unless a live version at or below the compact
+    //   revision hides those records itself; a defragmentation drops it, because it
+    //   rewrites every segment that holds a dead record, oldest first (a key's older
+    //   records lie in the same or earlier slots).
+
+    /// The segments a pass in `mode` would rewrite now, oldest first; empty when it may
+    /// not run (no durable checkpoint covers the compaction in force, a snapshot stream
+    /// reads the segments, a rewrite is being switched).
+    pub fn gc_candidates(&self, mode: GcMode) -> Vec<u32> {
+        match self.gc_point() {
+            Some(durable) => self
+                .page
+                .gc_candidates(durable.slot, mode.threshold_percent()),
+            None => Vec::new(),
+        }
+    }
+
+    /// The durable checkpoint garbage collection works under, if it may work now.
+    fn gc_point(&self) -> Option<DurablePoint> {
+        let durable = self.durable?;
+        let ready = durable.compact_revision == self.compact_revision
+            && self.deferred_compaction.is_none()
+            && self.pins == 0
+            && self.switch.is_none();
+        ready.then_some(durable)
+    }
+
+    /// Whether the active segment holds dead records that a defragmentation could reach
+    /// by resealing (nothing applied since the last checkpoint, which is durable).
+    pub fn gc_reseal(&mut self) -> Result<bool, GcError> {
+        let Some(durable) = self.gc_point() else {
+            return Ok(false);
+        };
+        let active = self.page.active_slot();
+        let stats = self.page.segment_stats();
+        let active_dead = stats
+            .last()
+            .is_some_and(|(_, stats)| stats.dead_bytes() > 0);
+        if durable.index != self.applied_index
+            || durable.slot != active
+            || self.page.last_checkpoint_index() != durable.index
+            || !active_dead
+        {
+            return Ok(false);
+        }
+        self.page.reseal().map_err(|e| GcError::Io {
+            what: "resealing",
+            path: self.page.dir().to_path_buf(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        let slot = self.page.last_checkpoint_slot();
+        self.durable = Some(DurablePoint { slot, ..durable });
+        self.written = self.durable;
+        Ok(true)
+    }
+
+    /// Starts rewriting segment `key`; false when garbage collection may not run now.
+    pub fn gc_begin(&mut self, key: u32) -> Result<bool, GcError> {
+        if self.gc_point().is_none() || self.page.relocating() {
+            return Ok(false);
+        }
+        self.page.relocation_begin(key)?;
+        Ok(true)
+    }
+
+    /// One step of the rewrite under way. `None` when it had to stop (a compaction came
+    /// that no durable checkpoint covers yet, a snapshot stream started): the rewrite is
+    /// abandoned and the old segment stays.
+    pub fn gc_step(
+        &mut self,
+        budget: usize,
+        mode: GcMode,
+    ) -> Result<Option<StepProgress>, GcError> {
+        let Some(durable) = self.gc_point() else {
+            self.page.relocation_abort();
+            return Ok(None);
+        };
+        let compact = durable.compact_revision;
+        let index = &self.index;
+        let progress = self.page.relocation_step(budget, |ptr, view| {
+            match index.version_at(view.key, view.mod_revision) {
+                Some((held, _)) if held == ptr => Keep::Live,
+                _ if view.value.is_none() && mode == GcMode::Background => {
+                    match index.first_version(view.key) {
+                        Some((revision, false)) if revision <= compact => Keep::Drop,
+                        _ => Keep::Pinned,
+                    }
+                }
+                _ => Keep::Drop,
+            }
+        });
+        match progress {
+            Ok(progress) => Ok(Some(progress)),
+            Err(error) => {
+                self.page.relocation_abort();
+                Err(error)
+            }
+        }
+    }
+
+    /// Commits the rewrite under way (the new segment replaces the old one on disk) and
+    /// starts switching the index to it. Answers the bytes freed.
+    pub fn gc_finish(&mut self) -> Result<u64, GcError> {
+        let relocated = self.page.relocation_finish()?;
+        self.switch = Some(Switch {
+            moves: relocated.moves,
+            next: 0,
+        });
+        Ok(relocated.freed_bytes)
+    }
+
+    /// Points the index at up to `budget` moved records (more to finish a revision, so
+    /// that the records of one revision never sit in two segments at once); true when
+    /// every move is done and the old segment's mapping released.
+    pub fn gc_switch_step(&mut self, budget: usize) -> bool {
+        let Some(switch) = &mut self.switch else {
+            return true;
+        };
+        let mut done = 0;
+        let mut last_revision = None;
+        while let Some(&(from, to)) = switch.moves.get(switch.next) {
+            let Ok(view) = self.page.read(to) else {
+                switch.next += 1;
+                continue;
+            };
+            if done >= budget && last_revision != Some(view.mod_revision) {
+                return false;
+            }
+            last_revision = Some(view.mod_revision);
+            let revision = view.mod_revision;
+            let key = Bytes::copy_from_slice(view.key);
+            if self.index.relocate(&key, revision, from, to) {
+                self.page.relocation_moved_live(to);
+                relocate_recent(&mut self.recent, revision, from, to);
+            }
+            switch.next += 1;
+            done += 1;
+        }
+        self.switch = None;
+        self.page.relocation_release();
+        true
+    }
+
+    /// Finishes a pending index switch at once (a snapshot stream is about to read the
+    /// segments, or the shard's files are replaced).
+    fn finish_switch(&mut self) {
+        while !self.gc_switch_step(usize::MAX) {}
+    }
+
+    /// Abandons a rewrite that was not committed.
+    pub fn gc_abort(&mut self) {
+        self.page.relocation_abort();
     }
 
     /// This shard's part of a range, at a revision it has applied.
@@ -456,5 +857,18 @@ impl Shard {
             result.kvs.push(key_value(key, &view, part.with_values));
         }
         Ok(result)
+    }
+}
+
+/// Points the recent log's entry for the record moved from `from` to `to`, if it has one.
+fn relocate_recent(recent: &mut VecDeque<RecentChange>, revision: i64, from: PagePtr, to: PagePtr) {
+    let start = recent.partition_point(|change| change.revision < revision);
+    for change in recent.iter_mut().skip(start) {
+        if change.revision != revision {
+            break;
+        }
+        if change.ptr == from {
+            change.ptr = to;
+        }
     }
 }

@@ -1,5 +1,7 @@
 //! Fuzzes the page record decoder: arbitrary bytes as a run of records and as a whole
-//! segment file. It must never panic, and whatever it accepts must stay inside the input.
+//! segment file, and the page manifest decoder (`engine/src/page/manifest.rs`). They must
+//! never panic; whatever they accept must stay inside the input, and a manifest that
+//! decodes encodes back to the same bytes.
 //!
 //! `cargo +nightly fuzz run page_record` (from the repository root). On a stable
 //! toolchain, without AddressSanitizer (only its flag needs nightly; the decoder has no
@@ -19,7 +21,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use rivet_engine::page::{decode_records, decode_segment, Record, Records};
+use rivet_engine::page::{decode_records, decode_segment, Manifest, Record, Records};
 
 fn check(bytes: &[u8], records: Records<'_>) {
     let mut previous = None;
@@ -45,5 +47,8 @@ fuzz_target!(|bytes: &[u8]| {
     check(bytes, decode_records(bytes));
     if let Ok((_header, records)) = decode_segment(bytes) {
         check(bytes, records);
+    }
+    if let Ok(manifest) = Manifest::decode(bytes) {
+        assert_eq!(manifest.encode(), bytes, "a decoded manifest encodes back");
     }
 });

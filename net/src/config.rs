@@ -281,7 +281,14 @@ pub struct TransportSecurity {
 }
 
 const LATER_AUTH: Status = Status::Later("authentication");
-const LATER_STORAGE: Status = Status::Later("storage retention and compaction");
+const NO_SNAP_FILES: Status = Status::NoEffect(
+    "rivet writes no snapshot files to retain: a checkpoint lives in the shards' page \
+     files, and garbage collection deletes the segments no recorded checkpoint needs",
+);
+const WAL_RELEASED_AT_CHECKPOINT: Status = Status::NoEffect(
+    "rivet deletes a WAL segment as soon as a recorded checkpoint covers its entries \
+     (keeping a few thousand for slow followers), so it never keeps more than a restart needs",
+);
 const LATER_CORRUPT: Status = Status::Later("the corruption check");
 const NO_V2: Status = Status::NoEffect(
     "rivet serves only the v3 API: there is no v2 API, v2 store or v2 proxy to tune",
@@ -380,9 +387,9 @@ flag_table! {
         "List of URLs to listen on for peer traffic.";
     Member "listen-client-urls" listen_client_urls: Vec<String> = Kind::Urls(&[""]), "http://localhost:2379", "'http://localhost:2379'", Status::Implemented,
         "List of URLs to listen on for client traffic.";
-    Member "max-snapshots" max_snapshots: u64 = Kind::Uint, "5", "'5'", LATER_STORAGE,
+    Member "max-snapshots" max_snapshots: u64 = Kind::Uint, "5", "'5'", NO_SNAP_FILES,
         "Maximum number of snapshot files to retain (0 is unlimited).";
-    Member "max-wals" max_wals: u64 = Kind::Uint, "5", "'5'", LATER_STORAGE,
+    Member "max-wals" max_wals: u64 = Kind::Uint, "5", "'5'", WAL_RELEASED_AT_CHECKPOINT,
         "Maximum number of wal files to retain (0 is unlimited).";
     Member "quota-backend-bytes" quota_backend_bytes: i64 = Kind::Int, "0", "'0'", Status::Implemented,
         "Raise alarms when backend size exceeds the given quota (0 defaults to low space quota).";
@@ -427,9 +434,9 @@ flag_table! {
         "Reject reconfiguration requests that would cause quorum loss.";
     Clustering "pre-vote" pre_vote: bool = Kind::Bool, "false", "'false'", Status::Implemented,
         "Enable to run an additional Raft election phase.";
-    Clustering "auto-compaction-retention" auto_compaction_retention: String = Kind::Str, "0", "'0'", LATER_STORAGE,
+    Clustering "auto-compaction-retention" auto_compaction_retention: String = Kind::Str, "0", "'0'", Status::Implemented,
         "Auto compaction retention length. 0 means disable auto compaction.";
-    Clustering "auto-compaction-mode" auto_compaction_mode: String = Kind::Str, "periodic", "'periodic'", LATER_STORAGE,
+    Clustering "auto-compaction-mode" auto_compaction_mode: String = Kind::Str, "periodic", "'periodic'", Status::Implemented,
         "Interpret 'auto-compaction-retention' one of: periodic|revision. 'periodic' for duration based retention, defaulting to hours if no time unit is provided (e.g. '5m'). 'revision' for revision number based retention.";
     Clustering "enable-v2" enable_v2: bool = Kind::Bool, "false", "'false'", NO_V2,
         "Accept etcd V2 client requests.";

@@ -78,11 +78,11 @@ pub(crate) async fn health(core: Rc<ShardCore>) -> Response<Body> {
 pub(crate) async fn metrics(core: Rc<ShardCore>) -> Response<Body> {
     use rivet_engine::metrics;
     metrics::SCRAPES_IN_FLIGHT.add(1);
-    let size = core.db_size_bytes().await;
+    let sizes = core.db_sizes().await;
     let keys = core.raft_status().await.map_or(0, |s| s.keys);
     let body = metrics::render(&metrics::Gauges {
-        db_size_bytes: size,
-        db_size_in_use_bytes: size,
+        db_size_bytes: sizes.used_bytes,
+        db_size_in_use_bytes: sizes.live_bytes,
         keys,
         member_id: core.shared.member_id,
         is_learner: core.shared.is_learner.load(Ordering::Acquire),

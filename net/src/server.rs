@@ -128,6 +128,13 @@ pub fn run(mut flags: Flags) -> anyhow::Result<()> {
         );
         flags.initial_cluster = parts.join(",");
     }
+    // The mode was checked with the other flags (`Flags::validate`); etcd parses the
+    // retention when it starts, and a bad one stops it with this message.
+    let auto_compaction = rivet_engine::raft::compactor::parse_auto_compaction(
+        &flags.auto_compaction_mode,
+        &flags.auto_compaction_retention,
+    )
+    .map_err(|e| anyhow!(e))?;
     let data_dir = PathBuf::from(flags.data_dir_or_default());
     let wal_dir = if flags.wal_dir.is_empty() {
         layout::default_wal_dir(&data_dir)
@@ -256,6 +263,9 @@ pub fn run(mut flags: Flags) -> anyhow::Result<()> {
             })
             .collect()
     };
+    let page_options = PageOptions {
+        segment_bytes: limits::page_segment_bytes(),
+    };
     let mut raft_config = RaftCoreConfig {
         wal_dir,
         member_id: member,
@@ -279,7 +289,10 @@ pub fn run(mut flags: Flags) -> anyhow::Result<()> {
         pre_vote: flags.pre_vote,
         initial_election_tick_advance: flags.initial_election_tick_advance,
         warning_apply_duration: flags.experimental_warning_apply_duration,
-        tuning: Default::default(),
+        tuning: rivet_engine::raft::RaftCoreTuning {
+            page_options,
+            ..Default::default()
+        },
     };
     let mut recovered = open_wal(&mut raft_config, flags.shards_given())?;
     if flags.force_new_cluster && force_new::has_state(&recovered) {
@@ -365,7 +378,8 @@ pub fn run(mut flags: Flags) -> anyhow::Result<()> {
                     clock: Box::new(MonotonicClock),
                 };
                 match RaftCore::start(raft_config, recovered, raft_shared, links).await {
-                    Ok(core) => {
+                    Ok(mut core) => {
+                        core.set_auto_compaction(auto_compaction);
                         let reason = core.run(command_rx, ack_rx, peer_rx).await;
                         // After a stop signal the main thread is already done waiting;
                         // otherwise the core stopped by itself (a failed log write, a
@@ -413,14 +427,13 @@ pub fn run(mut flags: Flags) -> anyhow::Result<()> {
             .io_memory(limits::GLOMMIO_IO_MEMORY_BYTES)
             .spin_before_park(limits::SHARD_SPIN_BEFORE_PARK)
             .spawn(move || async move {
-                let shard =
-                    match Shard::open(&shard_dir, id, checkpoint_index, PageOptions::default()) {
-                        Ok(shard) => shard,
-                        Err(e) => {
-                            let _ = fatal.send(e.to_string());
-                            return;
-                        }
-                    };
+                let shard = match Shard::open(&shard_dir, id, checkpoint_index, page_options) {
+                    Ok(shard) => shard,
+                    Err(e) => {
+                        let _ = fatal.send(e.to_string());
+                        return;
+                    }
+                };
                 let core = Rc::new(ShardCore::new(id, shard, raft, peers, shared, max_txn_ops));
                 if let Err(e) = core.send_restore(&restore).await {
                     let _ = fatal.send(e.to_string());
@@ -430,6 +443,22 @@ pub fn run(mut flags: Flags) -> anyhow::Result<()> {
                 let apply = glommio::spawn_local(Rc::clone(&core).run_apply(apply_rx, acks));
                 glommio::spawn_local(Rc::clone(&core).serve_peers(peer_rx)).detach();
                 glommio::spawn_local(Rc::clone(&core).run_watermark()).detach();
+                // Garbage collection of the page file runs in a queue of its own with
+                // fewer shares than serving: it never holds the core for more than a step.
+                let gc_queue = glommio::executor().create_task_queue(
+                    glommio::Shares::Static(limits::GC_TASK_QUEUE_SHARES),
+                    glommio::Latency::NotImportant,
+                    "gc",
+                );
+                let gc = Rc::clone(&core)
+                    .run_gc(|| async { glommio::executor().yield_task_queue_now().await });
+                match glommio::spawn_local_into(gc, gc_queue) {
+                    Ok(task) => task.detach(),
+                    Err(e) => {
+                        let _ = fatal.send(format!("cannot start garbage collection: {e}"));
+                        return;
+                    }
+                };
                 let core_tls = match client_tls.build() {
                     Ok(core_tls) => core_tls,
                     Err(e) => {

@@ -133,10 +133,6 @@ impl Kv for KvService {
 
 pub struct MaintenanceService(pub CoreHandle);
 
-fn not_yet(method: &str) -> Status {
-    Status::unimplemented(format!("rivet does not implement Maintenance.{method} yet"))
-}
-
 #[tonic::async_trait]
 impl Maintenance for MaintenanceService {
     async fn alarm(
@@ -159,7 +155,8 @@ impl Maintenance for MaintenanceService {
         self.0
             .run(|core| async move {
                 let raft = core.raft_status().await?;
-                let db_size = core.db_size_bytes().await as i64;
+                let sizes = core.db_sizes().await;
+                let db_size = sizes.used_bytes as i64;
                 let revision = core.shared.applied_revision();
                 Ok(StatusResponse {
                     header: Some(core.header(revision)),
@@ -179,7 +176,7 @@ impl Maintenance for MaintenanceService {
                             format!("memberID:{} alarm:{kind} ", a.member_id)
                         })
                         .collect(),
-                    db_size_in_use: db_size,
+                    db_size_in_use: sizes.live_bytes as i64,
                     is_learner: core
                         .shared
                         .is_learner
@@ -189,11 +186,29 @@ impl Maintenance for MaintenanceService {
             .await
     }
 
+    /// Defragment rewrites the page segments that hold dead records on every shard of
+    /// this member, each on its own core beside serving, and answers when done. Like
+    /// etcd's, it is not replicated and has no deadline of its own (the client's).
     async fn defragment(
         &self,
         _: Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
-        Err(not_yet("Defragment"))
+        self.0
+            .run_unbounded(|core| async move {
+                let started = std::time::Instant::now();
+                core.defragment().await?;
+                let sizes = core.db_sizes().await;
+                tracing::info!(
+                    took = ?started.elapsed(),
+                    db_size = sizes.used_bytes,
+                    db_size_in_use = sizes.live_bytes,
+                    "defragmented"
+                );
+                Ok(DefragmentResponse {
+                    header: Some(core.current_header()),
+                })
+            })
+            .await
     }
 
     /// Hash: rivet keeps no separate backend file, so this hashes the same versions as
@@ -224,11 +239,28 @@ impl Maintenance for MaintenanceService {
 
     type SnapshotStream = futures::stream::BoxStream<'static, Result<SnapshotResponse, Status>>;
 
+    /// Snapshot streams etcd's backend file at one raft index, read from the page files
+    /// while writes go on (`engine/src/etcd_snapshot.rs`): 32 KiB blobs counting down
+    /// `remaining_bytes`, then the SHA-256, as etcd 3.4 sends it.
     async fn snapshot(
         &self,
         _: Request<SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
-        Err(not_yet("Snapshot"))
+        let (tx, rx) = async_channel::bounded(rivet_engine::limits::SNAPSHOT_QUEUE);
+        let core = self.0.core();
+        glommio::spawn_local(async move {
+            core.stream_snapshot(tx).await;
+        })
+        .detach();
+        let stream = futures::StreamExt::map(rx, |item| match item {
+            Ok(blob) => Ok(SnapshotResponse {
+                header: None,
+                remaining_bytes: blob.remaining_bytes,
+                blob: blob.blob,
+            }),
+            Err(error) => Err(Status::from(error)),
+        });
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn move_leader(

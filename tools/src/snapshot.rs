@@ -4,10 +4,11 @@
 //!   computed and printed exactly as etcdctl computes and prints them.
 //! * [`restore`]: `snapshot restore` — checks the flags as etcdctl does, decodes the
 //!   snapshot into rivet-side structures ([`rivet_engine::etcd_backend::schema`]) and
-//!   validates it, streaming the key versions to a sink.
+//!   validates it, streaming the key versions to a sink; [`restore_data_dir`] is that
+//!   sink writing a rivet data dir ([`rivet_engine::etcd_import`]).
 
 use std::collections::{BTreeMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use rivet_engine::etcd_backend::schema::{BackendState, DecodeError, KeyVersion, Status};
 use rivet_engine::etcd_backend::snapshot_file::{open_snapshot, SnapshotOpenError};
@@ -172,7 +173,8 @@ pub struct InitialCluster {
 pub enum RestoreError {
     #[error("{0}")]
     Flags(String),
-    #[error("data-dir {0:?} not empty or could not be read")]
+    /// etcdctl 3.4 refuses any existing data dir, even an empty one.
+    #[error("data-dir {0:?} exists")]
     DataDirNotEmpty(String),
     #[error("wal-dir {0:?} exists")]
     WalDirExists(String),
@@ -241,16 +243,9 @@ fn check_url(url: &str) -> Result<(), RestoreError> {
     }
 }
 
-fn dir_is_empty_or_missing(dir: &Path) -> bool {
-    match std::fs::read_dir(dir) {
-        Ok(mut entries) => entries.next().is_none(),
-        Err(e) => e.kind() == std::io::ErrorKind::NotFound,
-    }
-}
-
 /// `rivetctl snapshot restore` up to the data dir: checks the flags as etcdctl does
-/// (`--name` in `--initial-cluster` with exactly `--initial-advertise-peer-urls`, an
-/// empty data dir), opens the snapshot (trailer checked unless `--skip-hash-check`),
+/// (`--name` in `--initial-cluster` with exactly `--initial-advertise-peer-urls`, no
+/// data dir yet), opens the snapshot (trailer checked unless `--skip-hash-check`),
 /// decodes and validates everything, and hands every key version, in revision order, to
 /// `sink`. Memory: the small buckets plus one page per tree level; the key versions are
 /// never all held.
@@ -302,7 +297,7 @@ pub fn restore(
         .data_dir
         .clone()
         .unwrap_or_else(|| PathBuf::from(format!("{}.etcd", options.name)));
-    if !dir_is_empty_or_missing(&data_dir) {
+    if data_dir.exists() {
         return Err(RestoreError::DataDirNotEmpty(
             data_dir.display().to_string(),
         ));
@@ -368,6 +363,69 @@ pub fn restore(
         }
     }
     summary.state = state;
+    Ok(summary)
+}
+
+/// `snapshot restore`: validates the snapshot as [`restore`] does and writes a rivet data
+/// dir with `shard_count` shards from it (the new cluster of `--initial-cluster`, with
+/// etcd's member and cluster IDs, so that rivet started with the same flags takes it).
+pub fn restore_data_dir(
+    options: &RestoreOptions,
+    shard_count: usize,
+) -> Result<RestoreSummary, RestoreError> {
+    use rivet_engine::etcd_import::{DataDirWriter, ImportTarget};
+    use rivet_engine::identity;
+    // The flags and the data dir are checked before anything is written.
+    let cluster = parse_initial_cluster(&options.initial_cluster)?;
+    let data_dir = options
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("{}.etcd", options.name)));
+    let token = &options.initial_cluster_token;
+    let members: Vec<rivet_api::rivetpb::Member> = cluster
+        .members
+        .iter()
+        .map(|(name, urls)| rivet_api::rivetpb::Member {
+            id: identity::member_id(urls, token),
+            name: name.clone(),
+            peer_urls: urls.clone(),
+            client_urls: Vec::new(),
+            is_learner: false,
+        })
+        .collect();
+    let ids: Vec<u64> = members.iter().map(|m| m.id).collect();
+    let member_id = members
+        .iter()
+        .find(|m| m.name == options.name)
+        .map_or(0, |m| m.id);
+    let target = ImportTarget {
+        data_dir: data_dir.clone(),
+        wal_dir: options.wal_dir.clone(),
+        shard_count: shard_count.max(1),
+        member_id,
+        cluster_id: identity::cluster_id(&ids),
+        members,
+        page_options: rivet_engine::page::PageOptions::default(),
+    };
+    // restore() checks the flags and the dir, then opens the snapshot, then streams the
+    // versions: the staging dir is made at the first version (or at the end).
+    let mut writer: Option<DataDirWriter> = None;
+    let summary = restore(options, |version| {
+        let w = match &mut writer {
+            Some(w) => w,
+            None => {
+                writer.insert(DataDirWriter::create(target.clone()).map_err(|e| e.to_string())?)
+            }
+        };
+        w.add(&version).map_err(|e| e.to_string())
+    })?;
+    let writer = match writer {
+        Some(w) => w,
+        None => DataDirWriter::create(target).map_err(|e| RestoreError::Sink(e.to_string()))?,
+    };
+    writer
+        .finish(&summary.state, summary.revision)
+        .map_err(|e| RestoreError::Sink(e.to_string()))?;
     Ok(summary)
 }
 

@@ -173,14 +173,40 @@ fn snapshot_restore_checks_like_etcdctl() {
         // etcdctl creates the data dir before it fails; start each case afresh.
         let _ = std::fs::remove_dir_all(&target);
     }
-    // A valid snapshot: validated, then refused until the data-dir writer exists.
-    let output = rivetctl(&["snapshot", "restore", &file, "--data-dir", &target]);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        stderr.contains(
-            "the snapshot is valid (revision 101, 100 puts, 0 tombstones, 1 leases, 0 members)"
-        ),
-        "{stderr}"
-    );
-    assert!(!Path::new(&target).exists());
+    // A valid snapshot: a rivet data dir (the WAL and one page file per shard).
+    let output = rivetctl(&[
+        "snapshot",
+        "restore",
+        &file,
+        "--data-dir",
+        &target,
+        "--shards",
+        "2",
+    ]);
+    assert!(output.status.success(), "{output:?}");
+    let member = Path::new(&target).join("member");
+    assert!(member.join("wal").is_dir());
+    assert!(member.join("snap").join("shard-0").is_dir());
+    assert!(member.join("snap").join("shard-1").is_dir());
+    // A second restore into it is refused as etcdctl refuses one into its own dir.
+    let args = ["snapshot", "restore", file.as_str(), "--data-dir", &target];
+    let ours = rivetctl(&args);
+    let etcd_target = dir.path().join("etcd-target").display().to_string();
+    let etcd_args = [
+        "snapshot",
+        "restore",
+        file.as_str(),
+        "--data-dir",
+        &etcd_target,
+    ];
+    assert!(etcdctl(&etcd_args).status.success());
+    let theirs = etcdctl(&etcd_args);
+    assert_eq!(ours.status.code(), theirs.status.code());
+    let first_error = |output: &std::process::Output| {
+        String::from_utf8_lossy(&output.stderr)
+            .lines()
+            .find(|l| l.starts_with("Error: "))
+            .map(|l| l.replace(&target, "DIR").replace(&etcd_target, "DIR"))
+    };
+    assert_eq!(first_error(&ours), first_error(&theirs));
 }

@@ -5,7 +5,7 @@
 
 use rivet_api::rivetpb::InternalRequest;
 
-use super::quota::{self, QuotaCost};
+use super::quota;
 use super::{Apply, ApplyContext, ApplyState};
 use crate::error::EtcdError;
 use crate::sequencer::Outcome;
@@ -24,7 +24,7 @@ impl Apply for Capped {
         let adds_data = request
             .request
             .as_ref()
-            .is_some_and(|r| quota::cost(r) == QuotaCost::AddsData);
+            .is_some_and(|r| quota::cost(r).adds_data());
         if adds_data {
             return Outcome::failed(EtcdError::NoSpace);
         }

@@ -124,12 +124,15 @@ impl ShardCore {
         acks: async_channel::Sender<ShardAck>,
     ) {
         while let Ok(message) = stream.recv().await {
-            let (ack, revision) = {
+            let (ack, revision, gc_wanted) = {
                 let mut shard = self.shard.borrow_mut();
                 let ack = shard.handle_apply(message);
-                (ack, shard.revision())
+                (ack, shard.revision(), shard.take_gc_wanted())
             };
             self.publish_applied(ack.index, revision);
+            if gc_wanted {
+                self.wake_gc();
+            }
             if acks.send(ack).await.is_err() {
                 break;
             }
@@ -144,7 +147,28 @@ impl ShardCore {
                     let _ = reply.send(self.shard.borrow().range(&part));
                 }
                 ShardRequest::SizeBytes { reply } => {
-                    let _ = reply.send(self.shard.borrow().size_bytes());
+                    let _ = reply.send(self.shard.borrow().sizes());
+                }
+                ShardRequest::SnapshotChunk {
+                    id,
+                    restart,
+                    sizes_only,
+                    reply,
+                } => {
+                    let _ = reply.send(self.local_snapshot_chunk(id, restart, sizes_only).await);
+                }
+                ShardRequest::SnapshotEnd { id } => {
+                    self.shard.borrow_mut().snapshot_end(id);
+                }
+                ShardRequest::Defragment { after, reply } => {
+                    let request = super::gc::GcRequest::Defragment { after, reply };
+                    if let Err(async_channel::SendError(super::gc::GcRequest::Defragment {
+                        reply,
+                        ..
+                    })) = self.gc.send(request).await
+                    {
+                        let _ = reply.send(Err(crate::error::EtcdError::Stopped));
+                    }
                 }
                 ShardRequest::HashKv { revision, reply } => {
                     let _ = reply.send(self.shard.borrow().hash_kv(revision));

@@ -7,7 +7,9 @@ use rivet_api::rivetpb::internal_request;
 
 use super::ShardCore;
 use crate::error::EtcdError;
-use crate::messages::{MemberChange, MemberChangeResult, RaftCommand, RaftStatus, ShardRequest};
+use crate::messages::{
+    MemberChange, MemberChangeResult, PageSizes, RaftCommand, RaftStatus, ShardRequest,
+};
 use crate::range::resolve_revision;
 
 impl ShardCore {
@@ -76,7 +78,12 @@ impl ShardCore {
 
     /// Sum of every shard's page file size, read from the files now.
     pub async fn db_size_bytes(&self) -> u64 {
-        let mut total = self.shard.borrow().size_bytes();
+        self.db_sizes().await.used_bytes
+    }
+
+    /// Every shard's page file sizes, summed: `dbSize` and `dbSizeInUse`.
+    pub async fn db_sizes(&self) -> PageSizes {
+        let mut total = self.shard.borrow().sizes();
         for id in 0..self.shard_count {
             if id == self.id {
                 continue;
@@ -85,7 +92,7 @@ impl ShardCore {
                 .ask_shard(id, |reply| ShardRequest::SizeBytes { reply })
                 .await
             {
-                total += answer.await.unwrap_or(0);
+                total = total + answer.await.unwrap_or_default();
             }
         }
         total

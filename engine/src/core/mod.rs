@@ -14,9 +14,11 @@
 //! - [`watch`]: what watch streams read from the shards.
 
 pub mod apply;
+pub mod gc;
 pub mod kv;
 pub mod lease;
 pub mod maintenance;
+pub mod snapshot;
 pub mod watch;
 
 use std::cell::RefCell;
@@ -50,6 +52,10 @@ pub struct ShardCore {
     /// Requests on this core waiting for every shard to apply an index.
     pub waiters: RefCell<Vec<(u64, Waker)>>,
     lease_ids: std::cell::Cell<u64>,
+    /// Wakes the garbage collection task ([`ShardCore::run_gc`]).
+    gc: async_channel::Sender<gc::GcRequest>,
+    /// Its end, until the task takes it.
+    gc_requests: RefCell<Option<async_channel::Receiver<gc::GcRequest>>>,
 }
 
 impl ShardCore {
@@ -68,6 +74,7 @@ impl ShardCore {
         progress
             .applied_revision
             .store(shard.revision(), Ordering::SeqCst);
+        let (gc, gc_requests) = async_channel::bounded(crate::limits::GC_REQUEST_QUEUE);
         ShardCore {
             id,
             shard_count: shared.shards.len(),
@@ -78,6 +85,8 @@ impl ShardCore {
             max_txn_ops,
             waiters: RefCell::new(Vec::new()),
             lease_ids: std::cell::Cell::new(0),
+            gc,
+            gc_requests: RefCell::new(Some(gc_requests)),
         }
     }
 

@@ -2,16 +2,19 @@
 //! them back zero-copy, checkpoints (sync, then a checkpoint record), and the segment
 //! files themselves. Opening one at a checkpoint is in [`super::recovery`].
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use memmap2::{Mmap, MmapMut, MmapOptions};
 
 use super::format::*;
+use super::manifest::Manifest;
 use crate::limits::{SEGMENT_ALIGNMENT_BYTES, SEGMENT_BYTES_DEFAULT};
 
 /// How a page file is laid out on disk.
@@ -76,13 +79,34 @@ pub(super) fn segment_file_name(id: u32) -> String {
     format!("{id:010}.page")
 }
 
-/// The segment id in a file name of the form `0000000042.page`.
+/// The file name of relocated segment `generation` (1 or 2) of `slot`.
+pub(super) fn relocated_file_name(slot: u32, generation: u8) -> String {
+    format!("{slot:010}.r{generation}.page")
+}
+
+/// The segment id in a chain segment's file name, `0000000042.page`.
 pub(super) fn parse_segment_file_name(name: &str) -> Option<u32> {
     let digits = name.strip_suffix(".page")?;
     if digits.len() != 10 || !digits.bytes().all(|byte| byte.is_ascii_digit()) {
         return None;
     }
-    digits.parse().ok()
+    digits.parse().ok().filter(|slot| *slot <= SLOT_MAX)
+}
+
+/// The slot and generation in a relocated segment's file name, `0000000042.r1.page`.
+pub(super) fn parse_relocated_file_name(name: &str) -> Option<(u32, u8)> {
+    let rest = name.strip_suffix(".page")?;
+    let (digits, generation) = rest.split_once(".r")?;
+    let generation = match generation {
+        "1" => 1,
+        "2" => 2,
+        _ => return None,
+    };
+    if digits.len() != 10 || !digits.bytes().all(|byte| byte.is_ascii_digit()) {
+        return None;
+    }
+    let slot = digits.parse().ok().filter(|slot| *slot <= SLOT_MAX)?;
+    Some((slot, generation))
 }
 
 pub(super) fn retry_interrupted(mut call: impl FnMut() -> libc::c_int) -> io::Result<()> {
@@ -157,8 +181,38 @@ pub(super) fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// The segment being appended to: mapped read-write.
+/// What a segment holds, for garbage collection and the size metrics: bytes of key
+/// records in it, and how many of them are live (a version the index holds) or pinned (a
+/// dead tombstone kept because older records of its key may remain elsewhere).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SegmentStats {
+    /// Key record bytes (padded), live or not.
+    pub key_bytes: u64,
+    pub live_bytes: u64,
+    pub pinned_bytes: u64,
+    /// The newest mod revision among the segment's key records (0: none).
+    pub last_revision: i64,
+}
+
+impl SegmentStats {
+    /// Dead key record bytes that garbage collection may drop (pinned ones excluded).
+    #[must_use]
+    pub fn droppable_bytes(&self) -> u64 {
+        self.key_bytes
+            .saturating_sub(self.live_bytes)
+            .saturating_sub(self.pinned_bytes)
+    }
+
+    /// Key record bytes that are not live (pinned ones included).
+    #[must_use]
+    pub fn dead_bytes(&self) -> u64 {
+        self.key_bytes.saturating_sub(self.live_bytes)
+    }
+}
+
+/// The segment being appended to: mapped read-write. Always a chain segment.
 pub(super) struct ActiveSegment {
+    /// Its slot (the number in its file name).
     pub(super) id: u32,
     pub(super) path: PathBuf,
     pub(super) file: File,
@@ -167,16 +221,38 @@ pub(super) struct ActiveSegment {
     pub(super) write_offset: usize,
     /// Bytes before this offset are durable.
     pub(super) synced_offset: usize,
+    pub(super) stats: SegmentStats,
 }
 
-/// A segment no longer appended to: mapped read-only.
+/// A segment no longer appended to (a sealed chain segment or a relocated one): mapped
+/// read-only. The mapping is shared, so that a reader that took it (a snapshot stream)
+/// keeps it valid after garbage collection removed the segment.
 pub(super) struct SealedSegment {
-    pub(super) id: u32,
+    /// Its key: slot and generation.
+    pub(super) key: u32,
     pub(super) path: PathBuf,
-    pub(super) map: Mmap,
+    pub(super) map: Arc<Mmap>,
     pub(super) data_end: usize,
     /// Kept while the segment has bytes that the next checkpoint must sync.
     pub(super) unsynced_file: Option<File>,
+    pub(super) stats: SegmentStats,
+}
+
+/// A read-only view of one segment's written bytes that outlives changes to the page
+/// file (see [`PageFile::segment_views`]).
+#[derive(Clone)]
+pub struct SegmentView {
+    pub key: u32,
+    map: Arc<Mmap>,
+    pub data_end: usize,
+}
+
+impl SegmentView {
+    /// The segment's bytes up to the end of its records.
+    #[must_use]
+    pub fn bytes(&self) -> &[u8] {
+        self.map.get(..self.data_end).unwrap_or_default()
+    }
 }
 
 /// Creates segment `id` of `file_bytes` bytes, preallocated and mapped, with its header
@@ -223,6 +299,7 @@ pub(super) fn create_segment(
         map,
         write_offset: SEGMENT_HEADER_BYTES,
         synced_offset: 0,
+        stats: SegmentStats::default(),
     })
 }
 
@@ -234,10 +311,21 @@ pub(super) fn create_segment(
 pub struct PageFile {
     pub(super) dir: PathBuf,
     pub(super) options: PageOptions,
-    /// Sealed segments in id order; their ids are consecutive, ending at `active.id − 1`.
-    pub(super) sealed: Vec<SealedSegment>,
+    /// Sealed chain segments and relocated segments, by key (slot, then generation).
+    pub(super) sealed: BTreeMap<u32, SealedSegment>,
     pub(super) active: ActiveSegment,
+    /// Which slots garbage collection rewrote or emptied.
+    pub(super) manifest: Manifest,
+    /// A segment garbage collection is writing (see [`super::gc`]).
+    pub(super) relocation: Option<super::gc::Relocation>,
+    /// Segments garbage collection replaced, kept mapped until the index no longer points
+    /// into them ([`PageFile::relocation_release`]).
+    pub(super) retiring: Vec<SealedSegment>,
     pub(super) last_checkpoint_index: u64,
+    /// The slot of the last checkpoint record.
+    pub(super) last_checkpoint_slot: u32,
+    /// The last checkpoint record (written or loaded).
+    pub(super) last_checkpoint: Option<Checkpoint>,
     /// Segment files were created or removed since the directory was last synced.
     pub(super) dir_unsynced: bool,
     /// A sync failed: the state of the page cache is unknown (fsyncgate), so every
@@ -284,6 +372,11 @@ impl PageFile {
         );
         // `reserve` checked that the aligned end fits the segment.
         self.active.write_offset = align_record(end).unwrap_or(end);
+        let padded = (self.active.write_offset - offset) as u64;
+        let stats = &mut self.active.stats;
+        stats.key_bytes += padded;
+        stats.live_bytes += padded;
+        stats.last_revision = stats.last_revision.max(record.mod_revision);
         Ok(PagePtr::new(
             self.active.id,
             u32::try_from(offset).unwrap_or(u32::MAX),
@@ -322,6 +415,7 @@ impl PageFile {
             .active
             .id
             .checked_add(1)
+            .filter(|id| *id <= SLOT_MAX)
             .ok_or(AppendError::SegmentIdsExhausted)?;
         // Map the old segment read-only first: if that fails, nothing has changed.
         // SAFETY: see `create_segment`.
@@ -338,15 +432,148 @@ impl PageFile {
         // Dropping the old read-write mapping leaves its dirty pages in the page cache;
         // syncing the file writes them.
         let unsynced = old.synced_offset < old.write_offset;
-        self.sealed.push(SealedSegment {
-            id: old.id,
-            path: old.path,
-            map: sealed_map,
-            data_end,
-            unsynced_file: unsynced.then_some(old.file),
-        });
+        let key = segment_key(old.id, 0);
+        self.sealed.insert(
+            key,
+            SealedSegment {
+                key,
+                path: old.path,
+                map: Arc::new(sealed_map),
+                data_end,
+                unsynced_file: unsynced.then_some(old.file),
+                stats: old.stats,
+            },
+        );
         self.dir_unsynced = true;
         Ok(())
+    }
+
+    /// Seals the active segment now and starts a new one, so that everything appended so
+    /// far lies in sealed segments (a defragmentation wants the active segment's dead
+    /// records too). Does nothing if the active segment holds no record yet.
+    pub fn seal_active(&mut self) -> Result<(), AppendError> {
+        if self.poisoned {
+            return Err(AppendError::Poisoned);
+        }
+        if self.active.write_offset == SEGMENT_HEADER_BYTES {
+            return Ok(());
+        }
+        self.roll_over(0)
+    }
+
+    /// The bytes, data end and path of the segment with key `key`, if it exists.
+    fn segment_bytes(&self, key: u32) -> Option<(&[u8], usize, &Path)> {
+        if key == segment_key(self.active.id, 0) {
+            return Some((
+                &self.active.map,
+                self.active.write_offset,
+                &self.active.path,
+            ));
+        }
+        if let Some(segment) = self.sealed.get(&key) {
+            return Some((&segment.map, segment.data_end, &segment.path));
+        }
+        if let Some(relocation) = &self.relocation {
+            if relocation.key == key {
+                return Some((&relocation.map, relocation.write_offset, &relocation.path));
+            }
+        }
+        self.retiring
+            .iter()
+            .find(|segment| segment.key == key)
+            .map(|segment| (&segment.map[..], segment.data_end, segment.path.as_path()))
+    }
+
+    /// The padded length of the record at `ptr`, read from its header; 0 if `ptr` does not
+    /// point at a record.
+    #[must_use]
+    pub fn record_bytes(&self, ptr: PagePtr) -> u64 {
+        let Some((bytes, data_end, _)) = self.segment_bytes(ptr.segment_key()) else {
+            return 0;
+        };
+        let offset = ptr.offset() as usize;
+        if offset.saturating_add(RECORD_COMMON_BYTES) > data_end {
+            return 0;
+        }
+        field_u32(bytes, offset + RECORD_LENGTH_OFFSET)
+            .and_then(|length| align_record(length as usize))
+            .map_or(0, |length| length as u64)
+    }
+
+    fn stats_mut(&mut self, key: u32) -> Option<&mut SegmentStats> {
+        if key == segment_key(self.active.id, 0) {
+            return Some(&mut self.active.stats);
+        }
+        if let Some(segment) = self.sealed.get_mut(&key) {
+            return Some(&mut segment.stats);
+        }
+        self.retiring
+            .iter_mut()
+            .find(|segment| segment.key == key)
+            .map(|segment| &mut segment.stats)
+    }
+
+    /// The record at `ptr` is no longer live (the index dropped its version): its bytes
+    /// count as dead in its segment from now on.
+    pub fn release(&mut self, ptr: PagePtr) {
+        let bytes = self.record_bytes(ptr);
+        if let Some(stats) = self.stats_mut(ptr.segment_key()) {
+            stats.live_bytes = stats.live_bytes.saturating_sub(bytes);
+        }
+    }
+
+    /// Counts the live records again: every segment's live bytes are set from `live`,
+    /// the pointers of every version the index holds (after opening, when the index is
+    /// rebuilt and compacted).
+    pub fn recount_live(&mut self, live: impl IntoIterator<Item = PagePtr>) {
+        self.active.stats.live_bytes = 0;
+        self.active.stats.pinned_bytes = 0;
+        for segment in self.sealed.values_mut() {
+            segment.stats.live_bytes = 0;
+            segment.stats.pinned_bytes = 0;
+        }
+        for ptr in live {
+            let bytes = self.record_bytes(ptr);
+            if let Some(stats) = self.stats_mut(ptr.segment_key()) {
+                stats.live_bytes += bytes;
+            }
+        }
+    }
+
+    /// Every segment's key and stats, in key order, the active one last.
+    #[must_use]
+    pub fn segment_stats(&self) -> Vec<(u32, SegmentStats)> {
+        let mut stats: Vec<(u32, SegmentStats)> = self
+            .sealed
+            .iter()
+            .map(|(key, segment)| (*key, segment.stats))
+            .collect();
+        stats.push((segment_key(self.active.id, 0), self.active.stats));
+        stats
+    }
+
+    /// Read-only views of every segment as it is now, in key order: a reader that must
+    /// see the records of this moment across later appends and garbage collection (a
+    /// snapshot stream) holds them. The active segment is mapped once more, read-only;
+    /// its view ends at its current end.
+    pub fn segment_views(&self) -> io::Result<Vec<SegmentView>> {
+        let mut views: Vec<SegmentView> = self
+            .sealed
+            .iter()
+            .map(|(key, segment)| SegmentView {
+                key: *key,
+                map: Arc::clone(&segment.map),
+                data_end: segment.data_end,
+            })
+            .collect();
+        // SAFETY: see `create_segment`; appends only write past `write_offset`.
+        let active = unsafe { Mmap::map(&self.active.file) }?;
+        views.push(SegmentView {
+            key: segment_key(self.active.id, 0),
+            map: Arc::new(active),
+            data_end: self.active.write_offset,
+        });
+        Ok(views)
     }
 
     /// Reads the key record at `ptr`, zero-copy from the mapping.
@@ -357,24 +584,9 @@ impl PageFile {
     /// values etcd stores it costs tens of nanoseconds, and it catches bytes damaged on
     /// disk after the file was loaded before they reach a client.
     pub fn read(&self, ptr: PagePtr) -> Result<RecordView<'_>, ReadError> {
-        let (bytes, data_end, path): (&[u8], usize, &Path) = if ptr.segment() == self.active.id {
-            (
-                &self.active.map,
-                self.active.write_offset,
-                &self.active.path,
-            )
-        } else {
-            let first = self
-                .sealed
-                .first()
-                .map_or(self.active.id, |segment| segment.id);
-            let segment = ptr
-                .segment()
-                .checked_sub(first)
-                .and_then(|index| self.sealed.get(index as usize))
-                .ok_or(ReadError::NoSuchSegment { ptr })?;
-            (&segment.map, segment.data_end, &segment.path)
-        };
+        let (bytes, data_end, path) = self
+            .segment_bytes(ptr.segment_key())
+            .ok_or(ReadError::NoSuchSegment { ptr })?;
         let offset = ptr.offset() as usize;
         if offset < SEGMENT_HEADER_BYTES
             || offset % RECORD_ALIGNMENT != 0
@@ -414,6 +626,11 @@ impl PageFile {
             });
         }
         self.sync()?;
+        self.append_checkpoint(checkpoint)
+    }
+
+    /// Appends `checkpoint`'s record and syncs it.
+    fn append_checkpoint(&mut self, checkpoint: &Checkpoint) -> Result<(), CheckpointError> {
         let offset = self.reserve(CHECKPOINT_RECORD_BYTES)?;
         let record = encode_checkpoint(checkpoint);
         put(&mut self.active.map, offset, &record);
@@ -424,7 +641,29 @@ impl PageFile {
         self.active.write_offset = offset + CHECKPOINT_RECORD_BYTES;
         self.sync()?;
         self.last_checkpoint_index = checkpoint.applied_index;
+        self.last_checkpoint_slot = self.active.id;
+        self.last_checkpoint = Some(*checkpoint);
         Ok(())
+    }
+
+    /// Seals the active segment and records the last checkpoint again at the start of the
+    /// new one, so that the sealed segment lies wholly before a checkpoint and garbage
+    /// collection may rewrite it. Only when nothing was appended since that checkpoint
+    /// (the caller checks: it has applied nothing since); does nothing without one.
+    ///
+    /// Opening at that checkpoint later finds its first record: in the sealed segment
+    /// while it exists (the new segment, holding nothing the WAL does not replay, is then
+    /// discarded as a tail), in the new one once the sealed one was rewritten.
+    pub fn reseal(&mut self) -> Result<(), CheckpointError> {
+        if self.poisoned {
+            return Err(CheckpointError::Append(AppendError::Poisoned));
+        }
+        let Some(checkpoint) = self.last_checkpoint else {
+            return Ok(());
+        };
+        self.seal_active()?;
+        self.sync()?;
+        self.append_checkpoint(&checkpoint)
     }
 
     fn sync(&mut self) -> Result<(), CheckpointError> {
@@ -436,7 +675,7 @@ impl PageFile {
     }
 
     fn sync_unpoisoned(&mut self) -> Result<(), CheckpointError> {
-        for segment in &mut self.sealed {
+        for segment in self.sealed.values_mut() {
             if let Some(file) = &segment.unsynced_file {
                 file.sync_data().map_err(|source| CheckpointError::Sync {
                     path: segment.path.clone(),
@@ -469,12 +708,12 @@ impl PageFile {
         Ok(())
     }
 
-    /// Bytes of segment files on disk. Segments are preallocated to their full size, so
-    /// this is the sum of the segment sizes, computed when called.
+    /// Bytes of segment files on disk. Chain segments are preallocated to their full size,
+    /// so this is the sum of the segment sizes, computed when called.
     #[must_use]
     pub fn size_bytes(&self) -> u64 {
         self.sealed
-            .iter()
+            .values()
             .map(|segment| segment.map.len() as u64)
             .sum::<u64>()
             + self.active.map.len() as u64
@@ -482,14 +721,28 @@ impl PageFile {
 
     /// Bytes of records written (headers included), read from the segments' end offsets
     /// when called: what the data takes, without the preallocated tails. This is the size
-    /// rivet reports as `dbSize` and checks against `--quota-backend-bytes`.
+    /// rivet reports as `dbSize` and checks against `--quota-backend-bytes` (etcd checks
+    /// its backend file's size, free pages included: dead records count here the same
+    /// way until garbage collection drops them).
     #[must_use]
     pub fn used_bytes(&self) -> u64 {
         self.sealed
-            .iter()
+            .values()
             .map(|segment| segment.data_end as u64)
             .sum::<u64>()
             + self.active.write_offset as u64
+    }
+
+    /// Bytes of live key records and of the dead tombstones that must stay (see
+    /// [`SegmentStats`]): rivet's `dbSizeInUse`.
+    #[must_use]
+    pub fn live_bytes(&self) -> u64 {
+        self.sealed
+            .values()
+            .map(|segment| segment.stats.live_bytes + segment.stats.pinned_bytes)
+            .sum::<u64>()
+            + self.active.stats.live_bytes
+            + self.active.stats.pinned_bytes
     }
 
     /// The applied index of the last checkpoint (written or loaded); 0 if none.
@@ -502,6 +755,18 @@ impl PageFile {
     #[must_use]
     pub fn segment_count(&self) -> usize {
         self.sealed.len() + 1
+    }
+
+    /// The slot of the active segment.
+    #[must_use]
+    pub fn active_slot(&self) -> u32 {
+        self.active.id
+    }
+
+    /// The slot of the last checkpoint record (written or loaded).
+    #[must_use]
+    pub fn last_checkpoint_slot(&self) -> u32 {
+        self.last_checkpoint_slot
     }
 
     /// The directory of this page file.

@@ -124,24 +124,77 @@ const _: () = assert!(SEGMENT_HEADER_BYTES + KEY_RECORD_HEADER_BYTES < SEGMENT_B
 // Types.
 // ---------------------------------------------------------------------------------------
 
-/// Where a record lives: segment id and byte offset of the record in that segment.
-/// 8 bytes; offsets are multiples of [`RECORD_ALIGNMENT`].
+/// Where a record lives: its segment and the byte offset of the record in it. 8 bytes;
+/// offsets are multiples of [`RECORD_ALIGNMENT`].
+///
+/// A segment is named by its *slot* and *generation* (see [`super::manifest`]): chain
+/// segment `n` is slot `n`, generation 0; garbage collection rewrites a slot's live
+/// records into generation 1 or 2 of the same slot. Pointers order by slot, then
+/// generation, then offset, so a rewritten record keeps its place among the others.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
 pub struct PagePtr {
+    /// `slot << GENERATION_BITS | generation`.
     segment: u32,
     offset: u32,
 }
 
+/// Bits of a segment key that hold the generation (0: chain; 1, 2: relocated).
+pub const GENERATION_BITS: u32 = 2;
+/// The largest slot a segment can have.
+pub const SLOT_MAX: u32 = u32::MAX >> GENERATION_BITS;
+
+/// The key of segment (`slot`, `generation`) in [`PagePtr`]s.
+#[must_use]
+pub const fn segment_key(slot: u32, generation: u8) -> u32 {
+    (slot << GENERATION_BITS) | (generation as u32 & ((1 << GENERATION_BITS) - 1))
+}
+
+/// The slot of a segment key.
+#[must_use]
+pub const fn key_slot(key: u32) -> u32 {
+    key >> GENERATION_BITS
+}
+
+/// The generation of a segment key.
+#[must_use]
+pub const fn key_generation(key: u32) -> u8 {
+    (key & ((1 << GENERATION_BITS) - 1)) as u8
+}
+
 impl PagePtr {
-    /// A pointer to the record at `offset` of segment `segment`.
+    /// A pointer to the record at `offset` of chain segment `segment` (generation 0).
     #[must_use]
     pub const fn new(segment: u32, offset: u32) -> PagePtr {
-        PagePtr { segment, offset }
+        PagePtr {
+            segment: segment_key(segment, 0),
+            offset,
+        }
     }
 
-    /// The segment id.
+    /// A pointer into the segment with key `key` (see [`segment_key`]).
+    #[must_use]
+    pub const fn in_segment(key: u32, offset: u32) -> PagePtr {
+        PagePtr {
+            segment: key,
+            offset,
+        }
+    }
+
+    /// The segment's slot: for a chain segment, the number in its file name.
     #[must_use]
     pub const fn segment(self) -> u32 {
+        key_slot(self.segment)
+    }
+
+    /// The segment's generation: 0 for a chain segment, 1 or 2 for a relocated one.
+    #[must_use]
+    pub const fn generation(self) -> u8 {
+        key_generation(self.segment)
+    }
+
+    /// The segment key (slot and generation).
+    #[must_use]
+    pub const fn segment_key(self) -> u32 {
         self.segment
     }
 
@@ -154,7 +207,15 @@ impl PagePtr {
 
 impl fmt::Display for PagePtr {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(formatter, "{}:{}", self.segment, self.offset)
+        match self.generation() {
+            0 => write!(formatter, "{}:{}", self.segment(), self.offset),
+            generation => write!(
+                formatter,
+                "{}.r{generation}:{}",
+                self.segment(),
+                self.offset
+            ),
+        }
     }
 }
 

@@ -55,14 +55,19 @@
 
 pub mod file;
 pub mod format;
+pub mod gc;
+pub mod manifest;
 pub mod recovery;
 
-pub use file::{CheckpointError, PageFile, PageOptions, ReadError};
+pub use file::{CheckpointError, PageFile, PageOptions, ReadError, SegmentStats, SegmentView};
 pub use format::{
     decode_record_at, decode_records, decode_segment, decode_segment_header,
-    encode_checkpoint_record, encode_key_record, AppendError, Checkpoint, DecodeError, KeyRecord,
-    PagePtr, Record, RecordView, Records, SegmentHeader, CHECKPOINT_RECORD_BYTES, FLAG_TOMBSTONE,
-    KEY_RECORD_HEADER_BYTES, KIND_CHECKPOINT, KIND_KEY, RECORD_ALIGNMENT, SEGMENT_FORMAT_VERSION,
-    SEGMENT_HEADER_BYTES, SEGMENT_MAGIC,
+    encode_checkpoint_record, encode_key_record, key_generation, key_slot, segment_key,
+    AppendError, Checkpoint, DecodeError, KeyRecord, PagePtr, Record, RecordView, Records,
+    SegmentHeader, CHECKPOINT_RECORD_BYTES, FLAG_TOMBSTONE, KEY_RECORD_HEADER_BYTES,
+    KIND_CHECKPOINT, KIND_KEY, RECORD_ALIGNMENT, SEGMENT_FORMAT_VERSION, SEGMENT_HEADER_BYTES,
+    SEGMENT_MAGIC,
 };
+pub use gc::{GcError, Keep, Relocated, StepProgress};
+pub use manifest::{Manifest, ManifestError, SlotState};
 pub use recovery::OpenError;

@@ -3,14 +3,17 @@
 //! tail after it, and tells damage before the checkpoint (refuse to start, modify
 //! nothing) from a checkpoint that was never written.
 
+use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use memmap2::{Advice, Mmap, MmapMut};
 
 use super::file::*;
 use super::format::*;
+use super::manifest::{read_manifest, Manifest, SlotState, MANIFEST_FILE, MANIFEST_TEMP_FILE};
 use crate::limits::{SEGMENT_ALIGNMENT_BYTES, SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN};
 
 /// Why [`PageFile::open`] failed.
@@ -51,24 +54,121 @@ pub enum OpenError {
         index: u64,
         detail: String,
     },
+    #[error("page file manifest {} is damaged: {detail}; nothing was modified", path.display())]
+    BadManifest { path: PathBuf, detail: String },
 }
 
-/// The segment files of `dir`, sorted by id.
-fn list_segments(dir: &Path) -> Result<Vec<(u32, PathBuf)>, OpenError> {
+/// The files of a page file's directory.
+#[derive(Default)]
+struct Listing {
+    /// Chain segments, sorted by slot.
+    chain: Vec<(u32, PathBuf)>,
+    /// Relocated segments by (slot, generation).
+    relocated: BTreeMap<(u32, u8), PathBuf>,
+    /// `manifest.tmp`, if present.
+    manifest_temp: Option<PathBuf>,
+}
+
+/// The segment files of `dir`.
+fn list_segments(dir: &Path) -> Result<Listing, OpenError> {
     let io_error = |source| OpenError::Io {
         path: dir.to_path_buf(),
         source,
     };
-    let mut segments = Vec::new();
+    let mut listing = Listing::default();
     for entry in fs::read_dir(dir).map_err(io_error)? {
         let entry = entry.map_err(io_error)?;
         let name = entry.file_name();
-        if let Some(id) = name.to_str().and_then(parse_segment_file_name) {
-            segments.push((id, entry.path()));
+        let Some(name) = name.to_str() else { continue };
+        if let Some(id) = parse_segment_file_name(name) {
+            listing.chain.push((id, entry.path()));
+        } else if let Some((slot, generation)) = parse_relocated_file_name(name) {
+            listing.relocated.insert((slot, generation), entry.path());
+        } else if name == MANIFEST_TEMP_FILE {
+            listing.manifest_temp = Some(entry.path());
         }
     }
-    segments.sort_unstable_by_key(|(id, _)| *id);
-    Ok(segments)
+    listing.chain.sort_unstable_by_key(|(id, _)| *id);
+    Ok(listing)
+}
+
+/// Adds the stats of a key record at `offset` to `stats`.
+fn count_record(stats: &mut SegmentStats, view: &RecordView<'_>) {
+    let length = KEY_RECORD_HEADER_BYTES + view.key.len() + view.value.map_or(0, <[u8]>::len);
+    stats.key_bytes += align_record(length).unwrap_or(length) as u64;
+    stats.last_revision = stats.last_revision.max(view.mod_revision);
+}
+
+/// A relocated segment, checked and scanned.
+struct ScannedRelocated {
+    key: u32,
+    path: PathBuf,
+    map: Mmap,
+    data_end: usize,
+    stats: SegmentStats,
+}
+
+/// Maps, checks and scans relocated segment (`slot`, `generation`), handing its records
+/// to `on_record`.
+fn scan_relocated(
+    path: &Path,
+    slot: u32,
+    generation: u8,
+    checkpoint_index: u64,
+    on_record: &mut impl FnMut(PagePtr, RecordView<'_>),
+) -> Result<ScannedRelocated, OpenError> {
+    let bad = |detail: String| OpenError::BadSegment {
+        path: path.to_path_buf(),
+        index: checkpoint_index,
+        detail,
+    };
+    let (_file, map) = match map_segment_for_scan(path)? {
+        Ok(mapped) => mapped,
+        Err(detail) => return Err(bad(detail)),
+    };
+    check_segment_header(&map, slot, None).map_err(bad)?;
+    let header = decode_segment_header(&map).map_err(|e| bad(format!("header: {e}")))?;
+    if header.previous_end != 0 {
+        return Err(bad(
+            "a relocated segment's header names a previous end".into()
+        ));
+    }
+    let key = segment_key(slot, generation);
+    let mut stats = SegmentStats::default();
+    let mut records = Records::new(&map, SEGMENT_HEADER_BYTES);
+    for item in &mut records {
+        match item {
+            Ok((offset, Record::Key(view))) => {
+                count_record(&mut stats, &view);
+                let offset = u32::try_from(offset).unwrap_or(u32::MAX);
+                on_record(PagePtr::in_segment(key, offset), view);
+            }
+            Ok((offset, Record::Checkpoint(_))) => {
+                return Err(OpenError::Corrupt {
+                    path: path.to_path_buf(),
+                    offset: offset as u64,
+                    index: checkpoint_index,
+                    error: DecodeError::UnknownKind(KIND_CHECKPOINT),
+                })
+            }
+            Err(error) => {
+                return Err(OpenError::Corrupt {
+                    path: path.to_path_buf(),
+                    offset: records.offset() as u64,
+                    index: checkpoint_index,
+                    error,
+                })
+            }
+        }
+    }
+    let data_end = records.offset();
+    Ok(ScannedRelocated {
+        key,
+        path: path.to_path_buf(),
+        map,
+        data_end,
+        stats,
+    })
 }
 
 /// How the scan of one segment ended.
@@ -87,12 +187,14 @@ fn scan_segment(
     map: &[u8],
     id: u32,
     checkpoint_index: u64,
+    stats: &mut SegmentStats,
     on_record: &mut impl FnMut(PagePtr, RecordView<'_>),
 ) -> SegmentScan {
     let mut records = Records::new(map, SEGMENT_HEADER_BYTES);
     for item in &mut records {
         match item {
             Ok((offset, Record::Key(view))) => {
+                count_record(stats, &view);
                 // The segment is at most u32::MAX bytes (checked before mapping).
                 let offset = u32::try_from(offset).unwrap_or(u32::MAX);
                 on_record(PagePtr::new(id, offset), view);
@@ -154,6 +256,7 @@ struct ScannedSegment {
     file: File,
     map: Mmap,
     data_end: usize,
+    stats: SegmentStats,
 }
 
 /// Where and why the scan stopped without finding the checkpoint.
@@ -202,38 +305,107 @@ impl PageFile {
             source,
         };
         fs::create_dir_all(dir).map_err(dir_error)?;
-        let listed = list_segments(dir)?;
+        let listing = list_segments(dir)?;
 
         if checkpoint_index == 0 {
-            for (_, path) in listed.iter().rev() {
+            let mut removed = 0;
+            let all = listing
+                .chain
+                .iter()
+                .map(|(_, path)| path.clone())
+                .chain(listing.relocated.values().cloned())
+                .chain(listing.manifest_temp.iter().cloned())
+                .chain([dir.join(MANIFEST_FILE)].into_iter().filter(|p| p.exists()));
+            for path in all.collect::<Vec<_>>().iter().rev() {
                 fs::remove_file(path).map_err(|source| OpenError::Io {
                     path: path.clone(),
                     source,
                 })?;
+                removed += 1;
             }
             let active = create_segment(dir, 0, options.segment_bytes, 0)
                 .map_err(|error| append_to_open_error(dir, error))?;
             sync_dir(dir).map_err(dir_error)?;
-            if !listed.is_empty() {
-                tracing::info!(dir = %dir.display(), segments = listed.len(),
+            if removed > 0 {
+                tracing::info!(dir = %dir.display(), files = removed,
                     "page file opened at checkpoint 0: discarded all segments");
             }
             let page_file = PageFile {
                 dir: dir.to_path_buf(),
                 options,
-                sealed: Vec::new(),
+                sealed: BTreeMap::new(),
                 active,
+                manifest: Manifest::default(),
+                relocation: None,
+                retiring: Vec::new(),
                 last_checkpoint_index: 0,
+                last_checkpoint_slot: 0,
+                last_checkpoint: None,
                 dir_unsynced: false,
                 poisoned: false,
             };
             return Ok((page_file, None));
         }
 
+        let manifest = read_manifest(dir).map_err(|(path, error)| OpenError::BadManifest {
+            path,
+            detail: error.to_string(),
+        })?;
+        // Files garbage collection left behind (a rewrite that did not commit, or an old
+        // segment a committed one replaced): removed once the open succeeded.
+        let mut leftovers: Vec<PathBuf> = listing.manifest_temp.iter().cloned().collect();
+        let mut listed = Vec::new();
+        for (slot, path) in &listing.chain {
+            if manifest.replaces_chain(*slot) {
+                leftovers.push(path.clone());
+            } else {
+                listed.push((*slot, path.clone()));
+            }
+        }
+        let mut relocated_paths: Vec<(u32, u8, PathBuf)> = Vec::new();
+        for ((slot, generation), path) in &listing.relocated {
+            if manifest.state(*slot)
+                == Some(SlotState::Relocated {
+                    generation: *generation,
+                })
+            {
+                relocated_paths.push((*slot, *generation, path.clone()));
+            } else {
+                leftovers.push(path.clone());
+            }
+        }
+        for (slot, state) in &manifest.slots {
+            if let SlotState::Relocated { generation } = state {
+                if !listing.relocated.contains_key(&(*slot, *generation)) {
+                    return Err(OpenError::BadSegment {
+                        path: dir.join(relocated_file_name(*slot, *generation)),
+                        index: checkpoint_index,
+                        detail: "the manifest names this relocated segment, but it is missing"
+                            .into(),
+                    });
+                }
+            }
+        }
+        let mut relocated_pending = relocated_paths.into_iter().peekable();
+        let mut relocated: Vec<ScannedRelocated> = Vec::new();
+
         let mut scanned: Vec<ScannedSegment> = Vec::new();
         let mut found = None;
         let mut stop = None;
         for (position, (id, path)) in listed.iter().enumerate() {
+            // Relocated segments of earlier slots come first: records are handed over in
+            // the order of the file (slot, generation, offset).
+            while let Some((slot, generation, relocated_path)) =
+                relocated_pending.next_if(|(slot, _, _)| slot < id)
+            {
+                relocated.push(scan_relocated(
+                    &relocated_path,
+                    slot,
+                    generation,
+                    checkpoint_index,
+                    &mut on_record,
+                )?);
+            }
             let previous = scanned.last();
             // If this segment turns out unusable, look for the checkpoint from where the
             // valid records ended: the damage may lie anywhere after them.
@@ -241,7 +413,17 @@ impl PageFile {
                 Some(segment) => (position.saturating_sub(1), segment.data_end),
                 None => (position, 0),
             };
-            let expected_id = previous.map_or(Some(*id), |segment| segment.id.checked_add(1));
+            // The next chain slot: slots garbage collection rewrote or emptied are skipped.
+            let expected_id = match previous {
+                None => Some(*id),
+                Some(segment) => {
+                    let mut next = segment.id.checked_add(1);
+                    while let Some(slot) = next.filter(|slot| manifest.replaces_chain(*slot)) {
+                        next = slot.checked_add(1);
+                    }
+                    next
+                }
+            };
             if expected_id != Some(*id) {
                 stop = Some(ScanStop {
                     position: probe_from.0,
@@ -257,7 +439,11 @@ impl PageFile {
                 });
                 break;
             }
-            let previous_end = previous.map(|segment| segment.data_end);
+            // The header's "previous end" is checkable only against the chain segment
+            // right before (a rewritten one holds other bytes).
+            let previous_end = previous
+                .filter(|segment| segment.id.checked_add(1) == Some(*id))
+                .map(|segment| segment.data_end);
             let (file, map) = match map_segment_for_scan(path)? {
                 Ok(mapped) => mapped,
                 Err(detail) => {
@@ -282,13 +468,15 @@ impl PageFile {
             if let Err(error) = map.advise(Advice::Sequential) {
                 tracing::debug!(path = %path.display(), %error, "madvise(SEQUENTIAL) failed");
             }
-            let scan = scan_segment(&map, *id, checkpoint_index, &mut on_record);
+            let mut stats = SegmentStats::default();
+            let scan = scan_segment(&map, *id, checkpoint_index, &mut stats, &mut on_record);
             let mut segment = ScannedSegment {
                 id: *id,
                 path: path.clone(),
                 file,
                 map,
                 data_end: 0,
+                stats,
             };
             match scan {
                 SegmentScan::End { data_end } => {
@@ -344,6 +532,17 @@ impl PageFile {
             });
             return Err(scan_error(dir, &listed, checkpoint_index, stop));
         };
+        if let Some((slot, generation, path)) = relocated_pending.next() {
+            return Err(OpenError::BadSegment {
+                path,
+                index: checkpoint_index,
+                detail: format!(
+                    "relocated segment {slot}.r{generation} lies at or after the slot of the \
+                     checkpoint ({}): garbage collection never rewrites those",
+                    last.id
+                ),
+            });
+        }
 
         // The checkpoint is found: from here on the page file is modified.
         let mut dir_changed = false;
@@ -353,6 +552,17 @@ impl PageFile {
                 source,
             })?;
             dir_changed = true;
+        }
+        for path in &leftovers {
+            fs::remove_file(path).map_err(|source| OpenError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            dir_changed = true;
+        }
+        if !leftovers.is_empty() {
+            tracing::info!(dir = %dir.display(), files = leftovers.len(),
+                "page file: removed files an interrupted garbage collection left behind");
         }
         let io_error = |source| OpenError::Io {
             path: last.path.clone(),
@@ -381,6 +591,7 @@ impl PageFile {
         }
         // SAFETY: see `create_segment`.
         let map = unsafe { MmapMut::map_mut(&last.file) }.map_err(io_error)?;
+        let checkpoint_slot = last.id;
         let active = ActiveSegment {
             id: last.id,
             path: last.path,
@@ -388,23 +599,47 @@ impl PageFile {
             map,
             write_offset: last.data_end,
             synced_offset: last.data_end,
+            stats: last.stats,
         };
-        let sealed = scanned
-            .into_iter()
-            .map(|segment| SealedSegment {
-                id: segment.id,
-                path: segment.path,
-                map: segment.map,
-                data_end: segment.data_end,
-                unsynced_file: None,
-            })
-            .collect();
+        let mut sealed = BTreeMap::new();
+        for segment in scanned {
+            let key = segment_key(segment.id, 0);
+            sealed.insert(
+                key,
+                SealedSegment {
+                    key,
+                    path: segment.path,
+                    map: Arc::new(segment.map),
+                    data_end: segment.data_end,
+                    unsynced_file: None,
+                    stats: segment.stats,
+                },
+            );
+        }
+        for segment in relocated {
+            sealed.insert(
+                segment.key,
+                SealedSegment {
+                    key: segment.key,
+                    path: segment.path,
+                    map: Arc::new(segment.map),
+                    data_end: segment.data_end,
+                    unsynced_file: None,
+                    stats: segment.stats,
+                },
+            );
+        }
         let page_file = PageFile {
             dir: dir.to_path_buf(),
             options,
             sealed,
             active,
+            manifest,
+            relocation: None,
+            retiring: Vec::new(),
             last_checkpoint_index: checkpoint_index,
+            last_checkpoint_slot: checkpoint_slot,
+            last_checkpoint: Some(checkpoint),
             dir_unsynced: false,
             poisoned: false,
         };

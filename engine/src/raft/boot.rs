@@ -211,7 +211,8 @@ impl RaftCore {
         let config_advance_from = config.initial_election_tick_advance.then_some(now);
         let incarnation = config.tuning.incarnation;
         let core = RaftCore {
-            checkpoints: super::checkpoint::Checkpoints::new(config.snapshot_count, applied),
+            checkpoints: super::checkpoint::Checkpoints::new(config.snapshot_count, applied)
+                .with_compact_revision(compact_revision),
             shards: ready::Shards::new(apply_senders, shard_requests),
             config,
             node,
@@ -233,6 +234,8 @@ impl RaftCore {
             initial_ticks_from: config_advance_from,
             observer: None,
             faults: super::faults::Faults::new(incarnation),
+            compactor: None,
+            snapshot_streams: Default::default(),
         };
         core.update_peers();
         Ok(core)

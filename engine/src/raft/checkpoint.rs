@@ -7,6 +7,7 @@
 //! A crash between the shards' checkpoints and the marker is harmless: the last marker
 //! names a checkpoint every shard has.
 
+use futures::channel::oneshot;
 use protobuf::Message as _;
 use rivet_api::rivetpb::CheckpointMarker;
 
@@ -18,8 +19,15 @@ pub struct Checkpoints {
     /// Applied entries between checkpoints.
     every: u64,
     last_index: u64,
+    /// The compact revision of the last checkpoint recorded: a compaction after it makes
+    /// a checkpoint due, so that the shards' garbage collection may drop what it removed.
+    last_compact_revision: i64,
     /// The checkpoint in the making, and which shards confirmed it.
     in_flight: Option<(CheckpointRequest, Vec<bool>)>,
+    /// Defragmentations waiting for a checkpoint that seals the active segments.
+    seal_waiting: Vec<oneshot::Sender<u64>>,
+    /// Defragmentations the checkpoint in the making answers.
+    seal_in_flight: Vec<oneshot::Sender<u64>>,
 }
 
 impl Checkpoints {
@@ -27,8 +35,18 @@ impl Checkpoints {
         Checkpoints {
             every,
             last_index,
+            last_compact_revision: -1,
             in_flight: None,
+            seal_waiting: Vec::new(),
+            seal_in_flight: Vec::new(),
         }
+    }
+
+    /// The compact revision of the checkpoint the member started from.
+    #[must_use]
+    pub fn with_compact_revision(mut self, compact_revision: i64) -> Checkpoints {
+        self.last_compact_revision = compact_revision;
+        self
     }
 
     /// The applied index of the last checkpoint recorded.
@@ -40,13 +58,48 @@ impl Checkpoints {
         self.in_flight.is_some()
     }
 
-    /// Whether a checkpoint should start, with `applied` entries applied.
-    pub fn due(&self, applied: u64) -> bool {
-        self.in_flight.is_none() && applied >= self.last_index + self.every
+    /// Whether a checkpoint should start, with `applied` entries applied and the store
+    /// compacted at `compact_revision`: every `--snapshot-count` entries, after a
+    /// compaction, and when a defragmentation waits.
+    pub fn due(&self, applied: u64, compact_revision: i64) -> bool {
+        self.in_flight.is_none()
+            && (applied >= self.last_index + self.every
+                || (applied > self.last_index
+                    && (compact_revision > self.last_compact_revision
+                        || !self.seal_waiting.is_empty())))
+    }
+
+    /// Whether the next checkpoint should seal the shards' active segments.
+    pub fn seal_wanted(&self) -> bool {
+        !self.seal_waiting.is_empty()
     }
 
     pub fn started(&mut self, request: CheckpointRequest, shard_count: usize) {
+        if request.seal {
+            self.seal_in_flight.append(&mut self.seal_waiting);
+        }
         self.in_flight = Some((request, vec![false; shard_count]));
+    }
+
+    /// A defragmentation wants a sealing checkpoint. With nothing applied since the last
+    /// one and none in the making, it is answered at once with the last one (the shards
+    /// reseal by themselves).
+    pub fn defragment(&mut self, applied: u64, reply: oneshot::Sender<u64>) {
+        if self.in_flight.is_none() && applied <= self.last_index {
+            let _ = reply.send(self.last_index);
+        } else {
+            self.seal_waiting.push(reply);
+        }
+    }
+
+    /// After a checkpoint was recorded: defragmentations still waiting with nothing
+    /// applied since are answered with it.
+    fn answer_idle_seals(&mut self, applied: u64) {
+        if self.in_flight.is_none() && applied <= self.last_index {
+            for reply in self.seal_waiting.drain(..) {
+                let _ = reply.send(self.last_index);
+            }
+        }
     }
 
     /// Shard `shard` made a checkpoint at `index`.
@@ -72,15 +125,21 @@ impl Checkpoints {
         }
     }
 
-    /// The marker of the checkpoint at `index` is in the log.
-    pub fn recorded(&mut self, index: u64) {
+    /// The marker of the checkpoint at `index`, compacted at `compact_revision`, is in
+    /// the log; the defragmentations it sealed for are answered.
+    pub fn recorded(&mut self, index: u64, compact_revision: i64) {
         self.last_index = index;
+        self.last_compact_revision = compact_revision;
+        for reply in self.seal_in_flight.drain(..) {
+            let _ = reply.send(index);
+        }
     }
 
     /// A snapshot installed at `index` is the checkpoint now; one in the making is moot.
     pub fn installed(&mut self, index: u64) {
         self.last_index = index;
         self.in_flight = None;
+        self.seal_waiting.append(&mut self.seal_in_flight);
     }
 }
 
@@ -92,22 +151,41 @@ pub fn log_kept_from(index: u64, kept_after_checkpoint: u64) -> u64 {
 impl RaftCore {
     /// Starts a checkpoint when one is due; records one every shard confirmed.
     pub(super) async fn maybe_checkpoint(&mut self) {
+        self.checkpoints.answer_idle_seals(self.applied_index);
         if let Some(request) = self.checkpoints.take_complete() {
-            if let Err(e) = self.record_checkpoint(request) {
-                // The log refused a write: its state is unknown and a retry could report
-                // success for lost data, so the member stops (the restart recovers from
-                // what is durable). Going on would also start this checkpoint again at an
-                // index the shards already checkpointed.
-                self.stop_for(format!(
-                    "could not record checkpoint {}: {e}",
-                    request.index
-                ));
+            match self.record_checkpoint(request) {
+                Ok(()) => {
+                    // The shards' garbage collection may now drop what this checkpoint's
+                    // compaction removed.
+                    let index = request.index;
+                    self.shards
+                        .send_all(|_| ApplyMessage::CheckpointRecorded { index })
+                        .await;
+                    self.checkpoints
+                        .recorded(request.index, request.compact_revision);
+                }
+                Err(e) => {
+                    // The log refused a write: its state is unknown and a retry could
+                    // report success for lost data, so the member stops (the restart
+                    // recovers from what is durable). Going on would also start this
+                    // checkpoint again at an index the shards already checkpointed.
+                    self.stop_for(format!(
+                        "could not record checkpoint {}: {e}",
+                        request.index
+                    ));
+                }
             }
             return;
         }
-        if self.checkpoints.due(self.applied_index) {
+        let compact_revision = self.applier.sequencer().compact_revision();
+        if self.checkpoints.due(self.applied_index, compact_revision) {
             self.start_checkpoint().await;
         }
+    }
+
+    /// Maintenance.Defragment: a checkpoint that seals the shards' active segments.
+    pub(super) fn defragment(&mut self, reply: oneshot::Sender<u64>) {
+        self.checkpoints.defragment(self.applied_index, reply);
     }
 
     /// Asks every shard for a checkpoint at the applied index.
@@ -124,6 +202,7 @@ impl RaftCore {
             term,
             revision: sequencer.revision(),
             compact_revision: sequencer.compact_revision(),
+            seal: self.checkpoints.seal_wanted(),
         };
         self.shards
             .send_all(|_| ApplyMessage::Checkpoint(request))
@@ -153,7 +232,6 @@ impl RaftCore {
             .submit(vec![log::marker_record(&marker)])
             .map_err(|e| e.to_string())?;
         self.log.wait_durable(sequence).map_err(|e| e.to_string())?;
-        self.checkpoints.recorded(request.index);
         let keep_from = log_kept_from(
             request.index,
             self.config.tuning.log_entries_kept_after_checkpoint,
@@ -183,16 +261,17 @@ mod tests {
             term: 1,
             revision: 1,
             compact_revision: -1,
+            seal: false,
         }
     }
 
     #[test]
     fn a_checkpoint_is_recorded_once_every_shard_confirmed_it() {
         let mut checkpoints = Checkpoints::new(10, 0);
-        assert!(!checkpoints.due(9));
-        assert!(checkpoints.due(10));
+        assert!(!checkpoints.due(9, -1));
+        assert!(checkpoints.due(10, -1));
         checkpoints.started(request(10), 2);
-        assert!(!checkpoints.due(50), "one at a time");
+        assert!(!checkpoints.due(50, -1), "one at a time");
         checkpoints.acknowledged(0, 10);
         checkpoints.acknowledged(1, 9);
         assert!(
@@ -202,9 +281,44 @@ mod tests {
         checkpoints.acknowledged(1, 10);
         assert_eq!(checkpoints.take_complete().map(|r| r.index), Some(10));
         assert!(checkpoints.take_complete().is_none());
-        checkpoints.recorded(10);
-        assert!(!checkpoints.due(19));
-        assert!(checkpoints.due(20));
+        checkpoints.recorded(10, -1);
+        assert!(!checkpoints.due(19, -1));
+        assert!(checkpoints.due(20, -1));
+        assert!(checkpoints.due(11, 5), "a compaction makes one due");
+        assert!(!checkpoints.due(10, 5), "but only with something applied");
+    }
+
+    #[test]
+    fn a_defragmentation_gets_a_sealing_checkpoint_or_the_last_one() {
+        let mut checkpoints = Checkpoints::new(100, 10);
+        let (idle, idle_answer) = oneshot::channel();
+        checkpoints.defragment(10, idle);
+        assert_eq!(idle_answer.try_recv_now(), Some(10));
+        let (busy, mut busy_answer) = oneshot::channel();
+        checkpoints.defragment(12, busy);
+        assert!(checkpoints.due(12, -1) && checkpoints.seal_wanted());
+        checkpoints.started(
+            CheckpointRequest {
+                seal: true,
+                ..request(12)
+            },
+            1,
+        );
+        checkpoints.acknowledged(0, 12);
+        assert!(checkpoints.take_complete().is_some());
+        assert_eq!(busy_answer.try_recv().ok().flatten(), None);
+        checkpoints.recorded(12, -1);
+        assert_eq!(busy_answer.try_recv().ok().flatten(), Some(12));
+    }
+
+    trait TryRecvNow {
+        fn try_recv_now(self) -> Option<u64>;
+    }
+
+    impl TryRecvNow for oneshot::Receiver<u64> {
+        fn try_recv_now(mut self) -> Option<u64> {
+            self.try_recv().ok().flatten()
+        }
     }
 
     #[test]

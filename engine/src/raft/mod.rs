@@ -34,7 +34,9 @@
 
 pub mod boot;
 pub mod checkpoint;
+pub mod compactor;
 pub mod config;
+pub mod etcd_snapshot;
 pub mod faults;
 pub mod force_new;
 pub mod io;
@@ -120,6 +122,10 @@ pub struct RaftCore {
     observer: Option<ApplyObserver>,
     /// The test-only network fault switch.
     faults: faults::Faults,
+    /// Auto-compaction, when `--auto-compaction-retention` asks for it.
+    compactor: Option<compactor::Compactor>,
+    /// `Maintenance.Snapshot` streams waiting for their point.
+    snapshot_streams: etcd_snapshot::SnapshotStreams,
 }
 
 #[derive(Default)]
@@ -217,6 +223,7 @@ impl RaftCore {
         }
         self.check_move_leader();
         self.expire_leases();
+        self.auto_compact();
         self.waiters.drop_abandoned();
     }
 
@@ -232,6 +239,7 @@ impl RaftCore {
             return false;
         }
         self.maybe_checkpoint().await;
+        self.start_snapshot_streams().await;
         self.maybe_publish_attributes();
         if let Some(deadline) = self.stop.after_transfer {
             if self.node.raft.state != StateRole::Leader || self.clock.now() >= deadline {
@@ -336,6 +344,8 @@ impl RaftCore {
             RaftCommand::Status { reply } => {
                 let _ = reply.send(self.status());
             }
+            RaftCommand::Defragment { reply } => self.defragment(reply),
+            RaftCommand::SnapshotBegin { reply } => self.begin_snapshot_stream(reply),
         }
     }
 

@@ -7,6 +7,7 @@
 pub mod cluster;
 pub mod dns;
 pub mod etcdctl;
+pub mod history;
 pub mod request_fuzz;
 pub mod rng;
 pub mod tls;
@@ -320,12 +321,29 @@ impl Rivet {
         }
     }
 
-    /// Starts the same member again with other environment variables.
-    pub fn restart_with_env(&mut self, env: &[(&str, &str)]) {
+    /// Whether the member exited by itself within `wait`.
+    pub fn exits_within(&mut self, wait: Duration) -> bool {
+        let deadline = Instant::now() + wait;
+        loop {
+            match self.child.as_mut().map(Child::try_wait) {
+                None | Some(Ok(Some(_))) => return true,
+                _ if Instant::now() > deadline => return false,
+                _ => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    }
+
+    /// Replaces the extra environment variables of the next [`Rivet::restart`].
+    pub fn set_env(&mut self, env: &[(&str, &str)]) {
         self.env = env
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
+    }
+
+    /// Starts the same member again with other environment variables.
+    pub fn restart_with_env(&mut self, env: &[(&str, &str)]) {
+        self.set_env(env);
         self.restart();
     }
 

@@ -13,7 +13,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use rivet_engine::etcd_backend::snapshot_file::file_status;
-use rivet_tools::snapshot::{restore, status_output, RestoreOptions, WriteOut};
+use rivet_tools::snapshot::{restore_data_dir, status_output, RestoreOptions, WriteOut};
 
 /// etcdctl's exit codes.
 const EXIT_ERROR: u8 = 1;
@@ -87,6 +87,10 @@ enum SnapshotCommand {
         /// Ignore snapshot integrity hash value (required if copied from data directory).
         #[arg(long = "skip-hash-check")]
         skip_hash_check: bool,
+        /// rivet's own: shard cores the data dir is partitioned for (default: cores - 1,
+        /// at least 1, as rivet's --shards; rivet started on the dir takes this count).
+        #[arg(long)]
+        shards: Option<usize>,
     },
 }
 
@@ -131,6 +135,7 @@ fn main() -> ExitCode {
                     initial_cluster_token,
                     initial_advertise_peer_urls,
                     skip_hash_check,
+                    shards,
                 },
         } => {
             let [file] = files.as_slice() else {
@@ -149,23 +154,27 @@ fn main() -> ExitCode {
                 initial_advertise_peer_urls,
                 skip_hash_check,
             };
-            match restore(&options, |_| Ok(())) {
+            let shards = shards.unwrap_or_else(|| {
+                std::thread::available_parallelism()
+                    .map_or(1, |n| n.get())
+                    .saturating_sub(1)
+                    .max(1)
+            });
+            match restore_data_dir(&options, shards) {
                 Ok(summary) => {
-                    // The snapshot is valid; the rivet data dir writer (page files and a
-                    // WAL from these structures) is not there yet.
-                    fail(
-                        EXIT_ERROR,
-                        format!(
-                            "the snapshot is valid (revision {}, {} puts, {} tombstones, {} leases, {} members), \
-                             but writing a rivet data dir from it is not implemented yet; nothing was written to {}",
-                            summary.revision,
-                            summary.puts,
-                            summary.tombstones,
-                            summary.state.leases.len(),
-                            summary.state.members.len(),
-                            summary.data_dir.display()
-                        ),
-                    )
+                    eprintln!(
+                        "restored snapshot {} into {} (wal {}): revision {}, {} puts, {} tombstones, {} leases, {} members, {} shards",
+                        file.display(),
+                        summary.data_dir.display(),
+                        summary.wal_dir.display(),
+                        summary.revision,
+                        summary.puts,
+                        summary.tombstones,
+                        summary.state.leases.len(),
+                        summary.initial_cluster.len(),
+                        shards
+                    );
+                    ExitCode::SUCCESS
                 }
                 Err(e) => fail(EXIT_ERROR, e),
             }
