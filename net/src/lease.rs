@@ -14,6 +14,7 @@ use rivet_engine::limits;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::services::CoreHandle;
+use rivet_engine::auth::request::{check_rpc, Rpc};
 
 pub struct LeaseService(pub CoreHandle);
 
@@ -23,9 +24,12 @@ impl Lease for LeaseService {
         &self,
         request: Request<LeaseGrantRequest>,
     ) -> Result<Response<LeaseGrantResponse>, Status> {
+        let credentials = self.0.credentials(&request);
         let request = request.into_inner();
         self.0
-            .run(|core| async move { core.lease_grant(request).await })
+            .run_checked(credentials, Rpc::LeaseGrant, |core| async move {
+                core.lease_grant(request).await
+            })
             .await
     }
 
@@ -33,9 +37,13 @@ impl Lease for LeaseService {
         &self,
         request: Request<LeaseRevokeRequest>,
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
+        let credentials = self.0.credentials(&request);
         let request = request.into_inner();
         self.0
-            .run(|core| async move { core.lease_revoke(request).await })
+            .run_as(credentials, |core, caller| async move {
+                check_rpc(&core.auth_state(), caller.as_ref(), Rpc::LeaseRevoke)?;
+                core.lease_revoke_as(request, caller).await
+            })
             .await
     }
 

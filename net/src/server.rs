@@ -36,6 +36,7 @@ use crate::peer::{PeerConfig, PeerTransport};
 use crate::peer_link::{peer_address, QuicLink};
 use crate::services::{ClusterService, CoreHandle, KvService, MaintenanceService};
 use crate::tls::{ClientIdentity, ServerTls};
+use rivet_engine::auth::{AuthState, PasswordPool, TokenConfig};
 
 /// etcd's default quota when `--quota-backend-bytes` is 0: 2 GiB.
 const DEFAULT_QUOTA_BYTES: u64 = 2 * 1024 * 1024 * 1024;
@@ -83,6 +84,8 @@ pub struct ClientSettings {
     pub http: Arc<crate::access::HttpSettings>,
     /// `--enable-grpc-gateway` and the gateway's body limit.
     pub gateway: crate::gateway::GatewayConfig,
+    /// `--client-cert-auth`: a client certificate's Common Name names the user.
+    pub client_cert_auth: bool,
 }
 
 impl ClientSettings {
@@ -93,6 +96,7 @@ impl ClientSettings {
             keepalive_interval: flags.grpc_keepalive_interval,
             keepalive_timeout: flags.grpc_keepalive_timeout,
             keepalive_min_time: flags.grpc_keepalive_min_time,
+            client_cert_auth: flags.client_cert_auth,
             gateway: crate::gateway::GatewayConfig {
                 enabled: flags.enable_grpc_gateway,
                 ..crate::gateway::GatewayConfig::new(flags.max_request_bytes)
@@ -209,13 +213,41 @@ pub fn run(flags: Flags) -> anyhow::Result<()> {
         pre_vote: flags.pre_vote,
         initial_election_tick_advance: flags.initial_election_tick_advance,
         warning_apply_duration: flags.experimental_warning_apply_duration,
+        simple_token_ttl: rivet_engine::core::auth::simple_token_ttl(flags.auth_token_ttl),
         tuning: Default::default(),
     };
+    // etcd's NewTokenProvider and NewAuthStore: a bad --auth-token stops the start; a
+    // --bcrypt-cost out of range falls back to the default with a warning.
+    let token_config = TokenConfig::parse(&flags.auth_token, flags.auth_token_ttl)
+        .map_err(|e| anyhow!("failed to create token provider: {e}"))?;
+    let (bcrypt_cost, replaced) = rivet_engine::auth::password::effective_cost(flags.bcrypt_cost);
+    if replaced {
+        tracing::warn!(
+            "use default bcrypt cost {bcrypt_cost} instead of the invalid given cost {}",
+            flags.bcrypt_cost
+        );
+    }
+    let password_pool = PasswordPool::start(
+        limits::PASSWORD_HASH_THREADS,
+        limits::PASSWORD_HASH_QUEUE,
+        bcrypt_cost,
+    )?;
     let recovered = open_wal(&mut raft_config, flags.shards_given())?;
     let shard_count = raft_config.shard_count;
     let cluster = raft_config.cluster_id;
     let shared = Arc::new(Shared::new(member, cluster, shard_count));
     let checkpoint_index = recovered.checkpoint.as_ref().map_or(0, |c| c.applied_index);
+    // The auth store of the checkpoint, for the serving cores until the raft core
+    // replays the log after it (the raft core decodes the same record, and refuses to
+    // start on a damaged one).
+    let initial_auth = Arc::new(
+        recovered
+            .checkpoint
+            .as_ref()
+            .and_then(|c| c.auth.clone())
+            .and_then(|auth| AuthState::from_proto(auth).ok())
+            .unwrap_or_default(),
+    );
     // A snapshot install interrupted by a crash is finished (or discarded) first.
     rivet_engine::snapshot::finish_install(&snap_dir, checkpoint_index, shard_count)
         .with_context(|| format!("finishing a staged snapshot in {}", snap_dir.display()))?;
@@ -318,6 +350,9 @@ pub fn run(flags: Flags) -> anyhow::Result<()> {
         let fatal = fatal_tx.clone();
         let max_txn_ops = flags.max_txn_ops;
         let client_settings = Arc::clone(&client_settings);
+        let initial_auth = Arc::clone(&initial_auth);
+        let token_config = token_config.clone();
+        let password_pool = password_pool.clone();
         let placement = if flags.pin_cores {
             Placement::Fixed(cpu)
         } else {
@@ -337,6 +372,7 @@ pub fn run(flags: Flags) -> anyhow::Result<()> {
                         }
                     };
                 let core = Rc::new(ShardCore::new(id, shard, raft, peers, shared, max_txn_ops));
+                core.configure_auth(initial_auth, token_config, password_pool);
                 core.send_restore(&restore).await;
                 drop(restore);
                 let apply = glommio::spawn_local(Rc::clone(&core).run_apply(apply_rx, acks));
@@ -439,7 +475,8 @@ async fn accept_loop(
     settings: Arc<ClientSettings>,
     tls: Option<Rc<ServerTls>>,
 ) {
-    let handle = CoreHandle::new(Rc::clone(&core), REQUEST_TIMEOUT);
+    let handle = CoreHandle::new(Rc::clone(&core), REQUEST_TIMEOUT)
+        .with_client_cert_auth(settings.client_cert_auth);
     let decode_limit = settings.max_request_bytes + GRPC_OVERHEAD_BYTES;
     let routes = tonic::service::Routes::new(
         KvServer::new(KvService(handle.clone()))
@@ -447,6 +484,9 @@ async fn accept_loop(
             .max_encoding_message_size(usize::MAX),
     )
     .add_service(ClusterServer::new(ClusterService(handle.clone())))
+    .add_service(rivet_api::etcdserverpb::auth_server::AuthServer::new(
+        crate::auth::AuthService(handle.clone()),
+    ))
     .add_service(LeaseServer::new(crate::lease::LeaseService(handle.clone())))
     .add_service(rivet_api::v3lockpb::lock_server::LockServer::new(
         crate::lock::LockService(handle.clone()),

@@ -148,6 +148,7 @@ impl RaftCore {
             membership: Some(self.applier.members().to_proto()),
             leases: self.applier.lease_records(),
             alarms: self.applier.alarms().list().to_vec(),
+            auth: Some(self.applier.auth().to_proto()),
         };
         let sequence = self
             .log
