@@ -119,6 +119,28 @@ impl CoreHandle {
         .await
     }
 
+    /// [`CoreHandle::run_unbounded`] for a request that carries credentials.
+    pub async fn run_unbounded_as<T, F, Fut>(
+        &self,
+        credentials: Credentials,
+        f: F,
+    ) -> Result<Response<T>, Status>
+    where
+        F: FnOnce(Rc<ShardCore>, Option<AuthInfo>) -> Fut,
+        Fut: Future<Output = Result<T, EtcdError>>,
+    {
+        self.run_unbounded(|core| async move {
+            let caller = core
+                .caller(
+                    credentials.token.as_deref(),
+                    credentials.common_name.as_deref(),
+                )
+                .await?;
+            f(core, caller).await
+        })
+        .await
+    }
+
     /// [`CoreHandle::run_as`] of an RPC whose check does not depend on keys (root only,
     /// or any credentials).
     pub async fn run_checked<T, F, Fut>(

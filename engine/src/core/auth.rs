@@ -117,15 +117,19 @@ impl ShardCore {
         }
     }
 
-    /// etcd's `AuthInfoFromCtx` + `AuthInfoFromTLS`: who a request is from, `None` with
-    /// auth off or without credentials. A simple token names the raft index that assigned
-    /// it: this core first waits until every shard applied it (etcd's index waiter).
+    /// etcd's `AuthInfoFromCtx` + `AuthInfoFromTLS`: who a request is from, `None`
+    /// without credentials (or with only a certificate while auth is off). A simple token
+    /// names the raft index that assigned it: this core first waits until every shard
+    /// applied it (etcd's index waiter). As in etcd, a token is looked up even while auth
+    /// is off: a simple token is then always `invalid auth token` (AuthDisable dropped
+    /// them all), a valid JWT names its user.
     pub async fn caller(
         &self,
         token: Option<&str>,
         common_name: Option<&str>,
     ) -> Result<Option<AuthInfo>, EtcdError> {
-        if !self.auth_enabled() {
+        let enabled = self.auth_enabled();
+        if !enabled && token.is_none() {
             return Ok(None);
         }
         if let Some(token) = token {
@@ -141,6 +145,17 @@ impl ShardCore {
         let now_unix_seconds = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        if let (false, Some(token)) = (enabled, token) {
+            let found = match &auth.config {
+                TokenConfig::Simple { .. } => auth
+                    .tokens
+                    .lookup(token, Instant::now())
+                    .map(|user| AuthInfo::new(user, auth.state.revision())),
+                TokenConfig::Jwt(provider) => provider.verify(token, now_unix_seconds),
+                TokenConfig::None => None,
+            };
+            return found.map(Some).ok_or(EtcdError::InvalidAuthToken);
+        }
         resolve_credentials(
             &auth.state,
             &auth.config,
