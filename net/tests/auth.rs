@@ -182,6 +182,20 @@ fn etcdctl_auth_script_matches_etcd() {
         differences.len(),
         differences.join("\n")
     );
+    // Both stores made the same revision bumps.
+    assert_eq!(
+        auth_revision(&rivet.endpoint()),
+        auth_revision(&etcd.endpoint())
+    );
+}
+
+fn auth_revision(endpoint: &str) -> u64 {
+    let metrics = common::http_get(endpoint, "/metrics").expect("metrics");
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("etcd_debugging_auth_revision "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("etcd_debugging_auth_revision")
 }
 
 fn ok(endpoint: &str, args: &[&str]) -> String {

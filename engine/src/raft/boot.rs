@@ -196,6 +196,7 @@ impl RaftCore {
             auth_changes: Default::default(),
         };
         let applier = Applier::new(state, min_lease_ttl(&config));
+        crate::metrics::AUTH_REVISION.set(applier.auth().revision());
         let now = clock.now();
         let member_id = config.member_id;
         let config_advance_from = config.initial_election_tick_advance.then_some(now);

@@ -519,6 +519,7 @@ impl RaftCore {
         Vec<crate::auth::TokenUpdate>,
     ) {
         let (auth, events) = self.applier.take_auth_changes();
+        crate::metrics::AUTH_REVISION.set(self.applier.auth().revision());
         let now = std::time::Instant::now();
         let ttl = self.config.simple_token_ttl;
         let tokens = events
