@@ -163,8 +163,42 @@ fn run(endpoint: &str, step: &Step) -> Seen {
 
 #[test]
 fn etcdctl_auth_script_matches_etcd() {
-    let etcd = Etcd::start(&[]);
-    let rivet = Rivet::start(&[]);
+    script_matches_etcd(&[]);
+}
+
+/// The same script with `--auth-token jwt` and RS256 keys made by the test: Authenticate
+/// answers signed tokens, every request is checked from its token alone.
+#[test]
+fn etcdctl_auth_script_with_jwt_matches_etcd() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let private = dir.path().join("jwt.key");
+    let public = dir.path().join("jwt.pub");
+    let made = std::process::Command::new("openssl")
+        .args(["genrsa", "-out"])
+        .arg(&private)
+        .arg("2048")
+        .output()
+        .expect("openssl genrsa");
+    assert!(made.status.success(), "{made:?}");
+    let made = std::process::Command::new("openssl")
+        .args(["rsa", "-pubout", "-in"])
+        .arg(&private)
+        .arg("-out")
+        .arg(&public)
+        .output()
+        .expect("openssl rsa -pubout");
+    assert!(made.status.success(), "{made:?}");
+    let option = format!(
+        "jwt,pub-key={},priv-key={},sign-method=RS256,ttl=10m",
+        public.display(),
+        private.display()
+    );
+    script_matches_etcd(&["--auth-token", &option]);
+}
+
+fn script_matches_etcd(flags: &[&str]) {
+    let etcd = Etcd::start(flags);
+    let rivet = Rivet::start(flags);
     let mut differences = Vec::new();
     for (i, step) in script().iter().enumerate() {
         let theirs = run(&etcd.endpoint(), step);
