@@ -39,6 +39,9 @@ fuzz_target!(|data: &[u8]| {
         Some(Request::LeaseRevoke(revoke)) => {
             let _ = sequencer.apply_lease_revoke(revoke);
         }
+        Some(Request::Auth(auth)) => {
+            let _ = rivet_engine::auth::AuthStore::new().apply(auth, 1);
+        }
         _ => {}
     }
 });

@@ -227,11 +227,7 @@ pub fn run(flags: Flags) -> anyhow::Result<()> {
             flags.bcrypt_cost
         );
     }
-    let password_pool = PasswordPool::start(
-        limits::PASSWORD_HASH_THREADS,
-        limits::PASSWORD_HASH_QUEUE,
-        bcrypt_cost,
-    )?;
+
     let recovered = open_wal(&mut raft_config, flags.shards_given())?;
     let shard_count = raft_config.shard_count;
     let cluster = raft_config.cluster_id;
@@ -262,6 +258,13 @@ pub fn run(flags: Flags) -> anyhow::Result<()> {
     );
 
     let signals = block_stop_signals();
+    // After the stop signals are blocked: threads inherit the mask, and a SIGTERM
+    // delivered to a bcrypt thread would kill the process without the graceful stop.
+    let password_pool = PasswordPool::start(
+        limits::PASSWORD_HASH_THREADS,
+        limits::PASSWORD_HASH_QUEUE,
+        bcrypt_cost,
+    )?;
     let (command_tx, command_rx) = async_channel::bounded(limits::RAFT_COMMAND_QUEUE);
     let (ack_tx, ack_rx) = async_channel::bounded(limits::SHARD_ACK_QUEUE);
     let (restore_tx, restore_rx) = async_channel::bounded(limits::RESTORE_QUEUE_CHUNKS);

@@ -205,6 +205,11 @@ impl Applier {
         self.state.auth.state()
     }
 
+    /// The auth store as it is now, to keep (it never changes afterwards).
+    pub fn auth_snapshot(&self) -> std::sync::Arc<AuthState> {
+        self.state.auth.snapshot()
+    }
+
     /// The auth changes since the last call: a new snapshot for the serving cores when
     /// the store changed, and the token events in apply order.
     pub fn take_auth_changes(&mut self) -> (Option<std::sync::Arc<AuthState>>, Vec<TokenEvent>) {
