@@ -63,6 +63,10 @@ pub struct Args {
     /// field's other name.)
     #[arg(long = "key", global = true, value_name = "FILE")]
     pub tls_key: Option<PathBuf>,
+    /// Authenticate as this user (etcd's benchmark flag): every connection gets a token
+    /// from Auth.Authenticate and sends it with each request.
+    #[arg(long, global = true, value_name = "NAME:PASSWORD")]
+    pub user: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }

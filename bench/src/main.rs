@@ -69,6 +69,10 @@ async fn interrupted() -> &'static str {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Err(e) = rivet_bench::workloads::set_user(&args) {
+        eprintln!("rivet-bench: {e:#}");
+        return ExitCode::FAILURE;
+    }
     if let Err(e) = rivet_bench::workloads::set_client_tls(&args) {
         eprintln!("rivet-bench: {e:#}");
         return ExitCode::FAILURE;

@@ -15,6 +15,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use crate::workloads::Channel;
 use anyhow::{bail, Context};
 use futures::StreamExt;
 use rivet_api::etcdserverpb::kv_client::KvClient;
@@ -23,7 +24,6 @@ use rivet_api::etcdserverpb::watch_client::WatchClient;
 use rivet_api::etcdserverpb::watch_request::RequestUnion;
 use rivet_api::etcdserverpb::{PutRequest, StatusRequest, WatchCreateRequest, WatchRequest};
 use serde::Serialize;
-use tonic::transport::Channel;
 
 use crate::cli::MemoryArgs;
 use crate::compare::{rivet_binary, version_of};

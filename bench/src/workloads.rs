@@ -22,7 +22,8 @@ use rivet_api::etcdserverpb::{
     WatchCreateRequest, WatchRequest, WatchResponse,
 };
 use tonic::codec::Streaming;
-use tonic::transport::{Channel, Endpoint};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Endpoint;
 use tonic::Status;
 
 use crate::cli::{
@@ -43,6 +44,39 @@ pub fn key_of(n: u64, size: usize) -> Bytes {
     let start = key.len() - take;
     key[start..].copy_from_slice(&digits[digits.len() - take..]);
     Bytes::from(key)
+}
+
+/// One connection to a server: the channel, with the auth token of `--user` (if any)
+/// added to every request.
+pub type Channel = InterceptedService<tonic::transport::Channel, TokenInterceptor>;
+
+/// Adds the `token` metadata etcd reads credentials from.
+#[derive(Clone)]
+pub struct TokenInterceptor(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for TokenInterceptor {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Some(token) = &self.0 {
+            request.metadata_mut().insert("token", token.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// `--user name:password`, set once at start.
+static USER: std::sync::OnceLock<Option<(String, String)>> = std::sync::OnceLock::new();
+
+/// Reads `--user`.
+pub fn set_user(args: &crate::cli::Args) -> anyhow::Result<()> {
+    let user = match &args.user {
+        None => None,
+        Some(user) => match user.split_once(':') {
+            Some((name, password)) => Some((name.to_string(), password.to_string())),
+            None => anyhow::bail!("--user takes name:password"),
+        },
+    };
+    let _already_set = USER.set(user);
+    Ok(())
 }
 
 /// The client TLS of this process (`--cacert --cert --key`), set once at start.
@@ -91,6 +125,25 @@ pub fn url_of(endpoint: &str) -> String {
 }
 
 pub async fn connect(endpoint: &str) -> anyhow::Result<Channel> {
+    let channel = connect_channel(endpoint).await?;
+    let token = match USER.get().and_then(Option::as_ref) {
+        None => None,
+        Some((name, password)) => {
+            let response = rivet_api::etcdserverpb::auth_client::AuthClient::new(channel.clone())
+                .authenticate(rivet_api::etcdserverpb::AuthenticateRequest {
+                    name: name.clone(),
+                    password: password.clone(),
+                })
+                .await
+                .with_context(|| format!("authenticating as {name}"))?
+                .into_inner();
+            Some(response.token.parse().context("the token is not ASCII")?)
+        }
+    };
+    Ok(InterceptedService::new(channel, TokenInterceptor(token)))
+}
+
+async fn connect_channel(endpoint: &str) -> anyhow::Result<tonic::transport::Channel> {
     let url = url_of(endpoint);
     let mut builder = Endpoint::from_shared(url.clone())?
         .tcp_nodelay(true)

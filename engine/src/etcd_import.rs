@@ -190,6 +190,9 @@ impl DataDirWriter {
             .collect();
         let conf_state = ConfState::from((voters, learners));
         let marker = CheckpointMarker {
+            // etcd's users and roles are not carried over yet (the auth store starts
+            // empty, auth off): see the closing note of issue 14.
+            auth: Default::default(),
             applied_index: IMPORT_INDEX,
             term: IMPORT_TERM,
             revision,

@@ -49,6 +49,13 @@ pub enum RaftCommand {
         request: internal_request::Request,
         reply: oneshot::Sender<Result<Reply, EtcdError>>,
     },
+    /// A client write with the credentials it came with (auth on): the auth applier
+    /// checks its permissions with `caller` when the entry applies.
+    ProposeAs {
+        request: internal_request::Request,
+        caller: rivet_api::rivetpb::AuthCaller,
+        reply: oneshot::Sender<Result<Reply, EtcdError>>,
+    },
     /// A linearizable read point (raft ReadIndex, batched with every read waiting now).
     ReadIndex {
         reply: oneshot::Sender<Result<ReadPoint, EtcdError>>,
@@ -181,6 +188,11 @@ pub struct ApplyBatch {
     pub revision: i64,
     pub mutations: Vec<Mutation>,
     pub compaction: Option<i64>,
+    /// The auth store after this batch, when an entry of it changed the store: the core
+    /// checks the requests it serves against it once it applied the batch.
+    pub auth: Option<std::sync::Arc<crate::auth::AuthState>>,
+    /// Simple tokens assigned or dropped by this batch's entries, in order.
+    pub tokens: Vec<crate::auth::TokenUpdate>,
 }
 
 #[derive(Clone, Copy, Debug)]

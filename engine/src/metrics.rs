@@ -211,8 +211,6 @@ pub static LEASE_REVOKED: Counter = Counter::new();
 pub static LEASE_RENEWED: Counter = Counter::new();
 pub static LEASE_EXPIRED: Counter = Counter::new();
 pub static LEASE_TTL: Histogram = Histogram::new(&LEASE_TTL_BUCKETS);
-/// The auth store's revision (etcd starts it at 1).
-pub static AUTH_REVISION: Counter = Counter(AtomicU64::new(1));
 // The server.
 pub static QUOTA_BACKEND_BYTES: Counter = Counter::new();
 pub static READ_INDEXES_FAILED: Counter = Counter::new();
@@ -298,6 +296,9 @@ pub static PROPOSALS_PENDING: Counter = Counter::new();
 pub static PROPOSALS_FAILED: Counter = Counter::new();
 pub static HAS_LEADER: Counter = Counter::new();
 pub static IS_LEADER: Counter = Counter::new();
+/// The auth store's revision (etcd's `etcd_debugging_auth_revision`), set by the raft
+/// core after each apply batch.
+pub static AUTH_REVISION: Counter = Counter(AtomicU64::new(1));
 pub static HEARTBEAT_SEND_FAILURES: Counter = Counter::new();
 
 /// gRPC methods counted by `grpc_server_started_total` and `grpc_server_handled_total`.
@@ -497,6 +498,13 @@ pub fn render(gauges: &Gauges) -> String {
         "gauge",
         "The total number of consensus proposals committed.",
         PROPOSALS_COMMITTED.get(),
+    );
+    simple(
+        &mut out,
+        "etcd_debugging_auth_revision",
+        "gauge",
+        "The current revision of auth store.",
+        AUTH_REVISION.get(),
     );
     simple(
         &mut out,

@@ -48,6 +48,11 @@ pub enum Applied {
     LeaseKeepAlive(i64),
     /// An internal request (lease checkpoint, membership) that answers nobody.
     Internal,
+    /// An applied Auth service request (headers left for the answering core).
+    Auth(Box<crate::auth::AuthResponse>),
+    /// Authenticate refused because the auth store moved since the proposer checked the
+    /// password: the proposer checks it again and re-proposes (etcd's retry).
+    AuthStalePasswordCheck,
 }
 
 /// A range inside a txn that reads an older revision: the sequencer keeps no history, so

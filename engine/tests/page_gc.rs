@@ -107,6 +107,7 @@ impl Model {
             revision: self.revision,
             mutations,
             compaction: None,
+            ..Default::default()
         }
     }
 
@@ -123,6 +124,7 @@ impl Model {
             revision: self.revision,
             mutations: Vec::new(),
             compaction: Some(revision),
+            ..Default::default()
         })
     }
 
@@ -143,6 +145,7 @@ fn batch_copy(batch: &ApplyBatch) -> ApplyBatch {
         revision: batch.revision,
         mutations: batch.mutations.clone(),
         compaction: batch.compaction,
+        ..Default::default()
     }
 }
 
@@ -413,6 +416,7 @@ fn run_model(seed: u64) {
                     revision: model.revision,
                     mutations: Vec::new(),
                     compaction: None,
+                    ..Default::default()
                 };
                 reference.apply(&batch);
                 collected.apply(&batch);
@@ -507,6 +511,7 @@ fn every_crash_point_of_a_rewrite_opens_to_the_same_state() {
         revision: model.revision,
         mutations: Vec::new(),
         compaction: None,
+        ..Default::default()
     };
     member.apply(&empty);
     member.checkpoint(model.checkpoint(true));

@@ -280,7 +280,6 @@ pub struct TransportSecurity {
     pub auto_tls: bool,
 }
 
-const LATER_AUTH: Status = Status::Later("authentication");
 const NO_SNAP_FILES: Status = Status::NoEffect(
     "rivet writes no snapshot files to retain: a checkpoint lives in the shards' page \
      files, and garbage collection deletes the segments no recorded checkpoint needs",
@@ -478,11 +477,11 @@ flag_table! {
     Security "host-whitelist" host_whitelist: Vec<String> = Kind::UniqueStrings, "*", "'*'", Status::Implemented,
         "Acceptable hostnames from HTTP client requests, if server is not secure (empty or * means allow all).";
 
-    Auth "auth-token" auth_token: String = Kind::Str, "simple", "'simple'", LATER_AUTH,
+    Auth "auth-token" auth_token: String = Kind::Str, "simple", "'simple'", Status::Implemented,
         "Specify a v3 authentication token type and its options ('simple' or 'jwt').";
-    Auth "bcrypt-cost" bcrypt_cost: u64 = Kind::Uint, "10", "10", LATER_AUTH,
+    Auth "bcrypt-cost" bcrypt_cost: u64 = Kind::Uint, "10", "10", Status::Implemented,
         "Specify the cost / strength of the bcrypt algorithm for hashing auth passwords. Valid values are between 4 and 31.";
-    Auth "auth-token-ttl" auth_token_ttl: u64 = Kind::Uint, "300", "300", LATER_AUTH,
+    Auth "auth-token-ttl" auth_token_ttl: u64 = Kind::Uint, "300", "300", Status::Implemented,
         "Time (in seconds) of the auth-token-ttl.";
 
     Profiling "enable-pprof" enable_pprof: bool = Kind::Bool, "false", "'false'", Status::Implemented,

@@ -14,6 +14,38 @@ use rivet_engine::limits;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::services::CoreHandle;
+use rivet_engine::auth::request::{check_lease_keys_readable, check_lease_renew, check_rpc, Rpc};
+use rivet_engine::core::ShardCore;
+use rivet_engine::error::EtcdError;
+
+use crate::services::Credentials;
+
+/// A keep-alive with auth on: write on every key attached to the lease (whoever could
+/// not revoke it may not keep it alive), as later etcd 3.4 checks it (`checkLeaseRenew`).
+async fn check_keep_alive(
+    core: &ShardCore,
+    credentials: &Credentials,
+    id: i64,
+) -> Result<(), EtcdError> {
+    if !core.auth_enabled() && credentials.token.is_none() {
+        return Ok(());
+    }
+    let caller = core
+        .caller(
+            credentials.token.as_deref(),
+            credentials.common_name.as_deref(),
+        )
+        .await?;
+    let state = core.auth_state();
+    if !state.is_enabled() {
+        return Ok(());
+    }
+    let keys = core
+        .lease_time_to_live(rivet_api::etcdserverpb::LeaseTimeToLiveRequest { id, keys: true })
+        .await?
+        .keys;
+    check_lease_renew(&state, caller.as_ref(), &keys)
+}
 
 pub struct LeaseService(pub CoreHandle);
 
@@ -23,9 +55,12 @@ impl Lease for LeaseService {
         &self,
         request: Request<LeaseGrantRequest>,
     ) -> Result<Response<LeaseGrantResponse>, Status> {
+        let credentials = self.0.credentials(&request);
         let request = request.into_inner();
         self.0
-            .run(|core| async move { core.lease_grant(request).await })
+            .run_checked(credentials, Rpc::LeaseGrant, |core| async move {
+                core.lease_grant(request).await
+            })
             .await
     }
 
@@ -33,9 +68,13 @@ impl Lease for LeaseService {
         &self,
         request: Request<LeaseRevokeRequest>,
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
+        let credentials = self.0.credentials(&request);
         let request = request.into_inner();
         self.0
-            .run(|core| async move { core.lease_revoke(request).await })
+            .run_as(credentials, |core, caller| async move {
+                check_rpc(&core.auth_state(), caller.as_ref(), Rpc::LeaseRevoke)?;
+                core.lease_revoke_as(request, caller).await
+            })
             .await
     }
 
@@ -46,6 +85,7 @@ impl Lease for LeaseService {
         &self,
         request: Request<Streaming<LeaseKeepAliveRequest>>,
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
+        let credentials = self.0.credentials(&request);
         let mut inbound = request.into_inner();
         let (mut out, responses) = mpsc::channel(limits::WATCH_STREAM_QUEUE);
         let core = self.0.core();
@@ -60,10 +100,12 @@ impl Lease for LeaseService {
                         break;
                     }
                 };
-                let response = core
-                    .lease_keep_alive(request.id)
-                    .await
-                    .map_err(Status::from);
+                let response = async {
+                    check_keep_alive(&core, &credentials, request.id).await?;
+                    core.lease_keep_alive(request.id).await
+                }
+                .await
+                .map_err(Status::from);
                 let failed = response.is_err();
                 if out.send(response).await.is_err() || failed {
                     break;
@@ -78,9 +120,19 @@ impl Lease for LeaseService {
         &self,
         request: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
+        let credentials = self.0.credentials(&request);
         let request = request.into_inner();
         self.0
-            .run(|core| async move { core.lease_time_to_live(request).await })
+            .run_as(credentials, |core, caller| async move {
+                let keys = request.keys;
+                let response = core.lease_time_to_live(request).await?;
+                // The keys of a lease are answered only to who may read them all.
+                if keys {
+                    let state = core.auth_state();
+                    check_lease_keys_readable(&state, caller.as_ref(), &response.keys)?;
+                }
+                Ok(response)
+            })
             .await
     }
 

@@ -2,6 +2,7 @@
 //! endpoints served on every shard core, the peer transport (QUIC), flags, and member start-up.
 
 pub mod access;
+pub mod auth;
 pub mod authority;
 pub mod config;
 pub mod discovery;

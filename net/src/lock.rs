@@ -28,7 +28,8 @@ use rivet_engine::error::EtcdError;
 use rivet_engine::limits;
 use tonic::{Request, Response, Status};
 
-use crate::services::CoreHandle;
+use crate::services::{CoreHandle, Credentials};
+use rivet_engine::auth::AuthInfo;
 
 /// etcd's `concurrency` errors, as its election server returns them.
 const NOT_LEADER: &str = "election: not leader";
@@ -107,7 +108,7 @@ fn range_of(response: &TxnResponse, i: usize) -> Option<&RangeResponse> {
 /// Waits until no key under `prefix` with a create revision at or below `max_create`
 /// is left (etcd's `waitDeletes`), and returns the header of the last check.
 async fn wait_deletes(
-    core: &ShardCore,
+    core: &AsCaller<'_>,
     prefix: &Bytes,
     max_create: i64,
 ) -> Result<ResponseHeader, EtcdError> {
@@ -131,7 +132,7 @@ async fn wait_deletes(
 }
 
 /// Waits until `kv`'s key is deleted (or re-created: a different create revision).
-async fn wait_gone(core: &ShardCore, kv: &KeyValue) -> Result<(), EtcdError> {
+async fn wait_gone(core: &AsCaller<'_>, kv: &KeyValue) -> Result<(), EtcdError> {
     loop {
         let index = core.shared.applied_index();
         let now = core
@@ -155,7 +156,7 @@ async fn wait_gone(core: &ShardCore, kv: &KeyValue) -> Result<(), EtcdError> {
 /// Puts `<name>/<lease>` unless this lease already has it; returns the key, its create
 /// revision, the current value and the txn response.
 async fn enqueue(
-    core: &ShardCore,
+    core: &AsCaller<'_>,
     name: &Bytes,
     lease: i64,
     value: Bytes,
@@ -212,14 +213,55 @@ async fn session_lease(core: &ShardCore, lease: i64) -> Result<i64, EtcdError> {
     Ok(granted.id)
 }
 
+/// The serving core acting for the client that called: the reads and writes of a lock or
+/// an election are checked with the client's credentials, as etcd's in-process client
+/// (which carries the caller's token) makes them.
+struct AsCaller<'c> {
+    core: &'c ShardCore,
+    caller: Option<AuthInfo>,
+}
+
+impl<'c> AsCaller<'c> {
+    fn new(core: &'c ShardCore, caller: Option<AuthInfo>) -> AsCaller<'c> {
+        AsCaller { core, caller }
+    }
+
+    async fn range(&self, request: RangeRequest) -> Result<RangeResponse, EtcdError> {
+        self.core.range_as(request, self.caller.clone()).await
+    }
+
+    async fn txn(&self, request: TxnRequest) -> Result<TxnResponse, EtcdError> {
+        self.core.txn_as(request, self.caller.clone()).await
+    }
+
+    async fn delete_range(
+        &self,
+        request: DeleteRangeRequest,
+    ) -> Result<rivet_api::etcdserverpb::DeleteRangeResponse, EtcdError> {
+        self.core
+            .delete_range_as(request, self.caller.clone())
+            .await
+    }
+}
+
+impl std::ops::Deref for AsCaller<'_> {
+    type Target = ShardCore;
+
+    fn deref(&self) -> &ShardCore {
+        self.core
+    }
+}
+
 pub struct LockService(pub CoreHandle);
 
 #[tonic::async_trait]
 impl Lock for LockService {
     async fn lock(&self, request: Request<LockRequest>) -> Result<Response<LockResponse>, Status> {
+        let credentials = self.0.credentials(&request);
         let request = request.into_inner();
         self.0
-            .run_unbounded(|core| async move {
+            .run_unbounded_as(credentials, |core, caller| async move {
+                let core = AsCaller::new(&core, caller);
                 let prefix = Bytes::from([request.name.as_ref(), b"/"].concat());
                 let lease = session_lease(&core, request.lease).await?;
                 let (key, revision, response) =
@@ -249,9 +291,11 @@ impl Lock for LockService {
         &self,
         request: Request<UnlockRequest>,
     ) -> Result<Response<UnlockResponse>, Status> {
+        let credentials = self.0.credentials(&request);
         let key = request.into_inner().key;
         self.0
-            .run(|core| async move {
+            .run_as(credentials, |core, caller| async move {
+                let core = AsCaller::new(&core, caller);
                 let response = delete_key(&core, &key).await?;
                 Ok(UnlockResponse {
                     header: response.header,
@@ -263,7 +307,7 @@ impl Lock for LockService {
 }
 
 async fn delete_key(
-    core: &ShardCore,
+    core: &AsCaller<'_>,
     key: &Bytes,
 ) -> Result<rivet_api::etcdserverpb::DeleteRangeResponse, EtcdError> {
     core.delete_range(DeleteRangeRequest {
@@ -281,7 +325,7 @@ fn election_error(message: &'static str) -> EtcdError {
 
 /// The current leader of an election: the oldest key under `<name>/`.
 async fn leader_of(
-    core: &ShardCore,
+    core: &AsCaller<'_>,
     name: &Bytes,
 ) -> Result<(ResponseHeader, Option<KeyValue>), EtcdError> {
     let prefix = Bytes::from([name.as_ref(), b"/"].concat());
@@ -298,9 +342,11 @@ impl Election for ElectionService {
         &self,
         request: Request<CampaignRequest>,
     ) -> Result<Response<CampaignResponse>, Status> {
+        let credentials = self.0.credentials(&request);
         let request = request.into_inner();
         self.0
-            .run_unbounded(|core| async move {
+            .run_unbounded_as(credentials, |core, caller| async move {
+                let core = AsCaller::new(&core, caller);
                 let prefix = Bytes::from([request.name.as_ref(), b"/"].concat());
                 let lease = session_lease(&core, request.lease).await?;
                 let (key, revision, response) =
@@ -335,12 +381,14 @@ impl Election for ElectionService {
         &self,
         request: Request<ProclaimRequest>,
     ) -> Result<Response<ProclaimResponse>, Status> {
+        let credentials = self.0.credentials(&request);
         let request = request.into_inner();
         let Some(leader) = request.leader else {
             return Err(Status::new(tonic::Code::Unknown, MISSING_LEADER_KEY));
         };
         self.0
-            .run(|core| async move {
+            .run_as(credentials, |core, caller| async move {
+                let core = AsCaller::new(&core, caller);
                 let lease = session_lease(&core, leader.lease).await?;
                 let header = proclaim(&core, &leader.key, leader.rev, lease, request.value).await?;
                 Ok(ProclaimResponse {
@@ -355,9 +403,11 @@ impl Election for ElectionService {
         &self,
         request: Request<LeaderRequest>,
     ) -> Result<Response<LeaderResponse>, Status> {
+        let credentials = self.0.credentials(&request);
         let name = request.into_inner().name;
         self.0
-            .run(|core| async move {
+            .run_as(credentials, |core, caller| async move {
+                let core = AsCaller::new(&core, caller);
                 let (header, kv) = leader_of(&core, &name).await?;
                 let kv = kv.ok_or_else(|| election_error(NO_LEADER))?;
                 Ok(LeaderResponse {
@@ -375,10 +425,11 @@ impl Election for ElectionService {
         &self,
         request: Request<LeaderRequest>,
     ) -> Result<Response<Self::ObserveStream>, Status> {
+        let credentials = self.0.credentials(&request);
         let name = request.into_inner().name;
         let (out, responses) = mpsc::channel(limits::WATCH_STREAM_QUEUE);
         let core = self.0.core();
-        glommio::spawn_local(observe(core, name, out)).detach();
+        glommio::spawn_local(observe(core, credentials, name, out)).detach();
         Ok(Response::new(Box::pin(responses)))
     }
 
@@ -386,11 +437,13 @@ impl Election for ElectionService {
         &self,
         request: Request<ResignRequest>,
     ) -> Result<Response<ResignResponse>, Status> {
+        let credentials = self.0.credentials(&request);
         let Some(leader) = request.into_inner().leader else {
             return Err(Status::new(tonic::Code::Unknown, MISSING_LEADER_KEY));
         };
         self.0
-            .run(|core| async move {
+            .run_as(credentials, |core, caller| async move {
+                let core = AsCaller::new(&core, caller);
                 session_lease(&core, leader.lease).await?;
                 let response = core
                     .txn(TxnRequest {
@@ -418,7 +471,7 @@ impl Election for ElectionService {
 /// Sets the leader's value if `key` still leads with the same create revision.
 /// The value goes with `lease`, as etcd's puts it with the session's lease.
 async fn proclaim(
-    core: &ShardCore,
+    core: &AsCaller<'_>,
     key: &Bytes,
     revision: i64,
     lease: i64,
@@ -447,9 +500,24 @@ async fn proclaim(
 /// Streams the leader's key-value every time it changes (a new leader, or a proclaim).
 async fn observe(
     core: Rc<ShardCore>,
+    credentials: Credentials,
     name: Bytes,
     mut out: mpsc::Sender<Result<LeaderResponse, Status>>,
 ) {
+    let caller = match core
+        .caller(
+            credentials.token.as_deref(),
+            credentials.common_name.as_deref(),
+        )
+        .await
+    {
+        Ok(caller) => caller,
+        Err(e) => {
+            let _ = out.send(Err(as_client_error(Status::from(e)))).await;
+            return;
+        }
+    };
+    let core = AsCaller::new(&core, caller);
     let mut last: Option<KeyValue> = None;
     loop {
         let index = core.shared.applied_index();

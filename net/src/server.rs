@@ -38,6 +38,7 @@ use crate::peer::{PeerConfig, PeerTransport};
 use crate::peer_link::{peer_address, QuicLink};
 use crate::services::{ClusterService, CoreHandle, KvService, MaintenanceService};
 use crate::tls::{ClientIdentity, ServerTls};
+use rivet_engine::auth::{AuthState, PasswordPool, TokenConfig};
 
 /// etcd's default quota when `--quota-backend-bytes` is 0: 2 GiB.
 const DEFAULT_QUOTA_BYTES: u64 = 2 * 1024 * 1024 * 1024;
@@ -85,6 +86,8 @@ pub struct ClientSettings {
     pub http: Arc<crate::access::HttpSettings>,
     /// `--enable-grpc-gateway` and the gateway's body limit.
     pub gateway: crate::gateway::GatewayConfig,
+    /// `--client-cert-auth`: a client certificate's Common Name names the user.
+    pub client_cert_auth: bool,
 }
 
 impl ClientSettings {
@@ -95,6 +98,7 @@ impl ClientSettings {
             keepalive_interval: flags.grpc_keepalive_interval,
             keepalive_timeout: flags.grpc_keepalive_timeout,
             keepalive_min_time: flags.grpc_keepalive_min_time,
+            client_cert_auth: flags.client_cert_auth,
             gateway: crate::gateway::GatewayConfig {
                 enabled: flags.enable_grpc_gateway,
                 ..crate::gateway::GatewayConfig::new(flags.max_request_bytes)
@@ -289,11 +293,24 @@ pub fn run(mut flags: Flags) -> anyhow::Result<()> {
         pre_vote: flags.pre_vote,
         initial_election_tick_advance: flags.initial_election_tick_advance,
         warning_apply_duration: flags.experimental_warning_apply_duration,
+        simple_token_ttl: rivet_engine::core::auth::simple_token_ttl(flags.auth_token_ttl),
         tuning: rivet_engine::raft::RaftCoreTuning {
             page_options,
             ..Default::default()
         },
     };
+    // etcd's NewTokenProvider and NewAuthStore: a bad --auth-token stops the start; a
+    // --bcrypt-cost out of range falls back to the default with a warning.
+    let token_config = TokenConfig::parse(&flags.auth_token, flags.auth_token_ttl)
+        .map_err(|e| anyhow!("failed to create token provider: {e}"))?;
+    let (bcrypt_cost, replaced) = rivet_engine::auth::password::effective_cost(flags.bcrypt_cost);
+    if replaced {
+        tracing::warn!(
+            "use default bcrypt cost {bcrypt_cost} instead of the invalid given cost {}",
+            flags.bcrypt_cost
+        );
+    }
+
     let mut recovered = open_wal(&mut raft_config, flags.shards_given())?;
     if flags.force_new_cluster && force_new::has_state(&recovered) {
         let voters: Vec<u64> = raft_config.initial_members.iter().map(|m| m.id).collect();
@@ -312,6 +329,17 @@ pub fn run(mut flags: Flags) -> anyhow::Result<()> {
     rivet_engine::metrics::QUOTA_BACKEND_BYTES.set(raft_config.quota_backend_bytes);
     let shared = Arc::new(Shared::new(member, cluster, shard_count));
     let checkpoint_index = recovered.checkpoint.as_ref().map_or(0, |c| c.applied_index);
+    // The auth store of the checkpoint, for the serving cores until the raft core
+    // replays the log after it (the raft core decodes the same record, and refuses to
+    // start on a damaged one).
+    let initial_auth = Arc::new(
+        recovered
+            .checkpoint
+            .as_ref()
+            .and_then(|c| c.auth.clone())
+            .and_then(|auth| AuthState::from_proto(auth).ok())
+            .unwrap_or_default(),
+    );
     // A snapshot install interrupted by a crash is finished (or discarded) first.
     rivet_engine::snapshot::finish_install(&snap_dir, checkpoint_index, shard_count)
         .with_context(|| format!("finishing a staged snapshot in {}", snap_dir.display()))?;
@@ -326,6 +354,13 @@ pub fn run(mut flags: Flags) -> anyhow::Result<()> {
     );
 
     let signals = block_stop_signals();
+    // After the stop signals are blocked: threads inherit the mask, and a SIGTERM
+    // delivered to a bcrypt thread would kill the process without the graceful stop.
+    let password_pool = PasswordPool::start(
+        limits::PASSWORD_HASH_THREADS,
+        limits::PASSWORD_HASH_QUEUE,
+        bcrypt_cost,
+    )?;
     let (command_tx, command_rx) = async_channel::bounded(limits::RAFT_COMMAND_QUEUE);
     let (ack_tx, ack_rx) = async_channel::bounded(limits::SHARD_ACK_QUEUE);
     let (restore_tx, restore_rx) = async_channel::bounded(limits::RESTORE_QUEUE_CHUNKS);
@@ -417,6 +452,9 @@ pub fn run(mut flags: Flags) -> anyhow::Result<()> {
         let fatal = fatal_tx.clone();
         let max_txn_ops = flags.max_txn_ops;
         let client_settings = Arc::clone(&client_settings);
+        let initial_auth = Arc::clone(&initial_auth);
+        let token_config = token_config.clone();
+        let password_pool = password_pool.clone();
         let placement = if flags.pin_cores {
             Placement::Fixed(cpu)
         } else {
@@ -435,6 +473,7 @@ pub fn run(mut flags: Flags) -> anyhow::Result<()> {
                     }
                 };
                 let core = Rc::new(ShardCore::new(id, shard, raft, peers, shared, max_txn_ops));
+                core.configure_auth(initial_auth, token_config, password_pool);
                 if let Err(e) = core.send_restore(&restore).await {
                     let _ = fatal.send(e.to_string());
                     return;
@@ -556,7 +595,8 @@ async fn accept_loop(
     settings: Arc<ClientSettings>,
     tls: Option<Rc<ServerTls>>,
 ) {
-    let handle = CoreHandle::new(Rc::clone(&core), REQUEST_TIMEOUT);
+    let handle = CoreHandle::new(Rc::clone(&core), REQUEST_TIMEOUT)
+        .with_client_cert_auth(settings.client_cert_auth);
     let decode_limit = settings.max_request_bytes + GRPC_OVERHEAD_BYTES;
     let routes = tonic::service::Routes::new(
         KvServer::new(KvService(handle.clone()))
@@ -567,6 +607,13 @@ async fn accept_loop(
         ClusterServer::new(ClusterService(handle.clone()))
             .max_decoding_message_size(decode_limit)
             .max_encoding_message_size(usize::MAX),
+    )
+    .add_service(
+        rivet_api::etcdserverpb::auth_server::AuthServer::new(crate::auth::AuthService(
+            handle.clone(),
+        ))
+        .max_decoding_message_size(decode_limit)
+        .max_encoding_message_size(usize::MAX),
     )
     .add_service(
         LeaseServer::new(crate::lease::LeaseService(handle.clone()))

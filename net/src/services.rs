@@ -17,6 +17,8 @@ use rivet_api::etcdserverpb::{
     PutResponse, RangeRequest, RangeResponse, SnapshotRequest, SnapshotResponse, StatusRequest,
     StatusResponse, TxnRequest, TxnResponse,
 };
+use rivet_engine::auth::request::{check_rpc, Rpc};
+use rivet_engine::auth::AuthInfo;
 use rivet_engine::core::ShardCore;
 use rivet_engine::error::EtcdError;
 use rivet_engine::messages::MemberChange;
@@ -44,6 +46,17 @@ async fn within<T>(
 pub struct CoreHandle {
     core: SendWrapper<Rc<ShardCore>>,
     request_timeout: Duration,
+    /// `--client-cert-auth`: a verified client certificate's Common Name is the user of
+    /// a request without a token (etcd's `AuthInfoFromTLS`).
+    client_cert_auth: bool,
+}
+
+/// The credentials a request came with: its `token` metadata (or `authorization`, as
+/// etcd's gateway sends it), and the Common Name of its client certificate.
+#[derive(Clone, Debug, Default)]
+pub struct Credentials {
+    pub token: Option<String>,
+    pub common_name: Option<String>,
 }
 
 impl CoreHandle {
@@ -51,7 +64,100 @@ impl CoreHandle {
         CoreHandle {
             core: SendWrapper::new(core),
             request_timeout,
+            client_cert_auth: false,
         }
+    }
+
+    pub fn with_client_cert_auth(self, client_cert_auth: bool) -> CoreHandle {
+        CoreHandle {
+            client_cert_auth,
+            ..self
+        }
+    }
+
+    /// etcd's `AuthInfoFromCtx` inputs: the token from the metadata, else (with
+    /// `--client-cert-auth`) the certificate's Common Name.
+    pub fn credentials<T>(&self, request: &Request<T>) -> Credentials {
+        let metadata = request.metadata();
+        let token = metadata
+            .get("token")
+            .or_else(|| metadata.get("authorization"))
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let common_name = if self.client_cert_auth {
+            request
+                .extensions()
+                .get::<crate::tls::ClientIdentity>()
+                .and_then(|identity| identity.common_name.as_deref().map(str::to_string))
+        } else {
+            None
+        };
+        Credentials { token, common_name }
+    }
+
+    /// [`CoreHandle::run`] for a request that carries credentials: `f` gets who it is
+    /// from (`None` with auth off or without credentials), or the request fails with
+    /// `invalid auth token`.
+    pub async fn run_as<T, F, Fut>(
+        &self,
+        credentials: Credentials,
+        f: F,
+    ) -> Result<Response<T>, Status>
+    where
+        F: FnOnce(Rc<ShardCore>, Option<AuthInfo>) -> Fut,
+        Fut: Future<Output = Result<T, EtcdError>>,
+    {
+        self.run(|core| async move {
+            let caller = core
+                .caller(
+                    credentials.token.as_deref(),
+                    credentials.common_name.as_deref(),
+                )
+                .await?;
+            f(core, caller).await
+        })
+        .await
+    }
+
+    /// [`CoreHandle::run_unbounded`] for a request that carries credentials.
+    pub async fn run_unbounded_as<T, F, Fut>(
+        &self,
+        credentials: Credentials,
+        f: F,
+    ) -> Result<Response<T>, Status>
+    where
+        F: FnOnce(Rc<ShardCore>, Option<AuthInfo>) -> Fut,
+        Fut: Future<Output = Result<T, EtcdError>>,
+    {
+        self.run_unbounded(|core| async move {
+            let caller = core
+                .caller(
+                    credentials.token.as_deref(),
+                    credentials.common_name.as_deref(),
+                )
+                .await?;
+            f(core, caller).await
+        })
+        .await
+    }
+
+    /// [`CoreHandle::run_as`] of an RPC whose check does not depend on keys (root only,
+    /// or any credentials).
+    pub async fn run_checked<T, F, Fut>(
+        &self,
+        credentials: Credentials,
+        rpc: Rpc,
+        f: F,
+    ) -> Result<Response<T>, Status>
+    where
+        F: FnOnce(Rc<ShardCore>) -> Fut,
+        Fut: Future<Output = Result<T, EtcdError>>,
+    {
+        self.run_as(credentials, |core, caller| async move {
+            check_rpc(&core.auth_state(), caller.as_ref(), rpc)?;
+            f(core).await
+        })
+        .await
     }
 
     pub fn core(&self) -> Rc<ShardCore> {
@@ -90,16 +196,22 @@ impl Kv for KvService {
         &self,
         request: Request<RangeRequest>,
     ) -> Result<Response<RangeResponse>, Status> {
+        let credentials = self.0.credentials(&request);
         let request = request.into_inner();
         self.0
-            .run(|core| async move { core.range(request).await })
+            .run_as(credentials, |core, caller| async move {
+                core.range_as(request, caller).await
+            })
             .await
     }
 
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let credentials = self.0.credentials(&request);
         let request = request.into_inner();
         self.0
-            .run(|core| async move { core.put(request).await })
+            .run_as(credentials, |core, caller| async move {
+                core.put_as(request, caller).await
+            })
             .await
     }
 
@@ -107,16 +219,22 @@ impl Kv for KvService {
         &self,
         request: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
+        let credentials = self.0.credentials(&request);
         let request = request.into_inner();
         self.0
-            .run(|core| async move { core.delete_range(request).await })
+            .run_as(credentials, |core, caller| async move {
+                core.delete_range_as(request, caller).await
+            })
             .await
     }
 
     async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        let credentials = self.0.credentials(&request);
         let request = request.into_inner();
         self.0
-            .run(|core| async move { core.txn(request).await })
+            .run_as(credentials, |core, caller| async move {
+                core.txn_as(request, caller).await
+            })
             .await
     }
 
@@ -124,9 +242,12 @@ impl Kv for KvService {
         &self,
         request: Request<CompactionRequest>,
     ) -> Result<Response<CompactionResponse>, Status> {
+        let credentials = self.0.credentials(&request);
         let request = request.into_inner();
         self.0
-            .run(|core| async move { core.compact(request).await })
+            .run_checked(credentials, Rpc::Compact, |core| async move {
+                core.compact(request).await
+            })
             .await
     }
 }
@@ -139,9 +260,16 @@ impl Maintenance for MaintenanceService {
         &self,
         request: Request<AlarmRequest>,
     ) -> Result<Response<AlarmResponse>, Status> {
+        let credentials = self.0.credentials(&request);
         let request = request.into_inner();
+        use rivet_api::etcdserverpb::alarm_request::AlarmAction;
+        let rpc = match AlarmAction::try_from(request.action) {
+            Ok(AlarmAction::Activate) => Rpc::AlarmActivate,
+            Ok(AlarmAction::Deactivate) => Rpc::AlarmDeactivate,
+            _ => Rpc::AlarmGet,
+        };
         self.0
-            .run(|core| async move {
+            .run_checked(credentials, rpc, |core| async move {
                 // etcd's alarm applier answers without a header (`etcdctl -w json alarm
                 // list` prints `{}`).
                 let mut response = core.alarm(request).await?;
@@ -151,9 +279,13 @@ impl Maintenance for MaintenanceService {
             .await
     }
 
-    async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+    async fn status(
+        &self,
+        request: Request<StatusRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
+        let credentials = self.0.credentials(&request);
         self.0
-            .run(|core| async move {
+            .run_checked(credentials, Rpc::Status, |core| async move {
                 let raft = core.raft_status().await?;
                 let sizes = core.db_sizes().await;
                 let db_size = sizes.used_bytes as i64;
@@ -213,9 +345,10 @@ impl Maintenance for MaintenanceService {
 
     /// Hash: rivet keeps no separate backend file, so this hashes the same versions as
     /// HashKV at the newest revision.
-    async fn hash(&self, _: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+    async fn hash(&self, request: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        let credentials = self.0.credentials(&request);
         self.0
-            .run(|core| async move {
+            .run_checked(credentials, Rpc::Hash, |core| async move {
                 let started = std::time::Instant::now();
                 let response = core.hash_kv(0).await?;
                 rivet_engine::metrics::MVCC_HASH.observe(started.elapsed());
@@ -231,9 +364,12 @@ impl Maintenance for MaintenanceService {
         &self,
         request: Request<HashKvRequest>,
     ) -> Result<Response<HashKvResponse>, Status> {
+        let credentials = self.0.credentials(&request);
         let revision = request.into_inner().revision;
         self.0
-            .run(|core| async move { core.hash_kv(revision).await })
+            .run_checked(credentials, Rpc::HashKv, |core| async move {
+                core.hash_kv(revision).await
+            })
             .await
     }
 
@@ -267,9 +403,10 @@ impl Maintenance for MaintenanceService {
         &self,
         request: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
+        let credentials = self.0.credentials(&request);
         let target = request.into_inner().target_id;
         self.0
-            .run(|core| async move {
+            .run_checked(credentials, Rpc::MoveLeader, |core| async move {
                 core.move_leader(target).await?;
                 Ok(MoveLeaderResponse {
                     header: Some(core.current_header()),
@@ -292,12 +429,13 @@ impl Cluster for ClusterService {
         &self,
         request: Request<MemberAddRequest>,
     ) -> Result<Response<MemberAddResponse>, Status> {
+        let credentials = self.0.credentials(&request);
         let request = request.into_inner();
         if !peer_urls_valid(&request.peer_ur_ls) {
             return Err(EtcdError::MemberBadUrls.into());
         }
         self.0
-            .run(|core| async move {
+            .run_checked(credentials, Rpc::MemberAdd, |core| async move {
                 let result = core
                     .member_change(MemberChange::Add {
                         peer_urls: request.peer_ur_ls,
@@ -317,9 +455,10 @@ impl Cluster for ClusterService {
         &self,
         request: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
+        let credentials = self.0.credentials(&request);
         let id = request.into_inner().id;
         self.0
-            .run(|core| async move {
+            .run_checked(credentials, Rpc::MemberRemove, |core| async move {
                 let result = core.member_change(MemberChange::Remove { id }).await?;
                 Ok(MemberRemoveResponse {
                     header: Some(cluster_header(&core)),
@@ -333,12 +472,13 @@ impl Cluster for ClusterService {
         &self,
         request: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
+        let credentials = self.0.credentials(&request);
         let request = request.into_inner();
         if !peer_urls_valid(&request.peer_ur_ls) {
             return Err(EtcdError::MemberBadUrls.into());
         }
         self.0
-            .run(|core| async move {
+            .run_checked(credentials, Rpc::MemberUpdate, |core| async move {
                 let result = core
                     .member_change(MemberChange::Update {
                         id: request.id,
@@ -355,10 +495,11 @@ impl Cluster for ClusterService {
 
     async fn member_list(
         &self,
-        _: Request<MemberListRequest>,
+        request: Request<MemberListRequest>,
     ) -> Result<Response<MemberListResponse>, Status> {
+        let credentials = self.0.credentials(&request);
         self.0
-            .run(|core| async move {
+            .run_checked(credentials, Rpc::MemberList, |core| async move {
                 let members = core.member_list().await?;
                 Ok(MemberListResponse {
                     header: Some(cluster_header(&core)),
@@ -372,9 +513,10 @@ impl Cluster for ClusterService {
         &self,
         request: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
+        let credentials = self.0.credentials(&request);
         let id = request.into_inner().id;
         self.0
-            .run(|core| async move {
+            .run_checked(credentials, Rpc::MemberPromote, |core| async move {
                 let result = core.member_change(MemberChange::Promote { id }).await?;
                 Ok(MemberPromoteResponse {
                     header: Some(cluster_header(&core)),

@@ -27,7 +27,9 @@ use rivet_engine::keyspace::{CompactedAt, RangeEnd};
 use rivet_engine::limits;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::services::CoreHandle;
+use crate::services::{CoreHandle, Credentials};
+use rivet_engine::auth::request::{check_watch_create, watch_cancel_reason};
+use rivet_engine::error::EtcdError;
 
 /// etcd's reason for a watch ID that is already in use on the stream.
 const DUPLICATE_WATCH_ID: &str = "mvcc: duplicate watch ID provided on the WatchStream";
@@ -46,6 +48,7 @@ impl Watch for WatchService {
         &self,
         request: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        let credentials = self.0.credentials(&request);
         let inbound = request.into_inner();
         let (out, responses) = mpsc::channel(limits::WATCH_STREAM_QUEUE);
         // `gone` completes when tonic drops the response stream (the client went away):
@@ -53,7 +56,9 @@ impl Watch for WatchService {
         let (mut gone, client_holds) = oneshot::channel::<()>();
         let core = self.0.core();
         glommio::spawn_local(async move {
-            WatchStream::new(core, out).run(inbound, &mut gone).await;
+            WatchStream::new(core, out, credentials)
+                .run(inbound, &mut gone)
+                .await;
         })
         .detach();
         let responses = responses.map(move |response| {
@@ -67,6 +72,8 @@ impl Watch for WatchService {
 struct Watcher {
     key: Bytes,
     end: RangeEnd,
+    /// The range end as asked for, for the permission checks.
+    range_end: Bytes,
     /// The next revision this watcher has not seen.
     next: i64,
     synced: bool,
@@ -118,6 +125,11 @@ struct WatchStream {
     seen_index: u64,
     /// When the next progress notifications go out.
     next_progress: std::time::Instant,
+    /// The stream's token and certificate name: each create is checked with them, and
+    /// every open watcher again when the auth store changes.
+    credentials: Credentials,
+    /// The auth store (enabled, revision) the open watchers were last checked against.
+    auth_checked: (bool, u64),
 }
 
 /// `--experimental-watch-progress-notify-interval`: a process-wide setting, as etcd's
@@ -164,10 +176,16 @@ enum Wake {
 }
 
 impl WatchStream {
-    fn new(core: Rc<ShardCore>, out: mpsc::Sender<Result<WatchResponse, Status>>) -> WatchStream {
+    fn new(
+        core: Rc<ShardCore>,
+        out: mpsc::Sender<Result<WatchResponse, Status>>,
+        credentials: Credentials,
+    ) -> WatchStream {
         let live_next = core.shared.applied_revision() + 1;
         let seen_index = core.shared.applied_index();
         metrics::WATCH_STREAMS.add(1);
+        let auth = core.auth_state();
+        let auth_checked = (auth.is_enabled(), auth.revision());
         WatchStream {
             core,
             out,
@@ -179,7 +197,55 @@ impl WatchStream {
             live_next,
             seen_index,
             next_progress: std::time::Instant::now() + progress_report_interval(seen_index),
+            credentials,
+            auth_checked,
         }
+    }
+
+    /// Whether this stream's credentials may watch `[key, range_end)` now (etcd's
+    /// `isWatchPermitted`): the error is the watch's cancel reason.
+    async fn check_watch(&self, key: &[u8], range_end: &[u8]) -> Result<(), EtcdError> {
+        if !self.core.auth_enabled() {
+            return Ok(());
+        }
+        let caller = self
+            .core
+            .caller(
+                self.credentials.token.as_deref(),
+                self.credentials.common_name.as_deref(),
+            )
+            .await?
+            .unwrap_or_default();
+        check_watch_create(&self.core.auth_state(), &caller, key, range_end)
+    }
+
+    /// After the auth store changed (a permission revoked, a user deleted, auth turned
+    /// on): every open watcher is checked again, and those no longer permitted are
+    /// cancelled with the reason a create would get.
+    async fn recheck_permissions(&mut self) -> bool {
+        let auth = self.core.auth_state();
+        let now = (auth.is_enabled(), auth.revision());
+        if now == self.auth_checked {
+            return true;
+        }
+        self.auth_checked = now;
+        let ids: Vec<i64> = self.watchers.keys().copied().collect();
+        for id in ids {
+            let Some(watcher) = self.watchers.get(&id) else {
+                continue;
+            };
+            let (key, range_end) = (watcher.key.clone(), watcher.range_end.clone());
+            if let Err(error) = self.check_watch(&key, &range_end).await {
+                self.remove(id);
+                let mut response = self.response(id, self.core.shared.applied_revision());
+                response.canceled = true;
+                response.cancel_reason = watch_cancel_reason(&error);
+                if !self.send(response).await {
+                    return false;
+                }
+            }
+        }
+        true
     }
 
     /// Serves the stream until the client cancels it, resets it or goes away. A client
@@ -326,6 +392,13 @@ impl WatchStream {
             response.cancel_reason = DUPLICATE_WATCH_ID.to_string();
             return self.send(response).await;
         }
+        if let Err(error) = self.check_watch(&create.key, &create.range_end).await {
+            // etcd answers with the ID asked for, created and cancelled at once.
+            response.watch_id = create.watch_id;
+            response.canceled = true;
+            response.cancel_reason = watch_cancel_reason(&error);
+            return self.send(response).await;
+        }
         let next = if create.start_revision == 0 {
             current + 1
         } else {
@@ -334,6 +407,7 @@ impl WatchStream {
         let watcher = Watcher {
             key: create.key,
             end: RangeEnd::from_request(&create.range_end),
+            range_end: create.range_end.clone(),
             next,
             synced: next == self.live_next,
             no_put: create.filters.contains(&(FilterType::Noput as i32)),
@@ -381,6 +455,9 @@ impl WatchStream {
 
     /// Brings every watcher up to the revision all shards have applied.
     async fn poll(&mut self) -> bool {
+        if !self.recheck_permissions().await {
+            return false;
+        }
         self.seen_index = self.core.shared.applied_index();
         let revision = self.core.shared.applied_revision();
         if !self.poll_synced(revision).await {

@@ -5,7 +5,8 @@
 //! `etcd_debugging_auth_revision` metric). Also: JWTs cross both ways between etcd and
 //! `JwtProvider`.
 //!
-//! This checks the store below the wiring (no rivet server yet serves the Auth service).
+//! This checks the store below the wiring; `net/tests/auth.rs` runs etcdctl against the
+//! Auth service a rivet member serves.
 
 mod common;
 

@@ -550,7 +550,6 @@ const AUTH_TRANSCRIPT: &[Step] = &[
 ];
 
 #[test]
-#[ignore = "needs the Auth gRPC service (branch auth): the gateway passes these through"]
 fn auth_routes_without_auth_match_etcd() {
     let etcd = Etcd::start(&[]);
     let rivet = Rivet::start(&[]);

@@ -62,7 +62,8 @@ impl Apply for Backend {
                     .update_peer_urls(member.id, member.peer_urls.clone());
                 Outcome::default()
             }
-            None => Outcome::default(),
+            // Applied by the auth layer above; never reaches here.
+            Some(Request::Auth(_)) | None => Outcome::default(),
         }
     }
 

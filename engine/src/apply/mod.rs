@@ -15,8 +15,9 @@
 //!   `applierV3Capped`), by the one quota rule in [`quota`];
 //! - [`corrupt::Corrupt`] refuses keyspace and lease requests while CORRUPT is raised
 //!   (etcd's `applierV3Corrupt`);
-//! - the auth applier (issue 13) is a further layer: [`chain`] is the one place that
-//!   stacks them.
+//! - [`auth::AuthLayer`] applies Auth requests to the auth store and checks client
+//!   writes against it with the caller carried in the entry (etcd's `authApplierV3`);
+//!   [`chain`] is the one place that stacks them.
 //!
 //! As in etcd, raising or disarming an alarm swaps the chain ([`Applier::apply`] rebuilds
 //! it after every Alarm request), so the layers themselves keep no state.
@@ -26,6 +27,7 @@
 //! leader's lease deadlines) changes no replicated state.
 
 pub mod alarms;
+pub mod auth;
 pub mod backend;
 pub mod capped;
 pub mod corrupt;
@@ -36,6 +38,7 @@ use std::time::Instant;
 use rivet_api::etcdserverpb::{AlarmType, TxnRequest};
 use rivet_api::rivetpb::{internal_request, InternalRequest, Member};
 
+use crate::auth::{AuthState, AuthStore, TokenEvent};
 use crate::lessor::Lessor;
 use crate::membership::MemberTable;
 use crate::sequencer::{Outcome, Sequencer};
@@ -50,6 +53,19 @@ pub struct ApplyState {
     /// The leader's lease deadlines (not replicated; empty on followers): grants,
     /// revokes and forwarded keep-alives move them as they apply.
     pub lessor: Lessor,
+    /// Users, roles, the enabled flag and the auth revision.
+    pub auth: AuthStore,
+    /// What the serving cores must learn about auth since the raft core last looked.
+    pub auth_changes: AuthChanges,
+}
+
+/// Auth changes the raft core forwards to the serving cores with the apply batches.
+#[derive(Debug, Default)]
+pub struct AuthChanges {
+    /// The auth store changed: send every core the new snapshot.
+    pub changed: bool,
+    /// Simple tokens assigned or dropped, in apply order.
+    pub token_events: Vec<TokenEvent>,
 }
 
 /// What a layer knows about the entry besides its request.
@@ -78,7 +94,9 @@ pub trait Apply {
 /// it).
 pub fn chain(alarms: &Alarms, min_lease_ttl: i64) -> Box<dyn Apply> {
     let mut chain: Box<dyn Apply> = Box::new(backend::Backend { min_lease_ttl });
-    // The auth applier (issue 13) wraps the backend here, below the alarm layers.
+    // etcd's order: the auth applier sits under the alarm layers, so a write refused
+    // for NOSPACE is refused before its permissions are looked at.
+    chain = Box::new(auth::AuthLayer { inner: chain });
     if alarms.is_raised(AlarmType::Nospace) {
         chain = Box::new(capped::Capped { inner: chain });
     }
@@ -187,12 +205,40 @@ impl Applier {
             .collect()
     }
 
+    /// The auth store (checkpoints and snapshots record it).
+    pub fn auth(&self) -> &AuthState {
+        self.state.auth.state()
+    }
+
+    /// The auth store as it is now, to keep (it never changes afterwards).
+    pub fn auth_snapshot(&self) -> std::sync::Arc<AuthState> {
+        self.state.auth.snapshot()
+    }
+
+    /// The auth changes since the last call: a new snapshot for the serving cores when
+    /// the store changed, and the token events in apply order.
+    pub fn take_auth_changes(&mut self) -> (Option<std::sync::Arc<AuthState>>, Vec<TokenEvent>) {
+        let changes = std::mem::take(&mut self.state.auth_changes);
+        let snapshot = changes.changed.then(|| self.state.auth.snapshot());
+        (snapshot, changes.token_events)
+    }
+
     /// Replaces the replicated state (a snapshot from the leader was installed); the
     /// leader's lease clock stays.
-    pub fn install(&mut self, sequencer: Sequencer, alarms: Alarms, members: MemberTable) {
+    pub fn install(
+        &mut self,
+        sequencer: Sequencer,
+        alarms: Alarms,
+        members: MemberTable,
+        auth: AuthState,
+    ) {
         self.state.sequencer = sequencer;
         self.state.alarms = alarms;
         self.state.members = members;
+        self.state.auth = AuthStore::from_state(auth);
+        // Every token dies with a replaced store; the cores get the new one.
+        self.state.auth_changes.changed = true;
+        self.state.auth_changes.token_events = vec![TokenEvent::InvalidateAll];
         self.chain = chain(&self.state.alarms, self.min_lease_ttl);
     }
 
@@ -228,6 +274,8 @@ mod tests {
             alarms: Alarms::default(),
             members: MemberTable::default(),
             lessor: Lessor::default(),
+            auth: AuthStore::new(),
+            auth_changes: AuthChanges::default(),
         };
         Applier::new(state, 2)
     }
@@ -237,6 +285,7 @@ mod tests {
             member_id: 1,
             id: 0,
             request: Some(request),
+            caller: None,
         };
         let context = ApplyContext {
             index: 1,
@@ -264,13 +313,13 @@ mod tests {
     #[test]
     fn nospace_swaps_in_the_capped_applier_until_disarmed() {
         let mut applier = applier();
-        assert_eq!(applier.describe_chain(), "backend");
+        assert_eq!(applier.describe_chain(), "auth → backend");
         assert!(matches!(
             apply(&mut applier, put("a")).result,
             Some(Ok(Applied::Put(_)))
         ));
         apply(&mut applier, alarm(AlarmAction::Activate));
-        assert_eq!(applier.describe_chain(), "capped → backend");
+        assert_eq!(applier.describe_chain(), "capped → auth → backend");
         let refused = apply(&mut applier, put("b"));
         assert_eq!(refused.result, Some(Err(EtcdError::NoSpace)));
         assert!(refused.mutations.is_empty());
@@ -286,7 +335,7 @@ mod tests {
         });
         assert_eq!(apply(&mut applier, delete).mutations.len(), 1);
         apply(&mut applier, alarm(AlarmAction::Deactivate));
-        assert_eq!(applier.describe_chain(), "backend");
+        assert_eq!(applier.describe_chain(), "auth → backend");
         assert!(matches!(
             apply(&mut applier, put("b")).result,
             Some(Ok(Applied::Put(_)))

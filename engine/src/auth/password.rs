@@ -151,6 +151,15 @@ impl PasswordPool {
         self.cost
     }
 
+    /// Runs `work` on the pool (bcrypt, JWT signing): the answer, or `too many requests`
+    /// when the queue is full.
+    pub fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> Result<T, EtcdError> + Send + 'static,
+    ) -> Result<impl Future<Output = Result<T, EtcdError>>, EtcdError> {
+        self.submit(work)
+    }
+
     fn submit<T: Send + 'static>(
         &self,
         work: impl FnOnce() -> Result<T, EtcdError> + Send + 'static,

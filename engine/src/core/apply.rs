@@ -123,7 +123,10 @@ impl ShardCore {
         stream: async_channel::Receiver<ApplyMessage>,
         acks: async_channel::Sender<ShardAck>,
     ) {
-        while let Ok(message) = stream.recv().await {
+        while let Ok(mut message) = stream.recv().await {
+            if let ApplyMessage::Batch(batch) = &mut message {
+                self.apply_auth_updates(batch);
+            }
             let (ack, revision, gc_wanted) = {
                 let mut shard = self.shard.borrow_mut();
                 let ack = shard.handle_apply(message);

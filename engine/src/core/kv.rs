@@ -10,6 +10,7 @@ use rivet_api::etcdserverpb::{
 use rivet_api::rivetpb::internal_request;
 
 use super::ShardCore;
+use crate::auth::{self, AuthInfo};
 use crate::check;
 use crate::error::EtcdError;
 use crate::keyspace::RangeEnd;
@@ -72,6 +73,17 @@ impl ShardCore {
     }
 
     pub async fn range(&self, request: RangeRequest) -> Result<RangeResponse, EtcdError> {
+        self.range_as(request, None).await
+    }
+
+    /// Range as `caller` (auth on): as etcd's `doSerialize`, the permission is checked
+    /// against this core's auth store once the read point is reached, and the answer is
+    /// dropped for `revision of auth store is old` if the store moved during the read.
+    pub async fn range_as(
+        &self,
+        request: RangeRequest,
+        caller: Option<AuthInfo>,
+    ) -> Result<RangeResponse, EtcdError> {
         // A learner serves serializable reads only (the rest of its refusals are in the
         // client service, which sees every gRPC method before it runs).
         if !request.serializable && self.shared.is_learner.load(Ordering::Acquire) {
@@ -90,28 +102,93 @@ impl ShardCore {
         } else {
             self.read_index().await?.revision
         };
+        let caller = self.check_read(caller, |state, caller| {
+            auth::request::check_range(state, caller, &request)
+        })?;
         let mut response = self.range_at(&request, current).await?;
+        self.check_read_unchanged(caller.as_ref())?;
         response.header = Some(self.header(current));
         Ok(response)
     }
 
+    /// The permission check of a read (auth on): `check` against this core's store, with
+    /// no credentials as etcd's empty `AuthInfo`. Answers the caller to check again after
+    /// the read.
+    fn check_read(
+        &self,
+        caller: Option<AuthInfo>,
+        check: impl FnOnce(&auth::AuthState, &AuthInfo) -> Result<(), EtcdError>,
+    ) -> Result<Option<AuthInfo>, EtcdError> {
+        let state = self.auth.borrow().state.clone();
+        if !state.is_enabled() {
+            return Ok(None);
+        }
+        let caller = caller.unwrap_or_default();
+        check(&state, &caller)?;
+        Ok(Some(caller))
+    }
+
+    fn check_read_unchanged(&self, caller: Option<&AuthInfo>) -> Result<(), EtcdError> {
+        match caller {
+            Some(caller) => {
+                auth::request::check_unchanged_after_read(&self.auth.borrow().state, caller)
+            }
+            None => Ok(()),
+        }
+    }
+
     pub async fn put(&self, request: PutRequest) -> Result<PutResponse, EtcdError> {
+        self.put_as(request, None).await
+    }
+
+    /// Put as `caller`; the auth applier checks its permissions at apply.
+    pub async fn put_as(
+        &self,
+        request: PutRequest,
+        caller: Option<AuthInfo>,
+    ) -> Result<PutResponse, EtcdError> {
         check::check_put(&request)?;
-        self.write(internal_request::Request::Put(request)).await
+        self.write_as(internal_request::Request::Put(request), caller.as_ref())
+            .await
     }
 
     pub async fn delete_range(
         &self,
         request: DeleteRangeRequest,
     ) -> Result<DeleteRangeResponse, EtcdError> {
+        self.delete_range_as(request, None).await
+    }
+
+    pub async fn delete_range_as(
+        &self,
+        request: DeleteRangeRequest,
+        caller: Option<AuthInfo>,
+    ) -> Result<DeleteRangeResponse, EtcdError> {
         check::check_delete(&request)?;
-        self.write(internal_request::Request::DeleteRange(request))
-            .await
+        self.write_as(
+            internal_request::Request::DeleteRange(request),
+            caller.as_ref(),
+        )
+        .await
     }
 
     pub async fn txn(&self, request: TxnRequest) -> Result<TxnResponse, EtcdError> {
+        self.txn_as(request, None).await
+    }
+
+    /// Txn as `caller`: a read-only txn is checked here (etcd's `doSerialize` with
+    /// `checkTxnAuth`), one with writes by the auth applier at apply.
+    pub async fn txn_as(
+        &self,
+        request: TxnRequest,
+        caller: Option<AuthInfo>,
+    ) -> Result<TxnResponse, EtcdError> {
         check::check_txn(&request, self.max_txn_ops)?;
+        let mut read_caller = None;
         let reply = if check::txn_is_read_only(&request) {
+            read_caller = self.check_read(caller, |state, caller| {
+                auth::request::check_txn(state, caller, &request, &auth::request::NoLeases)
+            })?;
             let linearizable = !check::txn_is_serializable(&request);
             let reply = self
                 .ask(|reply| RaftCommand::ReadOnlyTxn {
@@ -123,13 +200,14 @@ impl ShardCore {
             self.wait_applied(reply.index).await;
             reply
         } else {
-            self.propose(internal_request::Request::Txn(request))
+            self.propose_as(internal_request::Request::Txn(request), caller.as_ref())
                 .await?
         };
         let mut response: TxnResponse = self.answer(reply.applied)?;
         for historical in reply.historical_ranges {
             self.fill_historical(&mut response, historical).await?;
         }
+        self.check_read_unchanged(read_caller.as_ref())?;
         Ok(response)
     }
 

@@ -31,8 +31,20 @@ impl ShardCore {
         &self,
         request: LeaseRevokeRequest,
     ) -> Result<LeaseRevokeResponse, EtcdError> {
-        self.write(internal_request::Request::LeaseRevoke(request))
-            .await
+        self.lease_revoke_as(request, None).await
+    }
+
+    /// LeaseRevoke as `caller`: the auth applier checks write on the lease's keys.
+    pub async fn lease_revoke_as(
+        &self,
+        request: LeaseRevokeRequest,
+        caller: Option<crate::auth::AuthInfo>,
+    ) -> Result<LeaseRevokeResponse, EtcdError> {
+        self.write_as(
+            internal_request::Request::LeaseRevoke(request),
+            caller.as_ref(),
+        )
+        .await
     }
 
     pub async fn lease_keep_alive(&self, id: i64) -> Result<LeaseKeepAliveResponse, EtcdError> {

@@ -6,6 +6,7 @@
 //! - this file: the [`ShardCore`] itself and the two ways it asks for something — the raft
 //!   core ([`ShardCore::ask`]) and another shard core ([`ShardCore::ask_shard`]), each a
 //!   bounded channel and a oneshot answer, written once;
+//! - [`auth`]: who a request is from, the auth store this core applied, the Auth service;
 //! - [`apply`]: the shard's end of the apply stream, the applied-index watermark that
 //!   read-your-writes waits on, and the requests other cores send this shard;
 //! - [`kv`]: Range, Put, DeleteRange, Txn, Compact;
@@ -14,6 +15,7 @@
 //! - [`watch`]: what watch streams read from the shards.
 
 pub mod apply;
+pub mod auth;
 pub mod gc;
 pub mod kv;
 pub mod lease;
@@ -56,6 +58,9 @@ pub struct ShardCore {
     gc: async_channel::Sender<gc::GcRequest>,
     /// Its end, until the task takes it.
     gc_requests: RefCell<Option<async_channel::Receiver<gc::GcRequest>>>,
+    /// The auth store and simple tokens this core applied, `--auth-token`, the bcrypt
+    /// pool.
+    pub auth: RefCell<auth::CoreAuth>,
 }
 
 impl ShardCore {
@@ -87,6 +92,7 @@ impl ShardCore {
             lease_ids: std::cell::Cell::new(0),
             gc,
             gc_requests: RefCell::new(Some(gc_requests)),
+            auth: RefCell::new(auth::CoreAuth::default()),
         }
     }
 
@@ -137,9 +143,31 @@ impl ShardCore {
     /// Proposes a write and returns once every shard has applied it, so the answer is
     /// visible to any read on any core that follows it (read-your-writes).
     async fn propose(&self, request: internal_request::Request) -> Result<Reply, EtcdError> {
-        let reply = self
-            .ask(|reply| RaftCommand::Propose { request, reply })
-            .await??;
+        self.propose_as(request, None).await
+    }
+
+    /// [`ShardCore::propose`] of a client write with the credentials it came with: the
+    /// auth applier checks its permissions with them when the entry applies.
+    async fn propose_as(
+        &self,
+        request: internal_request::Request,
+        caller: Option<&crate::auth::AuthInfo>,
+    ) -> Result<Reply, EtcdError> {
+        let reply = match caller {
+            None => {
+                self.ask(|reply| RaftCommand::Propose { request, reply })
+                    .await??
+            }
+            Some(caller) => {
+                let caller = caller.to_caller();
+                self.ask(|reply| RaftCommand::ProposeAs {
+                    request,
+                    caller,
+                    reply,
+                })
+                .await??
+            }
+        };
         self.wait_applied(reply.index).await;
         Ok(reply)
     }
@@ -150,7 +178,16 @@ impl ShardCore {
         &self,
         request: internal_request::Request,
     ) -> Result<R, EtcdError> {
-        let applied = self.propose(request).await?.applied;
+        self.write_as(request, None).await
+    }
+
+    /// [`ShardCore::write`] with the client's credentials.
+    async fn write_as<R: WriteResponse>(
+        &self,
+        request: internal_request::Request,
+        caller: Option<&crate::auth::AuthInfo>,
+    ) -> Result<R, EtcdError> {
+        let applied = self.propose_as(request, caller).await?.applied;
         self.answer(applied)
     }
 

@@ -14,6 +14,7 @@ use super::log::Recovered;
 use super::{ready, RaftCore, RaftCoreLinks, Stop};
 use crate::apply::alarms::Alarms;
 use crate::apply::{Applier, ApplyState};
+use crate::auth::{AuthState, AuthStore};
 use crate::keyspace::shard_of;
 use crate::lessor::Lessor;
 use crate::limits;
@@ -199,13 +200,24 @@ impl RaftCore {
             .as_ref()
             .map(|c| Alarms::from_list(c.alarms.clone()))
             .unwrap_or_default();
+        let auth = match recovered.checkpoint.as_ref().and_then(|c| c.auth.clone()) {
+            Some(auth) => AuthState::from_proto(auth).map_err(|e| StartError::Decode {
+                what: "checkpoint auth store",
+                index: applied,
+                reason: e.to_string(),
+            })?,
+            None => AuthState::default(),
+        };
         let state = ApplyState {
             sequencer,
             alarms,
             members,
             lessor: Lessor::default(),
+            auth: AuthStore::from_state(auth),
+            auth_changes: Default::default(),
         };
         let applier = Applier::new(state, min_lease_ttl(&config));
+        crate::metrics::AUTH_REVISION.set(applier.auth().revision());
         let now = clock.now();
         let member_id = config.member_id;
         let config_advance_from = config.initial_election_tick_advance.then_some(now);

@@ -1,7 +1,7 @@
 //! Checkpoints: every `--snapshot-count` applied entries (and at a graceful stop) every
 //! shard makes what it applied durable and records a checkpoint at the same index; once
 //! all have, the log records a checkpoint marker — the state at that index that is not in
-//! the shards (raft configuration, members, leases, alarms) — and the raft log before it
+//! the shards (raft configuration, members, leases, alarms, the auth store) — and the raft log before it
 //! can go, but for a tail kept for followers that lag a little.
 //!
 //! A crash between the shards' checkpoints and the marker is harmless: the last marker
@@ -28,6 +28,11 @@ pub struct Checkpoints {
     seal_waiting: Vec<oneshot::Sender<u64>>,
     /// Defragmentations the checkpoint in the making answers.
     seal_in_flight: Vec<oneshot::Sender<u64>>,
+    /// The auth store at the index of the checkpoint in the making: the raft core goes
+    /// on applying while the shards checkpoint, and a marker holding a later store would
+    /// have the entries after its index applied to the store twice at the next start
+    /// (each auth change bumps the auth revision: it would drift from the other members').
+    pub auth_at_start: Option<std::sync::Arc<crate::auth::AuthState>>,
 }
 
 impl Checkpoints {
@@ -39,6 +44,7 @@ impl Checkpoints {
             in_flight: None,
             seal_waiting: Vec::new(),
             seal_in_flight: Vec::new(),
+            auth_at_start: None,
         }
     }
 
@@ -140,6 +146,7 @@ impl Checkpoints {
         self.last_index = index;
         self.in_flight = None;
         self.seal_waiting.append(&mut self.seal_in_flight);
+        self.auth_at_start = None;
     }
 }
 
@@ -208,12 +215,17 @@ impl RaftCore {
             .send_all(|_| ApplyMessage::Checkpoint(request))
             .await;
         self.checkpoints.started(request, self.config.shard_count);
+        self.checkpoints.auth_at_start = Some(self.applier.auth_snapshot());
     }
 
     /// Writes the marker of a checkpoint every shard has, then lets the raft log and the
     /// WAL go before it, but for the kept tail.
     fn record_checkpoint(&mut self, request: CheckpointRequest) -> Result<(), String> {
         let conf_state = self.node.raft.prs().conf().to_conf_state();
+        let auth = match self.checkpoints.auth_at_start.take() {
+            Some(auth) => auth.to_proto(),
+            None => self.applier.auth().to_proto(),
+        };
         let marker = CheckpointMarker {
             applied_index: request.index,
             term: request.term,
@@ -226,6 +238,7 @@ impl RaftCore {
             membership: Some(self.applier.members().to_proto()),
             leases: self.applier.lease_records(),
             alarms: self.applier.alarms().list().to_vec(),
+            auth: Some(auth),
         };
         let sequence = self
             .log

@@ -414,6 +414,7 @@ impl RaftCore {
                 revision: target,
                 physical: false,
             }),
+            None,
             reply,
         );
     }

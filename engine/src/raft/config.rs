@@ -39,6 +39,8 @@ pub struct RaftCoreConfig {
     pub initial_election_tick_advance: bool,
     /// `--experimental-warning-apply-duration`: applying longer than this is warned about.
     pub warning_apply_duration: Duration,
+    /// `--auth-token-ttl`: how long a simple token lives unused (on this member's clock).
+    pub simple_token_ttl: Duration,
     pub tuning: RaftCoreTuning,
 }
 

@@ -154,6 +154,7 @@ impl RaftCore {
                 peer_urls,
             } => {
                 let request = rivet_api::rivetpb::InternalRequest {
+                    caller: None,
                     member_id: proposer,
                     id,
                     request: Some(internal_request::Request::MemberUpdate(Member {

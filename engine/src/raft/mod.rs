@@ -302,7 +302,12 @@ impl RaftCore {
 
     pub fn handle_command(&mut self, command: RaftCommand) {
         match command {
-            RaftCommand::Propose { request, reply } => self.propose(request, reply),
+            RaftCommand::Propose { request, reply } => self.propose(request, None, reply),
+            RaftCommand::ProposeAs {
+                request,
+                caller,
+                reply,
+            } => self.propose(request, Some(caller), reply),
             RaftCommand::ReadIndex { reply } => self.reads.push_read(reply),
             RaftCommand::ReadOnlyTxn {
                 request,

@@ -189,6 +189,7 @@ impl RaftCore {
     pub(super) fn propose(
         &mut self,
         request: internal_request::Request,
+        caller: Option<rivet_api::rivetpb::AuthCaller>,
         reply: oneshot::Sender<Result<Reply, EtcdError>>,
     ) {
         if self.node.raft.state != StateRole::Leader && self.node.raft.leader_id == raft::INVALID_ID
@@ -202,6 +203,7 @@ impl RaftCore {
             member_id: self.config.member_id,
             id,
             request: Some(request),
+            caller,
         };
         let data = internal.encode_to_vec();
         if data.len() > self.config.max_request_bytes {
@@ -237,6 +239,7 @@ impl RaftCore {
             member_id: self.config.member_id,
             id: 0,
             request: Some(request),
+            caller: None,
         };
         self.node.propose(Vec::new(), internal.encode_to_vec())
     }
@@ -515,6 +518,7 @@ impl RaftCore {
         }
         let index = self.applied_index;
         let revision = self.applier.sequencer().revision();
+        let (auth, tokens) = self.auth_updates();
         let mut batches = batches.into_iter();
         self.shards
             .send_all(|_| {
@@ -522,6 +526,8 @@ impl RaftCore {
                 batch.index = index;
                 batch.revision = revision;
                 batch.compaction = compaction;
+                batch.auth = auth.clone();
+                batch.tokens = tokens.clone();
                 ApplyMessage::Batch(batch)
             })
             .await;
@@ -542,6 +548,26 @@ impl RaftCore {
             Some(reason) => Err(reason),
             None => Ok(()),
         }
+    }
+
+    /// What the serving cores must learn of auth from the entries just applied: the new
+    /// store (if it changed) and the token updates, each token entry made once here and
+    /// shared by every core (so a use on one core renews it on all).
+    pub(super) fn auth_updates(
+        &mut self,
+    ) -> (
+        Option<std::sync::Arc<crate::auth::AuthState>>,
+        Vec<crate::auth::TokenUpdate>,
+    ) {
+        let (auth, events) = self.applier.take_auth_changes();
+        crate::metrics::AUTH_REVISION.set(self.applier.auth().revision());
+        let now = std::time::Instant::now();
+        let ttl = self.config.simple_token_ttl;
+        let tokens = events
+            .into_iter()
+            .map(|event| crate::auth::TokenUpdate::from_event(event, ttl, now))
+            .collect();
+        (auth, tokens)
     }
 
     /// One committed request through the applier chain, and what the raft core does

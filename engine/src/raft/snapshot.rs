@@ -19,6 +19,7 @@ use rivet_api::rivetpb::{CheckpointMarker, SnapshotInfo};
 
 use super::{log, RaftCore};
 use crate::apply::alarms::Alarms;
+use crate::auth::AuthState;
 use crate::membership::MemberTable;
 use crate::messages::{ApplyMessage, ShardRequest};
 use crate::sequencer::Sequencer;
@@ -60,6 +61,7 @@ impl RaftCore {
             membership: Some(self.applier.members().to_proto()),
             leases: self.applier.lease_records(),
             alarms: self.applier.alarms().list().to_vec(),
+            auth: Some(self.applier.auth().to_proto()),
         };
         message.mut_snapshot().data = info.encode_to_vec().into();
         let bytes = match message.write_to_bytes() {
@@ -171,6 +173,13 @@ impl RaftCore {
                 return;
             }
         };
+        let auth = match info.auth.clone().map(AuthState::from_proto).transpose() {
+            Ok(auth) => auth.unwrap_or_default(),
+            Err(e) => {
+                tracing::warn!("dropping a snapshot with a damaged auth store: {e}");
+                return;
+            }
+        };
         let heads = match crate::snapshot::heads(&data) {
             Ok(heads) => heads,
             Err(e) => {
@@ -210,6 +219,7 @@ impl RaftCore {
             membership: info.membership.clone(),
             leases: info.leases.clone(),
             alarms: info.alarms.clone(),
+            auth: info.auth.clone(),
         };
         let recorded = self
             .log
@@ -241,8 +251,26 @@ impl RaftCore {
             .as_ref()
             .map(MemberTable::from_proto)
             .unwrap_or_default();
-        self.applier
-            .install(sequencer, Alarms::from_list(info.alarms.clone()), members);
+        self.applier.install(
+            sequencer,
+            Alarms::from_list(info.alarms.clone()),
+            members,
+            auth,
+        );
+        // The serving cores learn the installed auth store (and that every token died)
+        // from a batch with no mutation at the installed index.
+        let (auth, tokens) = self.auth_updates();
+        self.shards
+            .send_all(|_| {
+                ApplyMessage::Batch(crate::messages::ApplyBatch {
+                    index,
+                    revision: info.revision,
+                    auth: auth.clone(),
+                    tokens: tokens.clone(),
+                    ..Default::default()
+                })
+            })
+            .await;
         self.update_peers();
         self.applied_index = index;
         self.checkpoints.installed(index);

@@ -164,6 +164,7 @@ impl Node {
             pre_vote: config.pre_vote,
             initial_election_tick_advance: config.initial_election_tick_advance,
             warning_apply_duration: Duration::from_millis(100),
+            simple_token_ttl: Duration::from_secs(300),
             tuning: RaftCoreTuning {
                 log_entries_kept_after_checkpoint: config.log_kept,
                 randomized_election_timeout: false,
