@@ -28,6 +28,23 @@ fn members(dir: &std::path::Path, count: usize) -> Vec<Member> {
         .collect()
 }
 
+/// `member list` on `endpoint` shows m0, m1 and m2 started (each published its name),
+/// and no one else.
+fn expect_three_started_members(endpoint: &str) {
+    let mut list = String::new();
+    wait_until(
+        "every member published its name",
+        Duration::from_secs(30),
+        || {
+            list = etcdctl_ok(endpoint, &["member", "list"]);
+            ["m0", "m1", "m2"]
+                .iter()
+                .all(|name| list.contains(&format!(", started, {name}, ")))
+        },
+    );
+    assert_eq!(list.lines().count(), 3, "{list}");
+}
+
 /// Three members started with `--discovery-srv example.test` and no `--initial-cluster`
 /// find each other through `_etcd-server._tcp.example.test` and form one cluster; the
 /// `_etcd-server-ssl` lookup finds nothing, which is not an error while the other has
@@ -74,18 +91,7 @@ fn members_bootstrap_from_dns_srv_records() {
         let leader = cluster.wait_for_leader(None);
         let endpoint = cluster.members[leader].endpoint();
         etcdctl_ok(&endpoint, &["put", "found", "by-dns"]);
-        let mut list = String::new();
-        wait_until(
-            "every member published its name",
-            Duration::from_secs(30),
-            || {
-                list = etcdctl_ok(&endpoint, &["member", "list"]);
-                ["m0", "m1", "m2"]
-                    .iter()
-                    .all(|name| list.contains(&format!(", started, {name}, ")))
-            },
-        );
-        assert_eq!(list.lines().count(), 3, "{list}");
+        expect_three_started_members(&endpoint);
         cluster.wait_converged();
         let log = cluster.members[0].log_text();
         assert!(
@@ -359,18 +365,7 @@ fn members_bootstrap_through_a_discovery_url() {
         let leader = cluster.wait_for_leader(None);
         let endpoint = cluster.members[leader].endpoint();
         etcdctl_ok(&endpoint, &["put", "found", "by-discovery"]);
-        let mut list = String::new();
-        wait_until(
-            "every member published its name",
-            Duration::from_secs(30),
-            || {
-                list = etcdctl_ok(&endpoint, &["member", "list"]);
-                ["m0", "m1", "m2"]
-                    .iter()
-                    .all(|name| list.contains(&format!(", started, {name}, ")))
-            },
-        );
-        assert_eq!(list.lines().count(), 3, "{list}");
+        expect_three_started_members(&endpoint);
         assert_eq!(service.registered(), 3);
 
         fourth.start("", "new", &extra);

@@ -936,6 +936,13 @@ fn logs_take_etcds_two_forms_and_outputs() {
             .any(|l| l.contains(" I | embed: ready to serve client requests")),
         "{text}"
     );
+    // The election line operators grep for, in etcd's words.
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(" I | raft: raft.node: ") && l.contains(" elected leader ")),
+        "{text}"
+    );
     drop(rivet);
 
     let port = free_port();
@@ -983,6 +990,7 @@ fn logs_take_etcds_two_forms_and_outputs() {
     let on_stdout = zap.log_text();
     for text in [&in_file, &on_stdout] {
         let mut ready = false;
+        let mut elected = false;
         // The variables' lines of pkg/flags are written before the logger exists, in
         // capnslog form to stderr (the process log here), as etcd writes them.
         for line in text.lines().filter(|l| !l.contains(" I | pkg/flags: ")) {
@@ -1005,8 +1013,12 @@ fn logs_take_etcds_two_forms_and_outputs() {
             ready |= value["msg"]
                 .as_str()
                 .is_some_and(|m| m.starts_with("ready to serve client requests"));
+            elected |= value["msg"]
+                .as_str()
+                .is_some_and(|m| m.contains(" elected leader "));
         }
         assert!(ready, "{text}");
+        assert!(elected, "no election line: {text}");
     }
 }
 
@@ -1188,8 +1200,11 @@ fn pre_vote_and_the_apply_warning_follow_their_flags() {
     common::etcdctl_ok(&tuned.endpoint(), &["put", "k", "v"]);
     let text = tuned.log_text();
     assert!(text.contains("became pre-candidate"), "{text}");
+    // etcd's capnslog wording of the warning: `request "…" with result "…" took too
+    // long (…) to execute`.
     assert!(
-        text.contains("W | etcdserver: apply request took too long"),
+        text.lines()
+            .any(|l| l.contains("W | etcdserver: request ") && l.contains(" took too long (")),
         "{text}"
     );
 }

@@ -34,6 +34,15 @@ impl Alarms {
                 return Vec::new();
             }
             self.active.push(member);
+            let alarm = rivet_api::etcdserverpb::AlarmType::try_from(member.alarm).map_or_else(
+                |_| member.alarm.to_string(),
+                |a| a.as_str_name().to_string(),
+            );
+            tracing::warn!(
+                alarm = %alarm,
+                from = %format!("{:x}", member.member_id),
+                "alarm raised"
+            );
             vec![member]
         } else if request.action == AlarmAction::Deactivate as i32 {
             let before = self.active.len();

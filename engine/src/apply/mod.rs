@@ -353,9 +353,12 @@ mod tests {
             })
         };
         apply(&mut applier, corrupt(AlarmAction::Activate));
-        assert_eq!(applier.describe_chain(), "corrupt → backend");
+        assert_eq!(applier.describe_chain(), "corrupt → auth → backend");
         apply(&mut applier, alarm(AlarmAction::Activate));
-        assert_eq!(applier.describe_chain(), "corrupt → capped → backend");
+        assert_eq!(
+            applier.describe_chain(),
+            "corrupt → capped → auth → backend"
+        );
         let refused = apply(&mut applier, put("a"));
         assert_eq!(refused.result, Some(Err(EtcdError::Corrupt)));
         assert!(refused.mutations.is_empty());
@@ -369,7 +372,7 @@ mod tests {
         );
         apply(&mut applier, corrupt(AlarmAction::Deactivate));
         apply(&mut applier, alarm(AlarmAction::Deactivate));
-        assert_eq!(applier.describe_chain(), "backend");
+        assert_eq!(applier.describe_chain(), "auth → backend");
         assert!(matches!(
             apply(&mut applier, put("a")).result,
             Some(Ok(Applied::Put(_)))

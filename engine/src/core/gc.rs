@@ -79,17 +79,21 @@ impl ShardCore {
             self.shard.borrow_mut().gc_reseal().map_err(failed)?;
         }
         let candidates = self.shard.borrow().gc_candidates(mode);
+        let pass_started = std::time::Instant::now();
         let (mut rewritten, mut freed) = (0, 0);
         for key in candidates {
             if !self.shard.borrow_mut().gc_begin(key).map_err(failed)? {
                 break;
             }
             loop {
+                // etcd's compaction pause: how long one step holds the shard.
+                let step_started = std::time::Instant::now();
                 let step = self
                     .shard
                     .borrow_mut()
                     .gc_step(limits::GC_STEP_RECORDS, mode)
                     .map_err(failed)?;
+                crate::metrics::DB_COMPACTION_PAUSE.observe_millis(step_started.elapsed());
                 match step {
                     // Stopped (a compaction or a snapshot stream came): the next
                     // recorded checkpoint wakes this task again.
@@ -110,6 +114,7 @@ impl ShardCore {
             yield_now().await;
         }
         if rewritten > 0 {
+            crate::metrics::DB_COMPACTION_TOTAL.observe_millis(pass_started.elapsed());
             let sizes = self.shard.borrow().sizes();
             tracing::info!(
                 shard = self.id,
@@ -128,6 +133,17 @@ impl ShardCore {
     /// every shard rewrites every segment with a dead byte, each on its own core; answers
     /// when all are done. Requests go on meanwhile.
     pub async fn defragment(&self) -> Result<(), EtcdError> {
+        crate::metrics::DEFRAG_INFLIGHT.add(1);
+        let started = std::time::Instant::now();
+        let result = self.defragment_all().await;
+        crate::metrics::DEFRAG_INFLIGHT.add(-1);
+        if result.is_ok() {
+            crate::metrics::DEFRAG.observe(started.elapsed());
+        }
+        result
+    }
+
+    async fn defragment_all(&self) -> Result<(), EtcdError> {
         let after = self.ask(|reply| RaftCommand::Defragment { reply }).await?;
         let mut answers = Vec::with_capacity(self.shard_count);
         for id in 0..self.shard_count {

@@ -127,9 +127,14 @@ impl ShardCore {
         &self,
         out: async_channel::Sender<Result<SnapshotBlob, EtcdError>>,
     ) {
-        if let Err(error) = self.stream_snapshot_inner(&out).await {
-            tracing::warn!("snapshot stream failed: {error}");
-            let _ = out.send(Err(error)).await;
+        let started = std::time::Instant::now();
+        match self.stream_snapshot_inner(&out).await {
+            // etcd's `etcd_disk_backend_snapshot_duration_seconds`.
+            Ok(()) => crate::metrics::BACKEND_SNAPSHOT.observe(started.elapsed()),
+            Err(error) => {
+                tracing::warn!("snapshot stream failed: {error}");
+                let _ = out.send(Err(error)).await;
+            }
         }
     }
 

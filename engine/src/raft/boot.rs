@@ -4,7 +4,6 @@
 
 use std::sync::Arc;
 
-use protobuf::Message as _;
 use raft::prelude::{ConfState, Snapshot};
 use raft::storage::MemStorage;
 use raft::{Config, RawNode};
@@ -96,14 +95,7 @@ impl RaftCore {
         let mut applied = applied;
         let (base, members) = match &recovered.checkpoint {
             Some(c) => {
-                let mut conf_state = ConfState::default();
-                conf_state
-                    .merge_from_bytes(&c.conf_state)
-                    .map_err(|e| StartError::Decode {
-                        what: "checkpoint conf state",
-                        index: c.applied_index,
-                        reason: e.to_string(),
-                    })?;
+                let conf_state = super::force_new::checkpoint_conf_state(c)?;
                 let members = c
                     .membership
                     .as_ref()

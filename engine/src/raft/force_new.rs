@@ -69,14 +69,7 @@ pub fn force_new_cluster(
         ids.extend(initial_voters.iter().copied());
     }
     if let Some(c) = &recovered.checkpoint {
-        let mut conf_state = ConfState::default();
-        conf_state
-            .merge_from_bytes(&c.conf_state)
-            .map_err(|e| StartError::Decode {
-                what: "checkpoint conf state",
-                index: c.applied_index,
-                reason: e.to_string(),
-            })?;
+        let conf_state = checkpoint_conf_state(c)?;
         ids.extend(conf_state.voters.iter().copied());
         ids.extend(conf_state.learners.iter().copied());
         ids.extend(conf_state.voters_outgoing.iter().copied());
@@ -151,4 +144,19 @@ pub fn force_new_cluster(
     recovered.entries.extend(forced);
     recovered.hard_state = hard_state;
     Ok(ForcedRestart { commit, removed })
+}
+
+/// The raft configuration a checkpoint marker recorded.
+pub(super) fn checkpoint_conf_state(
+    checkpoint: &rivet_api::rivetpb::CheckpointMarker,
+) -> Result<ConfState, StartError> {
+    let mut conf_state = ConfState::default();
+    conf_state
+        .merge_from_bytes(&checkpoint.conf_state)
+        .map_err(|e| StartError::Decode {
+            what: "checkpoint conf state",
+            index: checkpoint.applied_index,
+            reason: e.to_string(),
+        })?;
+    Ok(conf_state)
 }

@@ -241,7 +241,11 @@ impl LogStorage for WalLog {
         let took = started.elapsed();
         crate::metrics::WAL_FSYNC.observe(took);
         if took > limits::WAL_FSYNC_WARN {
-            tracing::warn!(?took, "slow fdatasync of the WAL");
+            tracing::warn!(
+                took = ?took,
+                expected_duration = ?limits::WAL_FSYNC_WARN,
+                "slow fdatasync"
+            );
         }
         self.pending.clear();
         self.durable = self.submitted;

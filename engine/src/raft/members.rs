@@ -281,14 +281,30 @@ impl RaftCore {
             },
             ConfChangeType::RemoveNode => MemberTableChange::Remove { id: node_id },
         };
+        let cluster_id = format!("{:x}", self.config.cluster_id);
+        match (&change, promoted) {
+            (MemberTableChange::Add { member, .. }, false) => tracing::info!(
+                added_peer_id = %format!("{node_id:x}"),
+                added_peer_peer_urls = ?member.as_ref().map(|m| m.peer_urls.clone()).unwrap_or_default(),
+                cluster_id = %cluster_id,
+                index = entry.index,
+                "added member"
+            ),
+            (MemberTableChange::Add { .. }, true) => tracing::info!(
+                promoted_member_id = %format!("{node_id:x}"),
+                cluster_id = %cluster_id,
+                index = entry.index,
+                "promote member"
+            ),
+            (MemberTableChange::Remove { .. }, _) => tracing::info!(
+                removed_remote_peer_id = %format!("{node_id:x}"),
+                cluster_id = %cluster_id,
+                index = entry.index,
+                "removed member"
+            ),
+        }
         self.applier.apply_member_change(change);
         self.update_peers();
-        tracing::info!(
-            index = entry.index,
-            change = ?conf_change.get_change_type(),
-            member = format_args!("{node_id:x}"),
-            "applied membership change"
-        );
         if context.proposer == self.config.member_id {
             if let Some(reply) = self.waiters.take_member(context.id) {
                 let members = self.applier.members();

@@ -291,6 +291,8 @@ impl RaftCore {
         let expected = self.config.heartbeat_interval * 2;
         if self.node.raft.state == StateRole::Leader && since_last_tick > expected {
             tracing::warn!(
+                to = "every follower",
+                heartbeat_interval = ?self.config.heartbeat_interval,
                 expected_duration = ?expected,
                 exceeded_duration = ?(since_last_tick - expected),
                 "leader failed to send out heartbeat on time; took too long, leader is \

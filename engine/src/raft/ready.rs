@@ -298,8 +298,17 @@ impl RaftCore {
         let mut ready = self.node.ready();
         if let Some(soft) = ready.ss() {
             let previous = self.shared.leader.swap(soft.leader_id, Ordering::AcqRel);
+            let me = self.config.member_id;
+            let term = self.node.raft.term;
             if soft.leader_id != previous && soft.leader_id != raft::INVALID_ID {
                 crate::metrics::LEADER_CHANGES.inc();
+                // etcd's raft.node lines, which operators grep for.
+                tracing::info!(target: "raft", "raft.node: {me:x} elected leader {:x} at term {term}", soft.leader_id);
+            } else if soft.leader_id != previous {
+                tracing::info!(target: "raft", "raft.node: {me:x} lost leader {previous:x} at term {term}");
+            }
+            if soft.raft_state == StateRole::Follower && soft.leader_id != previous {
+                tracing::info!(target: "raft", "{me:x} became follower at term {term}");
             }
             crate::metrics::HAS_LEADER.set(u64::from(soft.leader_id != raft::INVALID_ID));
             crate::metrics::IS_LEADER.set(u64::from(soft.raft_state == StateRole::Leader));
@@ -453,6 +462,11 @@ impl RaftCore {
             return Ok(());
         }
         let started = std::time::Instant::now();
+        let applying = (
+            entries.len(),
+            entries.first().map_or(0, |e| e.index),
+            entries.last().map_or(0, |e| e.index),
+        );
         let shard_count = self.config.shard_count;
         let mut batches: Vec<ApplyBatch> =
             (0..shard_count).map(|_| ApplyBatch::default()).collect();
@@ -538,9 +552,11 @@ impl RaftCore {
         let took = started.elapsed();
         if took > self.config.warning_apply_duration {
             crate::metrics::SLOW_APPLY.inc();
+            let (count, first, last) = applying;
             tracing::warn!(
                 took = ?took,
                 expected_duration = ?self.config.warning_apply_duration,
+                request = %format!("{count} committed entries, index {first} to {last}"),
                 "apply request took too long"
             );
         }
