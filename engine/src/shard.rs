@@ -386,15 +386,11 @@ impl Shard {
     fn compact_index(&mut self, revision: i64) {
         let started = std::time::Instant::now();
         let versions = self.index.version_count();
-        self.compact_index_now(revision);
+        let page = &mut self.page;
+        self.index.compact_with(revision, |ptr| page.release(ptr));
         crate::metrics::INDEX_COMPACTION_PAUSE.observe_millis(started.elapsed());
         crate::metrics::DB_COMPACTION_KEYS
             .add(versions.saturating_sub(self.index.version_count()) as u64);
-    }
-
-    fn compact_index_now(&mut self, revision: i64) {
-        let page = &mut self.page;
-        self.index.compact_with(revision, |ptr| page.release(ptr));
     }
 
     /// Every version this shard retains up to `revision`, as a snapshot stream (page

@@ -11,7 +11,7 @@ mod common;
 
 use std::path::Path;
 
-use common::history::{etcdctl_offline, make_history, require_etcd, served_versions};
+use common::history::{etcdctl_offline, make_history, require_etcd, served_versions, EtcdHistory};
 use common::{etcdctl_ok, runtime, Etcd, Rivet};
 use etcd_client::{Client, LeaseTimeToLiveOptions};
 use rivet_engine::etcd_backend::schema::KeyVersion;
@@ -92,22 +92,7 @@ fn etcd_serves_what_rivet_served_after_a_snapshot_round_trip() {
         let mut client = Client::connect([format!("http://{etcd_endpoint}")], None)
             .await
             .expect("connect to etcd");
-        let served = served_versions(&mut client, history.compacted, history.current).await;
-        // rivet's watch gives a revision that spans shards in the order the shards
-        // answer; the snapshot numbers its changes in shard order: compared as sets.
-        assert_same_changes(&served, &history.served, "etcd serves after the restore");
-        assert_eq!(leases(&mut client).await, history.leases);
-        // Below the compaction: compacted on both.
-        let below = client
-            .get(
-                "a",
-                Some(etcd_client::GetOptions::new().with_revision(history.compacted - 1)),
-            )
-            .await
-            .expect_err("compacted");
-        assert!(below
-            .to_string()
-            .contains("required revision has been compacted"));
+        assert_serves_history(&mut client, &history, "etcd serves after the restore").await;
     });
 }
 
@@ -224,22 +209,7 @@ fn rivet_serves_what_etcd_served_after_rivetctl_snapshot_restore() {
         let mut client = Client::connect([format!("http://{rivet_endpoint}")], None)
             .await
             .expect("connect to rivet");
-        let served = served_versions(&mut client, history.compacted, history.current).await;
-        // etcd numbers a txn's changes in the order of its operations, rivet's watch
-        // gives a revision spanning shards in shard order: each revision's changes are
-        // compared as a set.
-        assert_same_changes(&served, &history.served, "served after the restore");
-        assert_eq!(leases(&mut client).await, history.leases);
-        let below = client
-            .get(
-                "a",
-                Some(etcd_client::GetOptions::new().with_revision(history.compacted - 1)),
-            )
-            .await
-            .expect_err("compacted");
-        assert!(below
-            .to_string()
-            .contains("required revision has been compacted"));
+        assert_serves_history(&mut client, &history, "served after the restore").await;
         // The store goes on from etcd's revision.
         let next = client
             .put("after-restore", "1", None)
@@ -257,6 +227,26 @@ fn rivet_serves_what_etcd_served_after_rivetctl_snapshot_restore() {
             std::slice::from_ref(&peer)
         );
     });
+}
+
+/// `client`'s server serves the versions, leases and compaction point of `history`.
+/// rivet's watch gives a revision that spans shards in the order the shards answer,
+/// etcd in the txn's op order: each revision's changes are compared as a set.
+async fn assert_serves_history(client: &mut Client, history: &EtcdHistory, what: &str) {
+    let served = served_versions(client, history.compacted, history.current).await;
+    assert_same_changes(&served, &history.served, what);
+    assert_eq!(leases(client).await, history.leases);
+    // Below the compaction: compacted on both.
+    let below = client
+        .get(
+            "a",
+            Some(etcd_client::GetOptions::new().with_revision(history.compacted - 1)),
+        )
+        .await
+        .expect_err("compacted");
+    assert!(below
+        .to_string()
+        .contains("required revision has been compacted"));
 }
 
 /// The same versions, each revision's changes taken as a set (sub-revisions ignored).

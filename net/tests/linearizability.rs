@@ -196,7 +196,7 @@ fn run_history(nemesis: impl FnOnce(&mut Cluster, &dyn Fn(&str))) {
     progress("clients complete operations");
     nemesis(&mut cluster, &progress);
     for member in &cluster.members {
-        let _ = http_get(&member.endpoint(), "/rivet/test/heal");
+        member.heal();
     }
     progress("operations complete after healing");
 
@@ -229,13 +229,6 @@ fn run_history(nemesis: impl FnOnce(&mut Cluster, &dyn Fn(&str))) {
             );
         }
     }
-}
-
-/// Sets the test-only fault switch of `member` (see `engine/src/raft/faults.rs`).
-fn set_faults(member: &common::cluster::Member, query: &str) {
-    let answer =
-        http_get(&member.endpoint(), &format!("/rivet/test/faults?{query}")).expect("fault switch");
-    assert!(answer.contains(" 200 "), "fault switch {query}: {answer}");
 }
 
 #[test]
@@ -283,7 +276,7 @@ fn a_history_with_dropped_delayed_and_duplicated_messages_is_linearizable() {
             ),
         ] {
             for member in &cluster.members {
-                set_faults(member, query);
+                member.set_faults(query);
             }
             progress(what);
         }
@@ -301,9 +294,9 @@ fn a_history_with_an_asymmetric_partition_and_a_paused_leader_is_linearizable() 
             &cluster.members[leader].endpoint(),
             &cluster.members[follower].name,
         );
-        set_faults(&cluster.members[leader], &format!("deaf_to={follower_id}"));
+        cluster.members[leader].set_faults(&format!("deaf_to={follower_id}"));
         progress("operations complete while the leader does not hear a follower");
-        let _ = http_get(&cluster.members[leader].endpoint(), "/rivet/test/heal");
+        cluster.members[leader].heal();
 
         let leader = cluster.wait_for_leader(None);
         let pid = cluster.members[leader]

@@ -13,7 +13,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::cluster::{wait_until, Cluster};
-use common::http_get;
 use etcd_client::{Client, ConnectOptions, EventType, WatchOptions};
 
 const PREFIX: &str = "wf/";
@@ -85,14 +84,6 @@ async fn watch(
                 here += 1;
             }
         }
-    }
-}
-
-fn set_faults(cluster: &Cluster, query: &str) {
-    for member in &cluster.members {
-        let answer = http_get(&member.endpoint(), &format!("/rivet/test/faults?{query}"))
-            .expect("fault switch");
-        assert!(answer.contains(" 200 "), "{query}: {answer}");
     }
 }
 
@@ -185,7 +176,9 @@ fn watch_events_stay_ordered_gapless_and_resumable_under_faults() {
         "duplicate=0.3",
         "drop=0.1&delay_ms=60&duplicate=0.2",
     ] {
-        set_faults(&cluster, query);
+        for member in &cluster.members {
+            member.set_faults(query);
+        }
         progress(query);
     }
     let leader = cluster.wait_for_leader(None);
@@ -194,16 +187,13 @@ fn watch_events_stay_ordered_gapless_and_resumable_under_faults() {
         &cluster.members[leader].endpoint(),
         &cluster.members[follower].name,
     );
-    set_faults(&cluster, "");
-    let answer = http_get(
-        &cluster.members[leader].endpoint(),
-        &format!("/rivet/test/faults?deaf_to={follower_id}"),
-    )
-    .expect("fault switch");
-    assert!(answer.contains(" 200 "), "{answer}");
+    for member in &cluster.members {
+        member.set_faults("");
+    }
+    cluster.members[leader].set_faults(&format!("deaf_to={follower_id}"));
     progress("writes go through while the leader does not hear a follower");
     for member in &cluster.members {
-        let _ = http_get(&member.endpoint(), "/rivet/test/heal");
+        member.heal();
     }
     progress("writes go through after healing");
     stop.store(true, Ordering::Relaxed);

@@ -99,6 +99,20 @@ impl Member {
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(self.dir.with_extension("log")).unwrap_or_default()
     }
+
+    /// Sets this member's test-only fault switch (`engine/src/raft/faults.rs`), e.g.
+    /// `drop=0.2`, `delay_ms=120`, `duplicate=0.3`, `deaf_to=<hex id>`; "" turns it off.
+    pub fn set_faults(&self, query: &str) {
+        let answer = super::http_get(&self.endpoint(), &format!("/rivet/test/faults?{query}"))
+            .expect("fault switch");
+        assert!(answer.contains(" 200 "), "fault switch {query}: {answer}");
+    }
+
+    /// Clears every fault of the test switch (isolation included).
+    pub fn heal(&self) {
+        let answer = super::http_get(&self.endpoint(), "/rivet/test/heal").expect("heal");
+        assert!(answer.contains(" 200 "), "heal: {answer}");
+    }
 }
 
 impl Drop for Member {
