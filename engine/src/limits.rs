@@ -93,6 +93,9 @@ pub const SNAPSHOT_PIN_IDLE: Duration = Duration::from_secs(300);
 /// `Compact` call returns a timeout then).
 pub const AUTO_COMPACTION_TIMEOUT: Duration = Duration::from_secs(7);
 
+/// etcd's `revInterval`: how often the revision compactor looks.
+pub const REVISION_COMPACTION_INTERVAL: Duration = Duration::from_secs(300);
+
 /// How often the revision auto-compactor looks: etcd's `revInterval`, 5 minutes, unless
 /// the test-only `RIVET_TEST_REVISION_COMPACTION_INTERVAL_MS=<n>` (n > 0) shortens it
 /// (`net/tests/storage.rs`). Honoured only when set; read once per process.
@@ -103,10 +106,7 @@ pub fn revision_compaction_interval() -> Duration {
             .ok()
             .and_then(|v| v.parse().ok())
             .filter(|&ms: &u64| ms > 0)
-            .map_or(
-                crate::raft::compactor::REVISION_COMPACTION_INTERVAL,
-                Duration::from_millis,
-            )
+            .map_or(REVISION_COMPACTION_INTERVAL, Duration::from_millis)
     })
 }
 

@@ -11,6 +11,9 @@ use crate::error::EtcdError;
 use crate::keyspace::{CompactedAt, Head, Mutation, RangeEnd};
 use crate::sequencer::{Applied, HistoricalRange};
 
+/// Watch events of a shard, or the error of the first record that could not be read.
+pub type WatchEvents = Result<Vec<rivet_api::mvccpb::Event>, EtcdError>;
+
 /// The result of a write (or a read-only txn) handed back to the core that asked.
 #[derive(Clone, Debug)]
 pub struct Reply {
@@ -273,7 +276,7 @@ pub enum ShardRequest {
         from: i64,
         to: i64,
         prev_kv: bool,
-        reply: oneshot::Sender<Option<crate::shard::WatchEvents>>,
+        reply: oneshot::Sender<Option<WatchEvents>>,
     },
     /// Watch catch-up: one range's changes in `[from, to]`, read from the index.
     WatchHistory {
@@ -282,7 +285,7 @@ pub enum ShardRequest {
         from: i64,
         to: i64,
         prev_kv: bool,
-        reply: oneshot::Sender<Result<crate::shard::WatchEvents, CompactedAt>>,
+        reply: oneshot::Sender<Result<WatchEvents, CompactedAt>>,
     },
     /// The shard's part of HashKV at `revision`.
     HashKv {

@@ -104,8 +104,7 @@ struct RecentChange {
     tombstone: bool,
 }
 
-/// Watch events of a shard, or the error of the first record that could not be read.
-pub type WatchEvents = Result<Vec<Event>, EtcdError>;
+pub use crate::messages::WatchEvents;
 
 fn key_value(key: &[u8], view: &RecordView<'_>, with_value: bool) -> KeyValue {
     KeyValue {

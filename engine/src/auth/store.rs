@@ -517,7 +517,7 @@ impl AuthStore {
             R::Authenticate(r) => {
                 let done = self.authenticate(&r.name, r.checked_revision)?;
                 let simple_token = (!r.simple_token_prefix.is_empty())
-                    .then(|| super::token::simple_token(&r.simple_token_prefix, index));
+                    .then(|| simple_token(&r.simple_token_prefix, index));
                 if let Some(token) = &simple_token {
                     token_events.push(TokenEvent::Assigned {
                         token: token.clone(),
@@ -859,4 +859,9 @@ pub fn is_valid_permission_range(key: &[u8], range_end: &[u8]) -> bool {
         return false;
     }
     range_end.is_empty() || key < range_end || range_end == [0]
+}
+
+/// The token a simple-token Authenticate applied at `index` assigns.
+pub fn simple_token(prefix: &str, index: u64) -> String {
+    format!("{prefix}.{index}")
 }

@@ -25,18 +25,15 @@ use std::time::{Duration, Instant};
 
 use ring::rand::{SecureRandom, SystemRandom};
 
+pub use super::jwt::parse_go_duration;
 use super::jwt::{JwtError, JwtProvider};
+pub use super::store::simple_token;
 use super::store::TokenEvent;
 
 /// etcd's `--auth-token-ttl` default, in seconds.
 pub const SIMPLE_TOKEN_TTL_DEFAULT: Duration = Duration::from_secs(300);
 const SIMPLE_TOKEN_LETTERS: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
 const SIMPLE_TOKEN_PREFIX_LENGTH: usize = 16;
-
-/// The token a simple-token Authenticate applied at `index` assigns.
-pub fn simple_token(prefix: &str, index: u64) -> String {
-    format!("{prefix}.{index}")
-}
 
 /// etcd's `genTokenPrefix`: 16 letters drawn uniformly from a-zA-Z.
 pub fn simple_token_prefix() -> String {
@@ -251,76 +248,6 @@ impl TokenConfig {
             _ => Err(TokenConfigError::InvalidAuthOptions),
         }
     }
-}
-
-/// Go's `time.ParseDuration`, in nanoseconds: `[-+]?(<number><unit>)+` with units `ns`,
-/// `us` (`µs`, `μs`), `ms`, `s`, `m`, `h`, or a bare `0`.
-pub fn parse_go_duration(text: &str) -> Option<i64> {
-    let (negative, mut rest) = match text.as_bytes().first() {
-        Some(b'-') => (true, &text[1..]),
-        Some(b'+') => (false, &text[1..]),
-        _ => (false, text),
-    };
-    if rest == "0" {
-        return Some(0);
-    }
-    if rest.is_empty() {
-        return None;
-    }
-    let mut total: u128 = 0;
-    while !rest.is_empty() {
-        let number_end = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
-        let number = &rest[..number_end];
-        rest = &rest[number_end..];
-        let (whole, fraction) = match number.split_once('.') {
-            Some((w, f)) => (w, f),
-            None => (number, ""),
-        };
-        if whole.is_empty() && fraction.is_empty() {
-            return None;
-        }
-        if fraction.contains('.') {
-            return None;
-        }
-        let unit_end = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let unit = &rest[..unit_end];
-        rest = &rest[unit_end..];
-        let scale: u128 = match unit {
-            "ns" => 1,
-            "us" | "µs" | "μs" => 1_000,
-            "ms" => 1_000_000,
-            "s" => 1_000_000_000,
-            "m" => 60_000_000_000,
-            "h" => 3_600_000_000_000,
-            _ => return None,
-        };
-        let whole: u128 = if whole.is_empty() {
-            0
-        } else {
-            whole.parse().ok()?
-        };
-        let mut value = whole.checked_mul(scale)?;
-        // The fraction, scaled and truncated as Go does.
-        let mut place = scale;
-        for digit in fraction.bytes() {
-            place /= 10;
-            if place == 0 {
-                break;
-            }
-            value = value.checked_add(u128::from(digit - b'0') * place)?;
-        }
-        total = total.checked_add(value)?;
-        if total > i64::MAX as u128 + u128::from(negative) {
-            return None;
-        }
-    }
-    let total = i128::try_from(total).ok()?;
-    let signed = if negative { -total } else { total };
-    i64::try_from(signed).ok()
 }
 
 #[cfg(test)]

@@ -317,7 +317,7 @@ pub struct PageFile {
     /// Which slots garbage collection rewrote or emptied.
     pub(super) manifest: Manifest,
     /// A segment garbage collection is writing (see [`super::gc`]).
-    pub(super) relocation: Option<super::gc::Relocation>,
+    pub(super) relocation: Option<Relocation>,
     /// Segments garbage collection replaced, kept mapped until the index no longer points
     /// into them ([`PageFile::relocation_release`]).
     pub(super) retiring: Vec<SealedSegment>,
@@ -774,4 +774,24 @@ impl PageFile {
     pub fn dir(&self) -> &Path {
         &self.dir
     }
+}
+
+/// A segment being written by garbage collection.
+/// (Its steps are in `gc.rs`; the state lives with the page file it belongs to.)
+pub(crate) struct Relocation {
+    /// The new segment's key.
+    pub(crate) key: u32,
+    /// The segment being rewritten.
+    pub(crate) source: u32,
+    pub(crate) path: PathBuf,
+    pub(crate) file: std::fs::File,
+    pub(crate) map: MmapMut,
+    pub(crate) write_offset: usize,
+    pub(crate) source_map: Arc<Mmap>,
+    pub(crate) source_end: usize,
+    /// Where the next record of the source starts.
+    pub(crate) cursor: usize,
+    /// The source and new offsets of every copied record, in copy order.
+    pub(crate) moved: Vec<(u32, u32)>,
+    pub(crate) stats: SegmentStats,
 }

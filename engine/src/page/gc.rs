@@ -31,7 +31,7 @@ use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use memmap2::{Mmap, MmapMut, MmapOptions};
+use memmap2::{Mmap, MmapOptions};
 
 use super::file::*;
 use super::format::*;
@@ -70,25 +70,6 @@ pub enum GcError {
     Damaged { ptr: PagePtr, error: DecodeError },
     #[error("garbage collection: the page file is unusable after a failed sync")]
     Poisoned,
-}
-
-/// A segment being written by garbage collection.
-pub(crate) struct Relocation {
-    /// The new segment's key.
-    pub(crate) key: u32,
-    /// The segment being rewritten.
-    pub(crate) source: u32,
-    pub(crate) path: PathBuf,
-    file: std::fs::File,
-    pub(crate) map: MmapMut,
-    pub(crate) write_offset: usize,
-    source_map: Arc<Mmap>,
-    source_end: usize,
-    /// Where the next record of the source starts.
-    cursor: usize,
-    /// The source and new offsets of every copied record, in copy order.
-    moved: Vec<(u32, u32)>,
-    stats: SegmentStats,
 }
 
 /// What one [`PageFile::relocation_step`] did.

@@ -133,10 +133,10 @@ pub fn parse_go_duration(text: &str) -> Result<i128, String> {
     Ok(if negative { -nanos } else { nanos })
 }
 
-/// etcd's `revInterval`: how often the revision compactor looks. Tests shorten it with
-/// the test-only `RIVET_TEST_REVISION_COMPACTION_INTERVAL_MS` (see
+/// etcd's `revInterval` (tests shorten it with the test-only
+/// `RIVET_TEST_REVISION_COMPACTION_INTERVAL_MS`, see
 /// [`limits::revision_compaction_interval`]).
-pub const REVISION_COMPACTION_INTERVAL: Duration = Duration::from_secs(300);
+pub use crate::limits::REVISION_COMPACTION_INTERVAL;
 
 /// The auto-compaction state machine, driven by a clock.
 pub struct Compactor {
