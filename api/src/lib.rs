@@ -36,6 +36,38 @@ pub mod v3electionpb {
 
 pub mod rivetpb {
     tonic::include_proto!("rivetpb");
+
+    /// Decodes a raft entry's `InternalRequest` so that a txn nests as deep in an entry
+    /// as the gRPC service accepts it from a client: the entry's own fields are read
+    /// first ([`InternalRequestEnvelope`]), then the txn on its own, each with prost's
+    /// full nesting budget.
+    pub fn decode_internal_request(bytes: &[u8]) -> Result<InternalRequest, prost::DecodeError> {
+        use internal_request::Request as R;
+        use internal_request_envelope::Request as E;
+        use prost::Message as _;
+        let envelope = InternalRequestEnvelope::decode(bytes)?;
+        let request = match envelope.request {
+            None => None,
+            Some(E::Put(r)) => Some(R::Put(r)),
+            Some(E::DeleteRange(r)) => Some(R::DeleteRange(r)),
+            Some(E::Txn(txn)) => Some(R::Txn(crate::etcdserverpb::TxnRequest::decode(txn)?)),
+            Some(E::Compaction(r)) => Some(R::Compaction(r)),
+            Some(E::MemberAttributes(r)) => Some(R::MemberAttributes(r)),
+            Some(E::MemberUpdate(r)) => Some(R::MemberUpdate(r)),
+            Some(E::LeaseGrant(r)) => Some(R::LeaseGrant(r)),
+            Some(E::LeaseRevoke(r)) => Some(R::LeaseRevoke(r)),
+            Some(E::LeaseCheckpoint(r)) => Some(R::LeaseCheckpoint(r)),
+            Some(E::Alarm(r)) => Some(R::Alarm(r)),
+            Some(E::LeaseKeepAlive(r)) => Some(R::LeaseKeepAlive(r)),
+            Some(E::Auth(r)) => Some(R::Auth(r)),
+        };
+        Ok(InternalRequest {
+            member_id: envelope.member_id,
+            id: envelope.id,
+            request,
+            caller: envelope.caller,
+        })
+    }
 }
 
 /// Every field of the etcd messages the JSON gateway reads, generated from the protos'

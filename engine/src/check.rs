@@ -60,13 +60,23 @@ pub fn check_delete(request: &DeleteRangeRequest) -> Result<(), EtcdError> {
 
 /// etcd's `checkTxnRequest` followed by `checkIntervals` on both branches.
 pub fn check_txn(request: &TxnRequest, max_txn_ops: usize) -> Result<(), EtcdError> {
-    check_txn_ops(request, max_txn_ops as i64)?;
+    check_txn_ops(request, max_txn_ops as i64, 1)?;
     check_intervals(&request.success)?;
     check_intervals(&request.failure)?;
     Ok(())
 }
 
-fn check_txn_ops(request: &TxnRequest, max_txn_ops: i64) -> Result<(), EtcdError> {
+/// `depth`: how many protobuf messages deep `request` sits (1: the outer txn).
+fn check_txn_ops(request: &TxnRequest, max_txn_ops: i64, depth: usize) -> Result<(), EtcdError> {
+    // A compare is one level below its txn, an op one level and the op's request two.
+    let deepest = if request.success.is_empty() && request.failure.is_empty() {
+        depth + usize::from(!request.compare.is_empty())
+    } else {
+        depth + 2
+    };
+    if deepest > crate::limits::TXN_NESTED_MESSAGES_MAX {
+        return Err(EtcdError::TxnTooDeep);
+    }
     let ops = request
         .compare
         .len()
@@ -80,17 +90,17 @@ fn check_txn_ops(request: &TxnRequest, max_txn_ops: i64) -> Result<(), EtcdError
     }
     // Nested txns share the budget the way etcd does: what the outer level left over.
     for op in request.success.iter().chain(request.failure.iter()) {
-        check_request_op(op, max_txn_ops - ops)?;
+        check_request_op(op, max_txn_ops - ops, depth)?;
     }
     Ok(())
 }
 
-fn check_request_op(op: &RequestOp, max_txn_ops: i64) -> Result<(), EtcdError> {
+fn check_request_op(op: &RequestOp, max_txn_ops: i64, depth: usize) -> Result<(), EtcdError> {
     match &op.request {
         Some(request_op::Request::RequestRange(r)) => check_range(r),
         Some(request_op::Request::RequestPut(r)) => check_put(r),
         Some(request_op::Request::RequestDeleteRange(r)) => check_delete(r),
-        Some(request_op::Request::RequestTxn(r)) => check_txn_ops(r, max_txn_ops),
+        Some(request_op::Request::RequestTxn(r)) => check_txn_ops(r, max_txn_ops, depth + 2),
         // An empty op is rejected with "key not found", as in etcd.
         None => Err(EtcdError::KeyNotFound),
     }
@@ -293,6 +303,74 @@ mod tests {
     fn from_key_delete_is_an_empty_interval_as_in_etcd() {
         let t = txn(vec![delete("a", "\0"), put("b")], vec![]);
         assert_eq!(check_txn(&t, 128), Ok(()));
+    }
+
+    /// A txn `depth` levels deep (1: not nested) whose innermost level holds `leaf`.
+    fn nested(depth: usize, leaf: Option<RequestOp>, compare: bool) -> TxnRequest {
+        let mut t = txn(leaf.into_iter().collect(), vec![]);
+        if compare {
+            t.compare.push(rivet_api::etcdserverpb::Compare {
+                key: b"k".to_vec().into(),
+                ..Default::default()
+            });
+        }
+        for _ in 1..depth {
+            t = txn(
+                vec![RequestOp {
+                    request: Some(request_op::Request::RequestTxn(t)),
+                }],
+                vec![],
+            );
+        }
+        t
+    }
+
+    /// Issue 10: a txn the gRPC service decodes must decode from a raft entry on every
+    /// replica, and one that would not decode is refused before it is proposed (the JSON
+    /// gateway reads deeper ones).
+    #[test]
+    fn a_txn_passes_the_checks_exactly_when_it_decodes_also_from_an_entry() {
+        use prost::Message as _;
+        use rivet_api::rivetpb::{decode_internal_request, internal_request, InternalRequest};
+        let leaves = [
+            None,
+            Some(put("k")),
+            Some(delete("a", "b")),
+            Some(RequestOp {
+                request: Some(request_op::Request::RequestRange(RangeRequest {
+                    key: b"k".to_vec().into(),
+                    ..Default::default()
+                })),
+            }),
+        ];
+        let mut boundary_seen = 0;
+        for depth in 45..56 {
+            for leaf in &leaves {
+                for compare in [false, true] {
+                    let t = nested(depth, leaf.clone(), compare);
+                    let decodes = TxnRequest::decode(t.encode_to_vec().as_slice()).is_ok();
+                    let checked = check_txn(&t, 128);
+                    assert_eq!(
+                        checked.is_ok(),
+                        decodes,
+                        "depth {depth}, leaf {leaf:?}, compare {compare}: {checked:?}"
+                    );
+                    if !decodes {
+                        assert_eq!(checked, Err(EtcdError::TxnTooDeep));
+                        boundary_seen += 1;
+                        continue;
+                    }
+                    let entry = InternalRequest {
+                        id: 9,
+                        request: Some(internal_request::Request::Txn(t)),
+                        ..Default::default()
+                    };
+                    let decoded = decode_internal_request(&entry.encode_to_vec());
+                    assert_eq!(decoded.ok(), Some(entry), "depth {depth}");
+                }
+            }
+        }
+        assert!(boundary_seen > 0);
     }
 
     #[test]

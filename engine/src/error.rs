@@ -21,6 +21,11 @@ pub enum EtcdError {
     TooManyOps,
     #[error("etcdserver: duplicate key given in txn request")]
     DuplicateKey,
+    /// A txn nested deeper than [`crate::limits::TXN_NESTED_MESSAGES_MAX`]. etcd 3.4 has no such
+    /// limit and no such error; over gRPC such a txn already fails to decode, only the
+    /// JSON gateway can bring one this far.
+    #[error("etcdserver: txn request nested too deeply")]
+    TxnTooDeep,
     /// A Range with an unknown sort target: etcd 3.4 panics on it (`sort.Sort` of a nil
     /// sorter); this is etcd 3.5's answer (`ErrGRPCInvalidSortOption`).
     #[error("etcdserver: invalid sort option")]
@@ -133,6 +138,7 @@ impl EtcdError {
             | EtcdError::LeaseProvided
             | EtcdError::TooManyOps
             | EtcdError::DuplicateKey
+            | EtcdError::TxnTooDeep
             | EtcdError::InvalidSortOption
             | EtcdError::RequestTooLarge => Code::InvalidArgument,
             EtcdError::Compacted | EtcdError::FutureRevision => Code::OutOfRange,

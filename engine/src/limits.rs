@@ -19,6 +19,14 @@ pub const RAFT_LOG_KEPT_AFTER_CHECKPOINT: u64 = 5000;
 /// etcd warns when an fdatasync of the WAL takes longer than a second.
 pub const WAL_FSYNC_WARN: Duration = Duration::from_secs(1);
 
+/// How many protobuf messages deep a txn may nest (the txn itself is 1; each nested txn
+/// adds two: its RequestOp and itself): as deep as prost decodes a `TxnRequest` (it stops
+/// at 100 nested messages below the top), so that whatever the gRPC service accepts also
+/// decodes from a raft entry on every replica (`decode_internal_request`), and nothing
+/// deeper (from the JSON gateway) is proposed: an entry the replicas cannot decode would
+/// stop the cluster.
+pub const TXN_NESTED_MESSAGES_MAX: usize = 101;
+
 /// Learners at once (etcd 3.4 allows one): a learner costs the leader a full replication
 /// stream without adding fault tolerance.
 pub const LEARNERS_MAX: usize = 1;

@@ -15,13 +15,12 @@
 use bytes::Bytes;
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
-use prost::Message;
 use rivet_api::etcdserverpb::{
     compare, request_op, CompactionRequest, Compare, DeleteRangeRequest, LeaseCheckpoint,
     LeaseCheckpointRequest, LeaseGrantRequest, LeaseRevokeRequest, PutRequest, RangeRequest,
     RequestOp, TxnRequest,
 };
-use rivet_api::rivetpb::{internal_request::Request, InternalRequest};
+use rivet_api::rivetpb::internal_request::Request;
 use rivet_engine::check;
 
 const KEYS: &[&[u8]] = &[
@@ -268,7 +267,7 @@ fn request(r: &Req) -> Option<Request> {
                 }],
             })
         }
-        Req::Raw(bytes) => InternalRequest::decode(bytes.as_slice()).ok()?.request?,
+        Req::Raw(bytes) => rivet_api::rivetpb::decode_internal_request(bytes).ok()?.request?,
     })
 }
 

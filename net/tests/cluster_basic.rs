@@ -7,7 +7,8 @@ mod common;
 use std::time::Duration;
 
 use common::cluster::{put_ok, wait_until, Cluster};
-use common::{etcdctl, etcdctl_ok, http_get};
+use common::{etcdctl, etcdctl_ok, grpc_channel, http_get, runtime};
+use rivet_api::etcdserverpb::{kv_client::KvClient, request_op, PutRequest, RequestOp, TxnRequest};
 
 #[test]
 fn three_members_replicate_and_survive_the_leaders_death() {
@@ -26,6 +27,60 @@ fn three_members_replicate_and_survive_the_leaders_death() {
     }
     let members = etcdctl_ok(&cluster.members[0].endpoint(), &["member", "list"]);
     assert_eq!(members.lines().count(), 3, "{members}");
+
+    // Issue 10: a txn nested as deep as the gRPC service decodes is proposed through a
+    // follower or the leader, decoded from the raft entry by every replica and applied
+    // (it used to exceed prost's nesting limit inside the entry: the replicas dropped
+    // the leader's appends and the cluster stopped committing). Each level is two
+    // messages (the op and the txn): the deepest the service takes has an empty txn at
+    // the bottom; its answer is too deep for this client to decode (as etcd's is), but
+    // the request is applied. Then a put two levels less deep must go through: the
+    // cluster still commits.
+    // The txn itself is one message.
+    let levels = (rivet_engine::limits::TXN_NESTED_MESSAGES_MAX - 1) / 2 + 1;
+    let put = RequestOp {
+        request: Some(request_op::Request::RequestPut(PutRequest {
+            key: b"deep".to_vec().into(),
+            value: b"deep".to_vec().into(),
+            ..Default::default()
+        })),
+    };
+    for (levels, bottom) in [(levels, None), (levels - 2, Some(put))] {
+        let mut deep = TxnRequest {
+            success: bottom.into_iter().collect(),
+            ..Default::default()
+        };
+        for _ in 1..levels {
+            deep = TxnRequest {
+                success: vec![RequestOp {
+                    request: Some(request_op::Request::RequestTxn(deep)),
+                }],
+                ..Default::default()
+            };
+        }
+        for endpoint in cluster.endpoints() {
+            let answer = runtime().block_on(async {
+                let mut kv = KvClient::new(grpc_channel(&endpoint).await);
+                tokio::time::timeout(Duration::from_secs(30), kv.txn(deep.clone())).await
+            });
+            let applied = match &answer {
+                Ok(Ok(a)) => a.get_ref().succeeded,
+                // This client's own decoder gave up on the answer.
+                Ok(Err(status)) => status
+                    .message()
+                    .contains("decode Protobuf message: TxnResponse"),
+                Err(_) => false,
+            };
+            assert!(
+                applied,
+                "txn {levels} levels deep via {endpoint}: {answer:?}"
+            );
+        }
+    }
+    for endpoint in cluster.endpoints() {
+        let got = etcdctl_ok(&endpoint, &["get", "deep", "--print-value-only"]);
+        assert_eq!(got, "deep\n", "the deep txn's put on {endpoint}");
+    }
 
     let leader = cluster.wait_for_leader(None);
     cluster.members[leader].kill9();

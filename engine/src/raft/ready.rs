@@ -505,7 +505,7 @@ impl RaftCore {
                 self.observe(&entry, None);
                 continue;
             }
-            let request = match InternalRequest::decode(entry.data.as_ref()) {
+            let request = match rivet_api::rivetpb::decode_internal_request(entry.data.as_ref()) {
                 Ok(request) => request,
                 Err(e) => {
                     damaged = Some(format!(

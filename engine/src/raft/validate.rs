@@ -17,7 +17,7 @@ use protobuf::Message as _;
 use raft::prelude::{
     ConfChange, ConfChangeV2, Entry, EntryType, Message as RaftMessage, MessageType,
 };
-use rivet_api::rivetpb::{ConfChangeContext, InternalRequest};
+use rivet_api::rivetpb::ConfChangeContext;
 
 /// Why `entry` could not have been proposed by rivet, if it could not.
 pub fn entry_problem(entry: &Entry) -> Option<String> {
@@ -26,7 +26,7 @@ pub fn entry_problem(entry: &Entry) -> Option<String> {
             if entry.data.is_empty() {
                 return None;
             }
-            InternalRequest::decode(entry.data.as_ref())
+            rivet_api::rivetpb::decode_internal_request(entry.data.as_ref())
                 .err()
                 .map(|e| format!("undecodable request: {e}"))
         }
@@ -73,6 +73,7 @@ pub fn message_problem(message: &RaftMessage) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rivet_api::rivetpb::InternalRequest;
 
     fn normal(data: &[u8]) -> Entry {
         let mut entry = Entry::default();

@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
+use prost::Message as _;
 use rivet_api::etcdserverpb::{
     alarm_request, cluster_client::ClusterClient, compare, kv_client::KvClient,
     lease_client::LeaseClient, maintenance_client::MaintenanceClient, range_request, request_op,
@@ -1012,20 +1013,6 @@ fn sort_txn_ties(txn: &mut rivet_api::etcdserverpb::TxnResponse) {
     }
 }
 
-/// How deep txns nest in `t` (1: no nested txn).
-pub fn txn_depth(t: &TxnRequest) -> usize {
-    1 + t
-        .success
-        .iter()
-        .chain(&t.failure)
-        .map(|op| match &op.request {
-            Some(request_op::Request::RequestTxn(n)) => txn_depth(n),
-            _ => 0,
-        })
-        .max()
-        .unwrap_or(0)
-}
-
 /// Whether a txn's answer may come from a lagging member (every op a serializable range,
 /// as etcd decides it for a txn: one nesting a txn is linearizable).
 fn txn_serializable(t: &TxnRequest) -> bool {
@@ -1072,11 +1059,13 @@ pub async fn execute(channel: &Channel, call: &Call) -> RawAnswer {
         }
         Call::Txn(r) => {
             let mut c = KvClient::new(channel.clone()).max_decoding_message_size(max);
-            // prost decodes at most 100 nested messages, two per txn level: rivet refuses
-            // a txn nested 50 levels or more ("failed to decode Protobuf message"), which
-            // etcd runs (and whose answer this client could not decode either). A known
-            // difference, not compared; rivet must still answer.
-            let compared = !txn_serializable(r) && txn_depth(r) < 48;
+            // prost decodes at most 100 nested messages below the top, two per txn level:
+            // rivet refuses a deeper txn ("failed to decode Protobuf message"), which etcd
+            // runs (and whose answer this client could not decode either). A known
+            // difference, not compared; rivet must still answer. What decodes is
+            // compared: it also decodes from a raft entry on every replica.
+            let compared =
+                !txn_serializable(r) && TxnRequest::decode(r.encode_to_vec().as_slice()).is_ok();
             unary(
                 timeout(t, c.txn(r.clone())).await,
                 compared,
