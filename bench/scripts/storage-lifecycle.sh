@@ -2,7 +2,10 @@
 # Storage lifecycle figures, rivet against etcd 3.4 on the same machine and the same
 # operations: a ~100 MB keyspace (100,000 puts of 1 KiB values), then
 #   snapshot save (duration, file size), delete everything, compact --physical,
-#   defrag (duration), and dbSize / dbSizeInUse at each step (endpoint status).
+#   defrag (duration), and dbSize / dbSizeInUse at each step (endpoint status);
+# then reads during a defragment: the keyspace loaded again, half of it deleted and
+# compacted, and a rate-limited linearizable range load (RATE/s, READS requests) run
+# once without and once across a defragment: p50 / p99 / slowest of both runs.
 # Usage: bench/scripts/storage-lifecycle.sh [RIVET_BIN] [BENCH_BIN]
 # (defaults: target/release/rivet and target/release/rivet-bench). Prints one block per
 # server. Leaves nothing behind (its temp dir and servers are removed on exit).
@@ -11,6 +14,8 @@ RIVET=${1:-target/release/rivet}
 BENCH=${2:-target/release/rivet-bench}
 TOTAL=${TOTAL:-100000}
 VALUE=${VALUE:-1024}
+RATE=${RATE:-2000}
+READS=${READS:-8000}
 export ETCDCTL_API=3
 work=$(mktemp -d)
 pids=()
@@ -40,6 +45,31 @@ run() {
   etcdctl --endpoints "$ep" defrag --command-timeout 120s > /dev/null
   echo "defrag: $(since "$t")"
   echo "after defrag: $(status "$ep")"
+  reads_during_defrag "$name" "$ep"
+}
+
+latency() { python3 -c 'import json,sys; s=json.load(open(sys.argv[1])); p={x["percentile"]: x["seconds"] for x in s["percentiles"]}; print("p50 %.2f ms, p99 %.2f ms, slowest %.2f ms, %d errors" % (p[50.0]*1e3, p[99.0]*1e3, s["slowest_seconds"]*1e3, s["errors"]))' "$1"; }
+
+reads_during_defrag() {
+  local name=$1 ep=$2
+  "$BENCH" put --endpoints "$ep" --conns 4 --clients 32 --total "$TOTAL" --key-space-size "$TOTAL" \
+    --sequential-keys --key-size 16 --val-size "$VALUE" --json > /dev/null
+  local half rev
+  half=$(printf '%016d' $((TOTAL / 2)))
+  rev=$(etcdctl --endpoints "$ep" del 0000000000000000 "$half" -w json | python3 -c 'import json,sys; print(json.load(sys.stdin)["header"]["revision"])')
+  etcdctl --endpoints "$ep" compaction --physical "$rev" > /dev/null
+  echo "reads, half the keys deleted and compacted: $(status "$ep")"
+  local key; key=$(printf '%016d' $((TOTAL - 1)))
+  "$BENCH" range "$key" --endpoints "$ep" --conns 4 --clients 16 --rate "$RATE" --total "$READS" --json > "$work/$name.reads.json"
+  echo "reads without defrag: $(latency "$work/$name.reads.json")"
+  "$BENCH" range "$key" --endpoints "$ep" --conns 4 --clients 16 --rate "$RATE" --total "$READS" --json > "$work/$name.reads-defrag.json" &
+  local reader=$! t
+  sleep 1
+  t=$(now)
+  etcdctl --endpoints "$ep" defrag --command-timeout 120s > /dev/null
+  echo "defrag during reads: $(since "$t"), $(status "$ep")"
+  wait "$reader"
+  echo "reads across the defrag: $(latency "$work/$name.reads-defrag.json")"
 }
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
