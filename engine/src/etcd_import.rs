@@ -17,11 +17,13 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use protobuf::Message as _;
-use raft::prelude::{ConfState, HardState};
-use rivet_api::rivetpb::{CheckpointMarker, LeaseRecord, Member, Membership, WalMetadata};
+use raft::prelude::{ConfState, Entry, HardState};
+use rivet_api::rivetpb::{
+    AuthStoreState, CheckpointMarker, LeaseRecord, Member, Membership, WalMetadata,
+};
 use rivet_wal::{Wal, WalOptions};
 
-use crate::etcd_backend::schema::{BackendState, KeyVersion};
+use crate::etcd_backend::schema::{AuthData, BackendState, KeyVersion};
 use crate::keyspace::shard_of;
 use crate::layout;
 use crate::page::{Checkpoint, KeyRecord, PageFile, PageOptions};
@@ -73,6 +75,52 @@ fn staging(path: &Path) -> PathBuf {
         .unwrap_or_default();
     name.push(".restoring");
     path.with_file_name(name)
+}
+
+/// Where the imported state sits in raft's log, and what follows it.
+#[derive(Clone, Debug, Default)]
+pub struct ImportPoint {
+    /// The raft index and term of the checkpoint.
+    pub index: u64,
+    pub term: u64,
+    /// Entries after `index` (already in rivet's form), written after the marker.
+    pub entries: Vec<Entry>,
+    pub hard_state: HardState,
+    /// Member IDs removed for good.
+    pub removed: Vec<u64>,
+    /// Files (name, bytes) written into the data dir before it moves into place.
+    pub extra_files: Vec<(String, Vec<u8>)>,
+}
+
+impl ImportPoint {
+    /// rivet's bootstrap point (a snapshot restore starts a new cluster there).
+    pub fn bootstrap() -> ImportPoint {
+        ImportPoint {
+            index: IMPORT_INDEX,
+            term: IMPORT_TERM,
+            hard_state: HardState {
+                term: IMPORT_TERM,
+                commit: IMPORT_INDEX,
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+}
+
+/// etcd's auth buckets as rivet's replicated auth store (the records are the same
+/// `authpb.User`/`authpb.Role` bytes; etcd's store starts at revision 1, disabled).
+pub fn auth_store_state(auth: &AuthData) -> AuthStoreState {
+    let mut users: Vec<_> = auth.users.iter().collect();
+    users.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut roles: Vec<_> = auth.roles.iter().collect();
+    roles.sort_by(|a, b| a.name.cmp(&b.name));
+    AuthStoreState {
+        enabled: auth.enabled.unwrap_or(false),
+        revision: auth.revision.unwrap_or(1),
+        users: users.into_iter().map(|u| u.value.clone()).collect(),
+        roles: roles.into_iter().map(|r| r.value.clone()).collect(),
+    }
 }
 
 /// Writes a data dir version by version; [`DataDirWriter::finish`] makes it whole.
@@ -150,7 +198,17 @@ impl DataDirWriter {
     /// Checkpoints every page file, writes the WAL and moves the data dir into place.
     /// `revision` is the store's revision (etcd's: the last one in the `key` bucket, or the
     /// compaction if that is later).
-    pub fn finish(mut self, state: &BackendState, revision: i64) -> Result<(), ImportError> {
+    pub fn finish(self, state: &BackendState, revision: i64) -> Result<(), ImportError> {
+        self.finish_at(state, revision, ImportPoint::bootstrap())
+    }
+
+    /// [`DataDirWriter::finish`] with the checkpoint at `point` and its entries after it.
+    pub fn finish_at(
+        mut self,
+        state: &BackendState,
+        revision: i64,
+        point: ImportPoint,
+    ) -> Result<(), ImportError> {
         let revision = revision.max(1);
         let compact_revision = state
             .meta
@@ -161,7 +219,7 @@ impl DataDirWriter {
             .filter(|&c| c > 0)
             .unwrap_or(-1);
         let checkpoint = Checkpoint {
-            applied_index: IMPORT_INDEX,
+            applied_index: point.index,
             revision,
             compact_revision,
         };
@@ -190,11 +248,9 @@ impl DataDirWriter {
             .collect();
         let conf_state = ConfState::from((voters, learners));
         let marker = CheckpointMarker {
-            // etcd's users and roles are not carried over yet (the auth store starts
-            // empty, auth off): see the closing note of issue 14.
-            auth: Default::default(),
-            applied_index: IMPORT_INDEX,
-            term: IMPORT_TERM,
+            auth: Some(auth_store_state(&state.auth)),
+            applied_index: point.index,
+            term: point.term,
             revision,
             compact_revision,
             conf_state: conf_state
@@ -206,7 +262,7 @@ impl DataDirWriter {
                 .into(),
             membership: Some(Membership {
                 members: self.target.members.clone(),
-                removed: Vec::new(),
+                removed: point.removed.clone(),
             }),
             leases: state
                 .leases
@@ -218,11 +274,6 @@ impl DataDirWriter {
                 })
                 .collect(),
             alarms: state.alarms.clone(),
-        };
-        let hard_state = HardState {
-            term: IMPORT_TERM,
-            commit: IMPORT_INDEX,
-            ..Default::default()
         };
         let wal_stage = match &self.target.wal_dir {
             Some(dir) => staging(dir),
@@ -250,12 +301,18 @@ impl DataDirWriter {
         )
         .map_err(|e| wal_error(e.to_string()))?;
         let mut records = vec![crate::raft::log::marker_record(&marker)];
-        records
-            .extend(crate::raft::log::ready_records(&[], Some(&hard_state)).map_err(&wal_error)?);
+        records.extend(
+            crate::raft::log::ready_records(&point.entries, Some(&point.hard_state))
+                .map_err(&wal_error)?,
+        );
         let records: Vec<_> = records.iter().map(|r| r.as_record()).collect();
         wal.append(&records).map_err(|e| wal_error(e.to_string()))?;
         drop(wal);
 
+        for (name, bytes) in &point.extra_files {
+            let path = self.stage.join(name);
+            fs::write(&path, bytes).map_err(io_error("writing", &path))?;
+        }
         if let Some(dir) = &self.target.wal_dir {
             fs::rename(&wal_stage, dir).map_err(io_error("moving the WAL to", dir))?;
         }

@@ -112,6 +112,75 @@ impl ClientSettings {
     }
 }
 
+/// When `data_dir` is a data dir etcd 3.4 wrote: rivet's own dir inside it (imported
+/// from etcd's backend and WAL the first time, crash-safe) and the member and cluster
+/// IDs etcd's WAL gave this member. `None` for any other data dir.
+fn open_etcd_data_dir(
+    flags: &Flags,
+    data_dir: &std::path::Path,
+    etcd_wal_dir: &std::path::Path,
+) -> anyhow::Result<Option<(PathBuf, (u64, u64))>> {
+    use rivet_engine::etcd_datadir;
+    if !etcd_datadir::is_etcd_data_dir(data_dir) {
+        return Ok(None);
+    }
+    let rivet_dir = etcd_datadir::rivet_dir(data_dir);
+    if let Some(ids) = etcd_datadir::imported_identity(&rivet_dir) {
+        tracing::info!(
+            rivet_dir = %rivet_dir.display(),
+            "using rivet's files imported from etcd's data dir (etcd's own files are unchanged)"
+        );
+        return Ok(Some((rivet_dir, ids)));
+    }
+    if rivet_dir.exists() {
+        return Err(anyhow!(
+            "{} exists but holds no finished import from etcd (no {}); move it away to import again",
+            rivet_dir.display(),
+            etcd_datadir::IDENTITY_FILE
+        ));
+    }
+    let cpus = core_affinity::get_core_ids().map_or(1, |c| c.len().max(1));
+    let shards = flags
+        .shards_given()
+        .unwrap_or(cpus.saturating_sub(1))
+        .max(1);
+    tracing::info!(
+        data_dir = %data_dir.display(),
+        etcd_wal_dir = %etcd_wal_dir.display(),
+        rivet_dir = %rivet_dir.display(),
+        "found an etcd data dir: importing etcd's backend and WAL into rivet's files; \
+         etcd's files stay as they are (start etcd on this data dir to go back)"
+    );
+    let started = std::time::Instant::now();
+    let summary = etcd_datadir::import(
+        data_dir,
+        etcd_wal_dir,
+        shards,
+        PageOptions {
+            segment_bytes: limits::page_segment_bytes(),
+        },
+    )
+    .map_err(|e| anyhow!("importing etcd's data dir {}: {e}", data_dir.display()))?;
+    if let Some(torn) = &summary.torn_tail {
+        tracing::warn!("etcd's WAL ends with a torn record, left out (etcd would cut it): {torn}");
+    }
+    tracing::info!(
+        member = format_args!("{:x}", summary.member_id),
+        cluster = format_args!("{:x}", summary.cluster_id),
+        consistent_index = summary.consistent_index,
+        revision = summary.revision,
+        key_versions = summary.versions,
+        wal_entries = summary.entries,
+        committed_wal_entries = summary.committed,
+        skipped_v2_entries = summary.skipped,
+        took = ?started.elapsed(),
+        "imported etcd's data dir into {}; etcd's files in {} are unchanged",
+        rivet_dir.display(),
+        data_dir.join("member").display()
+    );
+    Ok(Some((rivet_dir, (summary.member_id, summary.cluster_id))))
+}
+
 pub fn run(mut flags: Flags) -> anyhow::Result<()> {
     if !flags.discovery_srv.is_empty() {
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -144,6 +213,13 @@ pub fn run(mut flags: Flags) -> anyhow::Result<()> {
         layout::default_wal_dir(&data_dir)
     } else {
         PathBuf::from(&flags.wal_dir)
+    };
+    // A data dir etcd wrote: rivet keeps its own files in `<data-dir>/rivet`, imported
+    // from etcd's the first time; etcd's files are only read.
+    let imported = open_etcd_data_dir(&flags, &data_dir, &wal_dir)?;
+    let (store_dir, wal_dir) = match &imported {
+        Some((dir, _)) => (dir.clone(), layout::default_wal_dir(dir)),
+        None => (data_dir.clone(), wal_dir),
     };
     // `--discovery`: as in etcd, the discovery URL is the cluster token; a fresh member
     // registers with the discovery service and learns the initial cluster from it, a
@@ -191,7 +267,7 @@ pub fn run(mut flags: Flags) -> anyhow::Result<()> {
             }
         }
     }
-    let snap_dir = layout::snap_dir(&data_dir);
+    let snap_dir = layout::snap_dir(&store_dir);
     std::fs::create_dir_all(&snap_dir)
         .with_context(|| format!("creating {}", snap_dir.display()))?;
     let addresses = listen_addresses(&flags.listen_client_urls)?;
@@ -214,8 +290,12 @@ pub fn run(mut flags: Flags) -> anyhow::Result<()> {
         .max(1);
 
     let cluster_plan = bootstrap(&flags).map_err(|e| anyhow!(e))?;
-    let member = cluster_plan.member_id;
-    let cluster = cluster_plan.cluster_id;
+    // An imported etcd member keeps the IDs etcd's WAL gave it (an added member's ID
+    // came with a time etcd mixed in, which the flags cannot give back).
+    let (member, cluster) = match &imported {
+        Some((_, ids)) => *ids,
+        None => (cluster_plan.member_id, cluster_plan.cluster_id),
+    };
     let join_existing = flags.initial_cluster_state == "existing";
     let peer_listen = peer_address(&url_list(&flags.listen_peer_urls)).ok_or_else(|| {
         anyhow!(
@@ -228,6 +308,9 @@ pub fn run(mut flags: Flags) -> anyhow::Result<()> {
         .iter()
         .filter(|(id, _, _)| *id != member)
         .filter_map(|(id, _, urls)| peer_address(urls).map(|a| (*id, a)))
+        // An imported member's peers are those of etcd's member table (the raft core
+        // sets them from its checkpoint), not the flags'.
+        .filter(|_| imported.is_none())
         .collect();
     // A member joining an existing cluster learns the cluster ID from its peers the first
     // time; after that its WAL holds it (0 here: take the WAL's).

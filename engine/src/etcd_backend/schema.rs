@@ -315,7 +315,7 @@ struct MemberJson {
     client_urls: Option<Vec<String>>,
 }
 
-fn parse_member(value: &[u8]) -> Result<Member, String> {
+pub fn parse_member(value: &[u8]) -> Result<Member, String> {
     let json: MemberJson = serde_json::from_slice(value).map_err(|e| e.to_string())?;
     Ok(Member {
         id: json.id,

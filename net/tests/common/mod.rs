@@ -506,6 +506,15 @@ impl Etcd {
     pub fn tls_url(&self) -> String {
         format!("https://127.0.0.1:{}", self.tls_port)
     }
+
+    /// `kill -9`: etcd's backend keeps only what its last batch commit wrote; the rest
+    /// is in its WAL.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
 
 impl Drop for Etcd {
