@@ -329,6 +329,9 @@ pub fn run(mut flags: Flags) -> anyhow::Result<()> {
     rivet_engine::metrics::QUOTA_BACKEND_BYTES.set(raft_config.quota_backend_bytes);
     let shared = Arc::new(Shared::new(member, cluster, shard_count));
     let checkpoint_index = recovered.checkpoint.as_ref().map_or(0, |c| c.applied_index);
+    // The serving cores listen once every shard applied the log up to here (see
+    // `Recovered::committed_at_start`): checks then see the replayed auth store.
+    let replay_to = recovered.committed_at_start();
     // The auth store of the checkpoint, for the serving cores until the raft core
     // replays the log after it (the raft core decodes the same record, and refuses to
     // start on a damaged one).
@@ -498,6 +501,17 @@ pub fn run(mut flags: Flags) -> anyhow::Result<()> {
                         return;
                     }
                 };
+                // etcd serves clients only after replaying its log: before that, a
+                // token, a permission or a read would be checked against the
+                // checkpoint's auth store and data.
+                if replay_to > checkpoint_index {
+                    core.wait_applied(replay_to).await;
+                    if id == 0 {
+                        tracing::info!(
+                            "replayed the log from index {checkpoint_index} to {replay_to}"
+                        );
+                    }
+                }
                 let core_tls = match client_tls.build() {
                     Ok(core_tls) => core_tls,
                     Err(e) => {

@@ -27,6 +27,21 @@ pub struct Recovered {
     pub entries: Vec<Entry>,
 }
 
+impl Recovered {
+    /// The index up to which this member's log is known committed at start: the hard
+    /// state's commit, at least the checkpoint (applied, hence committed), at most the
+    /// last entry. Everything up to it is applied again from the log without any peer,
+    /// so the serving cores wait for it before they serve clients, as etcd serves only
+    /// after replaying its WAL: a request must not be checked against the checkpoint's
+    /// auth store when the log after it revoked a permission (the raft core's boot
+    /// clamps the hard state the same way).
+    pub fn committed_at_start(&self) -> u64 {
+        let applied = self.checkpoint.as_ref().map_or(0, |c| c.applied_index);
+        let last = self.entries.last().map_or(applied, |e| e.index);
+        self.hard_state.commit.max(applied).min(last.max(applied))
+    }
+}
+
 /// What a log's records say.
 pub struct RecoveredState {
     pub checkpoint: Option<CheckpointMarker>,

@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod dns;
 pub mod etcdctl;
 pub mod history;
+pub mod kv_diff;
 pub mod request_fuzz;
 pub mod rng;
 pub mod tls;
