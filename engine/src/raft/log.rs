@@ -30,15 +30,22 @@ pub struct Recovered {
 impl Recovered {
     /// The index up to which this member's log is known committed at start: the hard
     /// state's commit, at least the checkpoint (applied, hence committed), at most the
-    /// last entry. Everything up to it is applied again from the log without any peer,
-    /// so the serving cores wait for it before they serve clients, as etcd serves only
-    /// after replaying its WAL: a request must not be checked against the checkpoint's
-    /// auth store when the log after it revoked a permission (the raft core's boot
-    /// clamps the hard state the same way).
+    /// last entry. Everything up to it is applied again from the log without any peer
+    /// (the raft core's boot clamps the hard state the same way). The hard state's commit
+    /// index may lag (it is not written on its own), so entries after it may be
+    /// committed too: see [`Recovered::last_index`].
     pub fn committed_at_start(&self) -> u64 {
         let applied = self.checkpoint.as_ref().map_or(0, |c| c.applied_index);
-        let last = self.entries.last().map_or(applied, |e| e.index);
-        self.hard_state.commit.max(applied).min(last.max(applied))
+        self.hard_state.commit.max(applied).min(self.last_index())
+    }
+
+    /// The last entry of the log at start (the checkpoint's index without entries).
+    pub fn last_index(&self) -> u64 {
+        let applied = self.checkpoint.as_ref().map_or(0, |c| c.applied_index);
+        self.entries
+            .last()
+            .map_or(applied, |e| e.index)
+            .max(applied)
     }
 }
 

@@ -243,8 +243,14 @@ impl Rivet {
     }
 
     fn spawn(&mut self) {
+        self.spawn_unchecked();
+        self.wait_healthy();
+    }
+
+    /// Starts the process without waiting for it to serve.
+    fn spawn_unchecked(&mut self) {
         let log = std::fs::File::create(&self.log).expect("log file");
-        let mut child = Command::new(Rivet::binary())
+        let child = Command::new(Rivet::binary())
             .args(&self.args)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
@@ -252,8 +258,22 @@ impl Rivet {
             .stderr(log)
             .spawn()
             .expect("start rivet");
-        wait_for_health(&self.endpoint(), &mut child, &self.log);
         self.child = Some(child);
+    }
+
+    /// Waits until the member answers `/health` (panics if it exits first).
+    pub fn wait_healthy(&mut self) {
+        let endpoint = self.endpoint();
+        let child = self.child.as_mut().expect("a running member");
+        wait_for_health(&endpoint, child, &self.log);
+    }
+
+    /// [`Rivet::restart`] without waiting for `/health`: for tests of what a member
+    /// answers from the moment it accepts connections. Call [`Rivet::wait_healthy`]
+    /// after.
+    pub fn restart_unchecked(&mut self) {
+        assert!(self.child.is_none(), "stop or kill the member first");
+        self.spawn_unchecked();
     }
 
     pub fn endpoint(&self) -> String {
