@@ -171,34 +171,8 @@ fn etcdctl_auth_script_matches_etcd() {
 #[test]
 fn etcdctl_auth_script_with_jwt_matches_etcd() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let option = jwt_option(dir.path());
+    let option = common::jwt_option(dir.path());
     script_matches_etcd(&["--auth-token", &option]);
-}
-
-/// An `--auth-token` value for RS256 JWTs with a key pair made by openssl in `dir`.
-fn jwt_option(dir: &std::path::Path) -> String {
-    let private = dir.join("jwt.key");
-    let public = dir.join("jwt.pub");
-    let made = std::process::Command::new("openssl")
-        .args(["genrsa", "-out"])
-        .arg(&private)
-        .arg("2048")
-        .output()
-        .expect("openssl genrsa");
-    assert!(made.status.success(), "{made:?}");
-    let made = std::process::Command::new("openssl")
-        .args(["rsa", "-pubout", "-in"])
-        .arg(&private)
-        .arg("-out")
-        .arg(&public)
-        .output()
-        .expect("openssl rsa -pubout");
-    assert!(made.status.success(), "{made:?}");
-    format!(
-        "jwt,pub-key={},priv-key={},sign-method=RS256,ttl=10m",
-        public.display(),
-        private.display()
-    )
 }
 
 fn script_matches_etcd(flags: &[&str]) {
@@ -324,7 +298,7 @@ fn a_restart_checks_against_the_replayed_auth_store() {
         auth_client::AuthClient, kv_client::KvClient, AuthenticateRequest, PutRequest, RangeRequest,
     };
     let dir = tempfile::tempdir().expect("temp dir");
-    let option = jwt_option(dir.path());
+    let option = common::jwt_option(dir.path());
     let mut rivet = Rivet::start(&["--auth-token", &option]);
     let endpoint = rivet.endpoint();
     for args in [

@@ -919,3 +919,29 @@ pub fn http_request(
         body,
     })
 }
+
+/// An `--auth-token` value for RS256 JWTs with a key pair made by openssl in `dir`.
+pub fn jwt_option(dir: &std::path::Path) -> String {
+    let private = dir.join("jwt.key");
+    let public = dir.join("jwt.pub");
+    let made = std::process::Command::new("openssl")
+        .args(["genrsa", "-out"])
+        .arg(&private)
+        .arg("2048")
+        .output()
+        .expect("openssl genrsa");
+    assert!(made.status.success(), "{made:?}");
+    let made = std::process::Command::new("openssl")
+        .args(["rsa", "-pubout", "-in"])
+        .arg(&private)
+        .arg("-out")
+        .arg(&public)
+        .output()
+        .expect("openssl rsa -pubout");
+    assert!(made.status.success(), "{made:?}");
+    format!(
+        "jwt,pub-key={},priv-key={},sign-method=RS256,ttl=10m",
+        public.display(),
+        private.display()
+    )
+}
