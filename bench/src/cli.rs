@@ -287,6 +287,12 @@ pub struct CompareArgs {
     /// CPUs every server process runs on (a Linux CPU list).
     #[arg(long = "server-cpus", value_name = "LIST")]
     pub server_cpus: Option<String>,
+    /// With --user NAME:PASSWORD: before measuring, create on each server the user `root`
+    /// (role `root`), the user NAME with a role holding readwrite on the workloads' keys
+    /// (the numeric keys rivet-bench writes, and each range's key or range), and enable
+    /// auth; every workload then runs authenticated as NAME on both servers.
+    #[arg(long = "setup-auth")]
+    pub setup_auth: bool,
     /// One more workload, written after the flags: `compare --total 1000 put --val-size 64`.
     #[arg(
         trailing_var_arg = true,

@@ -299,6 +299,84 @@ fn spread(rivet_rounds: &[Vec<Cell>], etcd_rounds: &[Vec<Cell>], w: usize) -> Sp
     }
 }
 
+/// The role `--setup-auth` gives the bench user.
+const BENCH_ROLE: &str = "rivet-bench";
+/// Root's password on servers set up by `--setup-auth` (throwaway servers of the run).
+const ROOT_PASSWORD: &str = "rivet-bench-root";
+
+/// The key ranges the workloads touch: the numeric keys of [`workloads::key_of`] (all in
+/// `["0", ":")`) and each range workload's key or range.
+fn bench_permissions(specs: &[Spec]) -> Vec<(Bytes, Bytes)> {
+    let mut ranges = vec![(Bytes::from_static(b"0"), Bytes::from_static(b":"))];
+    for spec in specs {
+        if let Command::Range(a) = &spec.args.command {
+            let end = a.end.as_deref().unwrap_or_default();
+            ranges.push((
+                Bytes::copy_from_slice(a.key.as_bytes()),
+                Bytes::copy_from_slice(end.as_bytes()),
+            ));
+        }
+    }
+    ranges
+}
+
+/// `--setup-auth`: root, the bench user with readwrite on the workloads' keys, auth on.
+async fn setup_auth(endpoint: &str, user: &str, specs: &[Spec]) -> anyhow::Result<()> {
+    use rivet_api::authpb::{permission, Permission};
+    use rivet_api::etcdserverpb::{
+        auth_client::AuthClient, AuthEnableRequest, AuthRoleAddRequest,
+        AuthRoleGrantPermissionRequest, AuthUserAddRequest, AuthUserGrantRoleRequest,
+    };
+    let Some((name, password)) = user.split_once(':') else {
+        bail!("--user takes name:password");
+    };
+    let mut auth = AuthClient::new(workloads::connect_channel(endpoint).await?);
+    let add_user = |name: &str, password: &str| AuthUserAddRequest {
+        name: name.into(),
+        password: password.into(),
+        options: None,
+    };
+    let grant_role = |user: &str, role: &str| AuthUserGrantRoleRequest {
+        user: user.into(),
+        role: role.into(),
+    };
+    let step = "--setup-auth";
+    auth.user_add(add_user("root", ROOT_PASSWORD))
+        .await
+        .context(step)?;
+    for role in ["root", BENCH_ROLE] {
+        auth.role_add(AuthRoleAddRequest { name: role.into() })
+            .await
+            .context(step)?;
+    }
+    auth.user_grant_role(grant_role("root", "root"))
+        .await
+        .context(step)?;
+    for (key, range_end) in bench_permissions(specs) {
+        let perm = Permission {
+            perm_type: permission::Type::Readwrite as i32,
+            key,
+            range_end,
+        };
+        auth.role_grant_permission(AuthRoleGrantPermissionRequest {
+            name: BENCH_ROLE.into(),
+            perm: Some(perm),
+        })
+        .await
+        .context(step)?;
+    }
+    if name != "root" {
+        auth.user_add(add_user(name, password))
+            .await
+            .context(step)?;
+        auth.user_grant_role(grant_role(name, BENCH_ROLE))
+            .await
+            .context(step)?;
+    }
+    auth.auth_enable(AuthEnableRequest {}).await.context(step)?;
+    Ok(())
+}
+
 /// Writes a small value under each single-key range workload's key, so reads find one.
 async fn seed(endpoint: &str, specs: &[Spec]) -> anyhow::Result<()> {
     let mut kv = KvClient::new(workloads::connect(endpoint).await?);
@@ -369,13 +447,17 @@ fn median_cells(rounds: &[Vec<Cell>], workloads: usize) -> Vec<Cell> {
         .collect()
 }
 
-/// Runs every spec against `cluster`.
+/// Runs every spec against `cluster` (after `--setup-auth`'s users, with `auth_user`).
 async fn run_all(
     cluster: &Cluster,
     specs: &[Spec],
     plot_to: Option<&Path>,
+    auth_user: Option<&str>,
 ) -> anyhow::Result<Vec<Cell>> {
     let endpoints = cluster.endpoints();
+    if let Some(user) = auth_user {
+        setup_auth(&endpoints[0], user, specs).await?;
+    }
     seed(&endpoints[0], specs).await?;
     let pids = cluster.pids();
     let mut cells = Vec::with_capacity(specs.len());
@@ -383,9 +465,21 @@ async fn run_all(
         eprintln!("{}: {}", cluster.kind, spec.args.describe());
         let mut args = spec.args.clone();
         args.endpoints = endpoints.clone();
-        let cpu_before = cpu_of(&pids);
-        let own_before = cpu_of(&[std::process::id()]);
+        // CPU time from when every connection is made (logins are not operations).
+        let before = std::sync::Arc::new(std::sync::Mutex::new((
+            cpu_of(&pids),
+            cpu_of(&[std::process::id()]),
+        )));
+        {
+            let (before, pids) = (std::sync::Arc::clone(&before), pids.clone());
+            workloads::on_connected(Some(Box::new(move || {
+                let now = (cpu_of(&pids), cpu_of(&[std::process::id()]));
+                *before.lock().unwrap_or_else(|e| e.into_inner()) = now;
+            })));
+        }
         let outcome = workloads::run(&args).await;
+        workloads::on_connected(None);
+        let (cpu_before, own_before) = *before.lock().unwrap_or_else(|e| e.into_inner());
         let cpu_seconds = (cpu_of(&pids) - cpu_before).max(0.0);
         let own_seconds = (cpu_of(&[std::process::id()]) - own_before).max(0.0);
         let peak_rss_bytes = peak_rss_of(&pids);
@@ -481,6 +575,18 @@ pub async fn run(global: &Args, compare: &CompareArgs) -> anyhow::Result<Table> 
         crate::cpus::pin_this_process(&cpus)?;
         notes.push(format!("rivet-bench pinned to CPUs {list}"));
     }
+    let auth_user = match (compare.setup_auth, &global.user) {
+        (false, _) => None,
+        (true, None) => bail!("--setup-auth needs --user NAME:PASSWORD"),
+        (true, Some(user)) => {
+            notes.push(format!(
+                "auth on (--setup-auth): both servers have root and the user {} with readwrite \
+                 on the workloads' keys; every connection authenticates as that user",
+                user.split_once(':').map_or(user.as_str(), |(name, _)| name)
+            ));
+            Some(user.as_str())
+        }
+    };
     let rounds = compare.rounds;
     if rounds > 1 {
         notes.push(format!(
@@ -520,7 +626,8 @@ pub async fn run(global: &Args, compare: &CompareArgs) -> anyhow::Result<Table> 
             if members == 1 { "" } else { "s" },
             rivet_cluster.dir().display()
         );
-        rivet_rounds.push(run_all(&rivet_cluster, &specs, global.plot.as_deref()).await?);
+        rivet_rounds
+            .push(run_all(&rivet_cluster, &specs, global.plot.as_deref(), auth_user).await?);
         drop(rivet_cluster);
 
         let etcd_cluster =
@@ -531,7 +638,7 @@ pub async fn run(global: &Args, compare: &CompareArgs) -> anyhow::Result<Table> 
             if members == 1 { "" } else { "s" },
             etcd_cluster.dir().display()
         );
-        etcd_rounds.push(run_all(&etcd_cluster, &specs, global.plot.as_deref()).await?);
+        etcd_rounds.push(run_all(&etcd_cluster, &specs, global.plot.as_deref(), auth_user).await?);
         drop(etcd_cluster);
     }
     let rivet_cells = median_cells(&rivet_rounds, specs.len());

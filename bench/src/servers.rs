@@ -14,7 +14,7 @@ use anyhow::{bail, Context};
 use rivet_api::etcdserverpb::maintenance_client::MaintenanceClient;
 use rivet_api::etcdserverpb::StatusRequest;
 
-use crate::workloads::connect;
+use crate::workloads::connect_channel;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -258,7 +258,8 @@ impl Cluster {
                 }
                 let endpoint = member.endpoint();
                 let ready = tokio::time::timeout(Duration::from_secs(2), async {
-                    let channel = connect(&endpoint).await?;
+                    // Without --user: the users may not exist yet (compare --setup-auth).
+                    let channel = connect_channel(&endpoint).await?;
                     let status = MaintenanceClient::new(channel)
                         .status(StatusRequest {})
                         .await?

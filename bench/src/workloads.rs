@@ -143,7 +143,7 @@ pub async fn connect(endpoint: &str) -> anyhow::Result<Channel> {
     Ok(InterceptedService::new(channel, TokenInterceptor(token)))
 }
 
-async fn connect_channel(endpoint: &str) -> anyhow::Result<tonic::transport::Channel> {
+pub async fn connect_channel(endpoint: &str) -> anyhow::Result<tonic::transport::Channel> {
     let url = url_of(endpoint);
     let mut builder = Endpoint::from_shared(url.clone())?
         .tcp_nodelay(true)
@@ -536,6 +536,17 @@ pub fn prefix_end(key: &[u8]) -> Bytes {
     Bytes::from_static(b"\0")
 }
 
+/// Called by [`run`] once every connection is made (and authenticated), before the first
+/// request: `compare` takes the servers' CPU time there, so that logins (bcrypt on the
+/// server) are not counted per operation.
+type ConnectedHook = Box<dyn Fn() + Send>;
+static ON_CONNECTED: std::sync::Mutex<Option<ConnectedHook>> = std::sync::Mutex::new(None);
+
+/// Sets (or clears) the hook [`run`] calls once connected.
+pub fn on_connected(hook: Option<ConnectedHook>) {
+    *ON_CONNECTED.lock().unwrap_or_else(|e| e.into_inner()) = hook;
+}
+
 /// Runs the workload of `args` (any command but `compare`).
 pub async fn run(args: &Args) -> anyhow::Result<Outcome> {
     if args.endpoints.is_empty() {
@@ -549,6 +560,13 @@ pub async fn run(args: &Args) -> anyhow::Result<Outcome> {
     let mut channels = Vec::with_capacity(args.conns.max(1));
     for i in 0..args.conns.max(1) {
         channels.push(connect(&endpoints[i % endpoints.len()]).await?);
+    }
+    if let Some(hook) = ON_CONNECTED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+    {
+        hook();
     }
     let show_progress = progress::wanted(args.json);
     let clients = args.clients.max(1);

@@ -97,3 +97,51 @@ fn compare_a_given_workload_as_text_with_a_plot() {
         rivet_bench::plot::series_in(&std::fs::read_to_string(&svg).expect("svg")).expect("data");
     assert_eq!(series.len(), 4, "{series:?}");
 }
+
+/// `--setup-auth --user`: both servers get root and the bench user with readwrite on the
+/// workloads' keys, auth is enabled, and every workload runs authenticated without errors
+/// (a put and a range, the workloads of the auth benchmark).
+#[test]
+fn compare_with_auth_set_up_on_both_servers() {
+    let rivet = common::rivet_binary();
+    let etcd = common::etcd_binary();
+    let output = common::bench(
+        &[
+            "--total",
+            "40",
+            "--json",
+            "--user",
+            "bench:benchpw",
+            "compare",
+            "--setup-auth",
+            "--rivet",
+            rivet.to_str().expect("utf-8 path"),
+            "--etcd",
+            etcd.to_str().expect("utf-8 path"),
+            "--workload",
+            "--conns 2 --clients 4 put --key-size 8 --sequential-keys",
+            "--conns",
+            "2",
+            "--clients",
+            "4",
+            "range",
+            "foo",
+        ],
+        Duration::from_secs(240),
+    );
+    assert!(output.success, "compare failed:\n{}", output.stderr);
+    let table: serde_json::Value = serde_json::from_str(&output.stdout)
+        .unwrap_or_else(|e| panic!("bad JSON ({e}):\n{}", output.stdout));
+    let notes = table["notes"].to_string();
+    assert!(notes.contains("auth on"), "{notes}");
+    let rows = table["workloads"].as_array().expect("workloads");
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    for row in rows {
+        for server in ["rivet", "etcd"] {
+            let cell = &row[server];
+            assert_eq!(cell["requests"], 40, "{server}: {row}");
+            assert_eq!(cell["errors"], 0, "{server}: {row}");
+            assert!(cell.get("error").is_none(), "{row}");
+        }
+    }
+}

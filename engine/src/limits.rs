@@ -36,6 +36,12 @@ pub const LEARNER_READY_PERCENT: u64 = 90;
 /// A linearizable read raft has not answered for this long is asked about again (etcd
 /// 3.5's `readIndexRetryTime`): raft drops a ReadIndex that finds no leader.
 pub const READ_INDEX_RETRY: Duration = Duration::from_millis(500);
+/// How long a starting member waits, before it serves clients, for the entries of its log
+/// after the checkpoint to be known committed and applied (see `net/src/server.rs`). etcd
+/// serves nothing until a quorum confirms its start; rivet serves (with a warning) after
+/// this, so a member left without a quorum still answers serializable reads, /health and
+/// the metrics. Several election timeouts at etcd's default of 1 s.
+pub const START_REPLAY_WAIT: Duration = Duration::from_secs(5);
 /// With `--strict-reconfig-check`, a peer counts as connected for a membership change
 /// only when its link has been up this long (etcd's `HealthInterval`): a member that
 /// just came back may go again, and a change should not lean on it.

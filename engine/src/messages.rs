@@ -94,8 +94,11 @@ pub enum RaftCommand {
         keys: bool,
         reply: oneshot::Sender<LeaseTtl>,
     },
+    /// Every lease's ID and, with `keys`, the keys attached to it (for the auth check of
+    /// later etcd 3.4: read on all of them).
     LeaseLeases {
-        reply: oneshot::Sender<Vec<i64>>,
+        keys: bool,
+        reply: oneshot::Sender<Vec<(i64, Vec<Bytes>)>>,
     },
     AlarmList {
         reply: oneshot::Sender<Vec<rivet_api::etcdserverpb::AlarmMember>>,

@@ -124,6 +124,8 @@ impl Lease for LeaseService {
         let request = request.into_inner();
         self.0
             .run_as(credentials, |core, caller| async move {
+                // Later etcd 3.4 (`requireAuthInfo`): credentials even without keys.
+                core.auth_state().require_credentials(caller.as_ref())?;
                 let keys = request.keys;
                 let response = core.lease_time_to_live(request).await?;
                 // The keys of a lease are answered only to who may read them all.
@@ -138,10 +140,13 @@ impl Lease for LeaseService {
 
     async fn lease_leases(
         &self,
-        _: Request<LeaseLeasesRequest>,
+        request: Request<LeaseLeasesRequest>,
     ) -> Result<Response<LeaseLeasesResponse>, Status> {
+        let credentials = self.0.credentials(&request);
         self.0
-            .run(|core| async move { core.lease_leases().await })
+            .run_as(credentials, |core, caller| async move {
+                core.lease_leases(caller.as_ref()).await
+            })
             .await
     }
 }

@@ -412,6 +412,9 @@ pub fn run(mut flags: Flags) -> anyhow::Result<()> {
     rivet_engine::metrics::QUOTA_BACKEND_BYTES.set(raft_config.quota_backend_bytes);
     let shared = Arc::new(Shared::new(member, cluster, shard_count));
     let checkpoint_index = recovered.checkpoint.as_ref().map_or(0, |c| c.applied_index);
+    // The serving cores listen once every shard applied the log it had at start (see
+    // `replay_before_serving`): checks then see the replayed auth store.
+    let replay = (recovered.committed_at_start(), recovered.last_index());
     // The auth store of the checkpoint, for the serving cores until the raft core
     // replays the log after it (the raft core decodes the same record, and refuses to
     // start on a damaged one).
@@ -581,6 +584,7 @@ pub fn run(mut flags: Flags) -> anyhow::Result<()> {
                         return;
                     }
                 };
+                replay_before_serving(&core, checkpoint_index, replay).await;
                 let core_tls = match client_tls.build() {
                     Ok(core_tls) => core_tls,
                     Err(e) => {
@@ -801,5 +805,42 @@ async fn serve_connection<S>(
     }
     if let Err(e) = builder.serve_connection(io, service).await {
         tracing::debug!("client connection ended: {e}");
+    }
+}
+
+/// etcd serves clients only after its start is applied (`ReadyNotify`): before that, a
+/// token, a permission or a read would be checked against the checkpoint's auth store and
+/// data, though the log after it may have revoked the permission. A shard core waits
+/// until every shard applied the entries known committed at start (`committed`: they
+/// apply without any peer), then until either all of the log it had (`last`: a single
+/// member commits it all at once) or everything the cluster has committed (a ReadIndex:
+/// the entries of the tail that were committed, when the rest never will be) is applied,
+/// at most [`limits::START_REPLAY_WAIT`].
+async fn replay_before_serving(core: &ShardCore, checkpoint: u64, (committed, last): (u64, u64)) {
+    use futures::future::{select, Either};
+    if last <= checkpoint {
+        return;
+    }
+    core.wait_applied(committed).await;
+    let tail = async {
+        let applied_all = core.wait_applied(last);
+        let confirmed = async {
+            while core.read_index().await.is_err() {
+                glommio::timer::sleep(limits::READ_INDEX_RETRY).await;
+            }
+        };
+        select(std::pin::pin!(applied_all), std::pin::pin!(confirmed)).await;
+    };
+    let deadline = glommio::timer::sleep(limits::START_REPLAY_WAIT);
+    match select(std::pin::pin!(tail), std::pin::pin!(deadline)).await {
+        Either::Left(_) => {
+            tracing::debug!("applied the log after the checkpoint ({checkpoint}..={last})")
+        }
+        Either::Right(_) => tracing::warn!(
+            "serving clients before the log after the checkpoint is known committed \
+             (applied {} of {last}): no leader within {:?}",
+            core.shared.applied_index(),
+            limits::START_REPLAY_WAIT
+        ),
     }
 }

@@ -362,6 +362,16 @@ impl WatchStream {
         if create.key.is_empty() {
             create.key = Bytes::from_static(b"\0");
         }
+        // etcd's v3rpc checks the permission first: a refused create is answered created
+        // and cancelled at once, with no watch ID (`clientv3.InvalidWatchID`), and
+        // takes no ID from the stream's sequence.
+        if let Err(error) = self.check_watch(&create.key, &create.range_end).await {
+            let mut response = self.response(-1, current);
+            response.created = true;
+            response.canceled = true;
+            response.cancel_reason = watch_cancel_reason(&error);
+            return self.send(response).await;
+        }
         // etcd refuses a range that holds no key (end at or before the key; "\0" means
         // from the key on) before it assigns an ID.
         let empty_range = !create.range_end.is_empty()
@@ -390,13 +400,6 @@ impl WatchStream {
             response.watch_id = -1;
             response.canceled = true;
             response.cancel_reason = DUPLICATE_WATCH_ID.to_string();
-            return self.send(response).await;
-        }
-        if let Err(error) = self.check_watch(&create.key, &create.range_end).await {
-            // etcd answers with the ID asked for, created and cancelled at once.
-            response.watch_id = create.watch_id;
-            response.canceled = true;
-            response.cancel_reason = watch_cancel_reason(&error);
             return self.send(response).await;
         }
         let next = if create.start_revision == 0 {

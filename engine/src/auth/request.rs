@@ -126,16 +126,16 @@ fn check_ops(
     Ok(())
 }
 
-/// LeaseRevoke (at apply) and LeaseKeepAlive: write on every key attached to the lease,
-/// unless root (ETCD_LESSONS 23). Expiry-driven revocation is internal and never checked.
+/// LeaseRevoke (at apply) and a put's lease: write on every key attached to the lease
+/// (ETCD_LESSONS 23), etcd's `checkLeasePuts`: each key is checked as a put, so a token of
+/// an old auth revision is refused even for root (the revision is checked before the
+/// root role), and a lease without keys needs nothing. Expiry-driven revocation is
+/// internal and never checked.
 pub fn check_lease_keys_writable(
     state: &AuthState,
     caller: &AuthInfo,
     keys: &[Bytes],
 ) -> Result<(), EtcdError> {
-    if state.check_admin(caller).is_ok() {
-        return Ok(());
-    }
     for key in keys {
         state.check_range(caller, key, &[], Access::Write)?;
     }
@@ -172,6 +172,10 @@ pub fn check_lease_renew(
         return Ok(());
     }
     let caller = caller.ok_or(EtcdError::UserEmpty)?;
+    // `checkLeaseRenew` asks `IsAdminPermitted` first (no revision check there).
+    if state.check_admin(caller).is_ok() {
+        return Ok(());
+    }
     check_lease_keys_writable(state, caller, keys)
 }
 

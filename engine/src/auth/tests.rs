@@ -1291,3 +1291,32 @@ fn many_roles_and_permissions() {
         1000
     );
 }
+
+/// etcd's `checkLeasePuts` (LeaseRevoke at apply) checks each attached key as a put, the
+/// auth revision before the root role: a stale token is refused even for root when the
+/// lease has keys. A renewal (`checkLeaseRenew`) lets root through first.
+#[test]
+fn lease_revoke_checks_the_revision_before_the_root_role() {
+    let (store, _) = request_checks_store();
+    let state = store.snapshot();
+    let revision = state.revision();
+    let stale_root = AuthInfo::new("root", revision - 1);
+    let keys = [Bytes::from_static(b"b")];
+    assert_eq!(
+        request::check_lease_keys_writable(&state, &stale_root, &keys),
+        Err(EtcdError::AuthOldRevision)
+    );
+    assert_eq!(
+        request::check_lease_keys_writable(&state, &stale_root, &[]),
+        Ok(())
+    );
+    assert_eq!(
+        request::check_lease_renew(&state, Some(&stale_root), &keys),
+        Ok(())
+    );
+    let root = AuthInfo::new("root", revision);
+    assert_eq!(
+        request::check_lease_keys_writable(&state, &root, &keys),
+        Ok(())
+    );
+}

@@ -8,7 +8,11 @@ use rivet_api::etcdserverpb::{
 };
 use rivet_api::rivetpb::internal_request;
 
+use bytes::Bytes;
+
 use super::ShardCore;
+use crate::auth::request::check_lease_keys_readable;
+use crate::auth::AuthInfo;
 use crate::error::EtcdError;
 use crate::messages::RaftCommand;
 use crate::sequencer::Applied;
@@ -95,11 +99,27 @@ impl ShardCore {
         })
     }
 
-    pub async fn lease_leases(&self) -> Result<LeaseLeasesResponse, EtcdError> {
-        let ids = self.ask(|reply| RaftCommand::LeaseLeases { reply }).await?;
+    /// LeaseLeases; with auth on, as `caller`: later etcd 3.4 (`checkLeaseLeases`)
+    /// answers only a caller who may read every key attached to any lease (root always).
+    pub async fn lease_leases(
+        &self,
+        caller: Option<&AuthInfo>,
+    ) -> Result<LeaseLeasesResponse, EtcdError> {
+        let state = self.auth_state();
+        let check = state.is_enabled() && caller.is_none_or(|c| state.check_admin(c).is_err());
+        let leases = self
+            .ask(|reply| RaftCommand::LeaseLeases { keys: check, reply })
+            .await?;
+        if check {
+            let keys: Vec<Bytes> = leases.iter().flat_map(|(_, keys)| keys.clone()).collect();
+            check_lease_keys_readable(&state, caller, &keys)?;
+        }
         Ok(LeaseLeasesResponse {
             header: Some(self.current_header()),
-            leases: ids.into_iter().map(|id| LeaseStatus { id }).collect(),
+            leases: leases
+                .into_iter()
+                .map(|(id, _)| LeaseStatus { id })
+                .collect(),
         })
     }
 

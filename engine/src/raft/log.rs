@@ -27,6 +27,28 @@ pub struct Recovered {
     pub entries: Vec<Entry>,
 }
 
+impl Recovered {
+    /// The index up to which this member's log is known committed at start: the hard
+    /// state's commit, at least the checkpoint (applied, hence committed), at most the
+    /// last entry. Everything up to it is applied again from the log without any peer
+    /// (the raft core's boot clamps the hard state the same way). The hard state's commit
+    /// index may lag (it is not written on its own), so entries after it may be
+    /// committed too: see [`Recovered::last_index`].
+    pub fn committed_at_start(&self) -> u64 {
+        let applied = self.checkpoint.as_ref().map_or(0, |c| c.applied_index);
+        self.hard_state.commit.max(applied).min(self.last_index())
+    }
+
+    /// The last entry of the log at start (the checkpoint's index without entries).
+    pub fn last_index(&self) -> u64 {
+        let applied = self.checkpoint.as_ref().map_or(0, |c| c.applied_index);
+        self.entries
+            .last()
+            .map_or(applied, |e| e.index)
+            .max(applied)
+    }
+}
+
 /// What a log's records say.
 pub struct RecoveredState {
     pub checkpoint: Option<CheckpointMarker>,

@@ -328,9 +328,19 @@ impl RaftCore {
             RaftCommand::LeaseTimeToLive { id, keys, reply } => {
                 self.lease_time_to_live(id, keys, reply)
             }
-            RaftCommand::LeaseLeases { reply } => {
-                let ids = self.applier.sequencer().leases().keys().copied().collect();
-                let _ = reply.send(ids);
+            RaftCommand::LeaseLeases { keys, reply } => {
+                let leases = self.applier.sequencer().leases().iter();
+                let leases = leases
+                    .map(|(id, lease)| {
+                        let attached = if keys {
+                            lease.keys.iter().cloned().collect()
+                        } else {
+                            Vec::new()
+                        };
+                        (*id, attached)
+                    })
+                    .collect();
+                let _ = reply.send(leases);
             }
             RaftCommand::AlarmList { reply } => {
                 let _ = reply.send(self.applier.alarms().list().to_vec());

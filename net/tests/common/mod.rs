@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod dns;
 pub mod etcdctl;
 pub mod history;
+pub mod kv_diff;
 pub mod request_fuzz;
 pub mod rng;
 pub mod tls;
@@ -242,8 +243,14 @@ impl Rivet {
     }
 
     fn spawn(&mut self) {
+        self.spawn_unchecked();
+        self.wait_healthy();
+    }
+
+    /// Starts the process without waiting for it to serve.
+    fn spawn_unchecked(&mut self) {
         let log = std::fs::File::create(&self.log).expect("log file");
-        let mut child = Command::new(Rivet::binary())
+        let child = Command::new(Rivet::binary())
             .args(&self.args)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
@@ -251,8 +258,22 @@ impl Rivet {
             .stderr(log)
             .spawn()
             .expect("start rivet");
-        wait_for_health(&self.endpoint(), &mut child, &self.log);
         self.child = Some(child);
+    }
+
+    /// Waits until the member answers `/health` (panics if it exits first).
+    pub fn wait_healthy(&mut self) {
+        let endpoint = self.endpoint();
+        let child = self.child.as_mut().expect("a running member");
+        wait_for_health(&endpoint, child, &self.log);
+    }
+
+    /// [`Rivet::restart`] without waiting for `/health`: for tests of what a member
+    /// answers from the moment it accepts connections. Call [`Rivet::wait_healthy`]
+    /// after.
+    pub fn restart_unchecked(&mut self) {
+        assert!(self.child.is_none(), "stop or kill the member first");
+        self.spawn_unchecked();
     }
 
     pub fn endpoint(&self) -> String {
@@ -906,4 +927,30 @@ pub fn http_request(
         headers,
         body,
     })
+}
+
+/// An `--auth-token` value for RS256 JWTs with a key pair made by openssl in `dir`.
+pub fn jwt_option(dir: &std::path::Path) -> String {
+    let private = dir.join("jwt.key");
+    let public = dir.join("jwt.pub");
+    let made = std::process::Command::new("openssl")
+        .args(["genrsa", "-out"])
+        .arg(&private)
+        .arg("2048")
+        .output()
+        .expect("openssl genrsa");
+    assert!(made.status.success(), "{made:?}");
+    let made = std::process::Command::new("openssl")
+        .args(["rsa", "-pubout", "-in"])
+        .arg(&private)
+        .arg("-out")
+        .arg(&public)
+        .output()
+        .expect("openssl rsa -pubout");
+    assert!(made.status.success(), "{made:?}");
+    format!(
+        "jwt,pub-key={},priv-key={},sign-method=RS256,ttl=10m",
+        public.display(),
+        private.display()
+    )
 }
