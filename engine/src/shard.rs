@@ -517,12 +517,13 @@ impl Shard {
         if restart {
             cursor.restart();
         }
-        Ok(cursor.next_chunk(
+        let chunk = cursor.next_chunk(
             &self.index,
             crate::limits::SNAPSHOT_CHUNK_VERSIONS,
             crate::limits::SNAPSHOT_CHUNK_BYTES,
             sizes_only,
-        ))
+        );
+        chunk.map_err(|damaged| self.damaged(damaged.ptr, &damaged.error))
     }
 
     /// Snapshot stream `id` ended.
