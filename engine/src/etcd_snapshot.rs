@@ -107,8 +107,18 @@ pub struct SnapshotCursor {
     revision: i64,
     views: Vec<SegmentView>,
     heap: BinaryHeap<std::cmp::Reverse<Head>>,
+    /// The first record that did not decode (its CRC failed): the stream fails there,
+    /// it never skips a record.
+    damaged: Option<DamagedRecord>,
     /// When a chunk was last asked for (a pin nobody reads is dropped).
     pub last_used: Instant,
+}
+
+/// A record a snapshot stream could not read: where, and why.
+#[derive(Clone, Debug)]
+pub struct DamagedRecord {
+    pub ptr: PagePtr,
+    pub error: String,
 }
 
 /// A chunk of a shard's versions, and whether the shard has no more.
@@ -135,6 +145,7 @@ impl SnapshotCursor {
             revision,
             views,
             heap: BinaryHeap::new(),
+            damaged: None,
             last_used: Instant::now(),
         };
         cursor.restart();
@@ -144,6 +155,7 @@ impl SnapshotCursor {
     /// Back to the first version (the second pass).
     pub fn restart(&mut self) {
         self.heap.clear();
+        self.damaged = None;
         for view in 0..self.views.len() {
             self.push_next(view, SEGMENT_HEADER_BYTES);
         }
@@ -166,9 +178,17 @@ impl SnapshotCursor {
                     return;
                 }
                 Ok(Some((Record::Checkpoint(_), next))) => offset = next,
-                // The end, or bytes that do not decode (already checked when loaded or
-                // written; a damaged record is reported by reads, not here).
-                _ => return,
+                Ok(None) => return,
+                Err(error) => {
+                    self.damaged.get_or_insert(DamagedRecord {
+                        ptr: PagePtr::in_segment(
+                            segment.key,
+                            u32::try_from(offset).unwrap_or(u32::MAX),
+                        ),
+                        error: error.to_string(),
+                    });
+                    return;
+                }
             }
         }
     }
@@ -181,26 +201,42 @@ impl SnapshotCursor {
         max_versions: usize,
         max_bytes: usize,
         sizes_only: bool,
-    ) -> SnapshotChunk {
+    ) -> Result<SnapshotChunk, DamagedRecord> {
         self.last_used = Instant::now();
         let mut versions = Vec::new();
         let mut bytes = 0;
         while versions.len() < max_versions && bytes < max_bytes {
+            if let Some(damaged) = &self.damaged {
+                return Err(damaged.clone());
+            }
             let Some(std::cmp::Reverse(head)) = self.heap.pop() else {
-                return SnapshotChunk {
+                return Ok(SnapshotChunk {
                     versions,
                     done: true,
-                };
+                });
             };
             let Some(segment) = self.views.get(head.view) else {
                 continue;
             };
-            let decoded = decode_record_at(segment.bytes(), head.offset);
-            let Ok(Some((Record::Key(record), next))) = decoded else {
-                continue;
-            };
             let ptr =
                 PagePtr::in_segment(segment.key, u32::try_from(head.offset).unwrap_or(u32::MAX));
+            let record = match decode_record_at(segment.bytes(), head.offset) {
+                Ok(Some((Record::Key(record), next))) => Some((record, next)),
+                // Pushed as a key record, so it decoded then: it was damaged since.
+                Ok(_) => None,
+                Err(error) => {
+                    return Err(DamagedRecord {
+                        ptr,
+                        error: error.to_string(),
+                    })
+                }
+            };
+            let Some((record, next)) = record else {
+                return Err(DamagedRecord {
+                    ptr,
+                    error: "not a key record any more".into(),
+                });
+            };
             let live = record.mod_revision <= self.revision
                 && index
                     .version_at(record.key, record.mod_revision)
@@ -230,10 +266,13 @@ impl SnapshotCursor {
             }
             self.push_next(head.view, next);
         }
-        SnapshotChunk {
+        if let Some(damaged) = &self.damaged {
+            return Err(damaged.clone());
+        }
+        Ok(SnapshotChunk {
             versions,
             done: self.heap.is_empty(),
-        }
+        })
     }
 }
 

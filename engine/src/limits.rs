@@ -59,6 +59,10 @@ pub const APPLY_QUEUE_BATCHES: usize = 1024;
 pub const SHARD_ACK_QUEUE: usize = 4096;
 /// Scattered read parts queued for one shard core from the others.
 pub const SHARD_REQUEST_QUEUE: usize = 4096;
+/// Peers' HashKV requests (corruption checks) waiting for shard 0: each peer has at
+/// most a few HashKV streams open at once (`net/src/peer/limits.rs`), so a few per
+/// peer of the largest cluster.
+pub const PEER_HASH_KV_QUEUE: usize = 512;
 /// Messages from the peer transport waiting for the raft core: a few heartbeat rounds of
 /// a large cluster; when full, the transport waits (QUIC flow control pushes back).
 pub const PEER_EVENT_QUEUE: usize = 4096;

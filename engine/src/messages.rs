@@ -46,8 +46,40 @@ pub struct RaftStatus {
     pub pending_proposals: u64,
 }
 
+/// What one peer answered to a corruption check's HashKV request (etcd's
+/// `peerHashKVResp`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PeerHashOutcome {
+    /// The peer's hash of every version up to the revision asked for, its current
+    /// revision and its compaction revision.
+    Answered {
+        revision: i64,
+        compact_revision: i64,
+        hash: u32,
+    },
+    /// The revision is compacted on the peer (etcd's `ErrCompacted`).
+    Compacted,
+    /// The revision is newer than the peer's (etcd's `ErrFutureRev`).
+    FutureRevision,
+    /// No answer: unreachable, timed out, or the peer could not compute it.
+    Failed(String),
+}
+
+/// One peer's answer to a HashKV request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerHash {
+    pub id: u64,
+    pub peer_urls: Vec<String>,
+    pub outcome: PeerHashOutcome,
+}
+
 /// Shard core → raft core.
 pub enum RaftCommand {
+    /// Ask every other member for its HashKV at `revision` (a corruption check).
+    PeerHashKvs {
+        revision: i64,
+        reply: oneshot::Sender<Vec<PeerHash>>,
+    },
     Propose {
         request: internal_request::Request,
         reply: oneshot::Sender<Result<Reply, EtcdError>>,
@@ -293,7 +325,7 @@ pub enum ShardRequest {
     /// The shard's part of HashKV at `revision`.
     HashKv {
         revision: i64,
-        reply: oneshot::Sender<u32>,
+        reply: oneshot::Sender<Result<u32, EtcdError>>,
     },
     /// This shard's records up to `revision`, once it applied `index` (raft snapshot).
     /// A shard that cannot read a record drops `reply`: the snapshot is not sent.

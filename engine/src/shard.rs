@@ -58,6 +58,9 @@ pub struct Shard {
     deferred_compaction: Option<i64>,
     /// `Maintenance.Snapshot` streams reading this shard, by id (each holds a pin).
     snapshots: std::collections::HashMap<u64, crate::etcd_snapshot::SnapshotCursor>,
+    /// Where a damaged record read while serving is reported (the core raises CORRUPT,
+    /// [`crate::core::ShardCore::raise_corrupt`]); kept across snapshot installs.
+    damage: Option<async_channel::Sender<String>>,
 }
 
 /// A checkpoint and where its record lies.
@@ -188,6 +191,7 @@ impl Shard {
             pins: 0,
             deferred_compaction: None,
             snapshots: std::collections::HashMap::new(),
+            damage: None,
         })
     }
 
@@ -221,9 +225,9 @@ impl Shard {
     /// that cannot be read fails it: the sequencer cannot be rebuilt without it.
     pub fn heads(&self, mut each: impl FnMut(Bytes, Head)) -> Result<(), ShardOpenError> {
         for (key, _, ptr) in self.index.range(b"\0", &RangeEnd::FromKey, self.revision) {
-            let view = self.read(ptr).map_err(|e| ShardOpenError {
+            let view = self.page.read(ptr).map_err(|e| ShardOpenError {
                 shard: self.id,
-                reason: e.to_string(),
+                reason: format!("damaged page record at {ptr:?}: {e}"),
             })?;
             each(
                 Bytes::copy_from_slice(key),
@@ -239,14 +243,29 @@ impl Shard {
         Ok(())
     }
 
-    /// Reads the record the index points at; a damaged one is an error naming it.
+    /// Reads the record the index points at. A damaged one (its CRC fails, or the
+    /// pointer leads nowhere) is reported once here for every reader — range, watch
+    /// events and their prev_kv, HashKV, snapshot export: logged, handed to the core,
+    /// which raises the CORRUPT alarm through raft, and answered as etcd's
+    /// `etcdserver: corrupt cluster` (DataLoss).
     fn read(&self, ptr: PagePtr) -> Result<RecordView<'_>, EtcdError> {
-        self.page.read(ptr).map_err(|e| {
-            EtcdError::Internal(format!(
-                "shard {}: damaged page record at {ptr:?}: {e}",
-                self.id
-            ))
-        })
+        self.page.read(ptr).map_err(|e| self.damaged(ptr, &e))
+    }
+
+    /// The one policy for a damaged page record read while serving (see [`Shard::read`]).
+    fn damaged(&self, ptr: PagePtr, error: &dyn std::fmt::Display) -> EtcdError {
+        let what = format!("shard {}: damaged page record at {ptr:?}: {error}", self.id);
+        tracing::error!("{what}");
+        if let Some(damage) = &self.damage {
+            // Full: a report is already pending, the alarm is on its way.
+            let _ = damage.try_send(what);
+        }
+        EtcdError::Corrupt
+    }
+
+    /// Sends reports of damaged records read while serving to `damage`.
+    pub fn report_damage_to(&mut self, damage: async_channel::Sender<String>) {
+        self.damage = Some(damage);
     }
 
     /// The heads of the live keys in chunks, ending with the chunk that says this shard is
@@ -409,19 +428,18 @@ impl Shard {
     /// The consistency hash of every version this shard retains up to `revision`: the
     /// wrapping sum of the crc32c of each version's page record. A sum, so that members
     /// with different shard counts (different partitions of the same versions) agree.
-    pub fn hash_kv(&self, revision: i64) -> u32 {
+    /// A damaged record fails it (never skipped: the hash would hide the damage).
+    pub fn hash_kv(&self, revision: i64) -> Result<u32, EtcdError> {
         let mut sum = 0u32;
         let mut buffer = Vec::new();
         for change in self.index.changes(b"\0", &RangeEnd::FromKey, 0, revision) {
-            let Ok(view) = self.page.read(change.ptr) else {
-                continue;
-            };
+            let view = self.read(change.ptr)?;
             buffer.clear();
-            if crate::page::encode_key_record(&view, &mut buffer).is_ok() {
-                sum = sum.wrapping_add(crc32c::crc32c(&buffer));
-            }
+            crate::page::encode_key_record(&view, &mut buffer)
+                .map_err(|e| self.damaged(change.ptr, &e))?;
+            sum = sum.wrapping_add(crc32c::crc32c(&buffer));
         }
-        sum
+        Ok(sum)
     }
 
     /// Replaces this shard's files with the ones staged for a snapshot at `index`.
@@ -436,7 +454,9 @@ impl Shard {
             reason: format!("swapping in the snapshot: {e}"),
         })?;
         let streams = self.snapshots.len();
+        let damage = self.damage.take();
         *self = Shard::open(&own, self.id, index, self.options)?;
+        self.damage = damage;
         // The index the streams checked versions against is gone: they fail at their
         // next chunk. Pins taken otherwise stay counted until they are released.
         self.pins = pins.saturating_sub(streams);
@@ -497,12 +517,13 @@ impl Shard {
         if restart {
             cursor.restart();
         }
-        Ok(cursor.next_chunk(
+        let chunk = cursor.next_chunk(
             &self.index,
             crate::limits::SNAPSHOT_CHUNK_VERSIONS,
             crate::limits::SNAPSHOT_CHUNK_BYTES,
             sizes_only,
-        ))
+        );
+        chunk.map_err(|damaged| self.damaged(damaged.ptr, &damaged.error))
     }
 
     /// Snapshot stream `id` ended.
@@ -566,12 +587,9 @@ impl Shard {
         } else {
             key_value(key, &self.read(ptr)?, true)
         };
-        let prev = if prev_kv {
-            self.index
-                .get(key, revision - 1)
-                .and_then(|(_, p)| self.page.read(p).ok().map(|v| key_value(key, &v, true)))
-        } else {
-            None
+        let prev = match prev_kv.then(|| self.index.get(key, revision - 1)).flatten() {
+            Some((_, p)) => Some(key_value(key, &self.read(p)?, true)),
+            None => None,
         };
         Ok(Event {
             r#type: if tombstone {

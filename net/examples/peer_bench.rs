@@ -166,7 +166,7 @@ async fn echo(transport: PeerTransport, mut incoming: mpsc::Receiver<Incoming>) 
                         .expect("report snapshot");
                 });
             }
-            Incoming::RemovedFromCluster { .. } => {}
+            Incoming::RemovedFromCluster { .. } | Incoming::HashKv { .. } => {}
         }
     }
 }

@@ -288,7 +288,6 @@ const WAL_RELEASED_AT_CHECKPOINT: Status = Status::NoEffect(
     "rivet deletes a WAL segment as soon as a recorded checkpoint covers its entries \
      (keeping a few thousand for slow followers), so it never keeps more than a restart needs",
 );
-const LATER_CORRUPT: Status = Status::Later("the corruption check");
 const NO_V2: Status = Status::NoEffect(
     "rivet serves only the v3 API: there is no v2 API, v2 store or v2 proxy to tune",
 );
@@ -511,9 +510,9 @@ flag_table! {
     Proxy "proxy-read-timeout" proxy_read_timeout: u64 = Kind::Uint, "0", "0", NO_V2,
         "Time (in milliseconds) for a read to timeout.";
 
-    Experimental "experimental-initial-corrupt-check" experimental_initial_corrupt_check: bool = Kind::Bool, "false", "'false'", LATER_CORRUPT,
+    Experimental "experimental-initial-corrupt-check" experimental_initial_corrupt_check: bool = Kind::Bool, "false", "'false'", Status::Implemented,
         "Enable to check data corruption before serving any client/peer traffic.";
-    Experimental "experimental-corrupt-check-time" experimental_corrupt_check_time: Duration = Kind::Duration, "0s", "'0s'", LATER_CORRUPT,
+    Experimental "experimental-corrupt-check-time" experimental_corrupt_check_time: Duration = Kind::Duration, "0s", "'0s'", Status::Implemented,
         "Duration of time between cluster corruption check passes.";
     Experimental "experimental-enable-v2v3" experimental_enable_v2v3: String = Kind::Str, "", "''", NO_V2,
         "Serve v2 requests through the v3 backend under a given prefix.";

@@ -5,6 +5,7 @@ pub mod access;
 pub mod auth;
 pub mod authority;
 pub mod config;
+pub mod corrupt;
 pub mod discovery;
 pub mod forward;
 pub mod gateway;

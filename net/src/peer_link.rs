@@ -5,11 +5,85 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
 
+use std::rc::Rc;
+
 use bytes::Bytes;
+use rivet_api::etcdserverpb::HashKvResponse;
+use rivet_engine::core::ShardCore;
+use rivet_engine::error::EtcdError;
+use rivet_engine::messages::{PeerHash, PeerHashOutcome};
 use rivet_engine::raft::{PeerEvent, PeerLink};
 use tokio::sync::mpsc;
 
+use crate::peer::frame::HashKvAnswer;
 use crate::peer::{Incoming, PeerTransport};
+
+/// A peer's HashKV request, handed to the shard core that answers them
+/// ([`serve_peer_hash_kv`]).
+pub struct PeerHashRequest {
+    pub revision: i64,
+    pub reply: futures::channel::oneshot::Sender<Result<HashKvResponse, EtcdError>>,
+}
+
+/// Answers the peers' HashKV requests on a shard core (the transport runs on the raft
+/// core's thread, the hash is the shard cores'), each in a task of its own.
+pub async fn serve_peer_hash_kv(
+    core: Rc<ShardCore>,
+    requests: async_channel::Receiver<PeerHashRequest>,
+) {
+    while let Ok(request) = requests.recv().await {
+        let core = Rc::clone(&core);
+        glommio::spawn_local(async move {
+            let _ = request
+                .reply
+                .send(core.hash_kv_local(request.revision).await);
+        })
+        .detach();
+    }
+}
+
+/// What goes back on the wire for a HashKV answer (etcd's HashByRev outcomes).
+fn wire_answer(answer: Result<HashKvResponse, EtcdError>) -> HashKvAnswer {
+    match answer {
+        Ok(response) => match response.header {
+            Some(header) if header.member_id != 0 => HashKvAnswer::Answered {
+                member_id: header.member_id,
+                revision: header.revision,
+                compact_revision: response.compact_revision,
+                hash: response.hash,
+            },
+            _ => HashKvAnswer::Unavailable,
+        },
+        Err(EtcdError::Compacted) => HashKvAnswer::Compacted,
+        Err(EtcdError::FutureRevision) => HashKvAnswer::FutureRevision,
+        Err(_) => HashKvAnswer::Unavailable,
+    }
+}
+
+/// A peer's answer as the corruption checks take it.
+fn outcome(
+    answer: Result<Result<HashKvAnswer, crate::peer::hash_kv::HashKvError>, impl std::fmt::Display>,
+) -> PeerHashOutcome {
+    match answer {
+        Ok(Ok(HashKvAnswer::Answered {
+            revision,
+            compact_revision,
+            hash,
+            ..
+        })) => PeerHashOutcome::Answered {
+            revision,
+            compact_revision,
+            hash,
+        },
+        Ok(Ok(HashKvAnswer::Compacted)) => PeerHashOutcome::Compacted,
+        Ok(Ok(HashKvAnswer::FutureRevision)) => PeerHashOutcome::FutureRevision,
+        Ok(Ok(HashKvAnswer::Unavailable)) => {
+            PeerHashOutcome::Failed("the peer could not compute its hash".into())
+        }
+        Ok(Err(error)) => PeerHashOutcome::Failed(error.to_string()),
+        Err(error) => PeerHashOutcome::Failed(error.to_string()),
+    }
+}
 
 /// The largest snapshot a member accepts (in memory while it is staged).
 const SNAPSHOT_BYTES_MAX: usize = 8 << 30;
@@ -39,6 +113,7 @@ impl QuicLink {
         transport: PeerTransport,
         mut incoming: mpsc::Receiver<Incoming>,
         events: mpsc::Sender<PeerEvent>,
+        hash_requests: async_channel::Sender<PeerHashRequest>,
     ) -> QuicLink {
         let forward = events.clone();
         tokio::spawn(async move {
@@ -46,6 +121,24 @@ impl QuicLink {
                 let event = match item {
                     Incoming::Message { bytes, .. } => PeerEvent::Message(bytes),
                     Incoming::RemovedFromCluster { .. } => PeerEvent::RemovedFromCluster,
+                    Incoming::HashKv {
+                        revision, reply, ..
+                    } => {
+                        let hash_requests = hash_requests.clone();
+                        tokio::spawn(async move {
+                            let (answer_tx, answer) = futures::channel::oneshot::channel();
+                            let request = PeerHashRequest {
+                                revision,
+                                reply: answer_tx,
+                            };
+                            let answer = match hash_requests.send(request).await {
+                                Ok(()) => answer.await.unwrap_or(Err(EtcdError::Stopped)),
+                                Err(_) => Err(EtcdError::Stopped),
+                            };
+                            let _ = reply.send(wire_answer(answer));
+                        });
+                        continue;
+                    }
                     Incoming::Snapshot {
                         from,
                         metadata,
@@ -127,6 +220,29 @@ impl PeerLink for QuicLink {
     fn flush(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + '_>> {
         // The transport's tasks run on this thread's runtime: one yield lets them write.
         Box::pin(tokio::task::yield_now())
+    }
+
+    fn hash_kvs(
+        &self,
+        peers: Vec<(u64, Vec<String>)>,
+        revision: i64,
+        reply: futures::channel::oneshot::Sender<Vec<PeerHash>>,
+    ) {
+        let asked: Vec<_> = peers
+            .into_iter()
+            .map(|(id, peer_urls)| (id, peer_urls, self.transport.hash_kv(id, revision)))
+            .collect();
+        tokio::spawn(async move {
+            let mut answers = Vec::with_capacity(asked.len());
+            for (id, peer_urls, answer) in asked {
+                answers.push(PeerHash {
+                    id,
+                    peer_urls,
+                    outcome: outcome(answer.await),
+                });
+            }
+            let _ = reply.send(answers);
+        });
     }
 
     fn send_snapshot(&self, to: u64, message: Bytes, data: Bytes) {

@@ -457,6 +457,14 @@ pub fn run(mut flags: Flags) -> anyhow::Result<()> {
         .map(|_| async_channel::bounded(limits::SHARD_REQUEST_QUEUE))
         .unzip();
     let (fatal_tx, fatal_rx) = std::sync::mpsc::channel::<String>();
+    // Peers' HashKV requests (corruption checks): the transport hands them to shard 0.
+    let (hash_tx, hash_rx) = async_channel::bounded(limits::PEER_HASH_KV_QUEUE);
+    // Closed when the member may serve clients: at once, or after the initial
+    // corruption check passed (`--experimental-initial-corrupt-check`).
+    let (serve_gate_tx, serve_gate_rx) = async_channel::bounded::<()>(1);
+    let mut serve_gate_tx = Some(serve_gate_tx);
+    let initial_corrupt_check = flags.experimental_initial_corrupt_check;
+    let corrupt_check_time = flags.experimental_corrupt_check_time;
 
     let raft_cpu = cpu_ids[0];
     let pin_cores = flags.pin_cores;
@@ -484,7 +492,9 @@ pub fn run(mut flags: Flags) -> anyhow::Result<()> {
                 let mut peer_config = PeerConfig::new(member, cluster, peer_listen, initial_peers);
                 peer_config.tls = peer_tls;
                 let link = match PeerTransport::start(peer_config).await {
-                    Ok((transport, incoming)) => QuicLink::new(transport, incoming, peer_tx),
+                    Ok((transport, incoming)) => {
+                        QuicLink::new(transport, incoming, peer_tx, hash_tx)
+                    }
                     Err(e) => {
                         let _ = raft_fatal.send(format!("peer transport on {peer_listen}: {e}"));
                         return;
@@ -541,6 +551,9 @@ pub fn run(mut flags: Flags) -> anyhow::Result<()> {
         let initial_auth = Arc::clone(&initial_auth);
         let token_config = token_config.clone();
         let password_pool = password_pool.clone();
+        let serve_gate = serve_gate_rx.clone();
+        // Shard 0 answers the peers' HashKV requests and runs the corruption checks.
+        let checks = (id == 0).then(|| (hash_rx.clone(), serve_gate_tx.take()));
         let placement = if flags.pin_cores {
             Placement::Fixed(cpu)
         } else {
@@ -568,6 +581,33 @@ pub fn run(mut flags: Flags) -> anyhow::Result<()> {
                 let apply = glommio::spawn_local(Rc::clone(&core).run_apply(apply_rx, acks));
                 glommio::spawn_local(Rc::clone(&core).serve_peers(peer_rx)).detach();
                 glommio::spawn_local(Rc::clone(&core).run_watermark()).detach();
+                glommio::spawn_local(Rc::clone(&core).run_damage_alarm()).detach();
+                if let Some((hash_requests, gate)) = checks {
+                    glommio::spawn_local(crate::peer_link::serve_peer_hash_kv(
+                        Rc::clone(&core),
+                        hash_requests,
+                    ))
+                    .detach();
+                    if initial_corrupt_check {
+                        if let Err(reason) = core.initial_corrupt_check().await {
+                            // etcd 3.4 ends its start with this line for any error
+                            // StartEtcd returns, this one included.
+                            tracing::error!(error = %reason, "discovery failed");
+                            let _ = fatal.send(reason);
+                            return;
+                        }
+                    }
+                    drop(gate);
+                    if !corrupt_check_time.is_zero() {
+                        glommio::spawn_local(crate::corrupt::monitor_kv_hash(
+                            Rc::clone(&core),
+                            corrupt_check_time,
+                        ))
+                        .detach();
+                    }
+                }
+                // No client is served before the initial corruption check passed.
+                let _ = serve_gate.recv().await;
                 // Garbage collection of the page file runs in a queue of its own with
                 // fewer shares than serving: it never holds the core for more than a step.
                 let gc_queue = glommio::executor().create_task_queue(
@@ -644,6 +684,7 @@ pub fn run(mut flags: Flags) -> anyhow::Result<()> {
     drop(restore_tx);
     drop(ack_tx);
     drop(fatal_tx);
+    drop(serve_gate_tx);
 
     // Wait for a stop signal, or for a core to fail.
     let (stop_tx, stop_rx) = std::sync::mpsc::channel::<Result<i32, String>>();

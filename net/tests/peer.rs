@@ -17,6 +17,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
+use rivet_net::peer::frame::HashKvAnswer;
+use rivet_net::peer::hash_kv::HashKvError;
 use rivet_net::peer::limits::PEER_QUEUE_MESSAGES_MAX;
 use rivet_net::peer::{Incoming, PeerConfig, PeerError, PeerTransport, SendError, SnapshotError};
 use tokio::sync::mpsc;
@@ -452,7 +454,7 @@ async fn a_50_mb_snapshot_arrives_intact_while_messages_flow() {
                     assert_eq!(&metadata[..], b"snapshot metadata");
                     break data;
                 }
-                Incoming::Message { .. } => {}
+                Incoming::Message { .. } | Incoming::HashKv { .. } => {}
                 Incoming::RemovedFromCluster { by } => panic!("unexpectedly removed by {by:x}"),
             }
         };
@@ -491,6 +493,61 @@ async fn a_50_mb_snapshot_arrives_intact_while_messages_flow() {
             b.transport.stats().snapshots_received == 1
         })
         .await;
+    })
+    .await;
+}
+
+/// A HashKV request travels on a stream of its own, both ways (whichever member
+/// dialed), and comes back as the owner answered it; an owner that drops the request
+/// answers "unavailable"; an unknown peer is an error at once.
+#[tokio::test]
+async fn hash_kv_requests_are_answered_over_the_link() {
+    bounded(async {
+        let mut a = Member::start(1, 7).await;
+        let mut b = Member::start(2, 7).await;
+        mesh(&[&a, &b]);
+        deliver_all(&a, &mut b, 1).await;
+        let answer = HashKvAnswer::Answered {
+            member_id: 2,
+            revision: 42,
+            compact_revision: 7,
+            hash: 0xdead_beef,
+        };
+        let asked = a.transport.hash_kv(2, 40);
+        loop {
+            match b.incoming.recv().await.expect("transport running") {
+                Incoming::HashKv {
+                    from,
+                    revision,
+                    reply,
+                } => {
+                    assert_eq!((from, revision), (1, 40));
+                    reply.send(answer).expect("the asker waits");
+                    break;
+                }
+                _ => continue,
+            }
+        }
+        let got = asked.await.expect("answered").expect("no transport error");
+        assert_eq!(got, answer);
+
+        let asked = b.transport.hash_kv(1, 0);
+        loop {
+            if let Incoming::HashKv { reply, .. } = a.incoming.recv().await.expect("running") {
+                drop(reply);
+                break;
+            }
+        }
+        let got = asked.await.expect("answered").expect("no transport error");
+        assert_eq!(got, HashKvAnswer::Unavailable);
+
+        let unknown = a.transport.hash_kv(9, 0).await.expect("answered");
+        assert!(
+            matches!(unknown, Err(HashKvError::UnknownPeer(9))),
+            "{unknown:?}"
+        );
+        a.transport.shutdown().await;
+        b.transport.shutdown().await;
     })
     .await;
 }

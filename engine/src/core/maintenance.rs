@@ -43,14 +43,29 @@ impl ShardCore {
     pub async fn hash_kv(&self, revision: i64) -> Result<HashKvResponse, EtcdError> {
         let point = self.read_index().await?;
         let started = std::time::Instant::now();
+        let response = self.hash_kv_at(revision, point.revision).await?;
+        crate::metrics::MVCC_HASH_REV.observe(started.elapsed());
+        Ok(response)
+    }
+
+    /// etcd's `HashByRev` on this member's own state, without asking the leader: what
+    /// the corruption checks compare and what a peer's HashKV request gets (etcd's
+    /// peer handler reads its own store too). The header's revision is the revision
+    /// every shard has applied.
+    pub async fn hash_kv_local(&self, revision: i64) -> Result<HashKvResponse, EtcdError> {
+        self.hash_kv_at(revision, self.shared.applied_revision())
+            .await
+    }
+
+    async fn hash_kv_at(&self, revision: i64, current: i64) -> Result<HashKvResponse, EtcdError> {
         let compact = self.shard.borrow().compact_revision();
         // etcd's HashByRev refuses the compaction revision itself too (`rev <=
         // compactRev`), unlike a range at it.
         if revision > 0 && revision <= compact {
             return Err(EtcdError::Compacted);
         }
-        let at = resolve_revision(revision, point.revision, compact)?;
-        let mut hash = self.shard.borrow().hash_kv(at);
+        let at = resolve_revision(revision, current, compact)?;
+        let mut hash = self.shard.borrow().hash_kv(at)?;
         for id in 0..self.shard_count {
             if id == self.id {
                 continue;
@@ -61,11 +76,10 @@ impl ShardCore {
                     reply,
                 })
                 .await?;
-            hash = hash.wrapping_add(answer.await.map_err(|_| EtcdError::Stopped)?);
+            hash = hash.wrapping_add(answer.await.map_err(|_| EtcdError::Stopped)??);
         }
-        crate::metrics::MVCC_HASH_REV.observe(started.elapsed());
         Ok(HashKvResponse {
-            header: Some(self.header(point.revision)),
+            header: Some(self.header(current)),
             hash,
             compact_revision: compact,
         })

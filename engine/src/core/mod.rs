@@ -16,6 +16,7 @@
 
 pub mod apply;
 pub mod auth;
+pub mod corrupt_check;
 pub mod gc;
 pub mod kv;
 pub mod lease;
@@ -61,6 +62,9 @@ pub struct ShardCore {
     /// The auth store and simple tokens this core applied, `--auth-token`, the bcrypt
     /// pool.
     pub auth: RefCell<auth::CoreAuth>,
+    /// Reports of damaged page records the shard read while serving, until the task
+    /// that raises CORRUPT for them ([`ShardCore::run_damage_alarm`]) takes it.
+    damage: RefCell<Option<async_channel::Receiver<String>>>,
 }
 
 impl ShardCore {
@@ -80,6 +84,10 @@ impl ShardCore {
             .applied_revision
             .store(shard.revision(), Ordering::SeqCst);
         let (gc, gc_requests) = async_channel::bounded(crate::limits::GC_REQUEST_QUEUE);
+        let mut shard = shard;
+        // One report pending at a time: the first raises the alarm, later ones would too.
+        let (damage_tx, damage) = async_channel::bounded(1);
+        shard.report_damage_to(damage_tx);
         ShardCore {
             id,
             shard_count: shared.shards.len(),
@@ -93,6 +101,7 @@ impl ShardCore {
             gc,
             gc_requests: RefCell::new(Some(gc_requests)),
             auth: RefCell::new(auth::CoreAuth::default()),
+            damage: RefCell::new(Some(damage)),
         }
     }
 

@@ -13,7 +13,7 @@ use futures::channel::oneshot;
 pub use rivet_wal::OwnedRecord as LogRecord;
 
 use crate::error::EtcdError;
-use crate::messages::{LeaseTtl, MemberChangeResult};
+use crate::messages::{LeaseTtl, MemberChangeResult, PeerHash, PeerHashOutcome};
 
 /// How the raft core reaches its peers. Sending never blocks: a message that cannot be
 /// queued is dropped and raft is told the peer is unreachable, which raft recovers from by
@@ -36,6 +36,28 @@ pub trait PeerLink {
     /// thread, and followers should start their own fdatasync while the leader does its.
     fn flush(&self) -> Pin<Box<dyn Future<Output = ()> + '_>> {
         Box::pin(std::future::ready(()))
+    }
+    /// Asks each of `peers` (ID, peer URLs) for its HashKV at `revision`, for the
+    /// corruption checks; answers one [`PeerHash`] per peer through `reply`, without
+    /// making the raft core wait. A link that cannot ask (the simulation's) answers
+    /// every peer as failed, which the checks skip as etcd skips unreachable peers.
+    fn hash_kvs(
+        &self,
+        peers: Vec<(u64, Vec<String>)>,
+        revision: i64,
+        reply: oneshot::Sender<Vec<PeerHash>>,
+    ) {
+        let _ = revision;
+        let _ = reply.send(
+            peers
+                .into_iter()
+                .map(|(id, peer_urls)| PeerHash {
+                    id,
+                    peer_urls,
+                    outcome: PeerHashOutcome::Failed("this link cannot ask peers".into()),
+                })
+                .collect(),
+        );
     }
 }
 

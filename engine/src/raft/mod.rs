@@ -347,6 +347,16 @@ impl RaftCore {
             }
             RaftCommand::IsolateForTests { isolate } => self.isolate_for_tests(isolate),
             RaftCommand::FaultsForTests { faults } => self.set_faults_for_tests(faults),
+            RaftCommand::PeerHashKvs { revision, reply } => {
+                let peers = self
+                    .applier
+                    .members()
+                    .members()
+                    .filter(|m| m.id != self.config.member_id)
+                    .map(|m| (m.id, m.peer_urls.clone()))
+                    .collect();
+                self.peers.hash_kvs(peers, revision, reply);
+            }
             RaftCommand::MemberList { reply } => {
                 let _ = reply.send(self.applier.members().to_api());
             }

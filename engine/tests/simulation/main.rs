@@ -127,7 +127,7 @@ fn check_run(sim: &Sim) -> Result<(), String> {
             };
             let result = shard.range(&part).map_err(|e| e.to_string())?;
             kvs.extend(result.kvs);
-            hash = hash.wrapping_add(shard.hash_kv(revision));
+            hash = hash.wrapping_add(shard.hash_kv(revision).map_err(|e| e.to_string())?);
         }
         kvs.sort_by(|a, b| a.key.cmp(&b.key));
         states.push((node.id, revision, kvs, hash));

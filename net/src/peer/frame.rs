@@ -13,6 +13,11 @@
 //! kind 3  SNAPSHOT_BEGIN  body = snapshot metadata, opaque (≤ SNAPSHOT_METADATA_BYTES_MAX)
 //! kind 4  SNAPSHOT_CHUNK  body = snapshot data (≤ SNAPSHOT_CHUNK_BYTES_MAX)
 //! kind 5  SNAPSHOT_END    body (12 bytes) = data_bytes: u64 | crc32c of the data: u32
+//! kind 6  HASHKV_REQUEST  body (8 bytes)  = revision: i64 (0: the newest)
+//! kind 7  HASHKV_ANSWER   body (29 bytes) = outcome: u8 | member_id: u64 | revision: i64
+//!                                          | compact_revision: i64 | hash: u32
+//!         outcome 0 answered, 1 compacted (etcd's ErrCompacted), 2 future revision
+//!         (ErrFutureRev), 3 unavailable (any other error); the numbers are 0 unless 0.
 //! ```
 //!
 //! Streams:
@@ -23,6 +28,10 @@
 //! - A **snapshot stream** is a unidirectional stream opened by the sender of one
 //!   snapshot: SNAPSHOT_BEGIN, any number of SNAPSHOT_CHUNK, SNAPSHOT_END, then the end of
 //!   the stream. It never delays the link stream, which has the higher priority.
+//! - A **HashKV stream** is a bidirectional stream opened by a member that checks the
+//!   others for corruption (etcd's `/members/hashkv` on its peer URL): one
+//!   HASHKV_REQUEST, then the end of the stream; the other member answers one
+//!   HASHKV_ANSWER and ends its side.
 //!
 //! The decoder checks each frame's length against its kind's limit *before* waiting for
 //! the body, so a peer cannot make us buffer more than one frame's limit per stream.
@@ -42,12 +51,18 @@ pub const PROTOCOL_VERSION: u16 = 1;
 pub const HELLO_BYTES: usize = 4 + 2 + 2 + 8 + 8 + 8 + 8;
 /// Length of a SNAPSHOT_END body.
 pub const SNAPSHOT_END_BYTES: usize = 8 + 4;
+/// Length of a HASHKV_REQUEST body.
+pub const HASHKV_REQUEST_BYTES: usize = 8;
+/// Length of a HASHKV_ANSWER body.
+pub const HASHKV_ANSWER_BYTES: usize = 1 + 8 + 8 + 8 + 4;
 
 const KIND_HELLO: u8 = 1;
 const KIND_MESSAGE: u8 = 2;
 const KIND_SNAPSHOT_BEGIN: u8 = 3;
 const KIND_SNAPSHOT_CHUNK: u8 = 4;
 const KIND_SNAPSHOT_END: u8 = 5;
+const KIND_HASHKV_REQUEST: u8 = 6;
+const KIND_HASHKV_ANSWER: u8 = 7;
 
 /// The first frame on a link stream, in both directions: who is speaking, to whom, and in
 /// which cluster.
@@ -71,6 +86,29 @@ pub struct SnapshotEnd {
     pub crc32c: u32,
 }
 
+/// How a member answered a HashKV request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HashKvAnswer {
+    /// The hash of every version up to `revision`, and the member's compaction revision.
+    Answered {
+        member_id: u64,
+        revision: i64,
+        compact_revision: i64,
+        hash: u32,
+    },
+    /// The revision asked for is compacted on that member (etcd's `ErrCompacted`).
+    Compacted,
+    /// The revision asked for is newer than the member's (etcd's `ErrFutureRev`).
+    FutureRevision,
+    /// The member could not compute the hash (stopping, no leader, damaged data).
+    Unavailable,
+}
+
+const OUTCOME_ANSWERED: u8 = 0;
+const OUTCOME_COMPACTED: u8 = 1;
+const OUTCOME_FUTURE_REVISION: u8 = 2;
+const OUTCOME_UNAVAILABLE: u8 = 3;
+
 /// One decoded frame.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Frame {
@@ -79,6 +117,9 @@ pub enum Frame {
     SnapshotBegin(Bytes),
     SnapshotChunk(Bytes),
     SnapshotEnd(SnapshotEnd),
+    /// A HashKV request at a revision (0: the newest).
+    HashKvRequest(i64),
+    HashKvAnswer(HashKvAnswer),
 }
 
 /// Bytes that are not a valid frame. The stream they came from is closed.
@@ -100,6 +141,12 @@ pub enum FrameError {
     UnsupportedVersion { version: u16 },
     #[error("peer HELLO has reserved bits {reserved:#x} set")]
     ReservedNotZero { reserved: u16 },
+    #[error("peer HashKV request at negative revision {revision}")]
+    NegativeRevision { revision: i64 },
+    #[error("peer HashKV answer has unknown outcome {outcome}")]
+    UnknownOutcome { outcome: u8 },
+    #[error("peer HashKV answer is inconsistent: {detail}")]
+    BadHashKvAnswer { detail: &'static str },
 }
 
 /// Takes one frame off the front of `buffer`. Returns `Ok(None)` when `buffer` holds only
@@ -149,9 +196,56 @@ pub fn decode_frame(buffer: &mut BytesMut) -> Result<Option<Frame>, FrameError> 
             data_bytes: body.get_u64_le(),
             crc32c: body.get_u32_le(),
         }),
+        KIND_HASHKV_REQUEST => {
+            let revision = body.get_i64_le();
+            if revision < 0 {
+                return Err(FrameError::NegativeRevision { revision });
+            }
+            Frame::HashKvRequest(revision)
+        }
+        KIND_HASHKV_ANSWER => Frame::HashKvAnswer(decode_hash_kv_answer(&mut body)?),
         _ => return Err(FrameError::UnknownKind { kind }),
     };
     Ok(Some(frame))
+}
+
+/// A HASHKV_ANSWER body (its length is checked): the outcome must be known, the numbers
+/// of an answer consistent (a member, no negative revision, the compaction not past it),
+/// and every number zero for the other outcomes.
+fn decode_hash_kv_answer(body: &mut BytesMut) -> Result<HashKvAnswer, FrameError> {
+    let outcome = body.get_u8();
+    let member_id = body.get_u64_le();
+    let revision = body.get_i64_le();
+    let compact_revision = body.get_i64_le();
+    let hash = body.get_u32_le();
+    let bad = |detail| Err(FrameError::BadHashKvAnswer { detail });
+    let zeros = member_id == 0 && revision == 0 && compact_revision == 0 && hash == 0;
+    match outcome {
+        OUTCOME_ANSWERED => {
+            if member_id == 0 {
+                return bad("member ID 0");
+            }
+            if revision < 0 {
+                return bad("negative revision");
+            }
+            if compact_revision > revision {
+                return bad("compaction revision past the revision");
+            }
+            Ok(HashKvAnswer::Answered {
+                member_id,
+                revision,
+                compact_revision,
+                hash,
+            })
+        }
+        OUTCOME_COMPACTED | OUTCOME_FUTURE_REVISION | OUTCOME_UNAVAILABLE if !zeros => {
+            bad("numbers in an answer without a hash")
+        }
+        OUTCOME_COMPACTED => Ok(HashKvAnswer::Compacted),
+        OUTCOME_FUTURE_REVISION => Ok(HashKvAnswer::FutureRevision),
+        OUTCOME_UNAVAILABLE => Ok(HashKvAnswer::Unavailable),
+        outcome => Err(FrameError::UnknownOutcome { outcome }),
+    }
 }
 
 /// Whether `length` is allowed for frames of `kind`.
@@ -180,6 +274,8 @@ fn check_length(kind: u8, length: u32) -> Result<(), FrameError> {
         KIND_SNAPSHOT_BEGIN => at_most(SNAPSHOT_METADATA_BYTES_MAX),
         KIND_SNAPSHOT_CHUNK => at_most(SNAPSHOT_CHUNK_BYTES_MAX),
         KIND_SNAPSHOT_END => exact(SNAPSHOT_END_BYTES),
+        KIND_HASHKV_REQUEST => exact(HASHKV_REQUEST_BYTES),
+        KIND_HASHKV_ANSWER => exact(HASHKV_ANSWER_BYTES),
         _ => Err(FrameError::UnknownKind { kind }),
     }
 }
@@ -241,6 +337,39 @@ pub fn encode_snapshot_end(buffer: &mut BytesMut, end: &SnapshotEnd) {
     buffer.put_u32_le(end.crc32c);
 }
 
+/// Appends a HASHKV_REQUEST frame.
+pub fn encode_hash_kv_request(buffer: &mut BytesMut, revision: i64) {
+    put_header(buffer, KIND_HASHKV_REQUEST, HASHKV_REQUEST_BYTES);
+    buffer.put_i64_le(revision);
+}
+
+/// Appends a HASHKV_ANSWER frame.
+pub fn encode_hash_kv_answer(buffer: &mut BytesMut, answer: &HashKvAnswer) {
+    put_header(buffer, KIND_HASHKV_ANSWER, HASHKV_ANSWER_BYTES);
+    let (outcome, member_id, revision, compact_revision, hash) = match *answer {
+        HashKvAnswer::Answered {
+            member_id,
+            revision,
+            compact_revision,
+            hash,
+        } => (
+            OUTCOME_ANSWERED,
+            member_id,
+            revision,
+            compact_revision,
+            hash,
+        ),
+        HashKvAnswer::Compacted => (OUTCOME_COMPACTED, 0, 0, 0, 0),
+        HashKvAnswer::FutureRevision => (OUTCOME_FUTURE_REVISION, 0, 0, 0, 0),
+        HashKvAnswer::Unavailable => (OUTCOME_UNAVAILABLE, 0, 0, 0, 0),
+    };
+    buffer.put_u8(outcome);
+    buffer.put_u64_le(member_id);
+    buffer.put_i64_le(revision);
+    buffer.put_i64_le(compact_revision);
+    buffer.put_u32_le(hash);
+}
+
 /// Appends any frame; the inverse of [`decode_frame`].
 pub fn encode_frame(buffer: &mut BytesMut, frame: &Frame) {
     match frame {
@@ -252,6 +381,8 @@ pub fn encode_frame(buffer: &mut BytesMut, frame: &Frame) {
             buffer.put_slice(data);
         }
         Frame::SnapshotEnd(end) => encode_snapshot_end(buffer, end),
+        Frame::HashKvRequest(revision) => encode_hash_kv_request(buffer, *revision),
+        Frame::HashKvAnswer(answer) => encode_hash_kv_answer(buffer, answer),
     }
 }
 
@@ -278,6 +409,25 @@ mod tests {
             (any::<u64>(), any::<u32>()).prop_map(|(data_bytes, crc32c)| Frame::SnapshotEnd(
                 SnapshotEnd { data_bytes, crc32c }
             )),
+            (0..i64::MAX).prop_map(Frame::HashKvRequest),
+            (1..u64::MAX, 0..i64::MAX, any::<u32>()).prop_flat_map(
+                |(member_id, revision, hash)| {
+                    (0..=revision).prop_map(move |compact_revision| {
+                        Frame::HashKvAnswer(HashKvAnswer::Answered {
+                            member_id,
+                            revision,
+                            compact_revision,
+                            hash,
+                        })
+                    })
+                }
+            ),
+            prop_oneof![
+                Just(HashKvAnswer::Compacted),
+                Just(HashKvAnswer::FutureRevision),
+                Just(HashKvAnswer::Unavailable),
+            ]
+            .prop_map(Frame::HashKvAnswer),
         ]
     }
 

@@ -148,3 +148,12 @@ const _: () = assert!(
 );
 const _: () = assert!(BACKOFF_INITIAL.as_millis() < BACKOFF_MAX.as_millis());
 const _: () = assert!(SEND_WINDOW_BYTES_MIN <= SEND_WINDOW_BYTES_MAX);
+
+/// HashKV streams a peer may have open on a link at once (QUIC's stream limit, besides
+/// the link stream): a corruption check asks each peer once per pass.
+pub const HASHKV_STREAMS_MAX: u32 = 4;
+
+/// How long a HashKV exchange may take, asking or answering: etcd's request timeout
+/// (5 s plus twice the default election timeout). The answer needs a linearizable read
+/// and a pass over every version, so it is longer than a raft message's round trip.
+pub const HASHKV_TIMEOUT: Duration = Duration::from_secs(7);

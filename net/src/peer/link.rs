@@ -101,6 +101,7 @@ pub(super) async fn run_link(
         Err(error) = write_link(&shared, &peer, send) => error,
         Err(error) = read_link(&shared, &peer, recv, buffer) => error,
         Err(error) = accept_snapshots(&shared, &peer, &connection) => error,
+        Err(error) = super::hash_kv::accept_requests(&shared, &peer, &connection) => error,
         Err(error) = follow_rtt(&connection, shared.send_window_bytes_min, &peer) => error,
         _ = closing.wait_for(|closing| *closing) => LinkError::Closing,
     };

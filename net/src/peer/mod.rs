@@ -53,6 +53,7 @@
 
 pub mod frame;
 mod handshake;
+pub mod hash_kv;
 pub mod limits;
 mod link;
 mod snapshot;
@@ -173,6 +174,13 @@ pub enum Incoming {
     /// A peer refused us because this member was removed from the cluster (etcd's
     /// "the member has been permanently removed"): the member should stop.
     RemovedFromCluster { by: u64 },
+    /// A peer asks for this member's HashKV at `revision` (a corruption check); the
+    /// owner answers through `reply` (dropping it answers "unavailable").
+    HashKv {
+        from: u64,
+        revision: i64,
+        reply: oneshot::Sender<frame::HashKvAnswer>,
+    },
 }
 
 /// Errors starting the transport or changing its peers.
@@ -516,6 +524,21 @@ impl PeerTransport {
         SnapshotSending { result }
     }
 
+    /// Asks `to` for its HashKV at `revision` over the link (see [`hash_kv`]). Runs on
+    /// the transport's runtime; the answer may be awaited from any thread.
+    pub fn hash_kv(
+        &self,
+        to: u64,
+        revision: i64,
+    ) -> oneshot::Receiver<Result<frame::HashKvAnswer, hash_kv::HashKvError>> {
+        let shared = self.handle.shared.clone();
+        let (sender, answer) = oneshot::channel();
+        self.handle.shared.runtime.spawn(async move {
+            let _ = sender.send(hash_kv::ask(&shared, to, revision).await);
+        });
+        answer
+    }
+
     /// Adds a peer (or changes its address if it is known) and starts dialing it.
     pub fn add_peer(&self, id: u64, address: SocketAddr) -> Result<(), PeerError> {
         let shared = &self.handle.shared;
@@ -683,8 +706,8 @@ fn transport_config(tuning: &PeerTuning) -> Result<quinn::TransportConfig, PeerE
         .map_err(|error| PeerError::Config(format!("idle timeout: {error}")))?;
     let stream_window = tuning.stream_receive_window_bytes;
     transport
-        // One bidirectional stream per connection: the link stream.
-        .max_concurrent_bidi_streams(VarInt::from_u32(1))
+        // Bidirectional streams: the link stream and the HashKV streams.
+        .max_concurrent_bidi_streams(VarInt::from_u32(1 + HASHKV_STREAMS_MAX))
         .max_concurrent_uni_streams(VarInt::from_u32(SNAPSHOT_STREAMS_MAX))
         .max_idle_timeout(Some(idle_timeout))
         .keep_alive_interval(Some(KEEP_ALIVE_INTERVAL))
