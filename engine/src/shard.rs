@@ -254,13 +254,7 @@ impl Shard {
 
     /// The one policy for a damaged page record read while serving (see [`Shard::read`]).
     fn damaged(&self, ptr: PagePtr, error: &dyn std::fmt::Display) -> EtcdError {
-        let what = format!("shard {}: damaged page record at {ptr:?}: {error}", self.id);
-        tracing::error!("{what}");
-        if let Some(damage) = &self.damage {
-            // Full: a report is already pending, the alarm is on its way.
-            let _ = damage.try_send(what);
-        }
-        EtcdError::Corrupt
+        report_damage(self.id, self.damage.as_ref(), ptr, error)
     }
 
     /// Sends reports of damaged records read while serving to `damage`.
@@ -821,9 +815,16 @@ impl Shard {
         let mut done = 0;
         let mut last_revision = None;
         while let Some(&(from, to)) = switch.moves.get(switch.next) {
-            let Ok(view) = self.page.read(to) else {
-                switch.next += 1;
-                continue;
+            let view = match self.page.read(to) {
+                Ok(view) => view,
+                Err(e) => {
+                    // The copy just written does not read back: the disk damaged it. The
+                    // index keeps the old place (gone once the rewrite is released), so
+                    // reads of it will fail too; the member raises CORRUPT now.
+                    report_damage(self.id, self.damage.as_ref(), to, &e);
+                    switch.next += 1;
+                    continue;
+                }
             };
             if done >= budget && last_revision != Some(view.mod_revision) {
                 return false;
@@ -871,6 +872,24 @@ impl Shard {
         }
         Ok(result)
     }
+}
+
+/// The one policy for a page record that fails its checks while the member serves
+/// (issue 10 item 3): log it, report it so the raft core raises CORRUPT for this member,
+/// and answer the client etcd's `corrupt cluster`.
+fn report_damage(
+    shard: usize,
+    damage: Option<&async_channel::Sender<String>>,
+    ptr: PagePtr,
+    error: &dyn std::fmt::Display,
+) -> EtcdError {
+    let what = format!("shard {shard}: damaged page record at {ptr:?}: {error}");
+    tracing::error!("{what}");
+    if let Some(damage) = damage {
+        // Full: a report is already pending, the alarm is on its way.
+        let _ = damage.try_send(what);
+    }
+    EtcdError::Corrupt
 }
 
 /// Points the recent log's entry for the record moved from `from` to `to`, if it has one.

@@ -733,7 +733,11 @@ fn transport_config(tuning: &PeerTuning) -> Result<quinn::TransportConfig, PeerE
     Ok(transport)
 }
 
-/// Binds the UDP socket and sizes its kernel buffers.
+/// Binds the UDP socket and sizes its kernel buffers. Unlike the TCP listeners it sets no
+/// `SO_REUSEADDR` (issue 10 item 9): UDP has no TIME-WAIT that could keep a restarted
+/// member off its port, and on Linux the option lets a second process bind the same UDP
+/// port and take part of the peer traffic, where a mistaken second member must fail with
+/// "address in use".
 fn bind_socket(
     address: SocketAddr,
     buffer_bytes: Option<usize>,
