@@ -203,13 +203,7 @@ pub fn import(
         writer.add(&version)?;
     }
     summary.versions = writer.versions();
-    let compacted = state
-        .meta
-        .scheduled_compact_revision
-        .into_iter()
-        .chain(state.meta.finished_compact_revision)
-        .max()
-        .unwrap_or(0);
+    let compacted = state.meta.compact_revision().unwrap_or(0);
     summary.revision = revision.max(compacted);
     crate::crash::point("etcd-import-before-finish");
     let identity = format!(

@@ -212,10 +212,7 @@ impl DataDirWriter {
         let revision = revision.max(1);
         let compact_revision = state
             .meta
-            .scheduled_compact_revision
-            .into_iter()
-            .chain(state.meta.finished_compact_revision)
-            .max()
+            .compact_revision()
             .filter(|&c| c > 0)
             .unwrap_or(-1);
         let checkpoint = Checkpoint {

@@ -335,13 +335,7 @@ pub fn restore(
         summary.revision = version.mod_revision;
         sink(version).map_err(RestoreError::Sink)?;
     }
-    let compacted = state
-        .meta
-        .scheduled_compact_revision
-        .into_iter()
-        .chain(state.meta.finished_compact_revision)
-        .max()
-        .unwrap_or(0);
+    let compacted = state.meta.compact_revision().unwrap_or(0);
     summary.revision = summary.revision.max(compacted);
     if let (Some(finished), Some(scheduled)) = (
         state.meta.finished_compact_revision,

@@ -153,6 +153,17 @@ pub struct BackendMeta {
     pub cluster_version: Option<String>,
 }
 
+impl BackendMeta {
+    /// The newest compaction the backend records, scheduled or finished (etcd restores
+    /// the scheduled one and finishes it at start), if any.
+    pub fn compact_revision(&self) -> Option<i64> {
+        self.scheduled_compact_revision
+            .into_iter()
+            .chain(self.finished_compact_revision)
+            .max()
+    }
+}
+
 /// One auth record, kept opaque for now: the key and the protobuf bytes etcd stores
 /// (`authpb.User` or `authpb.Role`).
 #[derive(Clone, Debug, PartialEq, Eq)]
