@@ -149,16 +149,27 @@ pub async fn settle(
         }
         if Instant::now() >= deadline {
             let (etcd_groups, rivet_groups) = (etcd.by_watcher(), rivet.by_watcher());
-            let differing = etcd_groups
+            let (etcd_counts, rivet_counts) = (counts(etcd), counts(rivet));
+            // First the watcher whose number of responses differs (what is waited
+            // for), else the first whose responses differ.
+            let differing = etcd_counts
                 .keys()
-                .chain(rivet_groups.keys())
-                .find(|k| etcd_groups.get(k) != rivet_groups.get(k));
+                .chain(rivet_counts.keys())
+                .find(|k| etcd_counts.get(k) != rivet_counts.get(k))
+                .or_else(|| {
+                    etcd_groups
+                        .keys()
+                        .chain(rivet_groups.keys())
+                        .find(|k| etcd_groups.get(k) != rivet_groups.get(k))
+                });
             let detail = differing.map(|k| {
                 let none = Vec::new();
                 format!(
-                    "stream {}, watch {}: {}",
+                    "stream {}, watch {} ({:?} responses from etcd, {:?} from rivet): {}",
                     k.0,
                     k.1,
+                    etcd_counts.get(k),
+                    rivet_counts.get(k),
                     first_difference(
                         etcd_groups.get(k).unwrap_or(&none),
                         rivet_groups.get(k).unwrap_or(&none)
