@@ -234,19 +234,7 @@ fn refused(endpoint: &str, args: &[&str]) -> String {
 fn auth_state_survives_restarts() {
     let mut rivet = Rivet::start(&["--snapshot-count", "5"]);
     let endpoint = rivet.endpoint();
-    for args in [
-        &["user", "add", "root:rootpw"][..],
-        &["role", "add", "root"],
-        &["user", "grant-role", "root", "root"],
-        &["role", "add", "reader"],
-        &["role", "grant-permission", "reader", "read", "foo"],
-        &["user", "add", "alice:alicepw"],
-        &["user", "grant-role", "alice", "reader"],
-        &["put", "foo", "bar"],
-        &["auth", "enable"],
-    ] {
-        ok(&endpoint, args);
-    }
+    root_and_reader_alice(&endpoint);
     let status = ok(&endpoint, &[ROOT, "-w", "json", "user", "list"]);
     assert!(status.contains("alice"), "{status}");
 
@@ -301,19 +289,7 @@ fn a_restart_checks_against_the_replayed_auth_store() {
     let option = common::jwt_option(dir.path());
     let mut rivet = Rivet::start(&["--auth-token", &option]);
     let endpoint = rivet.endpoint();
-    for args in [
-        &["user", "add", "root:rootpw"][..],
-        &["role", "add", "root"],
-        &["user", "grant-role", "root", "root"],
-        &["role", "add", "reader"],
-        &["role", "grant-permission", "reader", "read", "foo"],
-        &["user", "add", "alice:alicepw"],
-        &["user", "grant-role", "alice", "reader"],
-        &["put", "foo", "bar"],
-        &["auth", "enable"],
-    ] {
-        ok(&endpoint, args);
-    }
+    root_and_reader_alice(&endpoint);
     assert_eq!(ok(&endpoint, &[ALICE, "get", "foo"]), "foo\nbar\n");
     // The checkpoint holds alice's permission.
     rivet.stop();
@@ -534,4 +510,21 @@ fn certificate_common_name_is_the_user_as_in_etcd() {
         differences.len(),
         differences.join("\n")
     );
+}
+
+/// root (role root), alice with the role reader (read on `foo`), `foo` = `bar`, auth on.
+fn root_and_reader_alice(endpoint: &str) {
+    for args in [
+        &["user", "add", "root:rootpw"][..],
+        &["role", "add", "root"],
+        &["user", "grant-role", "root", "root"],
+        &["role", "add", "reader"],
+        &["role", "grant-permission", "reader", "read", "foo"],
+        &["user", "add", "alice:alicepw"],
+        &["user", "grant-role", "alice", "reader"],
+        &["put", "foo", "bar"],
+        &["auth", "enable"],
+    ] {
+        ok(endpoint, args);
+    }
 }

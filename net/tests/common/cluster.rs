@@ -92,18 +92,8 @@ impl Member {
 
     /// SIGTERM and wait: the graceful stop (the member checkpoints its shards first).
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            // SAFETY: sending a signal to our own child process.
-            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while !matches!(child.try_wait(), Ok(Some(_))) {
-                if Instant::now() > deadline {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    panic!("{} did not stop within 20 s of SIGTERM", self.name);
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
+        if let Some(child) = self.child.take() {
+            super::stop_gracefully(child, &self.name);
         }
     }
 

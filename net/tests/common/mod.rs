@@ -509,18 +509,8 @@ impl Etcd {
     /// SIGTERM and wait: etcd commits its backend and closes its files, so the data dir
     /// can be read (`member/snap/db`).
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            // SAFETY: sending a signal to our own child process.
-            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while !matches!(child.try_wait(), Ok(Some(_))) {
-                if Instant::now() > deadline {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    panic!("etcd did not stop within 20 s of SIGTERM");
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
+        if let Some(child) = self.child.take() {
+            stop_gracefully(child, "etcd");
         }
     }
 
@@ -953,4 +943,19 @@ pub fn jwt_option(dir: &std::path::Path) -> String {
         public.display(),
         private.display()
     )
+}
+
+/// SIGTERM, then wait up to 20 s for `child` (named `name` in the panic) to exit.
+pub fn stop_gracefully(mut child: std::process::Child, name: &str) {
+    // SAFETY: sending a signal to our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !matches!(child.try_wait(), Ok(Some(_))) {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{name} did not stop within 20 s of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
