@@ -13,8 +13,7 @@ use rivet_api::mvccpb::{event::EventType, Event};
 use crate::error::EtcdError;
 use crate::keyspace::{CompactedAt, Head, Mutation, RangeEnd};
 use crate::messages::{
-    ApplyBatch, ApplyMessage, CheckpointRequest, PageSizes, RangePart, RangePartResult,
-    RestoreChunk, ShardAck,
+    ApplyBatch, ApplyMessage, CheckpointRequest, PageSizes, RangePart, RangePartResult, ShardAck,
 };
 use crate::mvcc::KeyIndex;
 use crate::page::{
@@ -221,15 +220,25 @@ impl Shard {
         &self.page
     }
 
-    /// The newest version of every live key, for rebuilding the sequencer. A record
-    /// that cannot be read fails it: the sequencer cannot be rebuilt without it.
-    pub fn heads(&self, mut each: impl FnMut(Bytes, Head)) -> Result<(), ShardOpenError> {
-        for (key, _, ptr) in self.index.range(b"\0", &RangeEnd::FromKey, self.revision) {
+    /// The newest version of the next [`crate::limits::RESTORE_CHUNK_KEYS`] live keys
+    /// after `after` (from the first key when `None`), in key order, for rebuilding the
+    /// sequencer; empty when no key is left. A record that cannot be read fails it: the
+    /// sequencer cannot be rebuilt without it.
+    pub fn heads_after(&self, after: Option<&[u8]>) -> Result<Vec<(Bytes, Head)>, ShardOpenError> {
+        // The smallest key greater than `after` is `after` followed by a zero byte; keys
+        // are never empty, so "\0" is the smallest of all.
+        let start = match after {
+            Some(key) => [key, b"\0"].concat(),
+            None => b"\0".to_vec(),
+        };
+        let mut chunk = Vec::with_capacity(crate::limits::RESTORE_CHUNK_KEYS);
+        let keys = self.index.range(&start, &RangeEnd::FromKey, self.revision);
+        for (key, _, ptr) in keys.take(crate::limits::RESTORE_CHUNK_KEYS) {
             let view = self.page.read(ptr).map_err(|e| ShardOpenError {
                 shard: self.id,
                 reason: format!("damaged page record at {ptr:?}: {e}"),
             })?;
-            each(
+            chunk.push((
                 Bytes::copy_from_slice(key),
                 Head {
                     create_revision: view.create_revision,
@@ -238,9 +247,9 @@ impl Shard {
                     lease: view.lease,
                     value: Bytes::copy_from_slice(view.value.unwrap_or_default()),
                 },
-            );
+            ));
         }
-        Ok(())
+        Ok(chunk)
     }
 
     /// Reads the record the index points at. A damaged one (its CRC fails, or the
@@ -260,33 +269,6 @@ impl Shard {
     /// Sends reports of damaged records read while serving to `damage`.
     pub fn report_damage_to(&mut self, damage: async_channel::Sender<String>) {
         self.damage = Some(damage);
-    }
-
-    /// The heads of the live keys in chunks, ending with the chunk that says this shard is
-    /// done: what the raft core rebuilds the sequencer from at start (in chunks, never
-    /// every key twice at once: ETCD_LESSONS 11). A record that cannot be read fails
-    /// it: the sequencer cannot be rebuilt without it, so the member refuses to start.
-    pub fn restore_chunks(&self) -> Result<Vec<RestoreChunk>, ShardOpenError> {
-        let mut chunk = Vec::with_capacity(crate::limits::RESTORE_CHUNK_KEYS);
-        let mut chunks = Vec::new();
-        self.heads(|key, head| {
-            chunk.push((key, head));
-            if chunk.len() == crate::limits::RESTORE_CHUNK_KEYS {
-                chunks.push(RestoreChunk {
-                    shard: self.id,
-                    heads: Some(std::mem::take(&mut chunk)),
-                });
-            }
-        })?;
-        chunks.push(RestoreChunk {
-            shard: self.id,
-            heads: Some(chunk),
-        });
-        chunks.push(RestoreChunk {
-            shard: self.id,
-            heads: None,
-        });
-        Ok(chunks)
     }
 
     /// Handles one message of the apply stream and returns what to acknowledge to the

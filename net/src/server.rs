@@ -562,7 +562,6 @@ pub fn run(mut flags: Flags) -> anyhow::Result<()> {
         let executor = LocalExecutorBuilder::new(placement)
             .name(&format!("shard-{id}"))
             .io_memory(limits::GLOMMIO_IO_MEMORY_BYTES)
-            .spin_before_park(limits::SHARD_SPIN_BEFORE_PARK)
             .spawn(move || async move {
                 let shard = match Shard::open(&shard_dir, id, checkpoint_index, page_options) {
                     Ok(shard) => shard,

@@ -11,6 +11,8 @@ use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::task::{Poll, Waker};
 
+use bytes::Bytes;
+
 use super::ShardCore;
 use crate::messages::{ApplyMessage, RestoreChunk, ShardAck, ShardRequest};
 
@@ -102,18 +104,35 @@ impl ShardCore {
         }
     }
 
-    /// Streams this shard's live keys to the raft core to rebuild the sequencer. A
-    /// record that cannot be read fails the start (the caller stops the member).
+    /// Streams this shard's live keys to the raft core to rebuild the sequencer, one
+    /// chunk at a time, ending with the chunk that says this shard is done. A chunk is
+    /// read only once the bounded channel has room for it, so at most
+    /// [`crate::limits::RESTORE_QUEUE_CHUNKS`] chunks exist beside the sequencer (never
+    /// every key twice at once: ETCD_LESSONS 11), and the shard reads the next chunk
+    /// while the raft core inserts the last one. A record that cannot be read fails the
+    /// start (the caller stops the member).
     pub async fn send_restore(
         &self,
         restore: &async_channel::Sender<RestoreChunk>,
     ) -> Result<(), crate::shard::ShardOpenError> {
-        let chunks = self.shard.borrow().restore_chunks()?;
-        for chunk in chunks {
+        let mut after: Option<Bytes> = None;
+        loop {
+            let heads = self.shard.borrow().heads_after(after.as_deref())?;
+            let Some((last, _)) = heads.last() else { break };
+            after = Some(last.clone());
+            let chunk = RestoreChunk {
+                shard: self.id,
+                heads: Some(heads),
+            };
             if restore.send(chunk).await.is_err() {
-                break;
+                return Ok(());
             }
         }
+        let done = RestoreChunk {
+            shard: self.id,
+            heads: None,
+        };
+        let _ = restore.send(done).await;
         Ok(())
     }
 

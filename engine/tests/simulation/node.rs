@@ -14,7 +14,7 @@ use futures::channel::oneshot;
 use futures::FutureExt;
 use rivet_api::rivetpb::Member;
 use rivet_engine::layout;
-use rivet_engine::messages::{ApplyMessage, ShardRequest};
+use rivet_engine::messages::{ApplyMessage, RestoreChunk, ShardRequest};
 use rivet_engine::page::PageOptions;
 use rivet_engine::raft::{
     recover, AppliedEntry, RaftCore, RaftCoreConfig, RaftCoreLinks, RaftCoreTuning, Recovered,
@@ -118,11 +118,21 @@ impl Node {
         }
         let (restore_tx, restore_rx) = async_channel::unbounded();
         for shard in &shards {
-            let chunks = shard
-                .restore_chunks()
-                .map_err(|e| format!("restoring from a shard: {e}"))?;
-            for chunk in chunks {
+            let mut after: Option<bytes::Bytes> = None;
+            loop {
+                let heads = shard
+                    .heads_after(after.as_deref())
+                    .map_err(|e| format!("restoring from a shard: {e}"))?;
+                let last = heads.last().map(|(key, _)| key.clone());
+                let chunk = RestoreChunk {
+                    shard: shard.id,
+                    heads: last.is_some().then_some(heads),
+                };
                 restore_tx.try_send(chunk).map_err(|e| e.to_string())?;
+                if last.is_none() {
+                    break;
+                }
+                after = last;
             }
         }
         let (apply_tx, apply): (Vec<_>, Vec<_>) = (0..config.shard_count)
