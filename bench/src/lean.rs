@@ -443,14 +443,16 @@ fn decode(method: Method3, frame: Bytes) -> Result<(), Status> {
     decoded.map_err(|e| Status::internal(format!("failed to decode the answer: {e}")))
 }
 
-/// The figures of one connection's clients.
-pub struct Tally {
+/// The figures of one thread's clients (one histogram per thread, not per client or
+/// connection: fewer pages to touch while recording and to clear at the start).
+struct Tally {
     pub main: Phase,
     pub classes: Vec<Phase>,
     pub first_error: Option<String>,
 }
 
 impl Tally {
+    /// `classes`: the workload's classes beyond the main phase (none for one class).
     fn new(classes: usize) -> Tally {
         Tally {
             main: Phase::new(""),
@@ -576,21 +578,20 @@ pub async fn connect(
 
 /// Drives `connection` and its clients (one [`Source`] each) until `shared.total`
 /// requests are issued; each client sends its next request when the previous one returns.
-pub async fn drive(
+async fn drive(
     connection: Connection,
     sources: Vec<Source>,
-    classes: usize,
     shared: &Shared,
-) -> Tally {
+    tally: &RefCell<Tally>,
+) {
     let Connection {
         send,
         mut connection,
         head,
     } = connection;
-    let tally = RefCell::new(Tally::new(classes.max(1)));
     let mut clients: FuturesUnordered<_> = sources
         .into_iter()
-        .map(|source| client(send.clone(), source, &head, shared, &tally))
+        .map(|source| client(send.clone(), source, &head, shared, tally))
         .collect();
     drop(send);
     let mut connected = true;
@@ -610,8 +611,6 @@ pub async fn drive(
             next = clients.next() => if next.is_none() { break },
         }
     }
-    drop(clients);
-    tally.into_inner()
 }
 
 async fn client(
@@ -636,16 +635,20 @@ async fn client(
         {
             let mut tally = tally.borrow_mut();
             let tally = &mut *tally;
-            let last = tally.classes.len() - 1;
-            let class = &mut tally.classes[call.class.min(last)];
+            let last = tally.classes.len().saturating_sub(1);
+            let class = tally.classes.get_mut(call.class.min(last));
             match result {
                 Ok(()) => {
                     record(&mut tally.main.histogram, latency);
-                    record(&mut class.histogram, latency);
+                    if let Some(class) = class {
+                        record(&mut class.histogram, latency);
+                    }
                 }
                 Err(e) => {
                     tally.main.errors += 1;
-                    class.errors += 1;
+                    if let Some(class) = class {
+                        class.errors += 1;
+                    }
                     tally
                         .first_error
                         .get_or_insert_with(|| crate::workloads::format_status(&e));
@@ -675,7 +678,7 @@ pub fn threads_for(conns: usize) -> usize {
 /// Runs a closed loop over `planned` connections on [`threads_for`] threads, each with a
 /// current-thread runtime driving its share of the connections. `connected` is called
 /// once every connection is made, before the first request. Returns the merged main
-/// phase, the per-class phases and the first error.
+/// phase, the per-class phases (none for a workload of one class) and the first error.
 pub async fn run(
     planned: Vec<Planned>,
     classes: usize,
@@ -697,7 +700,7 @@ pub async fn run(
         let shared = Arc::clone(&shared);
         let handle = std::thread::Builder::new()
             .name(format!("rivet-bench-{t}"))
-            .spawn(move || -> anyhow::Result<Vec<Tally>> {
+            .spawn(move || -> anyhow::Result<Option<Tally>> {
                 let runtime = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
@@ -725,18 +728,17 @@ pub async fn run(
                     let _ = connected_tx.send(Ok(()));
                     drop(connected_tx);
                     if go_rx.await.is_err() {
-                        return Ok(Vec::new());
+                        return Ok(None);
                     }
+                    let tally = RefCell::new(Tally::new(if classes > 1 { classes } else { 0 }));
                     let mut drivers: FuturesUnordered<_> = connections
                         .into_iter()
                         .zip(sources)
-                        .map(|(c, s)| drive(c, s, classes, &shared))
+                        .map(|(c, s)| drive(c, s, &shared, &tally))
                         .collect();
-                    let mut tallies = Vec::new();
-                    while let Some(tally) = drivers.next().await {
-                        tallies.push(tally);
-                    }
-                    Ok(tallies)
+                    while drivers.next().await.is_some() {}
+                    drop(drivers);
+                    Ok(Some(tally.into_inner()))
                 })
             })
             .context("starting a rivet-bench thread")?;
@@ -765,17 +767,23 @@ pub async fn run(
         let _ = go.send(());
     }
     let mut main = Phase::new("");
-    let mut per_class: Vec<Phase> = (0..classes.max(1)).map(|_| Phase::new("")).collect();
+    let mut per_class: Vec<Phase> = (0..classes).map(|_| Phase::new("")).collect();
     let mut first_error = None;
     for handle in handles {
-        let tallies = tokio::task::spawn_blocking(move || handle.join())
+        let tally = tokio::task::spawn_blocking(move || handle.join())
             .await
             .context("joining a rivet-bench thread")?
             .map_err(|_| anyhow::anyhow!("a rivet-bench thread panicked"))??;
-        for tally in tallies {
+        if let Some(tally) = tally {
             main.histogram.add(&tally.main.histogram)?;
             main.errors += tally.main.errors;
-            for (into, from) in per_class.iter_mut().zip(&tally.classes) {
+            // With one class, the class is the main phase.
+            let classes = if tally.classes.is_empty() {
+                std::slice::from_ref(&tally.main)
+            } else {
+                &tally.classes
+            };
+            for (into, from) in per_class.iter_mut().zip(classes) {
                 into.histogram.add(&from.histogram)?;
                 into.errors += from.errors;
             }

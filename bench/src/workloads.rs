@@ -698,9 +698,6 @@ async fn run_lean(args: &Args, endpoints: Vec<String>) -> anyhow::Result<Outcome
     drop(progress);
     main.name = name.to_string();
     main.seconds = seconds;
-    if classes.is_empty() {
-        phases.clear();
-    }
     for (phase, class) in phases.iter_mut().zip(classes) {
         phase.name = class.to_string();
         phase.seconds = seconds;
