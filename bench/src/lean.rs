@@ -1,7 +1,8 @@
 //! The lean client of the unary KV workloads (put, range, txn-put, txn-mixed) over plain
 //! HTTP/2: gRPC framed by hand on the `h2` crate, so that rivet-bench's own CPU per request
-//! stays far below the servers' (tonic's channel, tower buffer, hyper body and a tokio task
-//! per client cost 30–34 µs per request; this path a few).
+//! stays far below the servers' (tonic's channel, tower buffer, hyper body, a tokio task
+//! and a histogram per client cost 35–50 µs per request on a 2-core VM; this path 8–9 µs
+//! against rivet: perf-reports/2026-12-07-bench-client.md).
 //!
 //! - Requests are encoded once per workload (range, txn-mixed's read) or into a reused
 //!   buffer from an encoded template whose key bytes are rewritten (put).
@@ -14,6 +15,7 @@
 //!   it; an answer is decoded as its message type.
 //! - Latency: from just before the request is handed to the connection to the trailers.
 //!
+//! `--user` tokens go in a `token` header (each connection authenticates with tonic first).
 //! TLS (`--cacert`, https endpoints), leases and watch stay on tonic ([`crate::workloads`]).
 
 use std::cell::RefCell;
