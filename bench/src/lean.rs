@@ -815,6 +815,64 @@ mod tests {
     }
 
     #[test]
+    fn grpc_status_and_message_become_the_error() {
+        let mut headers = HeaderMap::new();
+        assert!(status_of(&headers).is_none());
+        headers.insert("grpc-status", HeaderValue::from_static("0"));
+        assert!(matches!(status_of(&headers), Some(Ok(()))));
+        headers.insert("grpc-status", HeaderValue::from_static("3"));
+        headers.insert(
+            "grpc-message",
+            HeaderValue::from_static("etcdserver: request is too large%21"),
+        );
+        let status = status_of(&headers)
+            .expect("a status")
+            .expect_err("an error");
+        assert_eq!(
+            crate::workloads::format_status(&status),
+            "InvalidArgument: etcdserver: request is too large!"
+        );
+        assert_eq!(
+            status_of_http(StatusCode::SERVICE_UNAVAILABLE).code(),
+            Code::Unavailable
+        );
+        assert_eq!(status_of_http(StatusCode::OK).code(), Code::Unknown);
+    }
+
+    #[test]
+    fn answers_are_checked_and_decoded() {
+        let answer = frame(&PutResponse::default());
+        assert!(decode(Method3::Put, answer.clone()).is_ok());
+        let mut compressed = answer.to_vec();
+        compressed[0] = 1;
+        assert_eq!(
+            decode(Method3::Put, Bytes::from(compressed))
+                .expect_err("compressed")
+                .code(),
+            Code::Internal
+        );
+        let mut short = frame(&RangeResponse {
+            count: 5,
+            ..Default::default()
+        })
+        .to_vec();
+        short.pop();
+        assert_eq!(
+            decode(Method3::Range, Bytes::from(short))
+                .expect_err("truncated")
+                .code(),
+            Code::Internal
+        );
+        // A length-delimited field running past the end of the message.
+        let garbage = Bytes::from_static(&[0, 0, 0, 0, 2, 0x0a, 0x05]);
+        assert_eq!(
+            decode(Method3::Txn, garbage).expect_err("garbage").code(),
+            Code::Internal
+        );
+        assert!(decode(Method3::Range, Bytes::new()).is_err());
+    }
+
+    #[test]
     fn put_template_rewrites_only_the_key() {
         let args = PutArgs {
             key_size: 8,
