@@ -6,6 +6,7 @@ pub mod cli;
 pub mod compare;
 pub mod cpus;
 pub mod hgrm;
+pub mod lean;
 pub mod memory;
 pub mod plot;
 pub mod procstat;

@@ -126,21 +126,27 @@ pub fn url_of(endpoint: &str) -> String {
 
 pub async fn connect(endpoint: &str) -> anyhow::Result<Channel> {
     let channel = connect_channel(endpoint).await?;
-    let token = match USER.get().and_then(Option::as_ref) {
+    let token = match authenticate(&channel).await? {
         None => None,
-        Some((name, password)) => {
-            let response = rivet_api::etcdserverpb::auth_client::AuthClient::new(channel.clone())
-                .authenticate(rivet_api::etcdserverpb::AuthenticateRequest {
-                    name: name.clone(),
-                    password: password.clone(),
-                })
-                .await
-                .with_context(|| format!("authenticating as {name}"))?
-                .into_inner();
-            Some(response.token.parse().context("the token is not ASCII")?)
-        }
+        Some(token) => Some(token.parse().context("the token is not ASCII")?),
     };
     Ok(InterceptedService::new(channel, TokenInterceptor(token)))
+}
+
+/// With `--user`: a token from Auth.Authenticate on `channel`.
+async fn authenticate(channel: &tonic::transport::Channel) -> anyhow::Result<Option<String>> {
+    let Some((name, password)) = USER.get().and_then(Option::as_ref) else {
+        return Ok(None);
+    };
+    let response = rivet_api::etcdserverpb::auth_client::AuthClient::new(channel.clone())
+        .authenticate(rivet_api::etcdserverpb::AuthenticateRequest {
+            name: name.clone(),
+            password: password.clone(),
+        })
+        .await
+        .with_context(|| format!("authenticating as {name}"))?
+        .into_inner();
+    Ok(Some(response.token))
 }
 
 pub async fn connect_channel(endpoint: &str) -> anyhow::Result<tonic::transport::Channel> {
@@ -206,13 +212,13 @@ pub async fn leader_endpoint(endpoints: &[String]) -> anyhow::Result<String> {
 }
 
 /// Paces requests at `rate` per second across all clients (a token bucket of one token).
-struct Limiter {
+pub struct Limiter {
     interval: Duration,
     next: Mutex<Instant>,
 }
 
 impl Limiter {
-    fn new(rate: u64) -> Option<Arc<Limiter>> {
+    pub fn new(rate: u64) -> Option<Arc<Limiter>> {
         (rate > 0).then(|| {
             Arc::new(Limiter {
                 interval: Duration::from_secs_f64(1.0 / rate as f64),
@@ -221,7 +227,7 @@ impl Limiter {
         })
     }
 
-    async fn wait(&self) {
+    pub async fn wait(&self) {
         let slot = {
             let mut next = self.next.lock().expect("limiter lock");
             let slot = (*next).max(Instant::now());
@@ -348,7 +354,7 @@ fn merge(into: &mut Phase, from: &Phase) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn format_status(status: &Status) -> String {
+pub(crate) fn format_status(status: &Status) -> String {
     format!("{:?}: {}", status.code(), status.message())
 }
 
@@ -547,6 +553,165 @@ pub fn on_connected(hook: Option<ConnectedHook>) {
     *ON_CONNECTED.lock().unwrap_or_else(|e| e.into_inner()) = hook;
 }
 
+fn connected() {
+    if let Some(hook) = ON_CONNECTED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+    {
+        hook();
+    }
+}
+
+/// Whether `args` runs on the lean HTTP/2 client ([`crate::lean`]): the unary KV
+/// workloads over plain HTTP/2. TLS, leases and watch stay on tonic.
+fn lean_path(args: &Args, endpoints: &[String]) -> bool {
+    let unary_kv = matches!(
+        args.command,
+        Command::Put(_) | Command::Range(_) | Command::TxnPut(_) | Command::TxnMixed(_)
+    );
+    let plain = client_tls().is_none()
+        && endpoints
+            .iter()
+            .all(|e| !e.contains("://") || e.starts_with("http://"));
+    unary_kv && plain
+}
+
+fn check_txn_put(a: &TxnPutArgs) -> anyhow::Result<()> {
+    if a.txn_ops == 0 {
+        bail!("--txn-ops must be at least 1");
+    }
+    if a.txn_ops > a.key_space_size {
+        bail!(
+            "--txn-ops {} needs --key-space-size of at least {0}: a txn cannot put the same key twice",
+            a.txn_ops
+        );
+    }
+    Ok(())
+}
+
+/// txn-mixed's read, after checking `--rw-ratio`.
+fn txn_mixed_read(a: &TxnMixedArgs) -> anyhow::Result<RangeRequest> {
+    if a.rw_ratio.is_nan() || a.rw_ratio < 0.0 {
+        bail!("--rw-ratio must be a non-negative number");
+    }
+    let (key, range_end) = match &a.key {
+        None => (Bytes::from_static(b"\0"), Bytes::from_static(b"\0")),
+        Some(key) => {
+            let end = a
+                .end_key
+                .as_ref()
+                .or(a.end_range.as_ref())
+                .map(|e| Bytes::copy_from_slice(e.as_bytes()))
+                .unwrap_or_else(|| prefix_end(key.as_bytes()));
+            (Bytes::copy_from_slice(key.as_bytes()), end)
+        }
+    };
+    Ok(RangeRequest {
+        key,
+        range_end,
+        limit: a.limit,
+        serializable: a.consistency == "s",
+        ..Default::default()
+    })
+}
+
+/// put, range, txn-put and txn-mixed on [`crate::lean`]: the same closed loop as
+/// [`closed_loop`] (client `i` on connection `i % --conns`), driven per connection.
+async fn run_lean(args: &Args, endpoints: Vec<String>) -> anyhow::Result<Outcome> {
+    use crate::lean::{Method3, Planned, Source};
+    let name = args.command.name();
+    let conns = args.conns.max(1);
+    let clients = args.clients.max(1);
+    let total = args.total();
+    type Make = Box<dyn Fn() -> anyhow::Result<Source> + Send>;
+    let (classes, make): (&[&str], Make) = match &args.command {
+        Command::Put(a) => {
+            let a = a.clone();
+            (&[], Box::new(move || Source::put(&a)))
+        }
+        Command::Range(a) => {
+            let body = crate::lean::frame(&range_request(a));
+            (
+                &[],
+                Box::new(move || {
+                    Ok(Source::Fixed {
+                        method: Method3::Range,
+                        body: body.clone(),
+                    })
+                }),
+            )
+        }
+        Command::TxnPut(a) => {
+            check_txn_put(a)?;
+            let a = a.clone();
+            (&[], Box::new(move || Ok(Source::txn_put(&a))))
+        }
+        Command::TxnMixed(a) => {
+            let read = txn_mixed_read(a)?;
+            let a = a.clone();
+            (
+                &["read", "write"],
+                Box::new(move || Ok(Source::txn_mixed(&a, &read))),
+            )
+        }
+        _ => bail!("{name} does not run on the lean client"),
+    };
+    let mut planned = Vec::with_capacity(conns);
+    for i in 0..conns {
+        let endpoint = endpoints[i % endpoints.len()].clone();
+        // With --user, each connection gets its own token, as on tonic.
+        let token = if USER.get().and_then(Option::as_ref).is_some() {
+            authenticate(&connect_channel(&endpoint).await?).await?
+        } else {
+            None
+        };
+        planned.push(Planned {
+            endpoint,
+            longest_body: 0,
+            token,
+            sources: Vec::new(),
+        });
+    }
+    for i in 0..clients {
+        let source = make()?;
+        let planned = &mut planned[i % conns];
+        planned.longest_body = planned.longest_body.max(source.longest_body());
+        planned.sources.push(source);
+    }
+    drop(make);
+    let progress = Progress::start(name, total, progress::wanted(args.json));
+    let shared = Arc::new(crate::lean::Shared {
+        issued: AtomicU64::new(0),
+        total,
+        limiter: Limiter::new(args.rate),
+        done: progress.counter(),
+    });
+    let mut started = Instant::now();
+    let (mut main, mut phases, first_error) =
+        crate::lean::run(planned, classes.len(), shared, || {
+            connected();
+            started = Instant::now();
+        })
+        .await?;
+    let seconds = started.elapsed().as_secs_f64();
+    drop(progress);
+    main.name = name.to_string();
+    main.seconds = seconds;
+    for (phase, class) in phases.iter_mut().zip(classes) {
+        phase.name = class.to_string();
+        phase.seconds = seconds;
+    }
+    Ok(Outcome {
+        command: name.to_string(),
+        workload: args.describe(),
+        endpoints,
+        main,
+        phases,
+        first_error,
+    })
+}
+
 /// Runs the workload of `args` (any command but `compare`).
 pub async fn run(args: &Args) -> anyhow::Result<Outcome> {
     if args.endpoints.is_empty() {
@@ -557,17 +722,14 @@ pub async fn run(args: &Args) -> anyhow::Result<Outcome> {
     } else {
         args.endpoints.clone()
     };
+    if lean_path(args, &endpoints) {
+        return run_lean(args, endpoints).await;
+    }
     let mut channels = Vec::with_capacity(args.conns.max(1));
     for i in 0..args.conns.max(1) {
         channels.push(connect(&endpoints[i % endpoints.len()]).await?);
     }
-    if let Some(hook) = ON_CONNECTED
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .as_ref()
-    {
-        hook();
-    }
+    connected();
     let show_progress = progress::wanted(args.json);
     let clients = args.clients.max(1);
     let total = args.total();
@@ -605,15 +767,7 @@ pub async fn run(args: &Args) -> anyhow::Result<Outcome> {
             (run.main, run.first_error)
         }
         Command::TxnPut(a) => {
-            if a.txn_ops == 0 {
-                bail!("--txn-ops must be at least 1");
-            }
-            if a.txn_ops > a.key_space_size {
-                bail!(
-                    "--txn-ops {} needs --key-space-size of at least {0}: a txn cannot put the same key twice",
-                    a.txn_ops
-                );
-            }
+            check_txn_put(a)?;
             let value = Bytes::from(vec![b'x'; a.val_size]);
             let ops = (0..clients)
                 .map(|i| {
@@ -628,28 +782,7 @@ pub async fn run(args: &Args) -> anyhow::Result<Outcome> {
             (run.main, run.first_error)
         }
         Command::TxnMixed(a) => {
-            if a.rw_ratio.is_nan() || a.rw_ratio < 0.0 {
-                bail!("--rw-ratio must be a non-negative number");
-            }
-            let (key, range_end) = match &a.key {
-                None => (Bytes::from_static(b"\0"), Bytes::from_static(b"\0")),
-                Some(key) => {
-                    let end = a
-                        .end_key
-                        .as_ref()
-                        .or(a.end_range.as_ref())
-                        .map(|e| Bytes::copy_from_slice(e.as_bytes()))
-                        .unwrap_or_else(|| prefix_end(key.as_bytes()));
-                    (Bytes::copy_from_slice(key.as_bytes()), end)
-                }
-            };
-            let read = RangeRequest {
-                key,
-                range_end,
-                limit: a.limit,
-                serializable: a.consistency == "s",
-                ..Default::default()
-            };
+            let read = txn_mixed_read(a)?;
             let value = Bytes::from(vec![b'x'; a.val_size]);
             let ops = (0..clients)
                 .map(|i| {

@@ -247,6 +247,23 @@ pub fn every_subcommand(endpoint: &str, scratch: &Path) {
             assert_eq!(phase["errors"], 0, "{args:?}: {phase}");
         }
     }
+    // A server's error reaches the report with its gRPC code and message: a put over
+    // etcd's 1.5 MiB request limit (under gRPC's 2 MiB receive limit).
+    let report = bench_json(&[
+        "--endpoints",
+        endpoint,
+        "--total",
+        "2",
+        "put",
+        "--val-size",
+        "1600000",
+    ]);
+    assert_eq!(report["requests"], 0, "{report}");
+    assert_eq!(report["errors"], 2, "{report}");
+    assert_eq!(
+        report["first_error"], "InvalidArgument: etcdserver: request is too large",
+        "{report}"
+    );
     let hgrm = std::fs::read_to_string(&hgrm).expect("--hdr-out written");
     let parsed = rivet_bench::hgrm::parse(&hgrm).expect(".hgrm parses");
     assert_eq!(parsed.total_count, 50);

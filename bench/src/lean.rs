@@ -1,0 +1,895 @@
+//! The lean client of the unary KV workloads (put, range, txn-put, txn-mixed) over plain
+//! HTTP/2: gRPC framed by hand on the `h2` crate, so that rivet-bench's own CPU per request
+//! stays far below the servers' (tonic's channel, tower buffer, hyper body, a tokio task
+//! and a histogram per client cost 35–50 µs per request on a 2-core VM; this path 8–9 µs
+//! against rivet: perf-reports/2026-12-07-bench-client.md).
+//!
+//! - Requests are encoded once per workload (range, txn-mixed's read) or into a reused
+//!   buffer from an encoded template whose key bytes are rewritten (put).
+//! - One task per connection drives the connection and all its clients' streams; the
+//!   tasks run on one or two current-thread runtimes (threads), one per CPU rivet-bench may
+//!   run on, at most two.
+//! - A unary call is HEADERS + DATA (the 5-byte gRPC prefix and the protobuf); the answer
+//!   DATA and trailers. A `grpc-status` other than 0 (in the trailers, or in the headers of
+//!   a trailers-only answer) is the call's error with its code and message, as tonic reports
+//!   it; an answer is decoded as its message type.
+//! - Latency: from just before the request is handed to the connection to the trailers.
+//!
+//! `--user` tokens go in a `token` header (each connection authenticates with tonic first).
+//! TLS (`--cacert`, https endpoints), leases and watch stay on tonic ([`crate::workloads`]).
+
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use bytes::{BufMut, Bytes, BytesMut};
+use futures::stream::FuturesUnordered;
+use futures::StreamExt;
+use h2::client::SendRequest;
+use http::header::{HeaderName, HeaderValue, CONTENT_TYPE, TE};
+use http::{HeaderMap, Method, Request, StatusCode, Uri};
+use prost::Message;
+use rivet_api::etcdserverpb::{
+    request_op, PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp, TxnRequest,
+    TxnResponse,
+};
+use tonic::{Code, Status};
+
+use crate::cli::{PutArgs, TxnMixedArgs, TxnPutArgs};
+use crate::report::{record, Phase};
+
+/// HTTP/2 flow-control windows the client grants: large enough that a connection's clients
+/// never wait for a WINDOW_UPDATE of ours (range answers can be large).
+const STREAM_WINDOW: u32 = 4 << 20;
+const CONNECTION_WINDOW: u32 = 16 << 20;
+
+/// The three methods of the KV service the lean path calls.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method3 {
+    Put = 0,
+    Range = 1,
+    Txn = 2,
+}
+
+const PATHS: [&str; 3] = [
+    "/etcdserverpb.KV/Put",
+    "/etcdserverpb.KV/Range",
+    "/etcdserverpb.KV/Txn",
+];
+
+/// One request's body: its class (an index into the loop's class names), method and
+/// the gRPC-framed message.
+pub struct Call {
+    pub class: usize,
+    pub method: Method3,
+    pub body: Bytes,
+}
+
+/// A gRPC frame of `message`: uncompressed flag, length, message.
+pub fn frame(message: &impl Message) -> Bytes {
+    let mut buf = BytesMut::with_capacity(5 + message.encoded_len());
+    frame_into(message, &mut buf);
+    buf.freeze()
+}
+
+fn frame_into(message: &impl Message, buf: &mut BytesMut) {
+    let len = message.encoded_len();
+    buf.reserve(5 + len);
+    buf.put_u8(0);
+    buf.put_u32(len as u32);
+    message
+        .encode(buf)
+        .expect("the buffer was reserved for the message");
+}
+
+/// Writes `n` in decimal into `key`, zero-padded on the left and truncated to the last
+/// `key.len()` digits: [`crate::workloads::key_of`] without allocating.
+pub fn write_key(mut n: u64, key: &mut [u8]) {
+    for byte in key.iter_mut().rev() {
+        *byte = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+}
+
+/// Where the requests of one client come from.
+pub enum Source {
+    /// The same request every time (range).
+    Fixed { method: Method3, body: Bytes },
+    /// Puts from an encoded template: only the key digits change.
+    Put {
+        template: Bytes,
+        key_at: usize,
+        key_len: usize,
+        space: u64,
+        sequential: bool,
+        buf: BytesMut,
+    },
+    /// txn-put: `--txn-ops` puts per txn.
+    TxnPut {
+        args: TxnPutArgs,
+        value: Bytes,
+        buf: BytesMut,
+    },
+    /// txn-mixed: a read (encoded once) or a put, at `--rw-ratio`.
+    TxnMixed {
+        args: TxnMixedArgs,
+        read: Bytes,
+        value: Bytes,
+        buf: BytesMut,
+    },
+}
+
+/// The read and write classes of txn-mixed (as [`crate::workloads`]).
+const READ: usize = 0;
+const WRITE: usize = 1;
+
+impl Source {
+    pub fn fixed(method: Method3, message: &impl Message) -> Source {
+        Source::Fixed {
+            method,
+            body: frame(message),
+        }
+    }
+
+    pub fn put(args: &PutArgs) -> anyhow::Result<Source> {
+        let key_len = args.key_size.max(1);
+        let template = frame(&PutRequest {
+            key: Bytes::from(vec![b'0'; key_len]),
+            value: Bytes::from(vec![b'x'; args.val_size]),
+            ..Default::default()
+        });
+        // Field 1 (key, length-delimited) leads the message: tag 0x0a, the length, the key.
+        let key_at = 5 + 1 + prost::encoding::encoded_len_varint(key_len as u64);
+        if template.get(5) != Some(&0x0a) || template.len() < key_at + key_len {
+            bail!("unexpected encoding of PutRequest");
+        }
+        Ok(Source::Put {
+            template,
+            key_at,
+            key_len,
+            space: args.key_space_size.max(1),
+            sequential: args.sequential_keys,
+            buf: BytesMut::new(),
+        })
+    }
+
+    pub fn txn_put(args: &TxnPutArgs) -> Source {
+        Source::TxnPut {
+            args: args.clone(),
+            value: Bytes::from(vec![b'x'; args.val_size]),
+            buf: BytesMut::new(),
+        }
+    }
+
+    pub fn txn_mixed(args: &TxnMixedArgs, read: &RangeRequest) -> Source {
+        Source::TxnMixed {
+            args: args.clone(),
+            read: frame(&TxnRequest {
+                success: vec![RequestOp {
+                    request: Some(request_op::Request::RequestRange(read.clone())),
+                }],
+                ..Default::default()
+            }),
+            value: Bytes::from(vec![b'x'; args.val_size]),
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// The size of the longest request this source makes (a gRPC frame).
+    pub fn longest_body(&self) -> usize {
+        match self {
+            Source::Fixed { body, .. } => body.len(),
+            Source::Put { template, .. } => template.len(),
+            Source::TxnPut { args, value, .. } => {
+                let op = put_op(Bytes::from(vec![0; args.key_size.max(1)]), value.clone());
+                5 + (op.encoded_len() + 4) * args.txn_ops.max(1) as usize
+            }
+            Source::TxnMixed {
+                args, read, value, ..
+            } => {
+                let op = put_op(Bytes::from(vec![0; args.key_size.max(1)]), value.clone());
+                read.len().max(5 + op.encoded_len() + 4)
+            }
+        }
+    }
+
+    /// Request number `n`.
+    fn next(&mut self, n: u64) -> Call {
+        match self {
+            Source::Fixed { method, body } => Call {
+                class: 0,
+                method: *method,
+                body: body.clone(),
+            },
+            Source::Put {
+                template,
+                key_at,
+                key_len,
+                space,
+                sequential,
+                buf,
+            } => {
+                let k = if *sequential {
+                    n % *space
+                } else {
+                    rand::random::<u64>() % *space
+                };
+                // The buffer's memory is reused once h2 has written (and dropped) the
+                // previous request.
+                buf.reserve(template.len());
+                buf.extend_from_slice(template);
+                write_key(k, &mut buf[*key_at..*key_at + *key_len]);
+                Call {
+                    class: 0,
+                    method: Method3::Put,
+                    body: buf.split().freeze(),
+                }
+            }
+            Source::TxnPut { args, value, buf } => {
+                let ops = args.txn_ops.max(1);
+                let space = args.key_space_size.max(1);
+                let success = (0..ops)
+                    .map(|j| {
+                        let k = (n.wrapping_mul(ops).wrapping_add(j)) % space;
+                        put_op(crate::workloads::key_of(k, args.key_size), value.clone())
+                    })
+                    .collect();
+                frame_into(
+                    &TxnRequest {
+                        success,
+                        ..Default::default()
+                    },
+                    buf,
+                );
+                Call {
+                    class: 0,
+                    method: Method3::Txn,
+                    body: buf.split().freeze(),
+                }
+            }
+            Source::TxnMixed {
+                args,
+                read,
+                value,
+                buf,
+            } => {
+                let ratio = args.rw_ratio;
+                if rand::random::<f64>() < ratio / (1.0 + ratio) {
+                    Call {
+                        class: READ,
+                        method: Method3::Txn,
+                        body: read.clone(),
+                    }
+                } else {
+                    let k = n % args.key_space_size.max(1);
+                    frame_into(
+                        &TxnRequest {
+                            success: vec![put_op(
+                                crate::workloads::key_of(k, args.key_size),
+                                value.clone(),
+                            )],
+                            ..Default::default()
+                        },
+                        buf,
+                    );
+                    Call {
+                        class: WRITE,
+                        method: Method3::Txn,
+                        body: buf.split().freeze(),
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn put_op(key: Bytes, value: Bytes) -> RequestOp {
+    RequestOp {
+        request: Some(request_op::Request::RequestPut(PutRequest {
+            key,
+            value,
+            ..Default::default()
+        })),
+    }
+}
+
+/// The request line and headers of every call on one connection.
+struct Head {
+    uris: [Uri; 3],
+    headers: HeaderMap,
+}
+
+impl Head {
+    fn new(endpoint: &str, token: Option<&str>) -> anyhow::Result<Head> {
+        let authority = endpoint.strip_prefix("http://").unwrap_or(endpoint);
+        let authority = authority.trim_end_matches('/');
+        let uri = |path: &str| -> anyhow::Result<Uri> {
+            format!("http://{authority}{path}")
+                .parse()
+                .with_context(|| format!("endpoint {endpoint:?}"))
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        headers.insert(TE, HeaderValue::from_static("trailers"));
+        if let Some(token) = token {
+            headers.insert(
+                HeaderName::from_static("token"),
+                HeaderValue::from_str(token).context("the token is not a header value")?,
+            );
+        }
+        Ok(Head {
+            uris: [uri(PATHS[0])?, uri(PATHS[1])?, uri(PATHS[2])?],
+            headers,
+        })
+    }
+
+    fn request(&self, method: Method3) -> Request<()> {
+        let mut request = Request::new(());
+        *request.method_mut() = Method::POST;
+        *request.uri_mut() = self.uris[method as usize].clone();
+        *request.headers_mut() = self.headers.clone();
+        request
+    }
+}
+
+/// The error of a call: its gRPC status from `headers` (trailers, or the headers of a
+/// trailers-only answer); `None` for status 0.
+fn status_of(headers: &HeaderMap) -> Option<Result<(), Status>> {
+    let code = headers.get("grpc-status")?;
+    if code.as_bytes() == b"0" {
+        return Some(Ok(()));
+    }
+    Some(Err(Status::from_header_map(headers).unwrap_or_else(|| {
+        Status::new(Code::from_bytes(code.as_bytes()), "")
+    })))
+}
+
+/// The gRPC code of an answer without `grpc-status` (gRPC's HTTP-to-gRPC status mapping).
+fn status_of_http(status: StatusCode) -> Status {
+    let code = match status {
+        StatusCode::BAD_REQUEST => Code::Internal,
+        StatusCode::UNAUTHORIZED => Code::Unauthenticated,
+        StatusCode::FORBIDDEN => Code::PermissionDenied,
+        StatusCode::NOT_FOUND => Code::Unimplemented,
+        StatusCode::TOO_MANY_REQUESTS
+        | StatusCode::BAD_GATEWAY
+        | StatusCode::SERVICE_UNAVAILABLE
+        | StatusCode::GATEWAY_TIMEOUT => Code::Unavailable,
+        StatusCode::OK => {
+            return Status::unknown("protocol error: the answer has no grpc-status");
+        }
+        _ => Code::Unknown,
+    };
+    Status::new(code, format!("HTTP status {status} without grpc-status"))
+}
+
+fn status_of_h2(error: h2::Error) -> Status {
+    // tonic's own mapping of HTTP/2 errors (RST_STREAM reasons, GOAWAY, I/O).
+    Status::from_error(Box::new(error))
+}
+
+/// One unary call: `body` to `method`, the answer decoded as its message type.
+async fn unary(
+    send: &mut SendRequest<Bytes>,
+    head: &Head,
+    method: Method3,
+    body: Bytes,
+) -> Result<(), Status> {
+    futures::future::poll_fn(|cx| send.poll_ready(cx))
+        .await
+        .map_err(status_of_h2)?;
+    let (response, mut stream) = send
+        .send_request(head.request(method), false)
+        .map_err(status_of_h2)?;
+    stream.send_data(body, true).map_err(status_of_h2)?;
+    let response = response.await.map_err(status_of_h2)?;
+    if let Some(status) = status_of(response.headers()) {
+        // Trailers-only: the status is in the headers.
+        return match status {
+            Ok(()) => Err(Status::internal("the answer has no message")),
+            Err(status) => Err(status),
+        };
+    }
+    let http_status = response.status();
+    let mut body = response.into_body();
+    let mut message: Option<Bytes> = None;
+    let mut more = BytesMut::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.map_err(status_of_h2)?;
+        let _ = body.flow_control().release_capacity(chunk.len());
+        match message.take() {
+            None if more.is_empty() => message = Some(chunk),
+            None => more.extend_from_slice(&chunk),
+            Some(first) => {
+                more.extend_from_slice(&first);
+                more.extend_from_slice(&chunk);
+            }
+        }
+    }
+    let trailers = body.trailers().await.map_err(status_of_h2)?;
+    match trailers.as_ref().and_then(status_of) {
+        Some(Ok(())) => {}
+        Some(Err(status)) => return Err(status),
+        None => return Err(status_of_http(http_status)),
+    }
+    if http_status != StatusCode::OK {
+        return Err(status_of_http(http_status));
+    }
+    let message = message.unwrap_or_else(|| more.freeze());
+    decode(method, message)
+}
+
+/// Checks the gRPC frame and decodes its message as `method`'s answer.
+fn decode(method: Method3, frame: Bytes) -> Result<(), Status> {
+    if frame.len() < 5 {
+        return Err(Status::internal("the answer has no message"));
+    }
+    if frame[0] != 0 {
+        return Err(Status::internal("the answer is compressed (not asked for)"));
+    }
+    let len = u32::from_be_bytes([frame[1], frame[2], frame[3], frame[4]]) as usize;
+    if frame.len() != 5 + len {
+        return Err(Status::internal(format!(
+            "the answer's gRPC frame says {len} bytes, {} came",
+            frame.len() - 5
+        )));
+    }
+    let message = frame.slice(5..);
+    let decoded = match method {
+        Method3::Put => PutResponse::decode(message).map(drop),
+        Method3::Range => RangeResponse::decode(message).map(drop),
+        Method3::Txn => TxnResponse::decode(message).map(drop),
+    };
+    decoded.map_err(|e| Status::internal(format!("failed to decode the answer: {e}")))
+}
+
+/// The figures of one thread's clients (one histogram per thread, not per client or
+/// connection: fewer pages to touch while recording and to clear at the start).
+struct Tally {
+    pub main: Phase,
+    pub classes: Vec<Phase>,
+    pub first_error: Option<String>,
+}
+
+impl Tally {
+    /// `classes`: the workload's classes beyond the main phase (none for one class).
+    fn new(classes: usize) -> Tally {
+        Tally {
+            main: Phase::new(""),
+            classes: (0..classes).map(|_| Phase::new("")).collect(),
+            first_error: None,
+        }
+    }
+}
+
+/// What every client shares: the request counter, pacing and the progress counter.
+pub struct Shared {
+    pub issued: AtomicU64,
+    pub total: u64,
+    pub limiter: Option<Arc<crate::workloads::Limiter>>,
+    pub done: Arc<AtomicU64>,
+}
+
+/// Bodies this long and longer are written by h2 straight from their buffer with the
+/// frame before them (one `writev` per body); shorter ones it copies into its write
+/// buffer when the socket does not take vectored writes, so the requests that clients
+/// send in one turn of the connection go out in one `write` (h2's chain thresholds: 256
+/// bytes with vectored writes, 1024 without). On loopback a write also runs the receiver's
+/// TCP input, so writes per request are most of the client's CPU per request.
+pub const COPIED_BODY_MAX: usize = 1023;
+
+/// The TCP stream, offering vectored writes to h2 only for long bodies.
+struct Socket {
+    tcp: tokio::net::TcpStream,
+    vectored: bool,
+}
+
+impl tokio::io::AsyncRead for Socket {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.tcp).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Socket {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.tcp).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.tcp).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.vectored
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.tcp).poll_shutdown(cx)
+    }
+}
+
+/// A connection made but not yet driven.
+pub struct Connection {
+    send: SendRequest<Bytes>,
+    connection: h2::client::Connection<Socket, Bytes>,
+    head: Head,
+}
+
+/// Connects to `endpoint` (`host:port` or `http://host:port`) over plain HTTP/2; `token`
+/// goes with every request; `longest_body` is the size of the workload's largest request
+/// (see [`COPIED_BODY_MAX`]). Runs on the runtime that will drive the connection.
+pub async fn connect(
+    endpoint: &str,
+    token: Option<&str>,
+    longest_body: usize,
+) -> anyhow::Result<Connection> {
+    let head = Head::new(endpoint, token)?;
+    let authority = head.uris[0]
+        .authority()
+        .context("endpoint without host:port")?
+        .as_str()
+        .to_string();
+    let tcp = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        tokio::net::TcpStream::connect(&authority),
+    )
+    .await
+    .with_context(|| format!("connecting to http://{authority}: timed out"))?
+    .with_context(|| format!("connecting to http://{authority}"))?;
+    tcp.set_nodelay(true)?;
+    let socket = Socket {
+        tcp,
+        vectored: longest_body > COPIED_BODY_MAX,
+    };
+    let (send, connection) = h2::client::Builder::new()
+        .initial_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .handshake(socket)
+        .await
+        .with_context(|| format!("HTTP/2 handshake with http://{authority}"))?;
+    Ok(Connection {
+        send,
+        connection,
+        head,
+    })
+}
+
+/// Drives `connection` and its clients (one [`Source`] each) until `shared.total`
+/// requests are issued; each client sends its next request when the previous one returns.
+async fn drive(
+    connection: Connection,
+    sources: Vec<Source>,
+    shared: &Shared,
+    tally: &RefCell<Tally>,
+) {
+    let Connection {
+        send,
+        mut connection,
+        head,
+    } = connection;
+    let mut clients: FuturesUnordered<_> = sources
+        .into_iter()
+        .map(|source| client(send.clone(), source, &head, shared, tally))
+        .collect();
+    drop(send);
+    let mut connected = true;
+    loop {
+        tokio::select! {
+            biased;
+            result = &mut connection, if connected => {
+                connected = false;
+                if let Err(e) = result {
+                    let status = status_of_h2(e);
+                    tally
+                        .borrow_mut()
+                        .first_error
+                        .get_or_insert_with(|| crate::workloads::format_status(&status));
+                }
+            }
+            next = clients.next() => if next.is_none() { break },
+        }
+    }
+}
+
+async fn client(
+    mut send: SendRequest<Bytes>,
+    mut source: Source,
+    head: &Head,
+    shared: &Shared,
+    tally: &RefCell<Tally>,
+) {
+    loop {
+        let n = shared.issued.fetch_add(1, Ordering::Relaxed);
+        if n >= shared.total {
+            break;
+        }
+        if let Some(limiter) = &shared.limiter {
+            limiter.wait().await;
+        }
+        let call = source.next(n);
+        let begin = Instant::now();
+        let result = unary(&mut send, head, call.method, call.body).await;
+        let latency = begin.elapsed();
+        {
+            let mut tally = tally.borrow_mut();
+            let tally = &mut *tally;
+            let last = tally.classes.len().saturating_sub(1);
+            let class = tally.classes.get_mut(call.class.min(last));
+            match result {
+                Ok(()) => {
+                    record(&mut tally.main.histogram, latency);
+                    if let Some(class) = class {
+                        record(&mut class.histogram, latency);
+                    }
+                }
+                Err(e) => {
+                    tally.main.errors += 1;
+                    if let Some(class) = class {
+                        class.errors += 1;
+                    }
+                    tally
+                        .first_error
+                        .get_or_insert_with(|| crate::workloads::format_status(&e));
+                }
+            }
+        }
+        shared.done.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// One connection of a run: its endpoint, auth token and clients.
+pub struct Planned {
+    pub endpoint: String,
+    /// The size of the largest request its clients send (a gRPC frame).
+    pub longest_body: usize,
+    pub token: Option<String>,
+    pub sources: Vec<Source>,
+}
+
+/// The threads the lean path runs on: one per CPU this process may run on (its affinity,
+/// e.g. `compare --bench-cpus`), at most two, and no more than connections.
+pub fn threads_for(conns: usize) -> usize {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    cpus.clamp(1, 2).min(conns.max(1))
+}
+
+/// Runs a closed loop over `planned` connections on [`threads_for`] threads, each with a
+/// current-thread runtime driving its share of the connections. `connected` is called
+/// once every connection is made, before the first request. Returns the merged main
+/// phase, the per-class phases (none for a workload of one class) and the first error.
+pub async fn run(
+    planned: Vec<Planned>,
+    classes: usize,
+    shared: Arc<Shared>,
+    connected: impl FnOnce(),
+) -> anyhow::Result<(Phase, Vec<Phase>, Option<String>)> {
+    let threads = threads_for(planned.len());
+    let mut shares: Vec<Vec<Planned>> = (0..threads).map(|_| Vec::new()).collect();
+    for (i, p) in planned.into_iter().enumerate() {
+        shares[i % threads].push(p);
+    }
+    let (connected_tx, mut connected_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut go = Vec::with_capacity(threads);
+    let mut handles = Vec::with_capacity(threads);
+    for (t, share) in shares.into_iter().enumerate() {
+        let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+        go.push(go_tx);
+        let connected_tx = connected_tx.clone();
+        let shared = Arc::clone(&shared);
+        let handle = std::thread::Builder::new()
+            .name(format!("rivet-bench-{t}"))
+            .spawn(move || -> anyhow::Result<Option<Tally>> {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .context("a tokio runtime")?;
+                runtime.block_on(async move {
+                    let mut connections = Vec::with_capacity(share.len());
+                    let mut sources = Vec::with_capacity(share.len());
+                    for planned in share {
+                        match connect(
+                            &planned.endpoint,
+                            planned.token.as_deref(),
+                            planned.longest_body,
+                        )
+                        .await
+                        {
+                            Ok(c) => connections.push(c),
+                            Err(e) => {
+                                let message = format!("{e:#}");
+                                let _ = connected_tx.send(Err(message.clone()));
+                                bail!(message);
+                            }
+                        }
+                        sources.push(planned.sources);
+                    }
+                    let _ = connected_tx.send(Ok(()));
+                    drop(connected_tx);
+                    if go_rx.await.is_err() {
+                        return Ok(None);
+                    }
+                    let tally = RefCell::new(Tally::new(if classes > 1 { classes } else { 0 }));
+                    let mut drivers: FuturesUnordered<_> = connections
+                        .into_iter()
+                        .zip(sources)
+                        .map(|(c, s)| drive(c, s, &shared, &tally))
+                        .collect();
+                    while drivers.next().await.is_some() {}
+                    drop(drivers);
+                    Ok(Some(tally.into_inner()))
+                })
+            })
+            .context("starting a rivet-bench thread")?;
+        handles.push(handle);
+    }
+    drop(connected_tx);
+    let mut failed = None;
+    for _ in 0..threads {
+        match connected_rx.recv().await {
+            Some(Ok(())) => {}
+            Some(Err(e)) => {
+                failed.get_or_insert(e);
+            }
+            None => break,
+        }
+    }
+    if let Some(e) = failed {
+        drop(go);
+        for handle in handles {
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        }
+        bail!(e);
+    }
+    connected();
+    for go in go {
+        let _ = go.send(());
+    }
+    let mut main = Phase::new("");
+    let mut per_class: Vec<Phase> = (0..classes).map(|_| Phase::new("")).collect();
+    let mut first_error = None;
+    for handle in handles {
+        let tally = tokio::task::spawn_blocking(move || handle.join())
+            .await
+            .context("joining a rivet-bench thread")?
+            .map_err(|_| anyhow::anyhow!("a rivet-bench thread panicked"))??;
+        if let Some(tally) = tally {
+            main.histogram.add(&tally.main.histogram)?;
+            main.errors += tally.main.errors;
+            // With one class, the class is the main phase.
+            let classes = if tally.classes.is_empty() {
+                std::slice::from_ref(&tally.main)
+            } else {
+                &tally.classes
+            };
+            for (into, from) in per_class.iter_mut().zip(classes) {
+                into.histogram.add(&from.histogram)?;
+                into.errors += from.errors;
+            }
+            if first_error.is_none() {
+                first_error = tally.first_error;
+            }
+        }
+    }
+    Ok((main, per_class, first_error))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_written_as_key_of_makes_them() {
+        for (n, size) in [(0, 8), (42, 8), (123_456_789, 4), (7, 1), (u64::MAX, 25)] {
+            let mut key = vec![0u8; size];
+            write_key(n, &mut key);
+            assert_eq!(
+                key,
+                crate::workloads::key_of(n, size).to_vec(),
+                "{n} {size}"
+            );
+        }
+    }
+
+    #[test]
+    fn grpc_status_and_message_become_the_error() {
+        let mut headers = HeaderMap::new();
+        assert!(status_of(&headers).is_none());
+        headers.insert("grpc-status", HeaderValue::from_static("0"));
+        assert!(matches!(status_of(&headers), Some(Ok(()))));
+        headers.insert("grpc-status", HeaderValue::from_static("3"));
+        headers.insert(
+            "grpc-message",
+            HeaderValue::from_static("etcdserver: request is too large%21"),
+        );
+        let status = status_of(&headers)
+            .expect("a status")
+            .expect_err("an error");
+        assert_eq!(
+            crate::workloads::format_status(&status),
+            "InvalidArgument: etcdserver: request is too large!"
+        );
+        assert_eq!(
+            status_of_http(StatusCode::SERVICE_UNAVAILABLE).code(),
+            Code::Unavailable
+        );
+        assert_eq!(status_of_http(StatusCode::OK).code(), Code::Unknown);
+    }
+
+    #[test]
+    fn answers_are_checked_and_decoded() {
+        let answer = frame(&PutResponse::default());
+        assert!(decode(Method3::Put, answer.clone()).is_ok());
+        let mut compressed = answer.to_vec();
+        compressed[0] = 1;
+        assert_eq!(
+            decode(Method3::Put, Bytes::from(compressed))
+                .expect_err("compressed")
+                .code(),
+            Code::Internal
+        );
+        let mut short = frame(&RangeResponse {
+            count: 5,
+            ..Default::default()
+        })
+        .to_vec();
+        short.pop();
+        assert_eq!(
+            decode(Method3::Range, Bytes::from(short))
+                .expect_err("truncated")
+                .code(),
+            Code::Internal
+        );
+        // A length-delimited field running past the end of the message.
+        let garbage = Bytes::from_static(&[0, 0, 0, 0, 2, 0x0a, 0x05]);
+        assert_eq!(
+            decode(Method3::Txn, garbage).expect_err("garbage").code(),
+            Code::Internal
+        );
+        assert!(decode(Method3::Range, Bytes::new()).is_err());
+    }
+
+    #[test]
+    fn put_template_rewrites_only_the_key() {
+        let args = PutArgs {
+            key_size: 8,
+            val_size: 300,
+            key_space_size: 1000,
+            sequential_keys: true,
+        };
+        let mut source = Source::put(&args).expect("put source");
+        for n in [0u64, 5, 999, 1000, 123_456] {
+            let call = source.next(n);
+            assert_eq!(call.method, Method3::Put);
+            let expected = frame(&PutRequest {
+                key: crate::workloads::key_of(n % 1000, 8),
+                value: Bytes::from(vec![b'x'; 300]),
+                ..Default::default()
+            });
+            assert_eq!(call.body, expected, "request {n}");
+        }
+    }
+}
