@@ -66,6 +66,7 @@ mod error;
 pub mod faults;
 pub mod format;
 pub mod limits;
+mod ring;
 mod segment;
 mod wal;
 
