@@ -25,6 +25,11 @@ use hashbrown::HashTable;
 
 /// No next slot in a key's chain.
 const NONE: u32 = u32::MAX;
+/// Slots per chunk of the slot table (32 KiB): the table grows by chunks, not by copying
+/// itself into a larger block, so growing leaves no freed blocks behind (the allocator
+/// keeps freed memory resident until it purges it), and a stream with few watchers
+/// holds one small chunk.
+const CHUNK: usize = 1024;
 
 /// The watcher reads the stream's live changes (it is not catching up).
 pub const SYNCED: u8 = 1;
@@ -112,9 +117,91 @@ pub struct NewWatcher<'a> {
     pub next: Option<i64>,
 }
 
+/// The slot table: chunks of [`CHUNK`] slots, the first grown by doubling up to that.
+#[derive(Default)]
+struct Slots {
+    chunks: Vec<Vec<Slot>>,
+    len: usize,
+}
+
+impl Slots {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Slot> {
+        self.chunks.iter().flatten()
+    }
+
+    fn iter_mut(&mut self) -> impl Iterator<Item = &mut Slot> {
+        self.chunks.iter_mut().flatten()
+    }
+
+    fn push(&mut self, slot: Slot) {
+        match self.chunks.last_mut() {
+            Some(chunk) if chunk.len() < CHUNK => {
+                if chunk.len() == chunk.capacity() {
+                    let grow = chunk.len().clamp(4, CHUNK - chunk.len());
+                    chunk.reserve_exact(grow);
+                }
+                chunk.push(slot);
+            }
+            _ => {
+                let first = self.chunks.is_empty();
+                let mut chunk = Vec::with_capacity(if first { 4 } else { CHUNK });
+                chunk.push(slot);
+                self.chunks.push(chunk);
+            }
+        }
+        self.len += 1;
+    }
+
+    /// Removes slot `s`, moving the last slot into its place.
+    fn swap_remove(&mut self, s: usize) -> Slot {
+        assert!(s < self.len, "slot {s} of {}", self.len);
+        let mut chunk = self.chunks.pop().expect("a chunk when a slot is held");
+        let last = chunk.pop().expect("no empty chunk is kept");
+        if !chunk.is_empty() {
+            self.chunks.push(chunk);
+        }
+        self.len -= 1;
+        if s == self.len {
+            return last;
+        }
+        std::mem::replace(&mut self[s], last)
+    }
+
+    /// Gives a mostly unused first chunk's memory back.
+    fn shrink(&mut self) {
+        if let [chunk] = self.chunks.as_mut_slice() {
+            if chunk.len() < chunk.capacity() / 4 {
+                chunk.shrink_to(chunk.len() * 2);
+            }
+        }
+    }
+}
+
+impl std::ops::Index<usize> for Slots {
+    type Output = Slot;
+
+    fn index(&self, s: usize) -> &Slot {
+        &self.chunks[s / CHUNK][s % CHUNK]
+    }
+}
+
+impl std::ops::IndexMut<usize> for Slots {
+    fn index_mut(&mut self, s: usize) -> &mut Slot {
+        &mut self.chunks[s / CHUNK][s % CHUNK]
+    }
+}
+
 #[derive(Default)]
 pub struct Watchers {
-    slots: Vec<Slot>,
+    slots: Slots,
     by_id: HashTable<u32>,
     by_key: HashTable<u32>,
     ranged: BTreeSet<i64>,
@@ -185,7 +272,7 @@ impl Watchers {
     /// Sets `flags` (not [`SYNCED`]) on every watcher.
     pub fn set_flags_all(&mut self, flags: u8) {
         debug_assert_eq!(flags & (SYNCED | RANGED | PREV_KV), 0, "{flags:#x}");
-        for slot in &mut self.slots {
+        for slot in self.slots.iter_mut() {
             slot.flags |= flags;
         }
     }
@@ -202,7 +289,10 @@ impl Watchers {
             .copied()
             .unwrap_or(NONE);
         let single = std::iter::from_fn(move || {
-            let slot = slots.get(next as usize)?;
+            if next == NONE {
+                return None;
+            }
+            let slot = &slots[next as usize];
             next = slot.chain;
             Some(slot)
         });
@@ -239,11 +329,6 @@ impl Watchers {
             Some(next) => {
                 self.unsynced.insert(new.id, next);
             }
-        }
-        // Grow by a quarter rather than double: a stream with many watchers keeps at most
-        // a quarter of its table unused.
-        if self.slots.len() == self.slots.capacity() {
-            self.slots.reserve_exact((self.slots.len() / 4).max(4));
         }
         self.slots.push(Slot {
             id: new.id,
@@ -374,10 +459,7 @@ impl Watchers {
 
     /// Gives memory back once most of it is unused (after many cancels).
     fn shrink(&mut self) {
-        let len = self.slots.len();
-        if len < self.slots.capacity() / 2 {
-            self.slots.shrink_to(len + len / 4);
-        }
+        self.slots.shrink();
         let (slots, hasher) = (&self.slots, &self.hasher);
         if self.by_id.len() < self.by_id.capacity() / 4 {
             self.by_id
@@ -574,15 +656,20 @@ mod tests {
             });
         }
         assert_eq!(watchers.candidates(b"key/7").count(), 100);
-        for id in (0..10_000).rev().step_by(2).chain((0..10_000).step_by(2)) {
+        // Odd IDs first, from the last: slots move across chunks.
+        for id in (0..10_000).rev().step_by(2) {
+            assert_eq!(watchers.remove(id), Some(true), "{id}");
+        }
+        let mut left: Vec<i64> = watchers.candidates(b"key/8").map(Slot::id).collect();
+        left.sort_unstable();
+        assert_eq!(left, (0..100).map(|i| i * 100 + 8).collect::<Vec<i64>>());
+        assert_eq!(watchers.candidates(b"key/7").count(), 0);
+        for id in (0..10_000).step_by(2) {
+            assert_eq!(watchers.get(id).map(Slot::id), Some(id));
             assert_eq!(watchers.remove(id), Some(true), "{id}");
         }
         assert!(watchers.is_empty());
-        assert!(
-            watchers.slots.capacity() < 64,
-            "{}",
-            watchers.slots.capacity()
-        );
+        assert!(watchers.slots.chunks.is_empty());
         assert_eq!(watchers.candidates(b"key/7").count(), 0);
     }
 }
