@@ -5,7 +5,7 @@
 //! `Bytes` key and range end, plus a `HashMap<Bytes, Vec<i64>>` entry and its `Vec`.
 //!
 //! - `slots`: the watchers, in no particular order (a removed watcher's slot is filled
-//!   with the last one). A slot holds the watch ID, the flags in one byte, the key (with
+//!   with the last one), in chunks of [`CHUNK`] slots. A slot holds the watch ID, the flags in one byte, the key (with
 //!   the range end after it, for a range watcher) in one boxed slice, copied out of the
 //!   request, so a watcher never keeps a request buffer alive, and `chain`, the next
 //!   slot watching the same single key.
