@@ -9,8 +9,10 @@
 //!   the range end after it, for a range watcher) in one boxed slice, copied out of the
 //!   request, so a watcher never keeps a request buffer alive, and `chain`, the next
 //!   slot watching the same single key.
-//! - `by_id`: watch ID → slot, a hash table of slot numbers hashed by the slot's ID (the
-//!   ID is stored once, in the slot).
+//! - `dense`: watch ID → slot for IDs 0, 1, 2, …: the IDs the stream assigns (clients
+//!   send watch ID 0, "any") come in that order, so they cost 4 bytes each here.
+//! - `by_id`: watch ID → slot for the other IDs (a client's own choice), a hash table of
+//!   slot numbers hashed by the slot's ID (the ID is stored once, in the slot).
 //! - `by_key`: single key → the first slot of the chain of the watchers of that key
 //!   (hashed by the slot's key, stored once, in the slot). A revision's events look up
 //!   their watchers here instead of testing every watcher.
@@ -202,6 +204,11 @@ impl std::ops::IndexMut<usize> for Slots {
 #[derive(Default)]
 pub struct Watchers {
     slots: Slots,
+    /// Slot of each ID below its length, or [`NONE`]; never ends with [`NONE`]. An ID
+    /// below its length is never in `by_id`.
+    dense: Vec<u32>,
+    /// Entries of `dense` that are not [`NONE`].
+    dense_live: usize,
     by_id: HashTable<u32>,
     by_key: HashTable<u32>,
     ranged: BTreeSet<i64>,
@@ -250,10 +257,83 @@ impl Watchers {
     }
 
     fn slot_of(&self, id: i64) -> Option<u32> {
+        if let Some(&s) = self.dense_index(id).map(|i| &self.dense[i]) {
+            return (s != NONE).then_some(s);
+        }
         let slots = &self.slots;
         self.by_id
             .find(self.hasher.hash_one(id), |&s| slots[s as usize].id == id)
             .copied()
+    }
+
+    /// The place of `id` in `dense`, if it is below its length.
+    fn dense_index(&self, id: i64) -> Option<usize> {
+        usize::try_from(id).ok().filter(|&i| i < self.dense.len())
+    }
+
+    /// Indexes slot `s` under its ID.
+    fn index_id(&mut self, id: i64, s: u32) {
+        if let Some(i) = self.dense_index(id) {
+            debug_assert_eq!(self.dense[i], NONE, "watch ID {id}");
+            self.dense[i] = s;
+            self.dense_live += 1;
+            return;
+        }
+        if usize::try_from(id).ok() != Some(self.dense.len()) {
+            let (slots, hasher) = (&self.slots, &self.hasher);
+            self.by_id.insert_unique(hasher.hash_one(id), s, |&t| {
+                hasher.hash_one(slots[t as usize].id)
+            });
+            return;
+        }
+        self.dense.push(s);
+        self.dense_live += 1;
+        // IDs taken before the dense range reached them move in.
+        loop {
+            let next = self.dense.len() as i64;
+            let (slots, hasher) = (&self.slots, &self.hasher);
+            let Ok(entry) = self
+                .by_id
+                .find_entry(hasher.hash_one(next), |&t| slots[t as usize].id == next)
+            else {
+                break;
+            };
+            let (t, _) = entry.remove();
+            self.dense.push(t);
+            self.dense_live += 1;
+        }
+    }
+
+    /// Takes slot `s`, of watch ID `id`, out of the ID indexes.
+    fn unindex_id(&mut self, id: i64, s: u32) {
+        let Some(i) = self.dense_index(id) else {
+            let hash = self.hasher.hash_one(id);
+            if let Ok(entry) = self.by_id.find_entry(hash, |&t| t == s) {
+                entry.remove();
+            }
+            return;
+        };
+        self.dense[i] = NONE;
+        self.dense_live -= 1;
+        while self.dense.last() == Some(&NONE) {
+            self.dense.pop();
+        }
+        if self.dense_live * 4 < self.dense.len() {
+            // Mostly holes (many cancels): the live IDs move to the hash table.
+            let (slots, hasher) = (&self.slots, &self.hasher);
+            for (i, &t) in self.dense.iter().enumerate() {
+                if t != NONE {
+                    self.by_id
+                        .insert_unique(hasher.hash_one(i as i64), t, |&u| {
+                            hasher.hash_one(slots[u as usize].id)
+                        });
+                }
+            }
+            self.dense = Vec::new();
+            self.dense_live = 0;
+        } else if self.dense.len() < self.dense.capacity() / 4 {
+            self.dense.shrink_to(self.dense.len() * 2);
+        }
     }
 
     /// Sets or clears flags other than [`SYNCED`] of one watcher.
@@ -336,10 +416,8 @@ impl Watchers {
             chain: NONE,
             flags,
         });
+        self.index_id(new.id, s);
         let (slots, hasher) = (&self.slots, &self.hasher);
-        self.by_id.insert_unique(hasher.hash_one(new.id), s, |&t| {
-            hasher.hash_one(slots[t as usize].id)
-        });
         if flags & RANGED != 0 {
             self.ranged.insert(new.id);
             return;
@@ -390,12 +468,10 @@ impl Watchers {
 
     /// Takes slot `s` out of the indexes.
     fn unlink(&mut self, s: u32) {
+        let id = self.slots[s as usize].id;
+        self.unindex_id(id, s);
         let (slots, hasher) = (&self.slots, &self.hasher);
         let slot = &slots[s as usize];
-        let id = slot.id;
-        if let Ok(entry) = self.by_id.find_entry(hasher.hash_one(id), |&t| t == s) {
-            entry.remove();
-        }
         if slot.ranged() {
             self.ranged.remove(&id);
             return;
@@ -427,14 +503,17 @@ impl Watchers {
 
     /// Points the references to slot `from` (still in place) at slot `to`.
     fn repoint(&mut self, from: u32, to: u32) {
-        let (slots, hasher) = (&self.slots, &self.hasher);
-        let slot = &slots[from as usize];
-        if let Some(entry) = self
+        let id = self.slots[from as usize].id;
+        if let Some(i) = self.dense_index(id) {
+            self.dense[i] = to;
+        } else if let Some(entry) = self
             .by_id
-            .find_mut(hasher.hash_one(slot.id), |&t| t == from)
+            .find_mut(self.hasher.hash_one(id), |&t| t == from)
         {
             *entry = to;
         }
+        let (slots, hasher) = (&self.slots, &self.hasher);
+        let slot = &slots[from as usize];
         if slot.ranged() {
             return;
         }
@@ -517,6 +596,10 @@ mod tests {
 
     fn check(watchers: &Watchers, model: &Model) {
         assert_eq!(watchers.len(), model.len());
+        assert_ne!(watchers.dense.last(), Some(&NONE));
+        let live = watchers.dense.iter().filter(|&&s| s != NONE).count();
+        assert_eq!(live, watchers.dense_live);
+        assert_eq!(watchers.dense_live + watchers.by_id.len(), model.len());
         let mut synced = 0;
         let mut synced_prev_kv = 0;
         for (&id, (key, range_end, flags, next)) in model {
@@ -567,9 +650,9 @@ mod tests {
 
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
-            4 => (0i64..40, 0u8..6, any::<bool>(), any::<u8>(), proptest::option::of(0i64..9))
+            4 => (-3i64..40, 0u8..6, any::<bool>(), any::<u8>(), proptest::option::of(0i64..9))
                 .prop_map(|(id, key, ranged, flags, next)| Op::Insert { id, key, ranged, flags, next }),
-            3 => (0i64..40).prop_map(Op::Remove),
+            3 => (-3i64..40).prop_map(Op::Remove),
             1 => (0i64..40, 0i64..9).prop_map(|(id, next)| Op::Unsync(id, next)),
             1 => (0i64..40).prop_map(Op::Sync),
         ]
@@ -583,6 +666,12 @@ mod tests {
             for op in ops {
                 match op {
                     Op::Insert { id, key, ranged, flags, next } => {
+                        // Negative: the smallest free ID from 0 on, as the stream assigns.
+                        let id = if id < 0 {
+                            (0..).find(|i| !model.contains_key(i)).unwrap_or(0)
+                        } else {
+                            id
+                        };
                         if model.contains_key(&id) {
                             continue;
                         }
