@@ -1,14 +1,15 @@
 //! The watchers of one watch stream, held compactly: a stream may hold a million of them,
-//! so each costs one 32-byte slot in a dense table, one allocation holding its key (and
-//! range end), and one 4-byte entry in each of two hash indexes — about 70 bytes for a
-//! 20-byte key, against 228 bytes when each watcher was a `BTreeMap` value with its
-//! `Bytes` key and range end, plus a `HashMap<Bytes, Vec<i64>>` entry and its `Vec`.
+//! so each costs one 32-byte slot in a chunked table, one allocation holding its key (and
+//! range end), a 4-byte entry in an ID array (or an ID hash table) and one in a key hash
+//! table: about 70 bytes for a 20-byte key, against 420 bytes by RSS when each watcher
+//! was a `BTreeMap` value with its `Bytes` key and range end, plus a
+//! `HashMap<Bytes, Vec<i64>>` entry and its `Vec`.
 //!
 //! - `slots`: the watchers, in no particular order (a removed watcher's slot is filled
-//!   with the last one), in chunks of [`CHUNK`] slots. A slot holds the watch ID, the flags in one byte, the key (with
-//!   the range end after it, for a range watcher) in one boxed slice, copied out of the
-//!   request, so a watcher never keeps a request buffer alive, and `chain`, the next
-//!   slot watching the same single key.
+//!   with the last one), in chunks of [`CHUNK`] slots. A slot holds the watch ID, the
+//!   flags in one byte, the key (with the range end after it, for a range watcher) in one
+//!   boxed slice, copied out of the request, so a watcher never keeps a request buffer
+//!   alive, and `chain`, the next slot watching the same single key.
 //! - `dense`: watch ID → slot for IDs 0, 1, 2, …: the IDs the stream assigns (clients
 //!   send watch ID 0, "any") come in that order, so they cost 4 bytes each here.
 //! - `by_id`: watch ID → slot for the other IDs (a client's own choice), a hash table of
