@@ -24,3 +24,4 @@ pub mod server;
 pub mod services;
 pub mod tls;
 pub mod watch;
+pub mod watchers;

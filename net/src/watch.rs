@@ -8,7 +8,7 @@
 //! cursor, with no channel left to write to (lesson 18).
 
 use rivet_engine::metrics;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::pin::Pin;
 use std::rc::Rc;
 
@@ -28,6 +28,10 @@ use rivet_engine::limits;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::services::{CoreHandle, Credentials};
+use crate::watchers::{
+    NewWatcher, Slot, Watchers, FRAGMENT, NO_DELETE, NO_PUT, PREV_KV, PROGRESS_NOTIFY, QUIET,
+    SYNCED,
+};
 use rivet_engine::auth::request::{check_watch_create, watch_cancel_reason};
 use rivet_engine::error::EtcdError;
 
@@ -69,51 +73,31 @@ impl Watch for WatchService {
     }
 }
 
-struct Watcher {
-    key: Bytes,
-    end: RangeEnd,
-    /// The range end as asked for, for the permission checks.
-    range_end: Bytes,
-    /// The next revision this watcher has not seen.
-    next: i64,
-    synced: bool,
-    no_put: bool,
-    no_delete: bool,
-    prev_kv: bool,
-    progress_notify: bool,
-    /// No events went out since the last progress tick (etcd's `sws.progress[id]`).
-    quiet: bool,
-    fragment: bool,
+/// Whether a watcher wants an event: in its range and not filtered out.
+fn wants(watcher: &Slot, event: &Event) -> bool {
+    let Some(kv) = &event.kv else { return false };
+    if !watcher.contains(&kv.key) {
+        return false;
+    }
+    let is_put = event.r#type == EventType::Put as i32;
+    !(is_put && watcher.has(NO_PUT) || !is_put && watcher.has(NO_DELETE))
 }
 
-impl Watcher {
-    fn wants(&self, event: &Event) -> bool {
-        let Some(kv) = &event.kv else { return false };
-        if !self.end.contains(&self.key, &kv.key) {
-            return false;
-        }
-        let is_put = event.r#type == EventType::Put as i32;
-        !(is_put && self.no_put || !is_put && self.no_delete)
+/// The event as a watcher sees it (without `prev_kv` unless it asked).
+fn shape(watcher: &Slot, event: &Event) -> Event {
+    let mut event = event.clone();
+    if !watcher.has(PREV_KV) {
+        event.prev_kv = None;
     }
-
-    /// The event as this watcher sees it (without `prev_kv` unless it asked).
-    fn shape(&self, event: &Event) -> Event {
-        let mut event = event.clone();
-        if !self.prev_kv {
-            event.prev_kv = None;
-        }
-        event
-    }
+    event
 }
 
 struct WatchStream {
     core: Rc<ShardCore>,
     out: mpsc::Sender<Result<WatchResponse, Status>>,
-    watchers: BTreeMap<i64, Watcher>,
-    /// The watchers of a single key, by key, and those of a range: the live path looks up
-    /// the watchers of each event instead of testing every watcher for every revision.
-    by_key: HashMap<Bytes, Vec<i64>>,
-    ranged: BTreeSet<i64>,
+    /// The watchers, indexed by ID and by key: the live path looks up the watchers of
+    /// each event instead of testing every watcher for every revision.
+    watchers: Watchers,
     /// Watchers cancelled because their start was compacted: as in etcd, their IDs stay
     /// taken (a create with one is a duplicate, auto IDs skip them) until the client
     /// cancels them, which is then answered as for a live watcher.
@@ -162,7 +146,7 @@ impl Drop for WatchStream {
     fn drop(&mut self) {
         metrics::WATCH_STREAMS.add(-1);
         metrics::WATCHERS.add(-(self.watchers.len() as i64));
-        let slow = self.watchers.values().filter(|w| !w.synced).count();
+        let slow = self.watchers.unsynced().len();
         metrics::WATCH_SLOW_WATCHERS.add(-(slow as i64));
     }
 }
@@ -189,9 +173,7 @@ impl WatchStream {
         WatchStream {
             core,
             out,
-            watchers: BTreeMap::new(),
-            by_key: HashMap::new(),
-            ranged: BTreeSet::new(),
+            watchers: Watchers::new(),
             compacted: BTreeSet::new(),
             next_id: 0,
             live_next,
@@ -229,12 +211,13 @@ impl WatchStream {
             return true;
         }
         self.auth_checked = now;
-        let ids: Vec<i64> = self.watchers.keys().copied().collect();
+        let mut ids: Vec<i64> = self.watchers.iter().map(Slot::id).collect();
+        ids.sort_unstable();
         for id in ids {
-            let Some(watcher) = self.watchers.get(&id) else {
+            let Some(watcher) = self.watchers.get(id) else {
                 continue;
             };
-            let (key, range_end) = (watcher.key.clone(), watcher.range_end.clone());
+            let (key, range_end) = (watcher.key().to_vec(), watcher.range_end().to_vec());
             if let Err(error) = self.check_watch(&key, &range_end).await {
                 self.remove(id);
                 let mut response = self.response(id, self.core.shared.applied_revision());
@@ -319,8 +302,9 @@ impl WatchStream {
     fn catching_up(&self) -> bool {
         let revision = self.core.shared.applied_revision();
         self.watchers
+            .unsynced()
             .values()
-            .any(|w| !w.synced && w.next <= revision)
+            .any(|&next| next <= revision)
     }
 
     async fn send(&mut self, response: WatchResponse) -> bool {
@@ -407,52 +391,51 @@ impl WatchStream {
         } else {
             create.start_revision
         };
-        let watcher = Watcher {
-            key: create.key,
-            end: RangeEnd::from_request(&create.range_end),
-            range_end: create.range_end.clone(),
-            next,
-            synced: next == self.live_next,
-            no_put: create.filters.contains(&(FilterType::Noput as i32)),
-            no_delete: create.filters.contains(&(FilterType::Nodelete as i32)),
-            prev_kv: create.prev_kv,
-            progress_notify: create.progress_notify,
-            quiet: true,
-            fragment: create.fragment,
-        };
-        if matches!(watcher.end, RangeEnd::Single) {
-            self.by_key.entry(watcher.key.clone()).or_default().push(id);
-        } else {
-            self.ranged.insert(id);
+        let synced = next == self.live_next;
+        let mut flags = QUIET;
+        for (on, flag) in [
+            (create.filters.contains(&(FilterType::Noput as i32)), NO_PUT),
+            (
+                create.filters.contains(&(FilterType::Nodelete as i32)),
+                NO_DELETE,
+            ),
+            (create.prev_kv, PREV_KV),
+            (create.progress_notify, PROGRESS_NOTIFY),
+            (create.fragment, FRAGMENT),
+        ] {
+            if on {
+                flags |= flag;
+            }
         }
+        // The key and range end are copied out of the request: a slice of it would keep
+        // the whole receive buffer it was decoded from alive as long as the watcher.
+        self.watchers.insert(NewWatcher {
+            id,
+            key: &create.key,
+            range_end: &create.range_end,
+            flags,
+            next: (!synced).then_some(next),
+        });
         metrics::WATCHERS.add(1);
-        if !watcher.synced {
+        if !synced {
             metrics::WATCH_SLOW_WATCHERS.add(1);
         }
-        self.watchers.insert(id, watcher);
         self.send(response).await
     }
 
     fn id_taken(&self, id: i64) -> bool {
-        self.watchers.contains_key(&id) || self.compacted.contains(&id)
+        self.watchers.contains(id) || self.compacted.contains(&id)
     }
 
     /// Removes a watcher; false if there is none with this ID.
     fn remove(&mut self, id: i64) -> bool {
-        let Some(watcher) = self.watchers.remove(&id) else {
+        let Some(synced) = self.watchers.remove(id) else {
             return false;
         };
         metrics::WATCHERS.add(-1);
-        if !watcher.synced {
+        if !synced {
             metrics::WATCH_SLOW_WATCHERS.add(-1);
         }
-        if let Some(ids) = self.by_key.get_mut(&watcher.key) {
-            ids.retain(|i| *i != id);
-            if ids.is_empty() {
-                self.by_key.remove(&watcher.key);
-            }
-        }
-        self.ranged.remove(&id);
         true
     }
 
@@ -475,11 +458,7 @@ impl WatchStream {
         }
         let from = self.live_next;
         self.live_next = revision + 1;
-        let (mut any, mut prev_kv) = (false, false);
-        for watcher in self.watchers.values().filter(|w| w.synced) {
-            any = true;
-            prev_kv |= watcher.prev_kv;
-        }
+        let (any, prev_kv) = self.watchers.synced();
         if !any {
             return true;
         }
@@ -487,12 +466,13 @@ impl WatchStream {
             Some(Ok(events)) => events,
             Some(Err(e)) => {
                 // A change could not be read: these watchers cannot go on without a gap.
-                let synced: Vec<i64> = self
+                let mut synced: Vec<i64> = self
                     .watchers
                     .iter()
-                    .filter(|(_, w)| w.synced)
-                    .map(|(id, _)| *id)
+                    .filter(|w| w.has(SYNCED))
+                    .map(Slot::id)
                     .collect();
+                synced.sort_unstable();
                 for id in synced {
                     if !self.cancel_for_error(id, &e).await {
                         return false;
@@ -503,10 +483,15 @@ impl WatchStream {
             None => {
                 // The recent logs no longer reach back: these watchers catch up from
                 // history.
-                for watcher in self.watchers.values_mut().filter(|w| w.synced) {
-                    watcher.synced = false;
+                let synced: Vec<i64> = self
+                    .watchers
+                    .iter()
+                    .filter(|w| w.has(SYNCED))
+                    .map(Slot::id)
+                    .collect();
+                for id in synced {
+                    self.watchers.unsync(id, from);
                     metrics::WATCH_SLOW_WATCHERS.add(1);
-                    watcher.next = from;
                 }
                 return true;
             }
@@ -527,9 +512,7 @@ impl WatchStream {
             }
             start = stop;
         }
-        for watcher in self.watchers.values_mut().filter(|w| w.synced) {
-            watcher.next = revision + 1;
-        }
+        // The synced watchers' next revision is the stream's, `live_next`.
         true
     }
 
@@ -538,13 +521,12 @@ impl WatchStream {
         let mut matches: BTreeMap<i64, Vec<Event>> = BTreeMap::new();
         for event in events {
             let Some(kv) = &event.kv else { continue };
-            let single = self.by_key.get(&kv.key).map_or(&[][..], Vec::as_slice);
-            for id in single.iter().chain(self.ranged.iter()) {
-                let Some(watcher) = self.watchers.get(id) else {
-                    continue;
-                };
-                if watcher.synced && watcher.wants(event) {
-                    matches.entry(*id).or_default().push(watcher.shape(event));
+            for watcher in self.watchers.candidates(&kv.key) {
+                if watcher.has(SYNCED) && wants(watcher, event) {
+                    matches
+                        .entry(watcher.id())
+                        .or_default()
+                        .push(shape(watcher, event));
                 }
             }
         }
@@ -552,23 +534,21 @@ impl WatchStream {
     }
 
     async fn poll_unsynced(&mut self, revision: i64) -> bool {
-        let unsynced: Vec<i64> = self
-            .watchers
-            .iter()
-            .filter(|(_, w)| !w.synced)
-            .map(|(id, _)| *id)
-            .collect();
+        let unsynced: Vec<i64> = self.watchers.unsynced().keys().copied().collect();
         for id in unsynced {
-            let Some(watcher) = self.watchers.get(&id) else {
+            let Some(&next) = self.watchers.unsynced().get(&id) else {
                 continue;
             };
-            if watcher.next <= revision {
-                let to = revision.min(watcher.next + limits::WATCH_CATCH_UP_REVISIONS_MAX - 1);
+            let Some(watcher) = self.watchers.get(id) else {
+                continue;
+            };
+            if next <= revision {
+                let to = revision.min(next + limits::WATCH_CATCH_UP_REVISIONS_MAX - 1);
                 let (key, end, from, prev_kv) = (
-                    watcher.key.clone(),
-                    watcher.end.clone(),
-                    watcher.next,
-                    watcher.prev_kv,
+                    Bytes::copy_from_slice(watcher.key()),
+                    RangeEnd::from_request(&Bytes::copy_from_slice(watcher.range_end())),
+                    next,
+                    watcher.has(PREV_KV),
                 );
                 match self.core.watch_history(&key, &end, from, to, prev_kv).await {
                     Ok(Err(e)) => {
@@ -578,14 +558,14 @@ impl WatchStream {
                         continue;
                     }
                     Ok(Ok(events)) => {
-                        let Some(watcher) = self.watchers.get_mut(&id) else {
+                        self.watchers.set_next(id, to + 1);
+                        let Some(watcher) = self.watchers.get(id) else {
                             continue;
                         };
-                        watcher.next = to + 1;
                         let mine: Vec<Event> = events
                             .iter()
-                            .filter(|e| watcher.wants(e))
-                            .map(|e| watcher.shape(e))
+                            .filter(|e| wants(watcher, e))
+                            .map(|e| shape(watcher, e))
                             .collect();
                         if !mine.is_empty() && !self.deliver(id, revision, mine).await {
                             return false;
@@ -609,12 +589,9 @@ impl WatchStream {
                     }
                 }
             }
-            let live_next = self.live_next;
-            if let Some(watcher) = self.watchers.get_mut(&id) {
-                if watcher.next == live_next && !watcher.synced {
-                    watcher.synced = true;
-                    metrics::WATCH_SLOW_WATCHERS.add(-1);
-                }
+            if self.watchers.unsynced().get(&id) == Some(&self.live_next) {
+                self.watchers.sync(id);
+                metrics::WATCH_SLOW_WATCHERS.add(-1);
             }
         }
         true
@@ -636,10 +613,8 @@ impl WatchStream {
     /// response would be too large.
     async fn deliver(&mut self, id: i64, revision: i64, events: Vec<Event>) -> bool {
         metrics::WATCH_EVENTS.add(events.len() as u64);
-        if let Some(watcher) = self.watchers.get_mut(&id) {
-            watcher.quiet = false;
-        }
-        let fragment = self.watchers.get(&id).is_some_and(|w| w.fragment);
+        self.watchers.set_flags(id, QUIET, false);
+        let fragment = self.watchers.get(id).is_some_and(|w| w.has(FRAGMENT));
         let total: usize = events.iter().map(prost::Message::encoded_len).sum();
         if !fragment || total <= FRAGMENT_BYTES {
             let mut response = self.response(id, revision);
@@ -678,15 +653,15 @@ impl WatchStream {
         self.next_progress =
             std::time::Instant::now() + progress_report_interval(self.live_next as u64);
         let revision = self.core.shared.applied_revision();
-        let ids: Vec<i64> = self
+        let notified = PROGRESS_NOTIFY | QUIET | SYNCED;
+        let mut ids: Vec<i64> = self
             .watchers
             .iter()
-            .filter(|(_, w)| w.progress_notify && w.quiet && w.synced)
-            .map(|(id, _)| *id)
+            .filter(|w| w.flags() & notified == notified)
+            .map(Slot::id)
             .collect();
-        for watcher in self.watchers.values_mut() {
-            watcher.quiet = true;
-        }
+        ids.sort_unstable();
+        self.watchers.set_flags_all(QUIET);
         for id in ids {
             let response = self.response(id, revision);
             if !self.send(response).await {
