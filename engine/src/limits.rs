@@ -13,10 +13,6 @@ pub const RAFT_INFLIGHT_MESSAGES_MAX: usize = 256;
 /// Commands the raft core takes in one turn before it handles the Ready: large enough for
 /// big group commits, small enough that a flood cannot starve ticks and acks.
 pub const RAFT_COMMANDS_PER_TURN_MAX: usize = 8192;
-/// Readies the raft core handles in one turn. A log write that completed makes the next
-/// one at once (its entries commit), and applying that one rarely makes another; a
-/// bound keeps a busy raft group from starving the turn's commands, ticks and acks.
-pub const READIES_PER_TURN_MAX: usize = 4;
 /// Entries kept in the raft log behind a checkpoint for followers that lag a little
 /// (etcd's `SnapshotCatchUpEntries`).
 pub const RAFT_LOG_KEPT_AFTER_CHECKPOINT: u64 = 5000;

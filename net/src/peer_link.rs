@@ -217,6 +217,11 @@ impl PeerLink for QuicLink {
         self.transport.connected_since(to)
     }
 
+    fn flush(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + '_>> {
+        // The transport's tasks run on this thread's runtime: one yield lets them write.
+        Box::pin(tokio::task::yield_now())
+    }
+
     fn hash_kvs(
         &self,
         peers: Vec<(u64, Vec<String>)>,

@@ -1,6 +1,5 @@
 //! rivet's write-ahead log: CRC-chained records in preallocated segment files, each
-//! append made durable by one write and one fdatasync (linked, through io_uring, without
-//! making the caller wait).
+//! append made durable by one write and one fdatasync.
 //!
 //! The WAL knows nothing about raft: records are a kind, an index and opaque bytes. The
 //! byte-level format is specified in `docs/format/wal.md` and, identically, by the
@@ -29,11 +28,9 @@
 //!    cluster id, …). It returns only when the metadata is durable.
 //! 2. On every start, [`Wal::open`], which returns the [`Recovery`]: the latest metadata
 //!    and every surviving record in append order.
-//! 3. [`Wal::start_append`] for each raft `Ready` (or several queued together): all their
-//!    entries, hard states and snapshot markers in one call, submitted through io_uring
-//!    as one write linked to one fdatasync; [`Wal::poll_append`] / [`Wal::wait_append`]
-//!    tell when it completed, and nothing of the batch may be acknowledged (or sent as a
-//!    persisted message) before. [`Wal::append`] does both at once.
+//! 3. [`Wal::append`] for each raft `Ready`: all its entries, its hard state and snapshot
+//!    marker in one call. It returns only after the fdatasync completed; nothing of the
+//!    batch may be acknowledged (or sent as a persisted message) before.
 //! 4. [`Wal::release_before`] after a raft snapshot, to delete segments holding only
 //!    entries below the snapshot's index.
 //!
@@ -69,7 +66,6 @@ mod error;
 pub mod faults;
 pub mod format;
 pub mod limits;
-mod ring;
 mod segment;
 mod wal;
 

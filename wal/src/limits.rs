@@ -57,19 +57,6 @@ pub const RESUME_SCAN_SEEDS_MAX: usize = 8;
 /// the bound keeps crafted input (a fuzzer's, say) from making recovery quadratic.
 pub const RESUME_SCAN_CHECKSUM_FACTOR: usize = 4;
 
-/// Appends in flight at once (each one write linked to one fdatasync, submitted through
-/// io_uring without waiting). One, because recovery needs a log without holes: io_uring
-/// orders nothing between two independent write + fdatasync chains, so a later batch could
-/// reach the disk before an earlier one, and a crash between them would leave a valid
-/// batch after an invalid one, which recovery refuses as damage in the middle. Batching
-/// does not suffer: everything submitted while an append is in flight goes out as the
-/// next one when it completes (group commit without a timer), so batches grow with load.
-pub const APPENDS_IN_FLIGHT_MAX: usize = 1;
-
-/// Submission queue entries of the WAL's io_uring: the write and the fdatasync of the one
-/// append in flight, rounded up to a power of two as the kernel does.
-pub const RING_ENTRIES: u32 = 4;
-
 const _: () = assert!(SEGMENT_BYTES_DEFAULT % PAGE_BYTES == 0);
 const _: () = assert!(SEGMENT_BYTES_MIN % PAGE_BYTES == 0);
 const _: () = assert!(SEGMENT_BYTES_MAX % PAGE_BYTES == 0);

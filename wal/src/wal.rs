@@ -3,7 +3,7 @@
 use std::collections::VecDeque;
 use std::fs::{self, File};
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use crate::durable::{Durable, WriteError};
@@ -14,7 +14,6 @@ use crate::format::{self, AfterDamage, SegmentEnd, SegmentHeader, FLAG_BATCH_STA
 use crate::limits::{
     BATCH_BYTES_MAX, PAGE_BYTES, RECORD_PAYLOAD_BYTES_MAX, SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN,
 };
-use crate::ring::{Completed, MaybeInFlight, Ring};
 use crate::segment::{self, SegmentName};
 use crate::{OwnedRecord, Record, RecordKind, Recovery, TornTail, WalOptions, WalStats};
 
@@ -42,22 +41,6 @@ pub struct Wal {
     buf: Vec<u8>,
     stats: WalStats,
     poisoned: bool,
-    /// The io_uring appends go through; None where io_uring is not available, and then
-    /// appends are blocking `pwrite` + `fdatasync` calls.
-    ring: Option<Ring>,
-    /// The append whose write and fdatasync the kernel is doing (its bytes are `buf`).
-    in_flight: Option<InFlight>,
-}
-
-/// An append submitted through the ring and not completed.
-struct InFlight {
-    fd: RawFd,
-    offset: u64,
-    len: u64,
-    /// Bytes the kernel reported written so far (a short write is continued).
-    written: u64,
-    /// A test fault (`faults::wal_fdatasync`) that fails this append's fdatasync.
-    injected: Option<io::Error>,
 }
 
 // The raft core owns its `Wal`; it may be created on one thread and moved to the core.
@@ -181,8 +164,6 @@ impl Wal {
             buf: Vec::new(),
             stats,
             poisoned: false,
-            ring: new_ring(),
-            in_flight: None,
         })
     }
 
@@ -263,8 +244,6 @@ impl Wal {
                 ..WalStats::default()
             },
             poisoned: false,
-            ring: new_ring(),
-            in_flight: None,
         };
         let recovery = Recovery {
             metadata: scanned.metadata,
@@ -282,25 +261,11 @@ impl Wal {
     ///
     /// Any I/O failure poisons the WAL: later calls return [`AppendError::Poisoned`].
     pub fn append(&mut self, records: &[Record<'_>]) -> Result<(), AppendError> {
-        self.start_append(records)?;
-        self.wait_append()
-    }
-
-    /// Starts appending `records` as [`Wal::append`] does, but returns once the write and
-    /// its fdatasync are submitted to the kernel (io_uring, linked): true while the append
-    /// is in flight, false when it is already durable (an empty batch, or a WAL without
-    /// io_uring, whose appends block). [`Wal::poll_append`] or [`Wal::wait_append`] tell
-    /// when it completed; nothing of the batch may be acknowledged before.
-    ///
-    /// One append is in flight at a time ([`crate::limits::APPENDS_IN_FLIGHT_MAX`]): starting
-    /// one while another is in flight first waits for that one.
-    pub fn start_append(&mut self, records: &[Record<'_>]) -> Result<bool, AppendError> {
-        self.wait_append()?;
         if self.poisoned {
             return Err(AppendError::Poisoned);
         }
         if records.is_empty() {
-            return Ok(false);
+            return Ok(());
         }
         let mut batch_bytes = 0_u64;
         for (position, record) in records.iter().enumerate() {
@@ -346,40 +311,11 @@ impl Wal {
             "encoded batch size differs from the computed size"
         );
         let offset = self.active.write_offset;
-        let fd = self.active.file.as_raw_fd();
-        let in_flight = if self.ring.is_none() {
-            let result = self.durable.write_and_sync(fd, &self.buf, offset);
-            self.write_result(result, "append to segment")?;
-            false
-        } else {
-            let space = crate::faults::wal_write(batch_bytes).map_err(|source| WriteError {
-                operation: "pwrite",
-                source,
-            });
-            self.write_result(space, "append to segment")?;
-            let submitted = match self.ring.as_mut() {
-                // SAFETY: `buf` is not touched until this append completed (every path that
-                // writes it first waits for the append in flight), and is leaked if that
-                // cannot be known.
-                Some(ring) => unsafe {
-                    ring.submit(fd, self.buf.as_ptr(), batch_bytes as u32, offset)
-                },
-                None => Ok(()),
-            };
-            let submitted = submitted.map_err(|error| self.forget_buffer(error));
-            self.write_result(submitted, "append to segment")?;
-            self.in_flight = Some(InFlight {
-                fd,
-                offset,
-                len: batch_bytes,
-                written: 0,
-                injected: crate::faults::wal_fdatasync().err(),
-            });
-            true
-        };
+        let result = self
+            .durable
+            .write_and_sync(self.active.file.as_raw_fd(), &self.buf, offset);
+        self.write_result(result, "append to segment")?;
 
-        // The batch counts as written from here: if its write or fdatasync fails, the
-        // WAL is poisoned and nothing reads this state again.
         self.active.write_offset += batch_bytes;
         self.crc_last = crc;
         self.stats.appends += 1;
@@ -409,114 +345,7 @@ impl Wal {
                 }
             }
         }
-        Ok(in_flight)
-    }
-
-    /// Takes the completion of the append in flight if it arrived, without waiting: true
-    /// when no append is in flight any more (it is durable), false while it is. A failed
-    /// write or fdatasync poisons the WAL and is returned.
-    pub fn poll_append(&mut self) -> Result<bool, AppendError> {
-        if self.in_flight.is_none() {
-            return Ok(true);
-        }
-        let Some(completed) = self.ring.as_mut().and_then(Ring::reap) else {
-            return Ok(false);
-        };
-        self.finish(completed)
-    }
-
-    /// Waits until no append is in flight; Err if it failed (the WAL is then poisoned).
-    pub fn wait_append(&mut self) -> Result<(), AppendError> {
-        while self.in_flight.is_some() {
-            let Some(ring) = self.ring.as_mut() else {
-                break;
-            };
-            let completed = ring.wait().map_err(|error| self.forget_buffer(error));
-            let completed = self.write_result(completed, "append to segment")?;
-            self.finish(completed)?;
-        }
         Ok(())
-    }
-
-    /// Whether an append is in flight.
-    pub fn append_in_flight(&self) -> bool {
-        self.in_flight.is_some()
-    }
-
-    /// A descriptor that becomes readable when an append in flight may have completed
-    /// (the ring's completion eventfd; read 8 bytes to reset it, then call
-    /// [`Wal::poll_append`]). None for a WAL without io_uring, whose appends block.
-    pub fn completion_fd(&self) -> Option<io::Result<OwnedFd>> {
-        self.ring.as_ref().map(Ring::eventfd)
-    }
-
-    /// The write and fdatasync of the append in flight completed with `completed`.
-    fn finish(&mut self, completed: Completed) -> Result<bool, AppendError> {
-        let Some(mut flight) = self.in_flight.take() else {
-            return Ok(true);
-        };
-        let failed = |operation: &'static str, source: io::Error| WriteError { operation, source };
-        let result = if completed.write < 0 {
-            Err(failed(
-                "io_uring write",
-                io::Error::from_raw_os_error(-completed.write),
-            ))
-        } else if completed.write == 0 {
-            Err(failed(
-                "io_uring write",
-                io::Error::new(io::ErrorKind::WriteZero, "write made no progress"),
-            ))
-        } else {
-            flight.written += u64::from(completed.write.unsigned_abs());
-            if flight.written < flight.len {
-                // A short write breaks the link: the kernel cancelled the fdatasync.
-                // The rest goes again, linked to a new one.
-                self.durable.counts.short_write_retries += 1;
-                let rest = (flight.len - flight.written) as u32;
-                let at = flight.offset + flight.written;
-                let Some(ring) = self.ring.as_mut() else {
-                    return Err(AppendError::Poisoned);
-                };
-                // SAFETY: as in `start_append`; `written < len <= buf.len()`.
-                let submitted = unsafe {
-                    ring.submit(
-                        flight.fd,
-                        self.buf.as_ptr().add(flight.written as usize),
-                        rest,
-                        at,
-                    )
-                };
-                let submitted = submitted.map_err(|error| self.forget_buffer(error));
-                self.write_result(submitted, "append to segment")?;
-                self.in_flight = Some(flight);
-                return Ok(false);
-            } else if completed.sync < 0 {
-                Err(failed(
-                    "io_uring fdatasync",
-                    io::Error::from_raw_os_error(-completed.sync),
-                ))
-            } else if let Some(source) = flight.injected.take() {
-                Err(failed("fdatasync", source))
-            } else {
-                self.durable.counts.fdatasyncs += 1;
-                Ok(())
-            }
-        };
-        self.write_result(result, "append to segment")?;
-        Ok(true)
-    }
-
-    /// The kernel may still hold `buf`: it is never freed or reused (leaked), the WAL is
-    /// poisoned, and the error returned.
-    fn forget_buffer(&mut self, error: MaybeInFlight) -> WriteError {
-        std::mem::forget(std::mem::take(&mut self.buf));
-        self.in_flight = None;
-        self.ring = None;
-        self.poisoned = true;
-        WriteError {
-            operation: "io_uring submit",
-            source: error.0,
-        }
     }
 
     /// Deletes, oldest first, the segment files none of whose Entry records has an index
@@ -628,35 +457,15 @@ impl Wal {
         AppendError::Io(error)
     }
 
-    fn write_result<T>(
+    fn write_result(
         &mut self,
-        result: Result<T, WriteError>,
+        result: Result<(), WriteError>,
         operation: &'static str,
-    ) -> Result<T, AppendError> {
+    ) -> Result<(), AppendError> {
         result.map_err(|error| {
             let error = io_error(error, operation, &self.active.path);
             self.poison(error)
         })
-    }
-}
-
-/// The io_uring appends go through, or None (logged) where the kernel refuses one.
-fn new_ring() -> Option<Ring> {
-    match Ring::new() {
-        Ok(ring) => Some(ring),
-        Err(error) => {
-            tracing::warn!(%error, "io_uring is not available; WAL appends block the caller");
-            None
-        }
-    }
-}
-
-impl Drop for Wal {
-    /// The kernel must be done with the append in flight before its buffer is freed.
-    fn drop(&mut self) {
-        if self.in_flight.is_some() {
-            let _ = self.wait_append();
-        }
     }
 }
 

@@ -221,8 +221,6 @@ impl RaftCore {
             config,
             node,
             log: recovered.log,
-            unpersisted: std::collections::VecDeque::new(),
-            last_sequence: 0,
             peers,
             clock,
             forward,

@@ -31,6 +31,12 @@ pub trait PeerLink {
     /// Since when the link to `to` has been up (keep-alives close a dead peer's link);
     /// `None` while it is down.
     fn connected_since(&self, to: u64) -> Option<Instant>;
+    /// Lets the transport put the messages queued so far on the wire before the raft
+    /// core blocks in an fdatasync: the QUIC transport's tasks run on the raft core's
+    /// thread, and followers should start their own fdatasync while the leader does its.
+    fn flush(&self) -> Pin<Box<dyn Future<Output = ()> + '_>> {
+        Box::pin(std::future::ready(()))
+    }
     /// Asks each of `peers` (ID, peer URLs) for its HashKV at `revision`, for the
     /// corruption checks; answers one [`PeerHash`] per peer through `reply`, without
     /// making the raft core wait. A link that cannot ask (the simulation's) answers
@@ -74,38 +80,22 @@ pub enum PeerEvent {
 #[error("log storage: {0}")]
 pub struct LogError(pub String);
 
-/// What the raft core waits on, with its other inputs, while a log write is in flight:
-/// it completes when [`LogStorage::durable`] may have moved.
-pub type LogSignal = Pin<Box<dyn Future<Output = ()>>>;
-
 /// The raft core's durable log: records of raft entries, hard states and checkpoint
-/// markers ([`LogRecord`], the WAL's record; `docs/format/wal.md`). Writes are *submitted*
-/// and later made *durable*, and the raft core does not wait in between (issue 17:
-/// raft-rs's `advance_append_async` and `on_persist_ready`): it goes on applying,
-/// ticking, answering reads and gathering the next writes, and learns of durability from
-/// [`LogStorage::durable`] when [`LogStorage::signal`] fires. Writes become durable in the
-/// order they were submitted, never out of it.
+/// markers ([`LogRecord`], the WAL's record; `docs/format/wal.md`). Writes are *submitted* and later made *durable*, so that
+/// an implementation may run the write and its fdatasync while the raft core goes on
+/// (issue 17: raft-rs's `advance_append_async` and `on_persist_ready`); today's raft core
+/// waits for each write right after submitting it, with one thing in between: it lets the
+/// transport send the messages of the same Ready ([`PeerLink::flush`]).
 ///
 /// A failed write or sync is never retried: the raft core stops (a retried fsync can
 /// report success for lost data).
 pub trait LogStorage {
-    /// Queues `records` behind everything submitted before and starts writing them if the
-    /// disk is free; answers the write's sequence number (increasing from 1).
+    /// Queues `records` behind everything submitted before; answers the write's sequence
+    /// number (increasing from 1).
     fn submit(&mut self, records: Vec<LogRecord>) -> Result<u64, LogError>;
-    /// The highest sequence number durable now (0 before any), without waiting. When a
-    /// write completed, everything submitted meanwhile starts as the next one (the group
-    /// commit: one write, one fdatasync for all of it).
-    fn durable(&mut self) -> Result<u64, LogError>;
-    /// Returns once every write up to `sequence` is durable, blocking the caller (for the
-    /// rare writes the raft core cannot go on without: checkpoint and snapshot markers,
-    /// `--force-new-cluster`, the last write of a graceful stop).
+    /// Returns once every write up to `sequence` is durable. One call makes everything
+    /// submitted so far durable at once (the group commit: one write, one fdatasync).
     fn wait_durable(&mut self, sequence: u64) -> Result<(), LogError>;
-    /// While a write is in flight, what completes when it may have become durable; `None`
-    /// when nothing is in flight, or when something else drives the storage and hands the
-    /// raft core a turn when it completes (the simulation's disk).
-    fn signal(&mut self) -> Option<LogSignal> {
-        None
-    }
     /// Lets the storage drop what lies before `index`, which a checkpoint covers.
     fn release_before(&mut self, index: u64) -> Result<(), LogError>;
 }

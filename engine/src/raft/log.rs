@@ -221,66 +221,45 @@ pub fn marker_record(marker: &CheckpointMarker) -> LogRecord {
     }
 }
 
-/// The WAL as the raft core's log storage. A write goes to the kernel through io_uring
-/// (the WAL's write linked to its fdatasync) and the raft core goes on; the ring's
-/// completion eventfd, polled by the raft core's tokio runtime ([`LogStorage::signal`]),
-/// wakes it when the write completed. One write is in flight at a time
-/// (`rivet_wal::limits::APPENDS_IN_FLIGHT_MAX`); what is submitted meanwhile queues here
-/// and goes out as one write when it completes, so writes grow with the load.
-///
-/// Where io_uring is not available (the WAL logged why), a write blocks in `submit`.
+/// The WAL as the raft core's log storage. Writes wait in memory until
+/// [`LogStorage::wait_durable`], which appends all of them with one `pwrite` and one
+/// `fdatasync` (see `docs/ARCHITECTURE.md` on why not io_uring yet).
 pub struct WalLog {
     wal: Wal,
-    /// Records submitted and not yet handed to the WAL: they wait for the write in flight.
-    queued: Vec<LogRecord>,
+    pending: Vec<LogRecord>,
     submitted: u64,
     durable: u64,
-    /// The sequence the write in flight makes durable, and when it started.
-    in_flight: Option<(u64, Instant)>,
-    /// The WAL's completion eventfd in the raft core's runtime, made at the first wait.
-    completions: Option<std::sync::Arc<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>>>,
-    /// The eventfd could not be polled: wait for each write in [`LogStorage::durable`].
-    blocking: bool,
 }
 
 impl WalLog {
     pub fn new(wal: Wal) -> WalLog {
         WalLog {
             wal,
-            queued: Vec::new(),
+            pending: Vec::new(),
             submitted: 0,
             durable: 0,
-            in_flight: None,
-            completions: None,
-            blocking: false,
         }
     }
+}
 
-    /// Hands everything queued to the WAL as one write, unless a write is in flight.
-    fn start_next(&mut self) -> Result<(), LogError> {
-        if self.in_flight.is_some() || self.queued.is_empty() {
+impl LogStorage for WalLog {
+    fn submit(&mut self, records: Vec<LogRecord>) -> Result<u64, LogError> {
+        self.pending.extend(records);
+        self.submitted += 1;
+        Ok(self.submitted)
+    }
+
+    fn wait_durable(&mut self, sequence: u64) -> Result<(), LogError> {
+        if sequence <= self.durable {
             return Ok(());
         }
-        let records: Vec<Record<'_>> = self.queued.iter().map(LogRecord::as_record).collect();
-        let bytes: usize = self.queued.iter().map(|r| r.payload.len()).sum();
+        let records: Vec<Record<'_>> = self.pending.iter().map(LogRecord::as_record).collect();
+        let bytes: usize = self.pending.iter().map(|r| r.payload.len()).sum();
         crate::metrics::WAL_WRITE_BYTES.add(bytes as u64);
         let started = Instant::now();
-        let in_flight = self
-            .wal
-            .start_append(&records)
+        self.wal
+            .append(&records)
             .map_err(|e| LogError(format!("WAL append failed: {e}")))?;
-        // The WAL encoded the records into its own buffer.
-        self.queued.clear();
-        if in_flight {
-            self.in_flight = Some((self.submitted, started));
-        } else {
-            self.completed(self.submitted, started);
-        }
-        Ok(())
-    }
-
-    fn completed(&mut self, sequence: u64, started: Instant) {
-        self.durable = sequence;
         let took = started.elapsed();
         crate::metrics::WAL_FSYNC.observe(took);
         if took > limits::WAL_FSYNC_WARN {
@@ -290,105 +269,9 @@ impl WalLog {
                 "slow fdatasync"
             );
         }
-    }
-
-    /// Takes the completion of the write in flight, waiting for it if `wait`.
-    fn reap(&mut self, wait: bool) -> Result<(), LogError> {
-        let Some((sequence, started)) = self.in_flight else {
-            return Ok(());
-        };
-        let done = if wait {
-            self.wal.wait_append().map(|()| true)
-        } else {
-            self.wal.poll_append()
-        };
-        if done.map_err(|e| LogError(format!("WAL append failed: {e}")))? {
-            self.in_flight = None;
-            self.completed(sequence, started);
-        }
+        self.pending.clear();
+        self.durable = self.submitted;
         Ok(())
-    }
-
-    /// The completion eventfd registered with the current tokio runtime.
-    fn completions(
-        &mut self,
-    ) -> Option<std::sync::Arc<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>>> {
-        if let Some(fd) = &self.completions {
-            return Some(std::sync::Arc::clone(fd));
-        }
-        let made = self.wal.completion_fd()?.and_then(|fd| {
-            if tokio::runtime::Handle::try_current().is_err() {
-                return Err(std::io::Error::other("not on a tokio runtime"));
-            }
-            // SAFETY: the `OwnedFd` is moved into the `AsyncFd`, which keeps it open and
-            // answers the same descriptor for as long as it lives.
-            unsafe {
-                tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
-            }
-            .map_err(|e| e.into_parts().1)
-        });
-        match made {
-            Ok(fd) => {
-                let fd = std::sync::Arc::new(fd);
-                self.completions = Some(std::sync::Arc::clone(&fd));
-                Some(fd)
-            }
-            Err(e) => {
-                tracing::warn!("cannot poll the WAL's completions ({e}); waiting for each write");
-                self.blocking = true;
-                None
-            }
-        }
-    }
-}
-
-impl LogStorage for WalLog {
-    fn submit(&mut self, records: Vec<LogRecord>) -> Result<u64, LogError> {
-        self.queued.extend(records);
-        self.submitted += 1;
-        self.start_next()?;
-        Ok(self.submitted)
-    }
-
-    fn durable(&mut self) -> Result<u64, LogError> {
-        self.reap(self.blocking)?;
-        self.start_next()?;
-        Ok(self.durable)
-    }
-
-    fn wait_durable(&mut self, sequence: u64) -> Result<(), LogError> {
-        while self.durable < sequence {
-            self.start_next()?;
-            if self.in_flight.is_none() {
-                // Nothing queued and nothing in flight: everything submitted is durable.
-                self.durable = self.submitted;
-                break;
-            }
-            self.reap(true)?;
-        }
-        Ok(())
-    }
-
-    fn signal(&mut self) -> Option<super::io::LogSignal> {
-        if self.in_flight.is_none() || self.blocking {
-            return None;
-        }
-        let fd = self.completions()?;
-        Some(Box::pin(async move {
-            if let Ok(mut ready) = fd.readable().await {
-                let mut counter = [0_u8; 8];
-                // SAFETY: reads at most 8 bytes into a live 8-byte buffer; the eventfd is
-                // non-blocking (EAGAIN when another wake-up reset it first).
-                let _ = unsafe {
-                    libc::read(
-                        std::os::fd::AsRawFd::as_raw_fd(fd.get_ref()),
-                        counter.as_mut_ptr().cast(),
-                        counter.len(),
-                    )
-                };
-                ready.clear_ready();
-            }
-        }))
     }
 
     fn release_before(&mut self, index: u64) -> Result<(), LogError> {

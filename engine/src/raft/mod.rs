@@ -6,12 +6,10 @@
 //! 1. wait for a command, a shard acknowledgement, a peer's message or the tick;
 //! 2. drain every command that arrived meanwhile: proposals, read requests (all read
 //!    requests of this turn share one ReadIndex), status;
-//! 3. handle the Ready ([`ready`], raft-rs's asynchronous Ready): the new entries and
-//!    hard state go to the log storage as one write and one fdatasync, which the core does
-//!    not wait for (a write in flight is one more input of step 1; one write at a time,
-//!    and every proposal that arrived during it is in the next: group commit); committed
-//!    entries are applied and streamed to the shards; a write that became durable lets
-//!    raft count it (`on_persist_ready`) and sends the messages that waited for it;
+//! 3. handle the Ready ([`ready`]): the new entries and hard state go to the log storage
+//!    as one write and one fdatasync (group commit: every proposal that arrived during the
+//!    previous fdatasync is in this one); committed entries are applied and streamed to
+//!    the shards;
 //! 4. answers are released once every shard has acknowledged the index they depend on,
 //!    so a client that got an answer reads its own write on any shard.
 //!
@@ -128,10 +126,6 @@ pub struct RaftCore {
     compactor: Option<compactor::Compactor>,
     /// `Maintenance.Snapshot` streams waiting for their point.
     snapshot_streams: etcd_snapshot::SnapshotStreams,
-    /// Readies handed to raft whose log write is not durable yet, oldest first.
-    unpersisted: std::collections::VecDeque<ready::Unpersisted>,
-    /// The sequence number of the last log write submitted (0 before any).
-    last_sequence: u64,
 }
 
 #[derive(Default)]
@@ -162,18 +156,7 @@ impl RaftCore {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_tick = self.clock.now();
         loop {
-            // While a log write is in flight, its completion is one more input.
-            let durable = self.log.signal();
             tokio::select! {
-                true = async {
-                    match durable {
-                        Some(signal) => {
-                            signal.await;
-                            true
-                        }
-                        None => false,
-                    }
-                } => {}
                 command = commands.recv() => match command {
                     Ok(command) => self.handle_command(command),
                     Err(_) => self.stop.stopping = true,
@@ -449,12 +432,6 @@ impl RaftCore {
     /// the next start has nothing to replay.
     async fn shutdown(mut self, acks: async_channel::Receiver<ShardAck>) {
         self.waiters.fail_all(EtcdError::Stopped);
-        // What raft asked to write is written (a failed log needs nothing more).
-        if self.stop.reason.is_none() {
-            if let Err(e) = self.log.wait_durable(self.last_sequence) {
-                tracing::error!("the last log write failed: {e}");
-            }
-        }
         if !self.checkpoints.in_flight() && self.applied_index > self.checkpoints.last_index() {
             self.start_checkpoint().await;
         }

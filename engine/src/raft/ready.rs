@@ -1,11 +1,10 @@
 //! The Ready protocol, proposals, and committed entries through the applier.
 //!
-//! Readies are handled with raft-rs's asynchronous persistence: messages that may go out
-//! at once are sent; committed entries are applied and streamed to the shards; new
-//! entries and the hard state are submitted to the log storage as one write (and one
-//! fdatasync) that the raft core does not wait for (`advance_append_async`); when the log
-//! reports the write durable, raft learns it (`on_persist_ready`: a leader's own entries
-//! count toward the quorum from then on) and the messages that had to wait for it go out.
+//! A Ready is handled in raft-rs's order: messages that may go out at once are sent;
+//! committed entries are applied and streamed to the shards; new entries and the hard
+//! state are made durable (one write, one fdatasync); then the messages that had to wait
+//! for that fdatasync go out, raft advances, and what the advance committed is applied
+//! too.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -22,7 +21,6 @@ use super::{log, AppliedEntry, RaftCore};
 use crate::apply::{quota, ApplyContext};
 use crate::error::EtcdError;
 use crate::keyspace::shard_of;
-use crate::limits;
 use crate::messages::{
     ApplyBatch, ApplyMessage, MemberChangeResult, ReadPoint, Reply, ShardAck, ShardRequest,
 };
@@ -73,16 +71,6 @@ impl Shards {
     pub fn close(&mut self) {
         self.apply.clear();
     }
-}
-
-/// A Ready handed to raft (`advance_append_async`) whose write is not known durable.
-pub struct Unpersisted {
-    /// The log write that makes it durable (an earlier one if it wrote nothing).
-    pub sequence: u64,
-    /// Its number, for `on_persist_ready`.
-    pub number: u64,
-    /// The messages that may go out only once it is durable.
-    pub messages: Vec<RaftMessage>,
 }
 
 /// A request proposed here, waiting for its entry to apply.
@@ -303,57 +291,10 @@ impl RaftCore {
         }
     }
 
-    /// Handles what raft has to do: Readies, and the log writes that became durable
-    /// meanwhile. Never waits for the disk.
     pub(super) async fn handle_ready(&mut self) -> Result<(), String> {
-        self.persisted()?;
-        // One Ready can lead to another at once: a write that completed lets raft commit
-        // (a single member's entries commit as soon as they are durable).
-        for _ in 0..limits::READIES_PER_TURN_MAX {
-            if !self.node.has_ready() {
-                break;
-            }
-            self.handle_one_ready().await?;
-            self.persisted()?;
+        if !self.node.has_ready() {
+            return Ok(());
         }
-        self.shared
-            .term
-            .store(self.node.raft.term, Ordering::Release);
-        self.release_reads();
-        crate::metrics::PROPOSALS_COMMITTED.set(self.node.raft.raft_log.committed);
-        crate::metrics::PROPOSALS_APPLIED.set(self.applied_index);
-        crate::metrics::PROPOSALS_PENDING.set(self.waiters.len() as u64);
-        Ok(())
-    }
-
-    /// Tells raft which Readies the log made durable, and sends the messages that had to
-    /// wait for that (a follower's acknowledgements and votes): raft-rs's
-    /// `on_persist_ready`. A leader's own entries count toward the quorum only from here.
-    pub(super) fn persisted(&mut self) -> Result<(), String> {
-        // Asked every turn: a completed write also starts the next one.
-        let durable = self.log.durable().map_err(|e| e.to_string())?;
-        while self
-            .unpersisted
-            .front()
-            .is_some_and(|ready| ready.sequence <= durable)
-        {
-            let Some(ready) = self.unpersisted.pop_front() else {
-                break;
-            };
-            self.node.on_persist_ready(ready.number);
-            self.send_messages(ready.messages);
-        }
-        self.advance_raft_applied();
-        Ok(())
-    }
-
-    /// One Ready, in raft-rs's asynchronous order: messages that may go out at once are
-    /// sent (a leader's appends: followers write while the leader does); committed entries
-    /// are applied and streamed to the shards; new entries and the hard state go to raft's
-    /// in-memory log at once and to the log storage as one write, which the core does not
-    /// wait for; the messages that need that write durable wait in `unpersisted` until
-    /// [`RaftCore::persisted`] sees it durable.
-    async fn handle_one_ready(&mut self) -> Result<(), String> {
         let mut ready = self.node.ready();
         if let Some(soft) = ready.ss() {
             let previous = self.shared.leader.swap(soft.leader_id, Ordering::AcqRel);
@@ -382,7 +323,14 @@ impl RaftCore {
                 );
             }
         }
+        // The leader's messages go out before its own fdatasync (raft allows it), so the
+        // followers' fdatasyncs overlap the leader's. The transport's tasks run on this
+        // thread's runtime and the log append below blocks it: let the transport put the
+        // messages on the wire first (otherwise the followers would start only after the
+        // leader's fdatasync, and a commit would take two in a row) — after handing
+        // committed entries to the shards, which the flush must not delay.
         let messages = ready.take_messages();
+        let sent = !messages.is_empty();
         self.send_messages(messages);
         if !ready.snapshot().is_empty() {
             // The state was installed when the snapshot arrived (`install_snapshot`); here
@@ -397,44 +345,47 @@ impl RaftCore {
         }
         let committed = ready.take_committed_entries();
         self.apply_entries(committed).await?;
-        // Raft reads its log from `MemStorage` (a cache of the log in memory, not its
-        // durability): it must hold the entries before `advance_append_async`.
-        let sequence = self.submit_ready(&ready)?;
-        let store = self.node.mut_store();
-        store
-            .wl()
-            .append(ready.entries())
-            .map_err(|e| e.to_string())?;
-        if let Some(hs) = ready.hs() {
-            store.wl().set_hardstate(hs.clone());
+        if let Some(sequence) = self.submit_ready(&ready)? {
+            if sent && !ready.entries().is_empty() {
+                self.peers.flush().await;
+            }
+            self.log.wait_durable(sequence).map_err(|e| e.to_string())?;
+            let store = self.node.mut_store();
+            store
+                .wl()
+                .append(ready.entries())
+                .map_err(|e| e.to_string())?;
+            if let Some(hs) = ready.hs() {
+                store.wl().set_hardstate(hs.clone());
+            }
         }
-        if let Some(sequence) = sequence {
-            self.last_sequence = sequence;
-        }
-        // A Ready with nothing to write still waits for the writes before it: its
-        // messages may depend on them.
-        self.unpersisted.push_back(Unpersisted {
-            sequence: self.last_sequence,
-            number: ready.number(),
-            messages: ready.take_persisted_messages(),
-        });
+        let messages = ready.take_persisted_messages();
+        self.send_messages(messages);
         for state in ready.take_read_states() {
             self.reads
                 .answered(state.request_ctx.as_slice(), state.index);
         }
-        self.node.advance_append_async(ready);
-        self.advance_raft_applied();
-        Ok(())
-    }
-
-    /// Tells raft how far this member applied: as far as it did, but not past what raft
-    /// knows durable (a snapshot's index counts as applied only once its Ready is).
-    fn advance_raft_applied(&mut self) {
-        let log = &self.node.raft.raft_log;
-        let to = self.applied_index.min(log.persisted).min(log.committed);
-        if to > log.applied {
-            self.node.advance_apply_to(to);
+        let mut light = self.node.advance(ready);
+        if let Some(commit) = light.commit_index() {
+            self.node
+                .mut_store()
+                .wl()
+                .mut_hard_state()
+                .set_commit(commit);
         }
+        let messages = light.take_messages();
+        self.send_messages(messages);
+        let committed = light.take_committed_entries();
+        self.apply_entries(committed).await?;
+        self.node.advance_apply();
+        self.shared
+            .term
+            .store(self.node.raft.term, Ordering::Release);
+        self.release_reads();
+        crate::metrics::PROPOSALS_COMMITTED.set(self.node.raft.raft_log.committed);
+        crate::metrics::PROPOSALS_APPLIED.set(self.applied_index);
+        crate::metrics::PROPOSALS_PENDING.set(self.waiters.len() as u64);
+        Ok(())
     }
 
     /// Hands the entries and hard state of one Ready to the log storage: one write (and

@@ -106,8 +106,6 @@ enum Event {
         delivered: bool,
     },
     ShardWork(usize),
-    /// The write in flight on member `i`'s disk completes.
-    DiskDone(usize),
     Client(usize),
     Fault,
     Restart(usize),
@@ -127,7 +125,6 @@ pub struct Sim {
     clients: Vec<Client>,
     pub history: Vec<HistoryEvent>,
     shard_work_scheduled: Vec<bool>,
-    disk_done_scheduled: Vec<bool>,
     /// Faults stop at this time; the run then heals and settles.
     chaos_until_ns: u64,
     failure: Option<String>,
@@ -202,7 +199,6 @@ impl Sim {
             clients,
             history: Vec::new(),
             shard_work_scheduled: vec![false; plan.members],
-            disk_done_scheduled: vec![false; plan.members],
             chaos_until_ns,
             failure: None,
             trace: Vec::new(),
@@ -380,19 +376,6 @@ impl Sim {
                 self.end_turn(to);
             }
             Event::ShardWork(i) => self.shard_work(i),
-            Event::DiskDone(i) => {
-                self.disk_done_scheduled[i] = false;
-                if self.nodes[i].running.is_none() {
-                    return;
-                }
-                let failure = self.plan.node.sync_failure_per_mille;
-                self.nodes[i]
-                    .disk
-                    .lock()
-                    .expect("disk lock")
-                    .complete(&mut self.rng, failure);
-                self.end_turn(i);
-            }
             Event::Client(c) => self.client_step(c),
             Event::Fault => self.fault(),
             Event::Restart(i) => {
@@ -431,13 +414,7 @@ impl Sim {
         if self.nodes[i].running.is_some() {
             self.note(format!("m{} crashes ({why})", i + 1));
             self.nodes[i].crash();
-            self.nodes[i]
-                .disk
-                .lock()
-                .expect("disk lock")
-                .crash(&mut self.rng);
             self.shard_work_scheduled[i] = false;
-            self.disk_done_scheduled[i] = false;
         }
     }
 
@@ -464,19 +441,6 @@ impl Sim {
             let after = self.rng.between(10 * MS, 300 * MS);
             self.schedule(after, Event::Restart(i));
             return;
-        }
-        let writing = self.nodes[i]
-            .disk
-            .lock()
-            .expect("disk lock")
-            .in_flight
-            .is_some();
-        if writing && !self.disk_done_scheduled[i] {
-            // The disk takes about as long as a message between members, so writes and
-            // acknowledgements race.
-            self.disk_done_scheduled[i] = true;
-            let after = self.rng.between(MS / 20, 3 * MS);
-            self.schedule(after, Event::DiskDone(i));
         }
         if shard_work && !self.shard_work_scheduled[i] {
             self.shard_work_scheduled[i] = true;
