@@ -39,6 +39,7 @@ use tonic::{Code, Status};
 
 use crate::cli::{PutArgs, TxnMixedArgs, TxnPutArgs};
 use crate::report::{record, Phase};
+use crate::workloads::put_op;
 
 /// HTTP/2 flow-control windows the client grants: large enough that a connection's clients
 /// never wait for a WINDOW_UPDATE of ours (range answers can be large).
@@ -282,16 +283,6 @@ impl Source {
                 }
             }
         }
-    }
-}
-
-fn put_op(key: Bytes, value: Bytes) -> RequestOp {
-    RequestOp {
-        request: Some(request_op::Request::RequestPut(PutRequest {
-            key,
-            value,
-            ..Default::default()
-        })),
     }
 }
 

@@ -399,7 +399,8 @@ impl Op for RangeOp {
     }
 }
 
-fn put_op(key: Bytes, value: Bytes) -> RequestOp {
+/// A txn's put of `key` (the tonic and the lean paths build their txns from it).
+pub(crate) fn put_op(key: Bytes, value: Bytes) -> RequestOp {
     RequestOp {
         request: Some(request_op::Request::RequestPut(PutRequest {
             key,
