@@ -739,16 +739,7 @@ pub async fn run(
         handles.push(handle);
     }
     drop(connected_tx);
-    let mut failed = None;
-    for _ in 0..threads {
-        match connected_rx.recv().await {
-            Some(Ok(())) => {}
-            Some(Err(e)) => {
-                failed.get_or_insert(e);
-            }
-            None => break,
-        }
-    }
+    let failed = crate::workloads::first_failure(&mut connected_rx, threads).await;
     if let Some(e) = failed {
         drop(go);
         for handle in handles {

@@ -399,6 +399,25 @@ impl Op for RangeOp {
     }
 }
 
+/// Waits for `count` set-up reports (or until every sender is gone) and answers the first
+/// failure among them: how the load's tasks say they are ready before it starts.
+pub(crate) async fn first_failure(
+    reports: &mut tokio::sync::mpsc::UnboundedReceiver<Result<(), String>>,
+    count: usize,
+) -> Option<String> {
+    let mut failed = None;
+    for _ in 0..count {
+        match reports.recv().await {
+            Some(Ok(())) => {}
+            Some(Err(e)) => {
+                failed.get_or_insert(e);
+            }
+            None => break,
+        }
+    }
+    failed
+}
+
 /// A txn's put of `key` (the tonic and the lean paths build their txns from it).
 pub(crate) fn put_op(key: Bytes, value: Bytes) -> RequestOp {
     RequestOp {
@@ -1084,16 +1103,7 @@ async fn watch(
         }));
     }
     drop(created_tx);
-    let mut failed = None;
-    for _ in 0..streams {
-        match created_rx.recv().await {
-            Some(Ok(())) => {}
-            Some(Err(e)) => {
-                failed.get_or_insert(e);
-            }
-            None => break,
-        }
-    }
+    let failed = first_failure(&mut created_rx, streams).await;
     let creation_seconds = creation_started.elapsed().as_secs_f64();
     drop(creating);
     if let Some(e) = failed {
@@ -1247,16 +1257,7 @@ async fn watch_latency(
     }
     drop(created_tx);
     drop(receipt_tx);
-    let mut failed = None;
-    for _ in 0..streams {
-        match created_rx.recv().await {
-            Some(Ok(())) => {}
-            Some(Err(e)) => {
-                failed.get_or_insert(e);
-            }
-            None => break,
-        }
-    }
+    let failed = first_failure(&mut created_rx, streams).await;
     let creation_seconds = creation_started.elapsed().as_secs_f64();
     drop(creating);
     if let Some(e) = failed {
