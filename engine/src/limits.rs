@@ -179,7 +179,8 @@ pub const GATEWAY_REQUEST_OVERHEAD_BYTES: usize = 64 * 1024;
 // server CPU per put; serializable range at 1 client: 160–218 against 110–132 µs, for
 // ~20 µs more p50), and under load a busy core never parks, so nothing was gained there
 // (put 100 conns / 1000 clients: 37.0–37.7 against 33.3–37.5 µs per put). An idle or
-// lightly loaded member now leaves its CPU to co-located processes.
+// lightly loaded member now leaves its CPU to co-located processes. Parking needs the
+// patched glommio in `vendor/` (0.9.0 could park with runnable tasks; spinning hid it).
 /// glommio's registered I/O buffer per executor. Three rings per executor must fit the
 /// memlock limit when not running as root (`ulimit -l`, 8 MiB here): 2 MiB each.
 pub const GLOMMIO_IO_MEMORY_BYTES: usize = 2 * 1024 * 1024;
