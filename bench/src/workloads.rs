@@ -31,6 +31,7 @@ use crate::cli::{
 };
 use crate::progress::{self, Progress};
 use crate::report::{record, Outcome, Phase};
+use crate::timeline::{Recorder, Timeline};
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -272,10 +273,20 @@ struct ClosedLoop {
     main: Phase,
     classes: Vec<Phase>,
     first_error: Option<String>,
+    timeline: Timeline,
+}
+
+/// The figures of a closed loop's clients: one set for the run, behind a lock taken once
+/// per answer (the tonic path's clients are tokio tasks on a multi-thread runtime; a
+/// histogram per client was ~140 KB each, 140 MB for 1,000 lease clients).
+struct LoopTally {
+    main: Phase,
+    classes: Vec<Phase>,
+    timeline: Recorder,
 }
 
 /// Runs `total` requests over the clients, each client issuing its next request when the
-/// previous one returns, paced by `--rate`.
+/// previous one returns, paced by `--rate`; `interval` is the timeline's.
 async fn closed_loop(
     ops: Vec<Box<dyn Op>>,
     name: &str,
@@ -283,22 +294,29 @@ async fn closed_loop(
     total: u64,
     rate: u64,
     show_progress: bool,
+    interval: Duration,
 ) -> anyhow::Result<ClosedLoop> {
     let progress = Progress::start(name, total, show_progress);
     let issued = Arc::new(AtomicU64::new(0));
     let limiter = Limiter::new(rate);
     let first_error = FirstError::default();
     let started = Instant::now();
-    let mut tasks = Vec::with_capacity(ops.len());
     let class_count = classes.len().max(1);
+    let tally = Arc::new(Mutex::new(LoopTally {
+        main: Phase::new(name),
+        classes: (0..class_count)
+            .map(|c| Phase::new(classes.get(c).copied().unwrap_or("")))
+            .collect(),
+        timeline: Recorder::new(started, interval),
+    }));
+    let mut tasks = Vec::with_capacity(ops.len());
     for mut op in ops {
         let issued = Arc::clone(&issued);
         let limiter = limiter.clone();
         let done = progress.counter();
         let first_error = first_error.clone();
+        let tally = Arc::clone(&tally);
         tasks.push(tokio::spawn(async move {
-            let mut main = Phase::new("");
-            let mut per_class: Vec<Phase> = (0..class_count).map(|_| Phase::new("")).collect();
             loop {
                 let n = issued.fetch_add(1, Ordering::Relaxed);
                 if n >= total {
@@ -308,43 +326,54 @@ async fn closed_loop(
                 let begin = Instant::now();
                 let (class, request) = op.call(n);
                 let result = request.await;
-                let latency = begin.elapsed();
-                let class = &mut per_class[class.min(class_count - 1)];
-                match result {
-                    Ok(()) => {
-                        record(&mut main.histogram, latency);
-                        record(&mut class.histogram, latency);
-                    }
-                    Err(e) => {
-                        main.errors += 1;
-                        class.errors += 1;
-                        first_error.note(format_status(&e));
+                let end = Instant::now();
+                let latency = end.saturating_duration_since(begin);
+                {
+                    let mut tally = tally.lock().unwrap_or_else(|e| e.into_inner());
+                    let tally = &mut *tally;
+                    let class = &mut tally.classes[class.min(class_count - 1)];
+                    match result {
+                        Ok(()) => {
+                            record(&mut tally.main.histogram, latency);
+                            record(&mut class.histogram, latency);
+                            tally.timeline.record(end, latency);
+                        }
+                        Err(e) => {
+                            tally.main.errors += 1;
+                            class.errors += 1;
+                            tally.timeline.error(end);
+                            first_error.note(format_status(&e));
+                        }
                     }
                 }
                 done.fetch_add(1, Ordering::Relaxed);
             }
-            (main, per_class)
         }));
     }
-    let mut main = Phase::new(name);
-    let mut per_class: Vec<Phase> = classes.iter().map(|c| Phase::new(c)).collect();
     for task in tasks {
-        let (m, c) = task.await?;
-        merge(&mut main, &m)?;
-        for (into, from) in per_class.iter_mut().zip(c.iter()) {
-            merge(into, from)?;
-        }
+        task.await?;
     }
     let seconds = started.elapsed().as_secs_f64();
+    drop(progress);
+    let LoopTally {
+        mut main,
+        classes: mut per_class,
+        timeline,
+    } = Arc::try_unwrap(tally)
+        .map_err(|_| anyhow::anyhow!("a closed loop's client outlived it"))?
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner());
     main.seconds = seconds;
+    // A workload of one class has no per-class phases.
+    per_class.truncate(classes.len());
     for class in &mut per_class {
         class.seconds = seconds;
     }
-    drop(progress);
     Ok(ClosedLoop {
         main,
         classes: per_class,
         first_error: first_error.take(),
+        timeline: timeline.timeline(seconds),
     })
 }
 
@@ -706,14 +735,19 @@ async fn run_lean(args: &Args, endpoints: Vec<String>) -> anyhow::Result<Outcome
         total,
         limiter: Limiter::new(args.rate),
         done: progress.counter(),
+        interval: args.timeline_interval(),
     });
     let mut started = Instant::now();
-    let (mut main, mut phases, first_error) =
-        crate::lean::run(planned, classes.len(), shared, || {
-            connected();
-            started = Instant::now();
-        })
-        .await?;
+    let crate::lean::Ran {
+        mut main,
+        classes: mut phases,
+        first_error,
+        timeline,
+    } = crate::lean::run(planned, classes.len(), shared, || {
+        connected();
+        started = Instant::now();
+    })
+    .await?;
     let seconds = started.elapsed().as_secs_f64();
     drop(progress);
     main.name = name.to_string();
@@ -729,6 +763,7 @@ async fn run_lean(args: &Args, endpoints: Vec<String>) -> anyhow::Result<Outcome
         main,
         phases,
         first_error,
+        timeline: Some(timeline.timeline(seconds)),
     })
 }
 
@@ -757,7 +792,9 @@ pub async fn run(args: &Args) -> anyhow::Result<Outcome> {
         KvClient::new(channels[i % channels.len()].clone()).max_decoding_message_size(usize::MAX)
     };
     let name = args.command.name();
+    let interval = args.timeline_interval();
     let mut phases = Vec::new();
+    let mut timeline = None;
     let (main, first_error) = match &args.command {
         Command::Put(a) => {
             let value = Bytes::from(vec![b'x'; a.val_size]);
@@ -770,7 +807,9 @@ pub async fn run(args: &Args) -> anyhow::Result<Outcome> {
                     }) as Box<dyn Op>
                 })
                 .collect();
-            let run = closed_loop(ops, name, &[], total, args.rate, show_progress).await?;
+            let run =
+                closed_loop(ops, name, &[], total, args.rate, show_progress, interval).await?;
+            timeline = Some(run.timeline);
             (run.main, run.first_error)
         }
         Command::Range(a) => {
@@ -783,7 +822,9 @@ pub async fn run(args: &Args) -> anyhow::Result<Outcome> {
                     }) as Box<dyn Op>
                 })
                 .collect();
-            let run = closed_loop(ops, name, &[], total, args.rate, show_progress).await?;
+            let run =
+                closed_loop(ops, name, &[], total, args.rate, show_progress, interval).await?;
+            timeline = Some(run.timeline);
             (run.main, run.first_error)
         }
         Command::TxnPut(a) => {
@@ -798,7 +839,9 @@ pub async fn run(args: &Args) -> anyhow::Result<Outcome> {
                     }) as Box<dyn Op>
                 })
                 .collect();
-            let run = closed_loop(ops, name, &[], total, args.rate, show_progress).await?;
+            let run =
+                closed_loop(ops, name, &[], total, args.rate, show_progress, interval).await?;
+            timeline = Some(run.timeline);
             (run.main, run.first_error)
         }
         Command::TxnMixed(a) => {
@@ -821,8 +864,10 @@ pub async fn run(args: &Args) -> anyhow::Result<Outcome> {
                 total,
                 args.rate,
                 show_progress,
+                interval,
             )
             .await?;
+            timeline = Some(run.timeline);
             phases = run.classes;
             (run.main, run.first_error)
         }
@@ -836,7 +881,9 @@ pub async fn run(args: &Args) -> anyhow::Result<Outcome> {
                 .into_iter()
                 .map(|l| Box::new(l) as Box<dyn Op>)
                 .collect();
-            let run = closed_loop(ops, name, &[], total, args.rate, show_progress).await?;
+            let run =
+                closed_loop(ops, name, &[], total, args.rate, show_progress, interval).await?;
+            timeline = Some(run.timeline);
             let mut lease = LeaseClient::new(channels[0].clone());
             for id in ids {
                 let _ = lease.lease_revoke(LeaseRevokeRequest { id }).await;
@@ -865,6 +912,7 @@ pub async fn run(args: &Args) -> anyhow::Result<Outcome> {
         main,
         phases,
         first_error,
+        timeline,
     })
 }
 
