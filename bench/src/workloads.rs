@@ -377,10 +377,31 @@ async fn closed_loop(
     })
 }
 
-fn merge(into: &mut Phase, from: &Phase) -> anyhow::Result<()> {
-    into.histogram.add(&from.histogram)?;
-    into.errors += from.errors;
-    Ok(())
+/// A phase that every task of a benchmark records into (one histogram per run, not a
+/// ~140 KB one per stream or client).
+type SharedPhase = Arc<Mutex<Phase>>;
+
+fn shared_phase(name: &str) -> SharedPhase {
+    Arc::new(Mutex::new(Phase::new(name)))
+}
+
+fn record_shared(phase: &Mutex<Phase>, latency: Duration) {
+    record(
+        &mut phase.lock().unwrap_or_else(|e| e.into_inner()).histogram,
+        latency,
+    );
+}
+
+fn error_shared(phase: &Mutex<Phase>, errors: u64) {
+    phase.lock().unwrap_or_else(|e| e.into_inner()).errors += errors;
+}
+
+/// The phase once every task that recorded into it has ended.
+fn unshare(phase: SharedPhase) -> anyhow::Result<Phase> {
+    Ok(Arc::try_unwrap(phase)
+        .map_err(|_| anyhow::anyhow!("a benchmark task outlived its phase"))?
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner()))
 }
 
 pub(crate) fn format_status(status: &Status) -> String {
@@ -958,7 +979,7 @@ struct WatchStream {
 async fn open_watchers(
     channel: Channel,
     keys: &[Bytes],
-    creation: &mut Phase,
+    creation: &Mutex<Phase>,
     done: &AtomicU64,
 ) -> anyhow::Result<WatchStream> {
     let first = keys.first().context("a watch stream needs a watcher")?;
@@ -978,7 +999,7 @@ async fn finish_open(
     mut rx: Streaming<WatchResponse>,
     keys: &[Bytes],
     first_begin: Instant,
-    creation: &mut Phase,
+    creation: &Mutex<Phase>,
     done: &AtomicU64,
 ) -> anyhow::Result<WatchStream> {
     let mut begin = first_begin;
@@ -998,7 +1019,7 @@ async fn finish_open(
                 bail!("watch create canceled: {}", response.cancel_reason);
             }
             if response.created {
-                record(&mut creation.histogram, begin.elapsed());
+                record_shared(creation, begin.elapsed());
                 done.fetch_add(1, Ordering::Relaxed);
                 break;
             }
@@ -1080,6 +1101,8 @@ async fn watch(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let (created_tx, mut created_rx) = tokio::sync::mpsc::unbounded_channel();
     let creation_started = Instant::now();
+    let creation = shared_phase("watch creation");
+    let events = shared_phase("watch events received");
     let mut tasks = Vec::with_capacity(streams);
     for s in 0..streams {
         let stream_keys: Vec<Bytes> = (0..per_stream)
@@ -1094,10 +1117,11 @@ async fn watch(
         let created_tx = created_tx.clone();
         let mut stop_rx = stop_rx.clone();
         let first_error = first_error.clone();
+        let creation = Arc::clone(&creation);
+        let events = Arc::clone(&events);
         tasks.push(tokio::spawn(async move {
-            let mut creation = Phase::new("watch creation");
-            let mut events = Phase::new("watch events received");
-            let opened = open_watchers(channel, &stream_keys, &mut creation, &done).await;
+            let opened = open_watchers(channel, &stream_keys, &creation, &done).await;
+            drop(creation);
             let mut stream = match opened {
                 Ok(stream) => {
                     let _ = created_tx.send(Ok(()));
@@ -1105,7 +1129,7 @@ async fn watch(
                 }
                 Err(e) => {
                     let _ = created_tx.send(Err(format!("{e:#}")));
-                    return (creation, events);
+                    return;
                 }
             };
             let mut got = 0u64;
@@ -1123,11 +1147,9 @@ async fn watch(
                         for event in response.events {
                             let now = base.elapsed();
                             match event.kv.as_ref().and_then(|kv| stamp_of(&kv.value)) {
-                                Some(sent) => {
-                                    record(&mut events.histogram, now.saturating_sub(sent))
-                                }
+                                Some(sent) => record_shared(&events, now.saturating_sub(sent)),
                                 None => {
-                                    events.errors += 1;
+                                    error_shared(&events, 1);
                                     first_error.note("watch event without a send time");
                                 }
                             }
@@ -1145,9 +1167,8 @@ async fn watch(
                     }
                 }
             }
-            events.errors += expected_here.saturating_sub(got);
+            error_shared(&events, expected_here.saturating_sub(got));
             drop(stream.tx);
-            (creation, events)
         }));
     }
     drop(created_tx);
@@ -1169,6 +1190,7 @@ async fn watch(
     let issued = Arc::new(AtomicU64::new(0));
     let limiter = Limiter::new(a.put_rate);
     let puts_started = Instant::now();
+    let puts = shared_phase("put");
     let mut putters = Vec::new();
     for i in 0..args.clients.max(1) {
         let mut kv = KvClient::new(channels[i % channels.len()].clone());
@@ -1177,8 +1199,8 @@ async fn watch(
         let keys = keys.clone();
         let first_error = first_error.clone();
         let val_size = a.val_size;
+        let puts = Arc::clone(&puts);
         putters.push(tokio::spawn(async move {
-            let mut puts = Phase::new("put");
             loop {
                 let n = issued.fetch_add(1, Ordering::Relaxed);
                 if n >= put_total {
@@ -1192,20 +1214,19 @@ async fn watch(
                     ..Default::default()
                 };
                 match kv.put(request).await {
-                    Ok(_) => record(&mut puts.histogram, begin.elapsed()),
+                    Ok(_) => record_shared(&puts, begin.elapsed()),
                     Err(e) => {
-                        puts.errors += 1;
+                        error_shared(&puts, 1);
                         first_error.note(format_status(&e));
                     }
                 }
             }
-            puts
         }));
     }
-    let mut puts = Phase::new("put");
     for putter in putters {
-        merge(&mut puts, &putter.await?)?;
+        putter.await?;
     }
+    let mut puts = unshare(puts)?;
     puts.seconds = puts_started.elapsed().as_secs_f64();
     // Every event should arrive; give up after 10 s without one.
     wait_until_count(&received, expected, Duration::from_secs(10)).await;
@@ -1213,13 +1234,11 @@ async fn watch(
     let _ = stop_tx.send(true);
     drop(delivering);
 
-    let mut creation = Phase::new("watch creation");
-    let mut events = Phase::new("watch events received");
     for task in tasks {
-        let (c, e) = task.await?;
-        merge(&mut creation, &c)?;
-        merge(&mut events, &e)?;
+        task.await?;
     }
+    let mut creation = unshare(creation)?;
+    let mut events = unshare(events)?;
     creation.seconds = creation_seconds;
     events.seconds = events_seconds;
     Ok(WatchRun {
@@ -1258,6 +1277,7 @@ async fn watch_latency(
     let (receipt_tx, mut receipts) = tokio::sync::mpsc::unbounded_channel::<(i64, Instant)>();
     let (created_tx, mut created_rx) = tokio::sync::mpsc::unbounded_channel();
     let creation_started = Instant::now();
+    let creation = shared_phase("watch creation");
     let mut tasks = Vec::with_capacity(streams);
     for s in 0..streams {
         let keys = vec![key.clone(); per_stream];
@@ -1267,16 +1287,18 @@ async fn watch_latency(
         let receipt_tx = receipt_tx.clone();
         let mut stop_rx = stop_rx.clone();
         let first_error = first_error.clone();
+        let creation = Arc::clone(&creation);
         tasks.push(tokio::spawn(async move {
-            let mut creation = Phase::new("watch creation");
-            let mut stream = match open_watchers(channel, &keys, &mut creation, &done).await {
+            let opened = open_watchers(channel, &keys, &creation, &done).await;
+            drop(creation);
+            let mut stream = match opened {
                 Ok(stream) => {
                     let _ = created_tx.send(Ok(()));
                     stream
                 }
                 Err(e) => {
                     let _ = created_tx.send(Err(format!("{e:#}")));
-                    return creation;
+                    return;
                 }
             };
             loop {
@@ -1300,7 +1322,6 @@ async fn watch_latency(
                 }
             }
             drop(stream.tx);
-            creation
         }));
     }
     drop(created_tx);
@@ -1376,10 +1397,10 @@ async fn watch_latency(
     puts.seconds = latency.seconds;
     let _ = stop_tx.send(true);
     drop(delivering);
-    let mut creation = Phase::new("watch creation");
     for task in tasks {
-        merge(&mut creation, &task.await?)?;
+        task.await?;
     }
+    let mut creation = unshare(creation)?;
     creation.seconds = creation_seconds;
     Ok(WatchRun {
         main: latency,
