@@ -483,9 +483,27 @@ fn round_label(kind: Kind, round: u32, rounds: u32) -> String {
 
 /// Where a compare run draws each workload's timeline.
 struct TimelineTo<'a> {
-    base: &'a Path,
+    /// Per workload, in order.
+    paths: &'a [PathBuf],
     round: u32,
     rounds: u32,
+}
+
+/// `--timeline FILE.svg`: each workload's file, `FILE-<label>.svg`; workloads of the same
+/// label (e.g. puts differing only in value size) get their position in the list too.
+pub fn timeline_paths(base: &Path, specs: &[Spec]) -> Vec<PathBuf> {
+    specs
+        .iter()
+        .enumerate()
+        .map(|(w, spec)| {
+            let shared = specs.iter().filter(|s| s.label == spec.label).count() > 1;
+            if shared {
+                timeline::path_for(base, &format!("{} {}", spec.label, w + 1))
+            } else {
+                timeline::path_for(base, &spec.label)
+            }
+        })
+        .collect()
 }
 
 /// Runs every spec against `cluster` (after `--setup-auth`'s users, with `auth_user`).
@@ -503,7 +521,7 @@ async fn run_all(
     seed(&endpoints[0], specs).await?;
     let pids = cluster.pids();
     let mut cells = Vec::with_capacity(specs.len());
-    for spec in specs {
+    for (w, spec) in specs.iter().enumerate() {
         eprintln!("{}: {}", cluster.kind, spec.args.describe());
         let mut args = spec.args.clone();
         args.endpoints = endpoints.clone();
@@ -534,7 +552,7 @@ async fn run_all(
                 }
                 if let (Some(to), Some(points)) = (timeline_to, &outcome.timeline) {
                     timeline::update(
-                        &timeline::path_for(to.base, &spec.label),
+                        &to.paths[w],
                         timeline::Series {
                             label: round_label(cluster.kind, to.round, to.rounds),
                             timeline: points.clone(),
@@ -645,6 +663,10 @@ pub async fn run(global: &Args, compare: &CompareArgs) -> anyhow::Result<Table> 
             "{rounds} rounds, alternating rivet and etcd (fresh servers each round); every figure is the median over the rounds"
         ));
     }
+    let timeline_files = global
+        .timeline
+        .as_deref()
+        .map(|base| timeline_paths(base, &specs));
     let mut rivet_rounds: Vec<Vec<Cell>> = Vec::new();
     let mut etcd_rounds: Vec<Vec<Cell>> = Vec::new();
     for round in 1..=rounds {
@@ -678,8 +700,8 @@ pub async fn run(global: &Args, compare: &CompareArgs) -> anyhow::Result<Table> 
             if members == 1 { "" } else { "s" },
             rivet_cluster.dir().display()
         );
-        let timeline_to = global.timeline.as_deref().map(|base| TimelineTo {
-            base,
+        let timeline_to = timeline_files.as_deref().map(|paths| TimelineTo {
+            paths,
             round,
             rounds,
         });
@@ -752,10 +774,9 @@ pub async fn run(global: &Args, compare: &CompareArgs) -> anyhow::Result<Table> 
                         }
                     }
                 }
-                row.timeline_svg = global
-                    .timeline
-                    .as_deref()
-                    .map(|base| timeline::path_for(base, &spec.label).display().to_string());
+                row.timeline_svg = timeline_files
+                    .as_ref()
+                    .map(|paths| paths[w].display().to_string());
                 row
             })
             .collect(),
@@ -856,5 +877,33 @@ impl Table {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeline_files_are_one_per_workload() {
+        let global = Args::try_parse_from(["rivet-bench", "compare"]).expect("args");
+        let spec = |w: &str| {
+            let tokens: Vec<String> = w.split_whitespace().map(String::from).collect();
+            parse_spec(&global, &tokens).expect("spec")
+        };
+        let specs = [
+            spec("--conns 2 put --val-size 64"),
+            spec("--conns 2 put --val-size 1024"),
+            spec("range foo"),
+        ];
+        let paths = timeline_paths(Path::new("/x/t.svg"), &specs);
+        assert_eq!(
+            paths,
+            [
+                PathBuf::from("/x/t-put-conns-2-clients-1-1.svg"),
+                PathBuf::from("/x/t-put-conns-2-clients-1-2.svg"),
+                PathBuf::from("/x/t-range-linearizable-conns-1-clients-1.svg"),
+            ]
+        );
     }
 }
