@@ -35,6 +35,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         return Ok(());
     }
+    if args.timeline.is_some()
+        && matches!(args.command, Command::Watch(_) | Command::WatchLatency(_))
+    {
+        anyhow::bail!(
+            "--timeline: {} has no timeline (the closed-loop workloads do)",
+            args.command.name()
+        );
+    }
     let outcome = workloads::run(&args).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&outcome.json())?);
