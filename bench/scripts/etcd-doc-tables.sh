@@ -7,11 +7,18 @@
 #   bench/scripts/etcd-doc-tables.sh 1     # one member of each
 #   bench/scripts/etcd-doc-tables.sh 3     # three members of each, on loopback
 #
+# Plots go to $PLOTS (default target/bench-plots/doc-tables-<members>m-<UTC time>/):
+# latency.svg (latency by percentile, every run), and per workload
+# timeline-<workload>.svg and .csv (p50/p99/max latency and throughput per second, rivet
+# and etcd on one plot), for the report to link.
+#
 # Needs target/release/{rivet,rivet-bench} (cargo build --release) and etcd on PATH.
 set -euo pipefail
 members="${1:-1}"
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 bench="$root/target/release/rivet-bench"
+plots="${PLOTS:-$root/target/bench-plots/doc-tables-${members}m-$(date -u +%Y%m%d-%H%M%S)}"
+mkdir -p "$plots"
 put="put --key-size 8 --val-size 256 --sequential-keys"
 workloads=(
   --workload "--target-leader --conns 1 --clients 1 --total 10000 $put"
@@ -30,4 +37,8 @@ for consistency in l s; do
   )
 done
 set -x
-"$bench" compare --members "$members" "${workloads[@]}" "${@:2}"
+"$bench" --plot "$plots/latency.svg" --timeline "$plots/timeline.svg" \
+  compare --members "$members" "${workloads[@]}" "${@:2}"
+set +x
+echo "plots: $plots" >&2
+ls "$plots" >&2

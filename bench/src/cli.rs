@@ -52,6 +52,15 @@ pub struct Args {
     /// the same label replaces the one plotted before.
     #[arg(long = "plot-label", global = true)]
     pub plot_label: Option<String>,
+    /// Draw p50, p99 and maximum latency and the throughput per interval over time into
+    /// FILE.svg and write them to FILE.csv; runs already drawn in FILE.svg are kept (as with
+    /// --plot, the same --plot-label replaces). With compare: one FILE-<workload>.svg and
+    /// .csv per workload, one line per server and round.
+    #[arg(long, global = true, value_name = "FILE.svg")]
+    pub timeline: Option<PathBuf>,
+    /// The interval of --timeline and of the JSON report's `timeline`, in seconds.
+    #[arg(long = "timeline-interval", global = true, default_value_t = 1.0, value_name = "SECONDS", value_parser = positive_seconds)]
+    pub timeline_interval: f64,
     /// Verify the servers' certificates with this CA bundle (etcd's benchmark and
     /// etcdctl flag); endpoints without a scheme then use https.
     #[arg(long, global = true, value_name = "FILE")]
@@ -375,7 +384,19 @@ impl Command {
     }
 }
 
+fn positive_seconds(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(s) if s.is_finite() && s >= 0.001 => Ok(s),
+        _ => Err(format!("{text:?}: seconds, at least 0.001")),
+    }
+}
+
 impl Args {
+    /// `--timeline-interval`.
+    pub fn timeline_interval(&self) -> std::time::Duration {
+        std::time::Duration::from_secs_f64(self.timeline_interval)
+    }
+
     /// `--total`, or the workload's default.
     pub fn total(&self) -> u64 {
         self.total.unwrap_or(10_000)

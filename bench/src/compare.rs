@@ -14,6 +14,7 @@ use serde::Serialize;
 
 use crate::cli::{Args, Command, CompareArgs};
 use crate::servers::{find_on_path, Cluster, Kind, ServerTls};
+use crate::timeline::{self, Timeline};
 use crate::{plot, procstat, workloads};
 
 /// How long a server gets to start and elect a leader.
@@ -48,6 +49,8 @@ pub fn parse_spec(global: &Args, tokens: &[String]) -> anyhow::Result<Spec> {
         global.clients.to_string(),
         "--rate".into(),
         global.rate.to_string(),
+        "--timeline-interval".into(),
+        global.timeline_interval.to_string(),
     ];
     if global.target_leader {
         argv.push("--target-leader".into());
@@ -67,6 +70,7 @@ pub fn parse_spec(global: &Args, tokens: &[String]) -> anyhow::Result<Spec> {
     // Output options belong to compare itself.
     args.hdr_out = None;
     args.plot = None;
+    args.timeline = None;
     let label = short_label(&args);
     Ok(Spec { label, args })
 }
@@ -195,6 +199,18 @@ pub struct Cell {
     pub bench_cpu_seconds_per_op: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The run's latency and throughput per interval (in the row's `timelines`).
+    #[serde(skip)]
+    pub timeline: Option<Timeline>,
+}
+
+/// One server's timeline in one round.
+#[derive(Debug, Clone, Serialize)]
+pub struct RoundTimeline {
+    pub server: String,
+    pub round: u32,
+    #[serde(flatten)]
+    pub timeline: Timeline,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -225,6 +241,12 @@ pub struct Row {
     pub ratio: Ratio,
     /// With several rounds: each ratio's range over the rounds.
     pub spread: Spread,
+    /// Latency and throughput over time: each server in each round.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub timelines: Vec<RoundTimeline>,
+    /// `--timeline`: the SVG drawn for this workload (and its CSV next to it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeline_svg: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -270,6 +292,8 @@ impl Row {
             rivet,
             etcd,
             spread: Spread::default(),
+            timelines: Vec::new(),
+            timeline_svg: None,
         }
     }
 }
@@ -442,6 +466,41 @@ fn median_cells(rounds: &[Vec<Cell>], workloads: usize) -> Vec<Cell> {
                 cpu_seconds_per_op: of(|c| c.cpu_seconds_per_op),
                 peak_rss_bytes: cells.iter().map(|c| c.peak_rss_bytes).max().unwrap_or(0),
                 error: None,
+                timeline: None,
+            }
+        })
+        .collect()
+}
+
+/// The series label of `kind` in `round` of `rounds` in a compare timeline.
+fn round_label(kind: Kind, round: u32, rounds: u32) -> String {
+    if rounds > 1 {
+        format!("{kind} round {round}")
+    } else {
+        kind.to_string()
+    }
+}
+
+/// Where a compare run draws each workload's timeline.
+struct TimelineTo<'a> {
+    /// Per workload, in order.
+    paths: &'a [PathBuf],
+    round: u32,
+    rounds: u32,
+}
+
+/// `--timeline FILE.svg`: each workload's file, `FILE-<label>.svg`; workloads of the same
+/// label (e.g. puts differing only in value size) get their position in the list too.
+pub fn timeline_paths(base: &Path, specs: &[Spec]) -> Vec<PathBuf> {
+    specs
+        .iter()
+        .enumerate()
+        .map(|(w, spec)| {
+            let shared = specs.iter().filter(|s| s.label == spec.label).count() > 1;
+            if shared {
+                timeline::path_for(base, &format!("{} {}", spec.label, w + 1))
+            } else {
+                timeline::path_for(base, &spec.label)
             }
         })
         .collect()
@@ -452,6 +511,7 @@ async fn run_all(
     cluster: &Cluster,
     specs: &[Spec],
     plot_to: Option<&Path>,
+    timeline_to: Option<&TimelineTo<'_>>,
     auth_user: Option<&str>,
 ) -> anyhow::Result<Vec<Cell>> {
     let endpoints = cluster.endpoints();
@@ -461,7 +521,7 @@ async fn run_all(
     seed(&endpoints[0], specs).await?;
     let pids = cluster.pids();
     let mut cells = Vec::with_capacity(specs.len());
-    for spec in specs {
+    for (w, spec) in specs.iter().enumerate() {
         eprintln!("{}: {}", cluster.kind, spec.args.describe());
         let mut args = spec.args.clone();
         args.endpoints = endpoints.clone();
@@ -490,6 +550,15 @@ async fn run_all(
                     let label = format!("{} {}", cluster.kind, spec.label);
                     plot::update(path, plot::Series::of(&label, &outcome.main.histogram))?;
                 }
+                if let (Some(to), Some(points)) = (timeline_to, &outcome.timeline) {
+                    timeline::update(
+                        &to.paths[w],
+                        timeline::Series {
+                            label: round_label(cluster.kind, to.round, to.rounds),
+                            timeline: points.clone(),
+                        },
+                    )?;
+                }
                 let ops = summary.requests;
                 Cell {
                     requests: ops,
@@ -510,6 +579,7 @@ async fn run_all(
                         0.0
                     },
                     error: outcome.first_error.filter(|_| summary.errors > 0),
+                    timeline: outcome.timeline,
                 }
             }
             Err(e) => {
@@ -593,6 +663,10 @@ pub async fn run(global: &Args, compare: &CompareArgs) -> anyhow::Result<Table> 
             "{rounds} rounds, alternating rivet and etcd (fresh servers each round); every figure is the median over the rounds"
         ));
     }
+    let timeline_files = global
+        .timeline
+        .as_deref()
+        .map(|base| timeline_paths(base, &specs));
     let mut rivet_rounds: Vec<Vec<Cell>> = Vec::new();
     let mut etcd_rounds: Vec<Vec<Cell>> = Vec::new();
     for round in 1..=rounds {
@@ -626,8 +700,21 @@ pub async fn run(global: &Args, compare: &CompareArgs) -> anyhow::Result<Table> 
             if members == 1 { "" } else { "s" },
             rivet_cluster.dir().display()
         );
-        rivet_rounds
-            .push(run_all(&rivet_cluster, &specs, global.plot.as_deref(), auth_user).await?);
+        let timeline_to = timeline_files.as_deref().map(|paths| TimelineTo {
+            paths,
+            round,
+            rounds,
+        });
+        rivet_rounds.push(
+            run_all(
+                &rivet_cluster,
+                &specs,
+                global.plot.as_deref(),
+                timeline_to.as_ref(),
+                auth_user,
+            )
+            .await?,
+        );
         drop(rivet_cluster);
 
         let etcd_cluster =
@@ -638,7 +725,16 @@ pub async fn run(global: &Args, compare: &CompareArgs) -> anyhow::Result<Table> 
             if members == 1 { "" } else { "s" },
             etcd_cluster.dir().display()
         );
-        etcd_rounds.push(run_all(&etcd_cluster, &specs, global.plot.as_deref(), auth_user).await?);
+        etcd_rounds.push(
+            run_all(
+                &etcd_cluster,
+                &specs,
+                global.plot.as_deref(),
+                timeline_to.as_ref(),
+                auth_user,
+            )
+            .await?,
+        );
         drop(etcd_cluster);
     }
     let rivet_cells = median_cells(&rivet_rounds, specs.len());
@@ -667,6 +763,20 @@ pub async fn run(global: &Args, compare: &CompareArgs) -> anyhow::Result<Table> 
                 if rounds > 1 {
                     row.spread = spread(&rivet_rounds, &etcd_rounds, w);
                 }
+                for (kind, all) in [(Kind::Rivet, &rivet_rounds), (Kind::Etcd, &etcd_rounds)] {
+                    for (i, round) in all.iter().enumerate() {
+                        if let Some(t) = round.get(w).and_then(|c| c.timeline.clone()) {
+                            row.timelines.push(RoundTimeline {
+                                server: kind.to_string(),
+                                round: i as u32 + 1,
+                                timeline: t,
+                            });
+                        }
+                    }
+                }
+                row.timeline_svg = timeline_files
+                    .as_ref()
+                    .map(|paths| paths[w].display().to_string());
                 row
             })
             .collect(),
@@ -761,6 +871,39 @@ impl Table {
                 ));
             }
         }
+        for row in &self.workloads {
+            if let (Some(svg), false) = (&row.timeline_svg, row.timelines.is_empty()) {
+                out.push_str(&format!("timeline: {}: {svg}\n", row.label));
+            }
+        }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeline_files_are_one_per_workload() {
+        let global = Args::try_parse_from(["rivet-bench", "compare"]).expect("args");
+        let spec = |w: &str| {
+            let tokens: Vec<String> = w.split_whitespace().map(String::from).collect();
+            parse_spec(&global, &tokens).expect("spec")
+        };
+        let specs = [
+            spec("--conns 2 put --val-size 64"),
+            spec("--conns 2 put --val-size 1024"),
+            spec("range foo"),
+        ];
+        let paths = timeline_paths(Path::new("/x/t.svg"), &specs);
+        assert_eq!(
+            paths,
+            [
+                PathBuf::from("/x/t-put-conns-2-clients-1-1.svg"),
+                PathBuf::from("/x/t-put-conns-2-clients-1-2.svg"),
+                PathBuf::from("/x/t-range-linearizable-conns-1-clients-1.svg"),
+            ]
+        );
     }
 }

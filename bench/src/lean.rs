@@ -21,7 +21,7 @@
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use bytes::{BufMut, Bytes, BytesMut};
@@ -39,6 +39,7 @@ use tonic::{Code, Status};
 
 use crate::cli::{PutArgs, TxnMixedArgs, TxnPutArgs};
 use crate::report::{record, Phase};
+use crate::timeline::Recorder;
 use crate::workloads::put_op;
 
 /// HTTP/2 flow-control windows the client grants: large enough that a connection's clients
@@ -443,15 +444,19 @@ struct Tally {
     pub main: Phase,
     pub classes: Vec<Phase>,
     pub first_error: Option<String>,
+    /// The main phase per interval.
+    pub timeline: Recorder,
 }
 
 impl Tally {
-    /// `classes`: the workload's classes beyond the main phase (none for one class).
-    fn new(classes: usize) -> Tally {
+    /// `classes`: the workload's classes beyond the main phase (none for one class);
+    /// `start` and `interval`: the timeline's.
+    fn new(classes: usize, start: Instant, interval: Duration) -> Tally {
         Tally {
             main: Phase::new(""),
             classes: (0..classes).map(|_| Phase::new("")).collect(),
             first_error: None,
+            timeline: Recorder::new(start, interval),
         }
     }
 }
@@ -462,6 +467,8 @@ pub struct Shared {
     pub total: u64,
     pub limiter: Option<Arc<crate::workloads::Limiter>>,
     pub done: Arc<AtomicU64>,
+    /// The timeline's interval.
+    pub interval: Duration,
 }
 
 /// Bodies this long and longer are written by h2 straight from their buffer with the
@@ -625,7 +632,8 @@ async fn client(
         let call = source.next(n);
         let begin = Instant::now();
         let result = unary(&mut send, head, call.method, call.body).await;
-        let latency = begin.elapsed();
+        let end = Instant::now();
+        let latency = end.saturating_duration_since(begin);
         {
             let mut tally = tally.borrow_mut();
             let tally = &mut *tally;
@@ -634,12 +642,14 @@ async fn client(
             match result {
                 Ok(()) => {
                     record(&mut tally.main.histogram, latency);
+                    tally.timeline.record(end, latency);
                     if let Some(class) = class {
                         record(&mut class.histogram, latency);
                     }
                 }
                 Err(e) => {
                     tally.main.errors += 1;
+                    tally.timeline.error(end);
                     if let Some(class) = class {
                         class.errors += 1;
                     }
@@ -671,14 +681,14 @@ pub fn threads_for(conns: usize) -> usize {
 
 /// Runs a closed loop over `planned` connections on [`threads_for`] threads, each with a
 /// current-thread runtime driving its share of the connections. `connected` is called
-/// once every connection is made, before the first request. Returns the merged main
-/// phase, the per-class phases (none for a workload of one class) and the first error.
+/// once every connection is made, before the first request; the timeline starts when it
+/// returns.
 pub async fn run(
     planned: Vec<Planned>,
     classes: usize,
     shared: Arc<Shared>,
     connected: impl FnOnce(),
-) -> anyhow::Result<(Phase, Vec<Phase>, Option<String>)> {
+) -> anyhow::Result<Ran> {
     let threads = threads_for(planned.len());
     let mut shares: Vec<Vec<Planned>> = (0..threads).map(|_| Vec::new()).collect();
     for (i, p) in planned.into_iter().enumerate() {
@@ -688,7 +698,7 @@ pub async fn run(
     let mut go = Vec::with_capacity(threads);
     let mut handles = Vec::with_capacity(threads);
     for (t, share) in shares.into_iter().enumerate() {
-        let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+        let (go_tx, go_rx) = tokio::sync::oneshot::channel::<Instant>();
         go.push(go_tx);
         let connected_tx = connected_tx.clone();
         let shared = Arc::clone(&shared);
@@ -721,10 +731,14 @@ pub async fn run(
                     }
                     let _ = connected_tx.send(Ok(()));
                     drop(connected_tx);
-                    if go_rx.await.is_err() {
+                    let Ok(start) = go_rx.await else {
                         return Ok(None);
-                    }
-                    let tally = RefCell::new(Tally::new(if classes > 1 { classes } else { 0 }));
+                    };
+                    let tally = RefCell::new(Tally::new(
+                        if classes > 1 { classes } else { 0 },
+                        start,
+                        shared.interval,
+                    ));
                     let mut drivers: FuturesUnordered<_> = connections
                         .into_iter()
                         .zip(sources)
@@ -748,9 +762,11 @@ pub async fn run(
         bail!(e);
     }
     connected();
+    let start = Instant::now();
     for go in go {
-        let _ = go.send(());
+        let _ = go.send(start);
     }
+    let mut timeline = Recorder::new(start, shared.interval);
     let mut main = Phase::new("");
     let mut per_class: Vec<Phase> = (0..classes).map(|_| Phase::new("")).collect();
     let mut first_error = None;
@@ -762,6 +778,7 @@ pub async fn run(
         if let Some(tally) = tally {
             main.histogram.add(&tally.main.histogram)?;
             main.errors += tally.main.errors;
+            timeline.merge(&tally.timeline)?;
             // With one class, the class is the main phase.
             let classes = if tally.classes.is_empty() {
                 std::slice::from_ref(&tally.main)
@@ -777,7 +794,21 @@ pub async fn run(
             }
         }
     }
-    Ok((main, per_class, first_error))
+    Ok(Ran {
+        main,
+        classes: per_class,
+        first_error,
+        timeline,
+    })
+}
+
+/// What [`run`] measured: the merged main phase, the per-class phases (none for a
+/// workload of one class), the first error and the main phase per interval.
+pub struct Ran {
+    pub main: Phase,
+    pub classes: Vec<Phase>,
+    pub first_error: Option<String>,
+    pub timeline: Recorder,
 }
 
 #[cfg(test)]

@@ -13,4 +13,5 @@ pub mod procstat;
 pub mod progress;
 pub mod report;
 pub mod servers;
+pub mod timeline;
 pub mod workloads;

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use rivet_bench::cli::{Args, Command};
-use rivet_bench::{compare, hgrm, memory, plot, workloads};
+use rivet_bench::{compare, hgrm, memory, plot, timeline, workloads};
 
 async fn run(args: Args) -> anyhow::Result<()> {
     if let Command::Compare(compare_args) = &args.command {
@@ -35,6 +35,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         return Ok(());
     }
+    if args.timeline.is_some()
+        && matches!(args.command, Command::Watch(_) | Command::WatchLatency(_))
+    {
+        anyhow::bail!(
+            "--timeline: {} has no timeline (the closed-loop workloads do)",
+            args.command.name()
+        );
+    }
     let outcome = workloads::run(&args).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&outcome.json())?);
@@ -45,12 +53,27 @@ async fn run(args: Args) -> anyhow::Result<()> {
         std::fs::write(path, hgrm::render(&outcome.main.histogram))
             .with_context(|| format!("writing {}", path.display()))?;
     }
+    let label = args
+        .plot_label
+        .clone()
+        .unwrap_or_else(|| format!("{} {}", outcome.command, outcome.endpoints.join(",")));
     if let Some(path) = &args.plot {
-        let label = args
-            .plot_label
-            .clone()
-            .unwrap_or_else(|| format!("{} {}", outcome.command, outcome.endpoints.join(",")));
         plot::update(path, plot::Series::of(&label, &outcome.main.histogram))?;
+    }
+    if let Some(path) = &args.timeline {
+        let Some(points) = &outcome.timeline else {
+            anyhow::bail!(
+                "--timeline: {} has no timeline (the closed-loop workloads do)",
+                outcome.command
+            );
+        };
+        timeline::update(
+            path,
+            timeline::Series {
+                label,
+                timeline: points.clone(),
+            },
+        )?;
     }
     Ok(())
 }

@@ -54,6 +54,9 @@ pub struct Outcome {
     pub phases: Vec<Phase>,
     /// The first error seen, if any (for the reader; errors are counted in the phases).
     pub first_error: Option<String>,
+    /// The main phase per interval (closed-loop workloads: put, range, txn-put, txn-mixed,
+    /// lease-keepalive).
+    pub timeline: Option<crate::timeline::Timeline>,
 }
 
 /// `--json`: the main phase's summary at the top level, the other phases under `phases`.
@@ -68,6 +71,8 @@ pub struct JsonReport {
     pub phases: Vec<NamedSummary>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub first_error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeline: Option<crate::timeline::Timeline>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -93,6 +98,7 @@ impl Outcome {
                 })
                 .collect(),
             first_error: self.first_error.clone(),
+            timeline: self.timeline.clone(),
         }
     }
 

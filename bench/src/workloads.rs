@@ -31,6 +31,7 @@ use crate::cli::{
 };
 use crate::progress::{self, Progress};
 use crate::report::{record, Outcome, Phase};
+use crate::timeline::{Recorder, Timeline};
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -272,10 +273,20 @@ struct ClosedLoop {
     main: Phase,
     classes: Vec<Phase>,
     first_error: Option<String>,
+    timeline: Timeline,
+}
+
+/// The figures of a closed loop's clients: one set for the run, behind a lock taken once
+/// per answer (the tonic path's clients are tokio tasks on a multi-thread runtime; a
+/// histogram per client was ~140 KB each, 140 MB for 1,000 lease clients).
+struct LoopTally {
+    main: Phase,
+    classes: Vec<Phase>,
+    timeline: Recorder,
 }
 
 /// Runs `total` requests over the clients, each client issuing its next request when the
-/// previous one returns, paced by `--rate`.
+/// previous one returns, paced by `--rate`; `interval` is the timeline's.
 async fn closed_loop(
     ops: Vec<Box<dyn Op>>,
     name: &str,
@@ -283,22 +294,29 @@ async fn closed_loop(
     total: u64,
     rate: u64,
     show_progress: bool,
+    interval: Duration,
 ) -> anyhow::Result<ClosedLoop> {
     let progress = Progress::start(name, total, show_progress);
     let issued = Arc::new(AtomicU64::new(0));
     let limiter = Limiter::new(rate);
     let first_error = FirstError::default();
     let started = Instant::now();
-    let mut tasks = Vec::with_capacity(ops.len());
     let class_count = classes.len().max(1);
+    let tally = Arc::new(Mutex::new(LoopTally {
+        main: Phase::new(name),
+        classes: (0..class_count)
+            .map(|c| Phase::new(classes.get(c).copied().unwrap_or("")))
+            .collect(),
+        timeline: Recorder::new(started, interval),
+    }));
+    let mut tasks = Vec::with_capacity(ops.len());
     for mut op in ops {
         let issued = Arc::clone(&issued);
         let limiter = limiter.clone();
         let done = progress.counter();
         let first_error = first_error.clone();
+        let tally = Arc::clone(&tally);
         tasks.push(tokio::spawn(async move {
-            let mut main = Phase::new("");
-            let mut per_class: Vec<Phase> = (0..class_count).map(|_| Phase::new("")).collect();
             loop {
                 let n = issued.fetch_add(1, Ordering::Relaxed);
                 if n >= total {
@@ -308,50 +326,82 @@ async fn closed_loop(
                 let begin = Instant::now();
                 let (class, request) = op.call(n);
                 let result = request.await;
-                let latency = begin.elapsed();
-                let class = &mut per_class[class.min(class_count - 1)];
-                match result {
-                    Ok(()) => {
-                        record(&mut main.histogram, latency);
-                        record(&mut class.histogram, latency);
-                    }
-                    Err(e) => {
-                        main.errors += 1;
-                        class.errors += 1;
-                        first_error.note(format_status(&e));
+                let end = Instant::now();
+                let latency = end.saturating_duration_since(begin);
+                {
+                    let mut tally = tally.lock().unwrap_or_else(|e| e.into_inner());
+                    let tally = &mut *tally;
+                    let class = &mut tally.classes[class.min(class_count - 1)];
+                    match result {
+                        Ok(()) => {
+                            record(&mut tally.main.histogram, latency);
+                            record(&mut class.histogram, latency);
+                            tally.timeline.record(end, latency);
+                        }
+                        Err(e) => {
+                            tally.main.errors += 1;
+                            class.errors += 1;
+                            tally.timeline.error(end);
+                            first_error.note(format_status(&e));
+                        }
                     }
                 }
                 done.fetch_add(1, Ordering::Relaxed);
             }
-            (main, per_class)
         }));
     }
-    let mut main = Phase::new(name);
-    let mut per_class: Vec<Phase> = classes.iter().map(|c| Phase::new(c)).collect();
     for task in tasks {
-        let (m, c) = task.await?;
-        merge(&mut main, &m)?;
-        for (into, from) in per_class.iter_mut().zip(c.iter()) {
-            merge(into, from)?;
-        }
+        task.await?;
     }
     let seconds = started.elapsed().as_secs_f64();
+    drop(progress);
+    let LoopTally {
+        mut main,
+        classes: mut per_class,
+        timeline,
+    } = Arc::try_unwrap(tally)
+        .map_err(|_| anyhow::anyhow!("a closed loop's client outlived it"))?
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner());
     main.seconds = seconds;
+    // A workload of one class has no per-class phases.
+    per_class.truncate(classes.len());
     for class in &mut per_class {
         class.seconds = seconds;
     }
-    drop(progress);
     Ok(ClosedLoop {
         main,
         classes: per_class,
         first_error: first_error.take(),
+        timeline: timeline.timeline(seconds),
     })
 }
 
-fn merge(into: &mut Phase, from: &Phase) -> anyhow::Result<()> {
-    into.histogram.add(&from.histogram)?;
-    into.errors += from.errors;
-    Ok(())
+/// A phase that every task of a benchmark records into (one histogram per run, not a
+/// ~140 KB one per stream or client).
+type SharedPhase = Arc<Mutex<Phase>>;
+
+fn shared_phase(name: &str) -> SharedPhase {
+    Arc::new(Mutex::new(Phase::new(name)))
+}
+
+fn record_shared(phase: &Mutex<Phase>, latency: Duration) {
+    record(
+        &mut phase.lock().unwrap_or_else(|e| e.into_inner()).histogram,
+        latency,
+    );
+}
+
+fn error_shared(phase: &Mutex<Phase>, errors: u64) {
+    phase.lock().unwrap_or_else(|e| e.into_inner()).errors += errors;
+}
+
+/// The phase once every task that recorded into it has ended.
+fn unshare(phase: SharedPhase) -> anyhow::Result<Phase> {
+    Ok(Arc::try_unwrap(phase)
+        .map_err(|_| anyhow::anyhow!("a benchmark task outlived its phase"))?
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner()))
 }
 
 pub(crate) fn format_status(status: &Status) -> String {
@@ -706,14 +756,19 @@ async fn run_lean(args: &Args, endpoints: Vec<String>) -> anyhow::Result<Outcome
         total,
         limiter: Limiter::new(args.rate),
         done: progress.counter(),
+        interval: args.timeline_interval(),
     });
     let mut started = Instant::now();
-    let (mut main, mut phases, first_error) =
-        crate::lean::run(planned, classes.len(), shared, || {
-            connected();
-            started = Instant::now();
-        })
-        .await?;
+    let crate::lean::Ran {
+        mut main,
+        classes: mut phases,
+        first_error,
+        timeline,
+    } = crate::lean::run(planned, classes.len(), shared, || {
+        connected();
+        started = Instant::now();
+    })
+    .await?;
     let seconds = started.elapsed().as_secs_f64();
     drop(progress);
     main.name = name.to_string();
@@ -729,6 +784,7 @@ async fn run_lean(args: &Args, endpoints: Vec<String>) -> anyhow::Result<Outcome
         main,
         phases,
         first_error,
+        timeline: Some(timeline.timeline(seconds)),
     })
 }
 
@@ -757,7 +813,9 @@ pub async fn run(args: &Args) -> anyhow::Result<Outcome> {
         KvClient::new(channels[i % channels.len()].clone()).max_decoding_message_size(usize::MAX)
     };
     let name = args.command.name();
+    let interval = args.timeline_interval();
     let mut phases = Vec::new();
+    let mut timeline = None;
     let (main, first_error) = match &args.command {
         Command::Put(a) => {
             let value = Bytes::from(vec![b'x'; a.val_size]);
@@ -770,7 +828,9 @@ pub async fn run(args: &Args) -> anyhow::Result<Outcome> {
                     }) as Box<dyn Op>
                 })
                 .collect();
-            let run = closed_loop(ops, name, &[], total, args.rate, show_progress).await?;
+            let run =
+                closed_loop(ops, name, &[], total, args.rate, show_progress, interval).await?;
+            timeline = Some(run.timeline);
             (run.main, run.first_error)
         }
         Command::Range(a) => {
@@ -783,7 +843,9 @@ pub async fn run(args: &Args) -> anyhow::Result<Outcome> {
                     }) as Box<dyn Op>
                 })
                 .collect();
-            let run = closed_loop(ops, name, &[], total, args.rate, show_progress).await?;
+            let run =
+                closed_loop(ops, name, &[], total, args.rate, show_progress, interval).await?;
+            timeline = Some(run.timeline);
             (run.main, run.first_error)
         }
         Command::TxnPut(a) => {
@@ -798,7 +860,9 @@ pub async fn run(args: &Args) -> anyhow::Result<Outcome> {
                     }) as Box<dyn Op>
                 })
                 .collect();
-            let run = closed_loop(ops, name, &[], total, args.rate, show_progress).await?;
+            let run =
+                closed_loop(ops, name, &[], total, args.rate, show_progress, interval).await?;
+            timeline = Some(run.timeline);
             (run.main, run.first_error)
         }
         Command::TxnMixed(a) => {
@@ -821,8 +885,10 @@ pub async fn run(args: &Args) -> anyhow::Result<Outcome> {
                 total,
                 args.rate,
                 show_progress,
+                interval,
             )
             .await?;
+            timeline = Some(run.timeline);
             phases = run.classes;
             (run.main, run.first_error)
         }
@@ -836,7 +902,9 @@ pub async fn run(args: &Args) -> anyhow::Result<Outcome> {
                 .into_iter()
                 .map(|l| Box::new(l) as Box<dyn Op>)
                 .collect();
-            let run = closed_loop(ops, name, &[], total, args.rate, show_progress).await?;
+            let run =
+                closed_loop(ops, name, &[], total, args.rate, show_progress, interval).await?;
+            timeline = Some(run.timeline);
             let mut lease = LeaseClient::new(channels[0].clone());
             for id in ids {
                 let _ = lease.lease_revoke(LeaseRevokeRequest { id }).await;
@@ -865,6 +933,7 @@ pub async fn run(args: &Args) -> anyhow::Result<Outcome> {
         main,
         phases,
         first_error,
+        timeline,
     })
 }
 
@@ -910,7 +979,7 @@ struct WatchStream {
 async fn open_watchers(
     channel: Channel,
     keys: &[Bytes],
-    creation: &mut Phase,
+    creation: &Mutex<Phase>,
     done: &AtomicU64,
 ) -> anyhow::Result<WatchStream> {
     let first = keys.first().context("a watch stream needs a watcher")?;
@@ -930,7 +999,7 @@ async fn finish_open(
     mut rx: Streaming<WatchResponse>,
     keys: &[Bytes],
     first_begin: Instant,
-    creation: &mut Phase,
+    creation: &Mutex<Phase>,
     done: &AtomicU64,
 ) -> anyhow::Result<WatchStream> {
     let mut begin = first_begin;
@@ -950,7 +1019,7 @@ async fn finish_open(
                 bail!("watch create canceled: {}", response.cancel_reason);
             }
             if response.created {
-                record(&mut creation.histogram, begin.elapsed());
+                record_shared(creation, begin.elapsed());
                 done.fetch_add(1, Ordering::Relaxed);
                 break;
             }
@@ -1032,6 +1101,8 @@ async fn watch(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let (created_tx, mut created_rx) = tokio::sync::mpsc::unbounded_channel();
     let creation_started = Instant::now();
+    let creation = shared_phase("watch creation");
+    let events = shared_phase("watch events received");
     let mut tasks = Vec::with_capacity(streams);
     for s in 0..streams {
         let stream_keys: Vec<Bytes> = (0..per_stream)
@@ -1046,10 +1117,11 @@ async fn watch(
         let created_tx = created_tx.clone();
         let mut stop_rx = stop_rx.clone();
         let first_error = first_error.clone();
+        let creation = Arc::clone(&creation);
+        let events = Arc::clone(&events);
         tasks.push(tokio::spawn(async move {
-            let mut creation = Phase::new("watch creation");
-            let mut events = Phase::new("watch events received");
-            let opened = open_watchers(channel, &stream_keys, &mut creation, &done).await;
+            let opened = open_watchers(channel, &stream_keys, &creation, &done).await;
+            drop(creation);
             let mut stream = match opened {
                 Ok(stream) => {
                     let _ = created_tx.send(Ok(()));
@@ -1057,7 +1129,7 @@ async fn watch(
                 }
                 Err(e) => {
                     let _ = created_tx.send(Err(format!("{e:#}")));
-                    return (creation, events);
+                    return;
                 }
             };
             let mut got = 0u64;
@@ -1075,11 +1147,9 @@ async fn watch(
                         for event in response.events {
                             let now = base.elapsed();
                             match event.kv.as_ref().and_then(|kv| stamp_of(&kv.value)) {
-                                Some(sent) => {
-                                    record(&mut events.histogram, now.saturating_sub(sent))
-                                }
+                                Some(sent) => record_shared(&events, now.saturating_sub(sent)),
                                 None => {
-                                    events.errors += 1;
+                                    error_shared(&events, 1);
                                     first_error.note("watch event without a send time");
                                 }
                             }
@@ -1097,9 +1167,8 @@ async fn watch(
                     }
                 }
             }
-            events.errors += expected_here.saturating_sub(got);
+            error_shared(&events, expected_here.saturating_sub(got));
             drop(stream.tx);
-            (creation, events)
         }));
     }
     drop(created_tx);
@@ -1121,6 +1190,7 @@ async fn watch(
     let issued = Arc::new(AtomicU64::new(0));
     let limiter = Limiter::new(a.put_rate);
     let puts_started = Instant::now();
+    let puts = shared_phase("put");
     let mut putters = Vec::new();
     for i in 0..args.clients.max(1) {
         let mut kv = KvClient::new(channels[i % channels.len()].clone());
@@ -1129,8 +1199,8 @@ async fn watch(
         let keys = keys.clone();
         let first_error = first_error.clone();
         let val_size = a.val_size;
+        let puts = Arc::clone(&puts);
         putters.push(tokio::spawn(async move {
-            let mut puts = Phase::new("put");
             loop {
                 let n = issued.fetch_add(1, Ordering::Relaxed);
                 if n >= put_total {
@@ -1144,20 +1214,19 @@ async fn watch(
                     ..Default::default()
                 };
                 match kv.put(request).await {
-                    Ok(_) => record(&mut puts.histogram, begin.elapsed()),
+                    Ok(_) => record_shared(&puts, begin.elapsed()),
                     Err(e) => {
-                        puts.errors += 1;
+                        error_shared(&puts, 1);
                         first_error.note(format_status(&e));
                     }
                 }
             }
-            puts
         }));
     }
-    let mut puts = Phase::new("put");
     for putter in putters {
-        merge(&mut puts, &putter.await?)?;
+        putter.await?;
     }
+    let mut puts = unshare(puts)?;
     puts.seconds = puts_started.elapsed().as_secs_f64();
     // Every event should arrive; give up after 10 s without one.
     wait_until_count(&received, expected, Duration::from_secs(10)).await;
@@ -1165,13 +1234,11 @@ async fn watch(
     let _ = stop_tx.send(true);
     drop(delivering);
 
-    let mut creation = Phase::new("watch creation");
-    let mut events = Phase::new("watch events received");
     for task in tasks {
-        let (c, e) = task.await?;
-        merge(&mut creation, &c)?;
-        merge(&mut events, &e)?;
+        task.await?;
     }
+    let mut creation = unshare(creation)?;
+    let mut events = unshare(events)?;
     creation.seconds = creation_seconds;
     events.seconds = events_seconds;
     Ok(WatchRun {
@@ -1210,6 +1277,7 @@ async fn watch_latency(
     let (receipt_tx, mut receipts) = tokio::sync::mpsc::unbounded_channel::<(i64, Instant)>();
     let (created_tx, mut created_rx) = tokio::sync::mpsc::unbounded_channel();
     let creation_started = Instant::now();
+    let creation = shared_phase("watch creation");
     let mut tasks = Vec::with_capacity(streams);
     for s in 0..streams {
         let keys = vec![key.clone(); per_stream];
@@ -1219,16 +1287,18 @@ async fn watch_latency(
         let receipt_tx = receipt_tx.clone();
         let mut stop_rx = stop_rx.clone();
         let first_error = first_error.clone();
+        let creation = Arc::clone(&creation);
         tasks.push(tokio::spawn(async move {
-            let mut creation = Phase::new("watch creation");
-            let mut stream = match open_watchers(channel, &keys, &mut creation, &done).await {
+            let opened = open_watchers(channel, &keys, &creation, &done).await;
+            drop(creation);
+            let mut stream = match opened {
                 Ok(stream) => {
                     let _ = created_tx.send(Ok(()));
                     stream
                 }
                 Err(e) => {
                     let _ = created_tx.send(Err(format!("{e:#}")));
-                    return creation;
+                    return;
                 }
             };
             loop {
@@ -1252,7 +1322,6 @@ async fn watch_latency(
                 }
             }
             drop(stream.tx);
-            creation
         }));
     }
     drop(created_tx);
@@ -1328,10 +1397,10 @@ async fn watch_latency(
     puts.seconds = latency.seconds;
     let _ = stop_tx.send(true);
     drop(delivering);
-    let mut creation = Phase::new("watch creation");
     for task in tasks {
-        merge(&mut creation, &task.await?)?;
+        task.await?;
     }
+    let mut creation = unshare(creation)?;
     creation.seconds = creation_seconds;
     Ok(WatchRun {
         main: latency,

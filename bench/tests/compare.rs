@@ -53,6 +53,22 @@ fn compare_one_member_end_to_end() {
             assert!(cell.get("error").is_none(), "{row}");
         }
         assert!(row["ratio"]["qps"].as_f64().unwrap() > 0.0, "{row}");
+        // Latency over time: each server's run, every answer in one interval.
+        let timelines = row["timelines"].as_array().expect("timelines");
+        let servers: Vec<&str> = timelines
+            .iter()
+            .map(|t| t["server"].as_str().unwrap())
+            .collect();
+        assert_eq!(servers, ["rivet", "etcd"], "{row}");
+        for t in timelines {
+            let answered: u64 = t["points"]
+                .as_array()
+                .expect("points")
+                .iter()
+                .map(|p| p["requests"].as_u64().unwrap())
+                .sum();
+            assert_eq!(answered, 40, "{t}");
+        }
     }
 }
 
@@ -60,6 +76,7 @@ fn compare_one_member_end_to_end() {
 fn compare_a_given_workload_as_text_with_a_plot() {
     let dir = tempfile::tempdir().expect("tempdir");
     let svg = dir.path().join("compare.svg");
+    let timeline = dir.path().join("timeline.svg");
     let rivet = common::rivet_binary();
     common::etcd_binary();
     let output = common::bench(
@@ -68,6 +85,8 @@ fn compare_a_given_workload_as_text_with_a_plot() {
             "30",
             "--plot",
             svg.to_str().expect("utf-8 path"),
+            "--timeline",
+            timeline.to_str().expect("utf-8 path"),
             "compare",
             "--rivet",
             rivet.to_str().expect("utf-8 path"),
@@ -96,6 +115,26 @@ fn compare_a_given_workload_as_text_with_a_plot() {
     let series =
         rivet_bench::plot::series_in(&std::fs::read_to_string(&svg).expect("svg")).expect("data");
     assert_eq!(series.len(), 4, "{series:?}");
+    // One time series per workload with a closed loop (watch-latency has none): rivet
+    // and etcd on one plot.
+    let txn_put = dir
+        .path()
+        .join("timeline-txn-put-txn-ops-1-conns-1-clients-2.svg");
+    assert!(
+        text.contains(&format!(
+            "timeline: txn-put txn-ops=1 conns=1 clients=2: {}",
+            txn_put.display()
+        )),
+        "{text}"
+    );
+    let drawn = common::check_timeline_svg(&txn_put, 2);
+    let labels: Vec<&str> = drawn.iter().map(|s| s.label.as_str()).collect();
+    assert_eq!(labels, ["rivet", "etcd"]);
+    let files = std::fs::read_dir(dir.path()).expect("dir").count();
+    assert_eq!(
+        files, 3,
+        "compare.svg and the txn-put timeline's SVG and CSV"
+    );
 }
 
 /// `--setup-auth --user`: both servers get root and the bench user with readwrite on the

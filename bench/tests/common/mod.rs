@@ -149,6 +149,8 @@ pub fn every_subcommand(endpoint: &str, scratch: &Path) {
     let total = "50";
     let hgrm = scratch.join("put.hgrm");
     let svg = scratch.join("put.svg");
+    let timeline_svg = scratch.join("put-timeline.svg");
+    let timeline_arg = timeline_svg.to_str().expect("utf-8 path").to_string();
     let hgrm_arg = hgrm.to_str().expect("utf-8 path").to_string();
     let svg_arg = svg.to_str().expect("utf-8 path").to_string();
     // (arguments, command, requests expected)
@@ -166,6 +168,10 @@ pub fn every_subcommand(endpoint: &str, scratch: &Path) {
                 &hgrm_arg,
                 "--plot",
                 &svg_arg,
+                "--timeline",
+                &timeline_arg,
+                "--timeline-interval",
+                "0.05",
             ],
             "put",
             50,
@@ -246,6 +252,15 @@ pub fn every_subcommand(endpoint: &str, scratch: &Path) {
         for phase in report["phases"].as_array().into_iter().flatten() {
             assert_eq!(phase["errors"], 0, "{args:?}: {phase}");
         }
+        // The closed loops' timelines count every answer once.
+        if !command.starts_with("watch") {
+            let points = report["timeline"]["points"]
+                .as_array()
+                .unwrap_or_else(|| panic!("{args:?}: no timeline: {report}"));
+            assert!(!points.is_empty(), "{args:?}: {report}");
+            let answered: u64 = points.iter().map(|p| p["requests"].as_u64().unwrap()).sum();
+            assert_eq!(answered, requests, "{args:?}: {report}");
+        }
     }
     // A server's error reaches the report with its gRPC code and message: a put over
     // etcd's 1.5 MiB request limit (under gRPC's 2 MiB receive limit).
@@ -273,4 +288,26 @@ pub fn every_subcommand(endpoint: &str, scratch: &Path) {
         rivet_bench::plot::series_in(&svg).expect("plot data").len(),
         1
     );
+    check_timeline_svg(&timeline_svg, 1);
+}
+
+/// `--timeline`'s SVG holds `series` runs whose points count their requests, and the CSV
+/// next to it one line per point.
+pub fn check_timeline_svg(svg: &Path, series: usize) -> Vec<rivet_bench::timeline::Series> {
+    let text = std::fs::read_to_string(svg)
+        .unwrap_or_else(|e| panic!("--timeline {} not written: {e}", svg.display()));
+    assert!(text.starts_with("<svg") && text.trim_end().ends_with("</svg>"));
+    assert_eq!(text.matches("<polyline").count(), 4 * series, "{text}");
+    let all = rivet_bench::timeline::series_in(&text).expect("timeline data");
+    assert_eq!(all.len(), series, "{all:?}");
+    let csv = std::fs::read_to_string(rivet_bench::timeline::csv_path(svg)).expect("csv");
+    let points: usize = all.iter().map(|s| s.timeline.points.len()).sum();
+    assert_eq!(csv.lines().count(), 1 + points, "{csv}");
+    for s in &all {
+        assert!(!s.timeline.points.is_empty(), "{s:?}");
+        for p in &s.timeline.points {
+            assert!(p.max_seconds >= p.p99_seconds && p.p99_seconds >= p.p50_seconds);
+        }
+    }
+    all
 }
