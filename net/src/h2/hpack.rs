@@ -104,6 +104,37 @@ thread_local! {
     /// Building a Huffman decoder costs far more than decoding a header value with it.
     static HUFFMAN: std::cell::RefCell<hpack::huffman::HuffmanDecoder> =
         std::cell::RefCell::new(hpack::huffman::HuffmanDecoder::new());
+    /// Huffman strings decoded lately. The `hpack` crate decodes bit by bit (a fifth of a
+    /// put's server CPU when a client sends its `:path` or metadata as Huffman literals
+    /// without indexing), and clients send the same few strings again and again.
+    static HUFFMAN_SEEN: std::cell::RefCell<std::collections::HashMap<Box<[u8]>, Box<[u8]>>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
+/// Huffman strings longer than this are not kept in [`HUFFMAN_SEEN`].
+const HUFFMAN_SEEN_BYTES_MAX: usize = 256;
+/// [`HUFFMAN_SEEN`] is emptied when it holds this many strings.
+const HUFFMAN_SEEN_MAX: usize = 1024;
+
+fn huffman_decode(raw: &[u8]) -> Result<Vec<u8>, HpackError> {
+    if raw.len() <= HUFFMAN_SEEN_BYTES_MAX {
+        if let Some(text) = HUFFMAN_SEEN.with(|seen| seen.borrow().get(raw).map(|t| t.to_vec())) {
+            return Ok(text);
+        }
+    }
+    let text = HUFFMAN
+        .with(|decoder| decoder.borrow_mut().decode(raw))
+        .map_err(|_| HpackError::Huffman)?;
+    if raw.len() <= HUFFMAN_SEEN_BYTES_MAX {
+        HUFFMAN_SEEN.with(|seen| {
+            let mut seen = seen.borrow_mut();
+            if seen.len() >= HUFFMAN_SEEN_MAX {
+                seen.clear();
+            }
+            seen.insert(raw.into(), text.clone().into());
+        });
+    }
+    Ok(text)
 }
 
 fn read_integer(src: &mut &[u8], prefix_bits: u8) -> Result<usize, HpackError> {
@@ -141,9 +172,7 @@ fn read_string(src: &mut &[u8]) -> Result<Vec<u8>, HpackError> {
     let (raw, rest) = src.split_at(length);
     *src = rest;
     if huffman {
-        HUFFMAN
-            .with(|decoder| decoder.borrow_mut().decode(raw))
-            .map_err(|_| HpackError::Huffman)
+        huffman_decode(raw)
     } else {
         Ok(raw.to_vec())
     }
