@@ -88,6 +88,9 @@ pub enum HpackError {
     SizeUpdate,
 }
 
+/// Huffman strings as sent → their text.
+type HuffmanSeen = std::collections::HashMap<Box<[u8]>, Box<[u8]>>;
+
 /// A dynamic table entry: name and value.
 type Entry = (Box<[u8]>, Box<[u8]>);
 
@@ -107,7 +110,7 @@ thread_local! {
     /// Huffman strings decoded lately. The `hpack` crate decodes bit by bit (a fifth of a
     /// put's server CPU when a client sends its `:path` or metadata as Huffman literals
     /// without indexing), and clients send the same few strings again and again.
-    static HUFFMAN_SEEN: std::cell::RefCell<std::collections::HashMap<Box<[u8]>, Box<[u8]>>> =
+    static HUFFMAN_SEEN: std::cell::RefCell<HuffmanSeen> =
         std::cell::RefCell::new(std::collections::HashMap::new());
 }
 
