@@ -32,6 +32,16 @@ impl<S> GlommioIo<S> {
             filter: Some(AuthorityFilter::new()),
         }
     }
+
+    /// A connection whose first bytes were read already (to tell HTTP/2 from HTTP/1.1):
+    /// hyper reads them first.
+    pub fn with_prefix(socket: S, prefix: &[u8]) -> GlommioIo<S> {
+        let mut io = GlommioIo::new(socket);
+        if let Some(filter) = io.filter.as_mut() {
+            filter.feed(prefix);
+        }
+        io
+    }
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> hyper::rt::Read for GlommioIo<S> {

@@ -254,7 +254,7 @@ pub struct ClientService {
     pub secure: bool,
 }
 
-type ResponseFuture =
+pub(crate) type ResponseFuture =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response<Body>, Infallible>>>>;
 
 impl ClientService {
@@ -313,7 +313,12 @@ impl ClientService {
     }
 }
 
-impl Service<Request<hyper::body::Incoming>> for ClientService {
+/// Requests from hyper (HTTP/1.1) and from rivet's HTTP/2 server (`crate::h2`).
+impl<B> Service<Request<B>> for ClientService
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<tower::BoxError>,
+{
     type Response = Response<Body>;
     type Error = Infallible;
     type Future = ResponseFuture;
@@ -322,7 +327,7 @@ impl Service<Request<hyper::body::Incoming>> for ClientService {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: Request<hyper::body::Incoming>) -> Self::Future {
+    fn call(&mut self, request: Request<B>) -> Self::Future {
         if is_grpc(&request) {
             return self.call_grpc(request);
         }
@@ -338,6 +343,7 @@ impl Service<Request<hyper::body::Incoming>> for ClientService {
         if self.gateway.enabled && crate::gateway::handles(request.uri().path()) {
             let (client, config) = (self.clone(), self.gateway);
             return Box::pin(async move {
+                let request = request.map(Body::new);
                 let mut response = crate::gateway::serve(client, config, request).await;
                 crate::access::add_cors(&mut response, origin);
                 Ok(response)

@@ -11,6 +11,7 @@ pub mod forward;
 pub mod gateway;
 pub mod glommio_hyper;
 pub mod grpc_metrics;
+pub mod h2;
 pub mod http;
 pub mod lease;
 pub mod listener;

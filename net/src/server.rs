@@ -769,6 +769,12 @@ async fn accept_loop(
             .max_decoding_message_size(decode_limit)
             .max_encoding_message_size(usize::MAX),
     );
+    let h2 = Rc::new(crate::h2::Server {
+        kv: KvService(handle.clone()),
+        max_concurrent_streams: settings.max_concurrent_streams,
+        keepalive_interval: settings.keepalive_interval,
+        keepalive_timeout: settings.keepalive_timeout,
+    });
     let service = ClientService {
         grpc: routes,
         core: send_wrapper::SendWrapper::new(core),
@@ -790,9 +796,10 @@ async fn accept_loop(
         let queue = glommio::executor().current_task_queue();
         let settings = Arc::clone(&settings);
         let tls = tls.clone();
+        let h2 = Rc::clone(&h2);
         let connection = async move {
             match tls {
-                None => serve_connection(GlommioIo::new(stream), service, &settings, None).await,
+                None => serve_connection(stream, service, &settings, None, h2).await,
                 Some(tls) => {
                     let Some((stream, identity)) = crate::listeners::handshake(&tls, stream).await
                     else {
@@ -802,7 +809,7 @@ async fn accept_loop(
                         secure: true,
                         ..service
                     };
-                    serve_connection(GlommioIo::new(stream), service, &settings, identity).await
+                    serve_connection(stream, service, &settings, identity, h2).await
                 }
             }
         };
@@ -815,17 +822,38 @@ async fn accept_loop(
     }
 }
 
-/// Serves one client connection (plain or TLS) with hyper, HTTP/1.1 or HTTP/2. The
-/// identity of a verified client certificate goes into every request's extensions.
+/// Serves one client connection (plain or TLS): HTTP/2 (it opens with the client
+/// preface: gRPC with prior knowledge, or after ALPN "h2") with rivet's own server
+/// (`crate::h2`), anything else with hyper (HTTP/1.1). The identity of a verified
+/// client certificate goes into every request's extensions.
 async fn serve_connection<S>(
-    io: GlommioIo<S>,
+    mut socket: S,
     service: ClientService,
     settings: &ClientSettings,
     identity: Option<ClientIdentity>,
+    h2: Rc<crate::h2::Server>,
 ) where
     S: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin + 'static,
 {
+    use futures_lite::AsyncReadExt;
     use tower::ServiceExt;
+    let preface = crate::h2::proto::PREFACE;
+    let mut first = [0u8; 24];
+    let mut seen = 0;
+    while seen < preface.len() {
+        match socket.read(&mut first[seen..]).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => seen += n,
+        }
+        if first[..seen] != preface[..seen] {
+            break;
+        }
+    }
+    if first[..seen] == *preface {
+        crate::h2::serve(socket, h2, service, identity).await;
+        return;
+    }
+    let io = GlommioIo::with_prefix(socket, &first[..seen]);
     let service = service.map_request(move |mut request: http::Request<hyper::body::Incoming>| {
         if let Some(identity) = &identity {
             request.extensions_mut().insert(identity.clone());

@@ -26,7 +26,6 @@ use futures::{SinkExt, StreamExt};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body::Frame;
 use http_body_util::{BodyExt, Full, StreamBody};
-use hyper::body::Incoming;
 use rivet_api::etcdserverpb as pb;
 use rivet_api::{v3electionpb, v3lockpb};
 use rivet_engine::limits;
@@ -91,7 +90,7 @@ impl tower::Service<Request<Body>> for Channel {
 /// One gateway request on its way to a service.
 struct Call {
     channel: Channel,
-    body: Incoming,
+    body: Body,
     /// gRPC metadata from the HTTP headers (`Authorization` → `token`).
     metadata: MetadataMap,
     request_bytes_max: usize,
@@ -267,14 +266,14 @@ fn canonical_header(key: &str) -> String {
 
 /// The request body as successive JSON values.
 struct BodyReader {
-    body: Incoming,
+    body: Body,
     decoder: Decoder,
     ended: bool,
     bytes_max: usize,
 }
 
 impl BodyReader {
-    fn new(body: Incoming, bytes_max: usize) -> BodyReader {
+    fn new(body: Body, bytes_max: usize) -> BodyReader {
         BodyReader {
             body,
             decoder: Decoder::default(),
@@ -573,7 +572,7 @@ routes! {
 pub async fn serve(
     client: ClientService,
     config: GatewayConfig,
-    request: Request<Incoming>,
+    request: Request<Body>,
 ) -> Response<Body> {
     let (parts, body) = request.into_parts();
     let raw_path = parts.uri.path();
