@@ -17,7 +17,8 @@ use crate::messages::{
 };
 use crate::mvcc::KeyIndex;
 use crate::page::{
-    Checkpoint, GcError, Keep, KeyRecord, PageFile, PageOptions, PagePtr, RecordView, StepProgress,
+    Checkpoint, CheckpointError, GcError, Keep, KeyRecord, PageFile, PageOptions, PagePtr,
+    RecordView, StepProgress, SyncJob, Synced,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -302,13 +303,7 @@ impl Shard {
                 None
             }
         };
-        self.expire_idle_snapshots();
-        ShardAck {
-            shard: self.id,
-            index: self.applied_index,
-            checkpoint,
-            size_bytes: self.size_bytes(),
-        }
+        self.ack(checkpoint)
     }
 
     /// Applies one batch of the apply stream. A failure to write the page file (disk
@@ -621,14 +616,29 @@ impl Shard {
         self.compact_revision
     }
 
+    /// Checkpoints the page file at `request`, blocking the calling thread on its syncs
+    /// (tools, tests, the simulation). A shard core uses [`Shard::checkpoint_begin`],
+    /// [`Shard::checkpoint_write`] and [`Shard::checkpoint_end`] with asynchronous syncs.
     pub fn checkpoint(&mut self, request: &CheckpointRequest) {
-        debug_assert_eq!(request.index, self.applied_index);
-        let checkpoint = Checkpoint {
+        let started = std::time::Instant::now();
+        let records = self.checkpoint_begin(request).run_blocking();
+        let record = self.checkpoint_write(request, records).run_blocking();
+        self.checkpoint_end(request, record, started);
+    }
+
+    fn page_checkpoint(request: &CheckpointRequest) -> Checkpoint {
+        Checkpoint {
             applied_index: request.index,
             revision: request.revision,
             compact_revision: request.compact_revision,
-        };
-        let started = std::time::Instant::now();
+        }
+    }
+
+    /// A checkpoint's first step: seals the active segment if asked, and returns the job
+    /// that makes every record durable. Apply nothing until [`Shard::checkpoint_end`].
+    /// Failures stop the member (`crash::stop`), as every step's.
+    pub fn checkpoint_begin(&mut self, request: &CheckpointRequest) -> SyncJob {
+        debug_assert_eq!(request.index, self.applied_index);
         if request.seal {
             self.page.seal_active().unwrap_or_else(|e| {
                 crate::crash::stop(format_args!(
@@ -637,15 +647,59 @@ impl Shard {
                 ))
             });
         }
-        self.page.checkpoint(&checkpoint).unwrap_or_else(|e| {
-            crate::crash::stop(format_args!("shard {}: checkpoint failed: {e}", self.id))
-        });
+        self.page
+            .checkpoint_begin(&Self::page_checkpoint(request))
+            .unwrap_or_else(|e| self.checkpoint_failed(&e))
+    }
+
+    /// The second step, once the records' sync ended: writes the checkpoint record and
+    /// returns the job that syncs it.
+    pub fn checkpoint_write(
+        &mut self,
+        request: &CheckpointRequest,
+        records: Result<Synced, CheckpointError>,
+    ) -> SyncJob {
+        self.page
+            .checkpoint_write(&Self::page_checkpoint(request), records)
+            .unwrap_or_else(|e| self.checkpoint_failed(&e))
+    }
+
+    /// The last step, once the record's sync ended: the checkpoint is written (the raft
+    /// core records it in the WAL once every shard acknowledged it).
+    pub fn checkpoint_end(
+        &mut self,
+        request: &CheckpointRequest,
+        record: Result<Synced, CheckpointError>,
+        started: std::time::Instant,
+    ) {
+        self.page
+            .checkpoint_end(&Self::page_checkpoint(request), record)
+            .unwrap_or_else(|e| self.checkpoint_failed(&e));
         crate::metrics::BACKEND_COMMIT.observe(started.elapsed());
         self.written = Some(DurablePoint {
             index: request.index,
             slot: self.page.last_checkpoint_slot(),
             compact_revision: request.compact_revision,
         });
+    }
+
+    fn checkpoint_failed(&self, error: &CheckpointError) -> ! {
+        crate::crash::stop(format_args!(
+            "shard {}: checkpoint failed: {error}",
+            self.id
+        ))
+    }
+
+    /// What to acknowledge to the raft core after a message of the apply stream
+    /// (`checkpoint`: the index of a checkpoint this shard has written).
+    pub fn ack(&mut self, checkpoint: Option<u64>) -> ShardAck {
+        self.expire_idle_snapshots();
+        ShardAck {
+            shard: self.id,
+            index: self.applied_index,
+            checkpoint,
+            size_bytes: self.size_bytes(),
+        }
     }
 
     /// The checkpoint at `index` is recorded in the WAL.

@@ -18,6 +18,7 @@ pub mod listener;
 pub mod listeners;
 pub mod lock;
 pub mod logging;
+pub mod page_sync;
 pub mod peer;
 pub mod peer_link;
 pub mod pprof;

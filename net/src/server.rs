@@ -577,7 +577,11 @@ pub fn run(mut flags: Flags) -> anyhow::Result<()> {
                     return;
                 }
                 drop(restore);
-                let apply = glommio::spawn_local(Rc::clone(&core).run_apply(apply_rx, acks));
+                let apply = glommio::spawn_local(Rc::clone(&core).run_apply(
+                    apply_rx,
+                    acks,
+                    crate::page_sync::page_sync,
+                ));
                 glommio::spawn_local(Rc::clone(&core).serve_peers(peer_rx)).detach();
                 glommio::spawn_local(Rc::clone(&core).run_watermark()).detach();
                 glommio::spawn_local(Rc::clone(&core).run_damage_alarm()).detach();

@@ -1,7 +1,8 @@
 //! What a member does when its disk fails (issue 10 item 7), with the test-only fault
 //! layer (`RIVET_TEST_DISK_FAULTS`, `wal/src/faults.rs`): a failed WAL fdatasync stops
 //! the member (never retried: a retried fsync can report success for data the kernel
-//! dropped), so does a full disk under the WAL or under the page files; restarted with
+//! dropped), so does a failed page file fdatasync of a checkpoint (synced through the
+//! shard core's io_uring) and a full disk under the WAL or under the page files; restarted with
 //! the space back, the member has every write it acknowledged and takes new ones.
 
 mod common;
@@ -66,6 +67,19 @@ fn check_fault(fault: &str, error: &str, value_bytes: usize, most: usize, extra:
 #[test]
 fn a_failed_wal_fdatasync_stops_the_member_and_loses_nothing_acknowledged() {
     check_fault("wal-fdatasync-fails-after=40", "fdatasync", 100, 400, &[]);
+}
+
+#[test]
+fn a_failed_page_file_fdatasync_stops_the_member_and_loses_nothing_acknowledged() {
+    // A checkpoint every 20 entries, each syncing the one shard's segment twice (its
+    // records, then its checkpoint record): the third checkpoint's first sync fails.
+    check_fault(
+        "page-fdatasync-fails-after=4",
+        "checkpoint failed",
+        100,
+        400,
+        &["--shards", "1", "--snapshot-count", "20"],
+    );
 }
 
 #[test]

@@ -4,7 +4,9 @@
 //! - `wal-fdatasync-fails-after=N`: every WAL fdatasync after the first N fails with EIO;
 //! - `wal-enospc-after-bytes=N`: a WAL write that would take the bytes written by this
 //!   process past N fails with ENOSPC;
-//! - `page-enospc-after-bytes=N`: the same for the space page files reserve (new segments).
+//! - `page-enospc-after-bytes=N`: the same for the space page files reserve (new segments);
+//! - `page-fdatasync-fails-after=N`: every page file segment fdatasync (a checkpoint's)
+//!   after the first N fails with EIO.
 //!
 //! Read once per process; without the variable every check is one load of a flag.
 
@@ -19,12 +21,14 @@ struct DiskFaults {
     wal_fdatasync_fails_after: Option<u64>,
     wal_enospc_after_bytes: Option<u64>,
     page_enospc_after_bytes: Option<u64>,
+    page_fdatasync_fails_after: Option<u64>,
 }
 
 static FAULTS: OnceLock<Option<DiskFaults>> = OnceLock::new();
 static WAL_SYNCS: AtomicU64 = AtomicU64::new(0);
 static WAL_BYTES: AtomicU64 = AtomicU64::new(0);
 static PAGE_BYTES: AtomicU64 = AtomicU64::new(0);
+static PAGE_SYNCS: AtomicU64 = AtomicU64::new(0);
 
 fn faults() -> Option<&'static DiskFaults> {
     FAULTS
@@ -38,6 +42,9 @@ fn faults() -> Option<&'static DiskFaults> {
                     "wal-fdatasync-fails-after" => faults.wal_fdatasync_fails_after = Some(value),
                     "wal-enospc-after-bytes" => faults.wal_enospc_after_bytes = Some(value),
                     "page-enospc-after-bytes" => faults.page_enospc_after_bytes = Some(value),
+                    "page-fdatasync-fails-after" => {
+                        faults.page_fdatasync_fails_after = Some(value);
+                    }
                     _ => return None,
                 }
             }
@@ -70,6 +77,17 @@ pub fn wal_fdatasync() -> io::Result<()> {
         return Ok(());
     };
     if WAL_SYNCS.fetch_add(1, Ordering::Relaxed) >= limit {
+        return Err(io::Error::from_raw_os_error(libc::EIO));
+    }
+    Ok(())
+}
+
+/// Before a page file segment's fdatasync.
+pub fn page_fdatasync() -> io::Result<()> {
+    let Some(limit) = faults().and_then(|f| f.page_fdatasync_fails_after) else {
+        return Ok(());
+    };
+    if PAGE_SYNCS.fetch_add(1, Ordering::Relaxed) >= limit {
         return Err(io::Error::from_raw_os_error(libc::EIO));
     }
     Ok(())

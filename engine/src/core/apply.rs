@@ -6,7 +6,7 @@
 //! waits says so (`waiting_for`), and a shard that passes that index wakes it, so nobody
 //! polls.
 
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::task::{Poll, Waker};
@@ -14,7 +14,8 @@ use std::task::{Poll, Waker};
 use bytes::Bytes;
 
 use super::ShardCore;
-use crate::messages::{ApplyMessage, RestoreChunk, ShardAck, ShardRequest};
+use crate::messages::{ApplyMessage, CheckpointRequest, RestoreChunk, ShardAck, ShardRequest};
+use crate::page::SyncTarget;
 
 impl ShardCore {
     /// Returns once every shard has applied `index`: then any shard shows the effects of
@@ -136,20 +137,34 @@ impl ShardCore {
         Ok(())
     }
 
-    /// The apply loop: runs until the raft core closes the stream.
-    pub async fn run_apply(
+    /// The apply loop: runs until the raft core closes the stream. A checkpoint's syncs go
+    /// through `sync` (glommio's io_uring on a shard core, `rivet-net`'s `page_sync`): the
+    /// loop waits for them, but the core goes on serving reads meanwhile.
+    pub async fn run_apply<S, F>(
         self: Rc<Self>,
         stream: async_channel::Receiver<ApplyMessage>,
         acks: async_channel::Sender<ShardAck>,
-    ) {
+        sync: S,
+    ) where
+        S: Fn(SyncTarget) -> F,
+        F: Future<Output = std::io::Result<()>>,
+    {
         while let Ok(mut message) = stream.recv().await {
             if let ApplyMessage::Batch(batch) = &mut message {
                 self.apply_auth_updates(batch);
             }
-            let (ack, revision, gc_wanted) = {
-                let mut shard = self.shard.borrow_mut();
-                let ack = shard.handle_apply(message);
-                (ack, shard.revision(), shard.take_gc_wanted())
+            let (ack, revision, gc_wanted) = match message {
+                ApplyMessage::Checkpoint(request) => {
+                    self.checkpoint(&request, &sync).await;
+                    let mut shard = self.shard.borrow_mut();
+                    let ack = shard.ack(Some(request.index));
+                    (ack, shard.revision(), shard.take_gc_wanted())
+                }
+                message => {
+                    let mut shard = self.shard.borrow_mut();
+                    let ack = shard.handle_apply(message);
+                    (ack, shard.revision(), shard.take_gc_wanted())
+                }
             };
             self.publish_applied(ack.index, revision);
             if gc_wanted {
@@ -159,6 +174,26 @@ impl ShardCore {
                 break;
             }
         }
+    }
+
+    /// Checkpoints this shard's page file without holding the core during the syncs: the
+    /// shard is borrowed only to take each sync job and to give back its result, so reads
+    /// run while the disk works. Nothing is applied meanwhile (this is the apply loop), and
+    /// the checkpoint record is written only after the records' sync completed, then
+    /// acknowledged only after its own sync completed — the order of the blocking path.
+    async fn checkpoint<S, F>(&self, request: &CheckpointRequest, sync: &S)
+    where
+        S: Fn(SyncTarget) -> F,
+        F: Future<Output = std::io::Result<()>>,
+    {
+        let started = std::time::Instant::now();
+        let records = self.shard.borrow_mut().checkpoint_begin(request);
+        let records = records.run(sync).await;
+        let record = self.shard.borrow_mut().checkpoint_write(request, records);
+        let record = record.run(sync).await;
+        self.shard
+            .borrow_mut()
+            .checkpoint_end(request, record, started);
     }
 
     /// Serves the other cores' parts of scattered reads.

@@ -15,6 +15,7 @@ use memmap2::{Mmap, MmapMut, MmapOptions};
 
 use super::format::*;
 use super::manifest::Manifest;
+use super::sync::{SyncJob, SyncTarget, Synced};
 use crate::limits::{SEGMENT_ALIGNMENT_BYTES, SEGMENT_BYTES_DEFAULT};
 
 /// How a page file is laid out on disk.
@@ -608,14 +609,28 @@ impl PageFile {
     }
 
     /// Makes every appended record durable (`fdatasync` of sealed segments with unsynced
-    /// bytes, `msync` of the written range of the active one, and the directory if
-    /// segments were created), then appends a checkpoint record and syncs it too.
+    /// bytes and of the active one, and the directory if segments were created), then
+    /// appends a checkpoint record and syncs it too. Blocks the calling thread on the
+    /// syncs; a shard core runs the same steps asynchronously ([`PageFile::checkpoint_begin`],
+    /// [`PageFile::checkpoint_write`], [`PageFile::checkpoint_end`]).
     ///
     /// The two rounds are needed: the kernel writes dirty pages back in any order, so a
     /// checkpoint written together with the records could become durable before them.
     /// After a failed sync the page file refuses further appends and checkpoints: reopen it
     /// (the WAL replays what was lost).
     pub fn checkpoint(&mut self, checkpoint: &Checkpoint) -> Result<(), CheckpointError> {
+        let records = self.checkpoint_begin(checkpoint)?.run_blocking();
+        let record = self.checkpoint_write(checkpoint, records)?.run_blocking();
+        self.checkpoint_end(checkpoint, record)
+    }
+
+    /// The first step of a checkpoint: what must be synced before its record is written
+    /// (every record appended so far). Run the job, then give its result to
+    /// [`PageFile::checkpoint_write`]. Nothing may be appended until the checkpoint ends.
+    pub fn checkpoint_begin(
+        &mut self,
+        checkpoint: &Checkpoint,
+    ) -> Result<SyncJob, CheckpointError> {
         if self.poisoned {
             return Err(CheckpointError::Append(AppendError::Poisoned));
         }
@@ -625,12 +640,18 @@ impl PageFile {
                 given: checkpoint.applied_index,
             });
         }
-        self.sync()?;
-        self.append_checkpoint(checkpoint)
+        self.take_sync()
     }
 
-    /// Appends `checkpoint`'s record and syncs it.
-    fn append_checkpoint(&mut self, checkpoint: &Checkpoint) -> Result<(), CheckpointError> {
+    /// The second step: once the records are durable (`records` is the result of the job
+    /// [`PageFile::checkpoint_begin`] returned), appends the checkpoint record and returns
+    /// the job that syncs it; give that job's result to [`PageFile::checkpoint_end`].
+    pub fn checkpoint_write(
+        &mut self,
+        checkpoint: &Checkpoint,
+        records: Result<Synced, CheckpointError>,
+    ) -> Result<SyncJob, CheckpointError> {
+        self.synced(records)?;
         let offset = self.reserve(CHECKPOINT_RECORD_BYTES)?;
         let record = encode_checkpoint(checkpoint);
         put(&mut self.active.map, offset, &record);
@@ -639,7 +660,17 @@ impl PageFile {
             Ok(Some((Record::Checkpoint(read), _))) if read == *checkpoint
         ));
         self.active.write_offset = offset + CHECKPOINT_RECORD_BYTES;
-        self.sync()?;
+        self.take_sync()
+    }
+
+    /// The last step: once the checkpoint record is durable, the page file counts it as
+    /// its last checkpoint.
+    pub fn checkpoint_end(
+        &mut self,
+        checkpoint: &Checkpoint,
+        record: Result<Synced, CheckpointError>,
+    ) -> Result<(), CheckpointError> {
+        self.synced(record)?;
         self.last_checkpoint_index = checkpoint.applied_index;
         self.last_checkpoint_slot = self.active.id;
         self.last_checkpoint = Some(*checkpoint);
@@ -662,50 +693,90 @@ impl PageFile {
             return Ok(());
         };
         self.seal_active()?;
-        self.sync()?;
-        self.append_checkpoint(&checkpoint)
+        let records = self.take_sync()?.run_blocking();
+        let record = self.checkpoint_write(&checkpoint, records)?.run_blocking();
+        self.checkpoint_end(&checkpoint, record)
     }
 
-    fn sync(&mut self) -> Result<(), CheckpointError> {
-        let result = self.sync_unpoisoned();
+    /// Takes what a sync must make durable now: the sealed segments with unsynced bytes
+    /// (their descriptors move into the job), the active segment up to its write offset,
+    /// and the directory if segment files were created or removed since its last sync.
+    /// What changes after this is left for the next job.
+    fn take_sync(&mut self) -> Result<SyncJob, CheckpointError> {
+        let result = self.take_sync_unpoisoned();
         if result.is_err() {
             self.poisoned = true;
         }
         result
     }
 
-    fn sync_unpoisoned(&mut self) -> Result<(), CheckpointError> {
+    fn take_sync_unpoisoned(&mut self) -> Result<SyncJob, CheckpointError> {
+        let mut targets = Vec::new();
         for segment in self.sealed.values_mut() {
-            if let Some(file) = &segment.unsynced_file {
-                file.sync_data().map_err(|source| CheckpointError::Sync {
+            if let Some(file) = segment.unsynced_file.take() {
+                targets.push(SyncTarget {
                     path: segment.path.clone(),
-                    source,
-                })?;
-                segment.unsynced_file = None;
+                    file,
+                    directory: false,
+                });
             }
         }
-        let active = &mut self.active;
+        let active = &self.active;
+        let mut active_synced = None;
         if active.synced_offset < active.write_offset {
-            active
-                .map
-                .flush_range(
-                    active.synced_offset,
-                    active.write_offset - active.synced_offset,
-                )
+            let file = active
+                .file
+                .try_clone()
                 .map_err(|source| CheckpointError::Sync {
                     path: active.path.clone(),
                     source,
                 })?;
-            active.synced_offset = active.write_offset;
+            targets.push(SyncTarget {
+                path: active.path.clone(),
+                file,
+                directory: false,
+            });
+            active_synced = Some((active.id, active.write_offset));
         }
         if self.dir_unsynced {
-            sync_dir(&self.dir).map_err(|source| CheckpointError::Sync {
+            let file = File::open(&self.dir).map_err(|source| CheckpointError::Sync {
                 path: self.dir.clone(),
                 source,
             })?;
+            targets.push(SyncTarget {
+                path: self.dir.clone(),
+                file,
+                directory: true,
+            });
             self.dir_unsynced = false;
         }
-        Ok(())
+        Ok(SyncJob {
+            targets,
+            active: active_synced,
+        })
+    }
+
+    /// Takes the result of a job [`PageFile::take_sync`] returned: on success the active
+    /// segment is durable up to the offset the job covered; a failure poisons the page
+    /// file (the state of the page cache is unknown: fsyncgate).
+    fn synced(&mut self, result: Result<Synced, CheckpointError>) -> Result<(), CheckpointError> {
+        if self.poisoned {
+            return Err(CheckpointError::Append(AppendError::Poisoned));
+        }
+        match result {
+            Ok(Synced { active }) => {
+                if let Some((id, offset)) = active {
+                    if self.active.id == id && self.active.synced_offset < offset {
+                        self.active.synced_offset = offset;
+                    }
+                }
+                Ok(())
+            }
+            Err(error) => {
+                self.poisoned = true;
+                Err(error)
+            }
+        }
     }
 
     /// Bytes of segment files on disk. Chain segments are preallocated to their full size,

@@ -40,6 +40,8 @@
 //!   records (pure functions over byte slices; the fuzz target's entry point);
 //! - [`file`](mod@file): a page file that is open: appending, reading, checkpoints and the segment
 //!   files under it;
+//! - [`sync`](mod@sync): what one round of syncing must make durable, run blocking or
+//!   handed to an asynchronous sync (a shard core's io_uring);
 //! - [`recovery`]: opening a page file at a checkpoint: the scan that rebuilds the index,
 //!   damage before the checkpoint told apart from an unsynced tail after it.
 #![deny(
@@ -58,6 +60,7 @@ pub mod format;
 pub mod gc;
 pub mod manifest;
 pub mod recovery;
+pub mod sync;
 
 pub use file::{CheckpointError, PageFile, PageOptions, ReadError, SegmentStats, SegmentView};
 pub use format::{
@@ -71,3 +74,4 @@ pub use format::{
 pub use gc::{GcError, Keep, Relocated, StepProgress};
 pub use manifest::{Manifest, ManifestError, SlotState};
 pub use recovery::OpenError;
+pub use sync::{SyncJob, SyncTarget, Synced};
