@@ -116,6 +116,13 @@ pub enum RaftCommand {
     Defragment {
         reply: oneshot::Sender<u64>,
     },
+    /// Shard `shard` deleted these segments (segment keys) from its page file: the
+    /// sequencer copies the restored values it still reads from them and lets go of its
+    /// mappings, so that their disk space is freed. Answers nobody.
+    SegmentsDeleted {
+        shard: usize,
+        segments: Vec<u32>,
+    },
     /// Renew a lease on the leader; answers its TTL (0 for an unknown lease).
     LeaseKeepAlive {
         id: i64,

@@ -136,6 +136,37 @@ struct MappedSegment {
     heads: usize,
 }
 
+/// Reads a restored value from the mapped `segments`. The record was read and its CRC
+/// checked when the shard streamed the head, and the mapping holds it unchanged since; a
+/// failure here (a bug, or bytes damaged in memory) stops the member rather than let this
+/// member decide a compare or answer differently from the others.
+fn read_from(
+    segments: &HashMap<(u32, u32), MappedSegment>,
+    key: &[u8],
+    shard: u32,
+    ptr: PagePtr,
+) -> Bytes {
+    let read = match segments.get(&(shard, ptr.segment_key())) {
+        None => Err("its segment is not mapped".to_string()),
+        Some(segment) => match decode_record_at(segment.view.bytes(), ptr.offset() as usize) {
+            Ok(Some((Record::Key(record), _))) if record.key == key => match record.value {
+                Some(value) => Ok(Bytes::copy_from_slice(value)),
+                None => Err("the record is a tombstone".into()),
+            },
+            Ok(Some((Record::Key(_), _))) => Err("the record holds another key".into()),
+            Ok(_) => Err("no key record there".into()),
+            Err(e) => Err(e.to_string()),
+        },
+    };
+    match read {
+        Ok(value) => value,
+        Err(reason) => crate::crash::stop(format_args!(
+            "cannot read the value of key {:?} from shard {shard} at {ptr:?}: {reason}",
+            String::from_utf8_lossy(key)
+        )),
+    }
+}
+
 /// A lease in the replicated state. Expiry is not here: it is the leader's business (a
 /// monotonic deadline on the raft core), decided into the log as a revoke.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -295,6 +326,57 @@ impl Sequencer {
         self.segments.len()
     }
 
+    /// The (shard, segment key) of every segment the sequencer still maps.
+    pub fn mapped_segment_keys(&self) -> Vec<(usize, u32)> {
+        let mut keys: Vec<(usize, u32)> = self
+            .segments
+            .keys()
+            .map(|(shard, key)| (*shard as usize, *key))
+            .collect();
+        keys.sort_unstable();
+        keys
+    }
+
+    /// The shards deleted the segments `released` (shard, segment key) from their page
+    /// files (garbage collection or a defragmentation rewrote them): every head whose
+    /// value is still read from one of them takes a copy of its value (the same bytes,
+    /// now held), and the mappings go, so that the files' disk space is freed now rather
+    /// than at the next start. Between requests only (a request's undo log may point into
+    /// a segment). One pass over the heads for the whole batch, which stops once no head
+    /// is left in the released segments; none when no head points into them. Answers
+    /// how many values were copied.
+    pub fn release_segments(&mut self, released: &[(usize, u32)]) -> usize {
+        let mut left = 0;
+        let mut targets = Vec::with_capacity(released.len());
+        for (shard, key) in released {
+            let at = (*shard as u32, *key);
+            if let Some(segment) = self.segments.get(&at) {
+                left += segment.heads;
+                targets.push(at);
+            }
+        }
+        let mut copied = 0;
+        if left > 0 {
+            for (key, entry) in self.keys.iter_mut() {
+                let Value::OnPage { shard, ptr } = entry.value else {
+                    continue;
+                };
+                if !targets.contains(&(shard, ptr.segment_key())) {
+                    continue;
+                }
+                entry.value = Value::Held(read_from(&self.segments, key, shard, ptr));
+                copied += 1;
+                if copied == left {
+                    break;
+                }
+            }
+        }
+        for at in targets {
+            self.segments.remove(&at);
+        }
+        copied
+    }
+
     /// The value of `key`'s entry: held, or read from the page record it points at.
     fn value_of(&self, key: &[u8], entry: &Entry) -> Bytes {
         match &entry.value {
@@ -303,30 +385,9 @@ impl Sequencer {
         }
     }
 
-    /// Reads a restored value. The record was read and its CRC checked when the shard
-    /// streamed the head, and the mapping holds it unchanged since; a failure here (a
-    /// bug, or bytes damaged in memory) stops the member rather than let this member
-    /// decide a compare or answer differently from the others.
+    /// Reads a restored value (see [`read_from`]).
     fn read_value(&self, key: &[u8], shard: u32, ptr: PagePtr) -> Bytes {
-        let read = match self.segments.get(&(shard, ptr.segment_key())) {
-            None => Err("its segment is not mapped".to_string()),
-            Some(segment) => match decode_record_at(segment.view.bytes(), ptr.offset() as usize) {
-                Ok(Some((Record::Key(record), _))) if record.key == key => match record.value {
-                    Some(value) => Ok(Bytes::copy_from_slice(value)),
-                    None => Err("the record is a tombstone".into()),
-                },
-                Ok(Some((Record::Key(_), _))) => Err("the record holds another key".into()),
-                Ok(_) => Err("no key record there".into()),
-                Err(e) => Err(e.to_string()),
-            },
-        };
-        match read {
-            Ok(value) => value,
-            Err(reason) => crate::crash::stop(format_args!(
-                "cannot read the value of key {:?} from shard {shard} at {ptr:?}: {reason}",
-                String::from_utf8_lossy(key)
-            )),
-        }
+        read_from(&self.segments, key, shard, ptr)
     }
 
     /// The key-value etcd answers for `key`'s entry, its value read if `with_value`.

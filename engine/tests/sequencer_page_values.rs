@@ -370,3 +370,114 @@ fn segments_are_let_go_when_no_value_is_left_in_them() {
     }
     assert_eq!(page.mapped_segments(), 0);
 }
+
+/// When the shards delete segments (garbage collection or a defragmentation rewrote
+/// them), the sequencer copies the values its heads still read from them and lets go of
+/// the mappings at once; every answer stays the same bytes.
+#[test]
+fn deleted_segments_are_let_go_and_their_values_copied() {
+    let (mut page, mut held) = restored();
+    // A key written since the start holds its value and is not copied again.
+    let put = PutRequest {
+        key: key(7),
+        value: Bytes::from_static(b"held"),
+        ..Default::default()
+    };
+    same(page.apply_put(&put), held.apply_put(&put));
+    let segments = page.mapped_segment_keys();
+    let (first, rest) = segments.split_at(1);
+    // A release of a segment no one maps (another shard, an older file) changes nothing.
+    assert_eq!(page.release_segments(&[(3, 12345)]), 0);
+    assert_eq!(page.mapped_segments(), segments.len());
+
+    let copied = page.release_segments(first);
+    assert!(copied > 0, "the first segment holds restored values");
+    assert_eq!(page.mapped_segments(), segments.len() - 1);
+    let copied_rest = page.release_segments(rest);
+    assert_eq!(copied + copied_rest, KEYS - 1);
+    assert_eq!(page.mapped_segments(), 0);
+    assert_eq!(page.mapped_segment_keys(), vec![]);
+
+    // VALUE compares, prev_kv, ignore_value and txn ranges answer the same bytes.
+    for n in [0, 1, 7, 1234, KEYS - 1] {
+        let request = txn(
+            vec![compare(key(n), b"", CompareResult::Equal, value(n))],
+            vec![range_op(RangeRequest {
+                key: key(0),
+                range_end: Bytes::from_static(b"\xff"),
+                sort_order: SortOrder::Descend as i32,
+                sort_target: SortTarget::Value as i32,
+                limit: 10,
+                ..Default::default()
+            })],
+        );
+        same(page.apply_txn(&request), held.apply_txn(&request));
+        let put = PutRequest {
+            key: key(n),
+            ignore_value: true,
+            prev_kv: true,
+            ..Default::default()
+        };
+        same(page.apply_put(&put), held.apply_put(&put));
+        assert_eq!(
+            page.get(&key(n)).unwrap().value,
+            held.get(&key(n)).unwrap().value
+        );
+    }
+}
+
+/// What letting go of deleted segments costs with 1 M restored keys (178 B values, the
+/// restart figures' workload): `cargo test --release --test sequencer_page_values --
+/// --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement, not a check (1 M keys)"]
+fn release_cost_for_a_million_keys() {
+    const MANY: usize = 1_000_000;
+    let mut heads = BTreeMap::new();
+    for n in 0..MANY {
+        let revision = n as i64 + 2;
+        heads.insert(
+            Bytes::from(format!("key/{n:08}")),
+            Head {
+                create_revision: revision,
+                mod_revision: revision,
+                version: 1,
+                lease: 0,
+                value: Bytes::from(vec![b'v'; 178]),
+            },
+        );
+    }
+    let state = State {
+        heads: heads.clone(),
+        leases: BTreeMap::new(),
+        revision: MANY as i64 + 1,
+        compact_revision: -1,
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut page =
+        replay::restore_through_page_file(dir.path(), &state, &heads, PageOptions::default())
+            .expect("restore through the page file");
+    drop(heads);
+    let segments = page.mapped_segment_keys();
+    // The newest segment alone: its heads are the last keys, so the whole map is walked.
+    let started = std::time::Instant::now();
+    let copied = page.release_segments(&segments[segments.len() - 1..]);
+    println!(
+        "{} segments; the last one: {copied} values copied in {:?}",
+        segments.len(),
+        started.elapsed()
+    );
+    // A segment no head points into any more: no walk.
+    let started = std::time::Instant::now();
+    let copied = page.release_segments(&segments[segments.len() - 1..]);
+    println!("again: {copied} values in {:?}", started.elapsed());
+    // All the others in one batch (one walk, every value copied).
+    let started = std::time::Instant::now();
+    let copied = page.release_segments(&segments[..segments.len() - 1]);
+    println!(
+        "the {} others at once: {copied} values copied in {:?}",
+        segments.len() - 1,
+        started.elapsed()
+    );
+    assert_eq!(page.mapped_segments(), 0);
+}

@@ -239,6 +239,7 @@ impl RaftCore {
             stop: Stop::default(),
             initial_ticks_from: config_advance_from,
             observer: None,
+            released_segments: Vec::new(),
             faults: super::faults::Faults::new(incarnation),
             compactor: None,
             snapshot_streams: Default::default(),
