@@ -8,7 +8,7 @@ use rivet_api::mvccpb::KeyValue;
 use rivet_api::rivetpb::internal_request;
 
 use crate::error::EtcdError;
-use crate::keyspace::{CompactedAt, Head, Mutation, RangeEnd};
+use crate::keyspace::{CompactedAt, Mutation, RangeEnd};
 use crate::sequencer::{Applied, HistoricalRange};
 
 /// Watch events of a shard, or the error of the first record that could not be read.
@@ -115,6 +115,13 @@ pub enum RaftCommand {
     /// since).
     Defragment {
         reply: oneshot::Sender<u64>,
+    },
+    /// Shard `shard` deleted these segments (segment keys) from its page file: the
+    /// sequencer copies the restored values it still reads from them and lets go of its
+    /// mappings, so that their disk space is freed. Answers nobody.
+    SegmentsDeleted {
+        shard: usize,
+        segments: Vec<u32>,
     },
     /// Renew a lease on the leader; answers its TTL (0 for an unknown lease).
     LeaseKeepAlive {
@@ -275,9 +282,14 @@ pub struct ShardAck {
 
 /// Shard → raft core at start-up: the heads of the shard's live keys, in chunks, so the
 /// sequencer is rebuilt without holding everything twice. `None` ends the shard's stream.
+/// Values are not streamed: they stay in the page records the heads point at, which the
+/// sequencer reads through `segments` when it needs one.
 pub struct RestoreChunk {
     pub shard: usize,
-    pub heads: Option<Vec<(Bytes, Head)>>,
+    /// The shard's segments as they are at the start, mapped read-only (sent with the
+    /// shard's first chunk, empty in the others).
+    pub segments: Vec<crate::page::SegmentView>,
+    pub heads: Option<Vec<(Bytes, crate::sequencer::StoredHead)>>,
 }
 
 /// Core → another shard core: a part of a scattered read.

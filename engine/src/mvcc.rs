@@ -98,6 +98,46 @@ impl fmt::Debug for KeyIndex {
     }
 }
 
+/// The checks of a version read from disk that need no lookup.
+fn check_fields(key: &[u8], revision: i64, put: bool) -> Result<(), IndexError> {
+    let problem = if revision <= 0 {
+        Some("revision is not positive")
+    } else if key.len() > KEY_BYTES_MAX as usize {
+        Some("key is longer than the limit")
+    } else if put && key.is_empty() {
+        Some("the empty key cannot be put")
+    } else {
+        None
+    };
+    match problem {
+        Some(problem) => Err(IndexError {
+            key: key.to_vec(),
+            revision,
+            problem: problem.to_string(),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// A put, or a tombstone of a live key, must come after the key's latest version.
+fn check_after_latest(
+    key: &[u8],
+    revision: i64,
+    entry: &KeyEntry,
+    put: bool,
+) -> Result<(), IndexError> {
+    let latest = entry.latest();
+    let live = !latest.is_tombstone();
+    if (put || live) && revision <= latest.revision() {
+        return Err(IndexError {
+            key: key.to_vec(),
+            revision,
+            problem: format!("not after the key's latest revision {}", latest.revision()),
+        });
+    }
+    Ok(())
+}
+
 impl KeyIndex {
     /// An empty index.
     #[must_use]
@@ -140,10 +180,19 @@ impl KeyIndex {
     }
 
     /// [`KeyIndex::put`] for versions read from disk or a peer's snapshot: the same
-    /// conditions are checked and answered as an error instead of a panic.
+    /// conditions are checked and answered as an error instead of a panic. One search of
+    /// the tree for a key already there (a restart rebuilds the index with it, one call
+    /// per record).
     pub fn try_put(&mut self, key: &[u8], revision: i64, ptr: PagePtr) -> Result<(), IndexError> {
-        self.check_version(key, revision, true)?;
-        self.put(key, revision, ptr);
+        check_fields(key, revision, true)?;
+        let version = Version::new(revision, ptr, false);
+        if let Some(entry) = self.keys.get(key) {
+            check_after_latest(key, revision, entry, true)?;
+            entry.push(version);
+        } else {
+            self.keys.insert(KeyEntry::new(key, version));
+        }
+        self.version_count += 1;
         Ok(())
     }
 
@@ -154,39 +203,17 @@ impl KeyIndex {
         revision: i64,
         ptr: PagePtr,
     ) -> Result<bool, IndexError> {
-        self.check_version(key, revision, false)?;
-        Ok(self.tombstone(key, revision, ptr))
-    }
-
-    fn check_version(&self, key: &[u8], revision: i64, put: bool) -> Result<(), IndexError> {
-        let problem = if revision <= 0 {
-            Some("revision is not positive")
-        } else if key.len() > KEY_BYTES_MAX as usize {
-            Some("key is longer than the limit")
-        } else if put && key.is_empty() {
-            Some("the empty key cannot be put")
-        } else {
-            None
+        check_fields(key, revision, false)?;
+        let Some(entry) = self.keys.get(key) else {
+            return Ok(false);
         };
-        if let Some(problem) = problem {
-            return Err(IndexError {
-                key: key.to_vec(),
-                revision,
-                problem: problem.to_string(),
-            });
+        check_after_latest(key, revision, entry, false)?;
+        if entry.latest().is_tombstone() {
+            return Ok(false);
         }
-        if let Some(entry) = self.keys.get(key) {
-            let latest = entry.latest();
-            let live = !latest.is_tombstone();
-            if (put || live) && revision <= latest.revision() {
-                return Err(IndexError {
-                    key: key.to_vec(),
-                    revision,
-                    problem: format!("not after the key's latest revision {}", latest.revision()),
-                });
-            }
-        }
-        Ok(())
+        entry.push(Version::new(revision, ptr, true));
+        self.version_count += 1;
+        Ok(true)
     }
 
     /// The version of `key` visible at `at_revision`: its mod revision and record, or

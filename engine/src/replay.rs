@@ -44,7 +44,7 @@ pub fn state(sequencer: &Sequencer) -> State {
     State {
         heads: sequencer
             .heads()
-            .map(|(key, head)| (key.clone(), head.clone()))
+            .map(|(key, head)| (key.clone(), head))
             .collect(),
         leases: sequencer.leases().clone(),
         revision: sequencer.revision(),
@@ -84,6 +84,17 @@ pub fn apply_mutations(shard_heads: &mut BTreeMap<Bytes, Head>, outcome: &Outcom
 /// before entry `checkpoint_at` (`log.len()` or more: after the last) and checks the
 /// replayed outcomes and the final state. The error describes the first difference.
 pub fn check_log(log: &[Request], checkpoint_at: usize, min_lease_ttl: i64) -> Result<(), String> {
+    check_log_restoring(log, checkpoint_at, min_lease_ttl, &restore)
+}
+
+/// [`check_log`] with the sequencer rebuilt at the checkpoint by `restore_with` (the
+/// checkpoint's state and the shards' heads then), e.g. through a real shard's page file.
+pub fn check_log_restoring(
+    log: &[Request],
+    checkpoint_at: usize,
+    min_lease_ttl: i64,
+    restore_with: &dyn Fn(&State, &BTreeMap<Bytes, Head>) -> Sequencer,
+) -> Result<(), String> {
     let mut sequencer = Sequencer::new();
     let mut shard_heads = BTreeMap::new();
     let mut outcomes = Vec::with_capacity(log.len());
@@ -109,7 +120,7 @@ pub fn check_log(log: &[Request], checkpoint_at: usize, min_lease_ttl: i64) -> R
     let end = state(&sequencer);
     let (checkpoint, checkpoint_heads) =
         checkpoint.unwrap_or_else(|| (end.clone(), shard_heads.clone()));
-    let mut replayed = restore(&checkpoint, &checkpoint_heads);
+    let mut replayed = restore_with(&checkpoint, &checkpoint_heads);
     if state(&replayed) != checkpoint {
         return Err(format!(
             "restored state {:?} differs from the checkpoint {checkpoint:?}",
@@ -131,4 +142,76 @@ pub fn check_log(log: &[Request], checkpoint_at: usize, min_lease_ttl: i64) -> R
         ));
     }
     Ok(())
+}
+
+/// Rebuilds a sequencer the way a restart does, through real page files: `heads` are
+/// written into a new shard in `dir` (one batch per mod revision, in revision order),
+/// checkpointed, the shard reopened at the checkpoint as a restart opens it, and the
+/// sequencer restored from the heads it streams, their values left in the page file.
+/// The shard is closed again before this returns: the sequencer reads values through its
+/// own mappings only, which outlive the files (the caller may delete them, as the shard's
+/// garbage collection deletes rewritten segments).
+pub fn restore_through_page_file(
+    dir: &std::path::Path,
+    checkpoint: &State,
+    heads: &BTreeMap<Bytes, Head>,
+    options: crate::page::PageOptions,
+) -> Result<Sequencer, String> {
+    use crate::messages::{ApplyBatch, ApplyMessage, CheckpointRequest};
+    use crate::shard::Shard;
+    let mut shard = Shard::open(dir, 0, 0, options).map_err(|e| e.to_string())?;
+    let mut by_revision: BTreeMap<i64, Vec<Mutation>> = BTreeMap::new();
+    for (key, head) in heads {
+        by_revision
+            .entry(head.mod_revision)
+            .or_default()
+            .push(Mutation::Put {
+                key: key.clone(),
+                head: head.clone(),
+            });
+    }
+    let mut index = 0;
+    for (revision, mutations) in by_revision {
+        index += 1;
+        shard.handle_apply(ApplyMessage::Batch(ApplyBatch {
+            index,
+            revision,
+            mutations,
+            ..Default::default()
+        }));
+    }
+    index += 1;
+    shard.handle_apply(ApplyMessage::Batch(ApplyBatch {
+        index,
+        revision: checkpoint.revision,
+        ..Default::default()
+    }));
+    shard.handle_apply(ApplyMessage::Checkpoint(CheckpointRequest {
+        index,
+        term: 1,
+        revision: checkpoint.revision,
+        compact_revision: checkpoint.compact_revision,
+        seal: false,
+    }));
+    shard.handle_apply(ApplyMessage::CheckpointRecorded { index });
+    drop(shard);
+    let shard = Shard::open(dir, 0, index, options).map_err(|e| e.to_string())?;
+    let mut sequencer = Sequencer::restore(checkpoint.revision, checkpoint.compact_revision);
+    for (id, lease) in &checkpoint.leases {
+        sequencer.restore_lease(*id, lease.ttl, lease.remaining_ttl);
+    }
+    sequencer.restore_segments(0, shard.segment_views().map_err(|e| e.to_string())?);
+    let mut after: Option<Bytes> = None;
+    loop {
+        let chunk = shard
+            .heads_after(after.as_deref())
+            .map_err(|e| e.to_string())?;
+        let Some((last, _)) = chunk.last() else { break };
+        after = Some(last.clone());
+        for (key, head) in chunk {
+            sequencer.restore_stored_key(0, key, head);
+        }
+    }
+    sequencer.release_unused_segments();
+    Ok(sequencer)
 }

@@ -7,6 +7,13 @@
 //! a txn without asking the shards. The shards keep history and serve standalone reads;
 //! the sequencer hands them a stream of [`Mutation`]s.
 //!
+//! A head restored at start does not hold its value: it points at the key's record in the
+//! owning shard's page file ([`StoredHead`]), and the sequencer reads the value from its
+//! own read-only mapping of that segment when a compare, `prev_kv`, `ignore_value` or a
+//! txn range needs it. Records are immutable and the mapping outlives the shard's garbage
+//! collection and compactions, so the bytes read are exactly the key's value at its mod
+//! revision, on every member and every replay. Values written since the start are held.
+//!
 //! Revision rules (etcd 3.4 `mvcc`): the store starts at revision 1; a request that
 //! changes something advances the revision by one and all its changes share it; a delete
 //! that matches nothing, or a txn whose branch changes nothing, does not advance it.
@@ -17,7 +24,7 @@
 //! - delete b       → nothing matched: revision stays 3, deleted 0
 //! - txn [a=2?] put b, delete a → revision 4; b{create 4, mod 4, version 1}, a gone
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Bound;
 
 use bytes::Bytes;
@@ -32,7 +39,8 @@ use rivet_api::mvccpb::KeyValue;
 use crate::error::EtcdError;
 use crate::keyspace::RangeEnd;
 pub use crate::keyspace::{Head, Mutation};
-use crate::range::{fetch_limit, finish_range, resolve_revision};
+use crate::page::{decode_record_at, PagePtr, Record, SegmentView};
+use crate::range::{fetch_limit, finish_range, needs_values, resolve_revision};
 
 /// The answer to one applied write.
 #[derive(Clone, Debug, PartialEq)]
@@ -77,10 +85,86 @@ pub struct Outcome {
 }
 
 pub struct Sequencer {
-    keys: BTreeMap<Bytes, Head>,
+    keys: BTreeMap<Bytes, Entry>,
     revision: i64,
     compact_revision: i64,
     leases: BTreeMap<i64, LeaseEntry>,
+    /// The shards' segments that restored heads' values are read from, by (shard, segment
+    /// key), with the number of heads whose value is in each: a segment is let go once none
+    /// is left, so that the disk space of one the shard's garbage collection removed is
+    /// freed.
+    segments: HashMap<(u32, u32), MappedSegment>,
+    /// Segments whose count fell to zero during the request being applied; let go when it
+    /// ends ([`Sequencer::release_unused_segments`]), since a request that fails half-way
+    /// puts its heads back.
+    maybe_unused: Vec<(u32, u32)>,
+}
+
+/// A live key's newest version as the sequencer holds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Entry {
+    create_revision: i64,
+    mod_revision: i64,
+    version: i64,
+    lease: i64,
+    value: Value,
+}
+
+/// Where a head's value is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Value {
+    /// Written since the start: held here.
+    Held(Bytes),
+    /// Restored at start (or kept by an `ignore_value` put): the value of the key record at
+    /// `ptr` in shard `shard`'s page file.
+    OnPage { shard: u32, ptr: PagePtr },
+}
+
+/// A head a shard streams at start: everything but the value, which stays in the key
+/// record at `ptr` of its page file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredHead {
+    pub create_revision: i64,
+    pub mod_revision: i64,
+    pub version: i64,
+    pub lease: i64,
+    pub ptr: PagePtr,
+}
+
+struct MappedSegment {
+    view: SegmentView,
+    heads: usize,
+}
+
+/// Reads a restored value from the mapped `segments`. The record was read and its CRC
+/// checked when the shard streamed the head, and the mapping holds it unchanged since; a
+/// failure here (a bug, or bytes damaged in memory) stops the member rather than let this
+/// member decide a compare or answer differently from the others.
+fn read_from(
+    segments: &HashMap<(u32, u32), MappedSegment>,
+    key: &[u8],
+    shard: u32,
+    ptr: PagePtr,
+) -> Bytes {
+    let read = match segments.get(&(shard, ptr.segment_key())) {
+        None => Err("its segment is not mapped".to_string()),
+        Some(segment) => match decode_record_at(segment.view.bytes(), ptr.offset() as usize) {
+            Ok(Some((Record::Key(record), _))) if record.key == key => match record.value {
+                Some(value) => Ok(Bytes::copy_from_slice(value)),
+                None => Err("the record is a tombstone".into()),
+            },
+            Ok(Some((Record::Key(_), _))) => Err("the record holds another key".into()),
+            Ok(_) => Err("no key record there".into()),
+            Err(e) => Err(e.to_string()),
+        },
+    };
+    match read {
+        Ok(value) => value,
+        Err(reason) => crate::crash::stop(format_args!(
+            "cannot read the value of key {:?} from shard {shard} at {ptr:?}: {reason}",
+            String::from_utf8_lossy(key)
+        )),
+    }
 }
 
 /// A lease in the replicated state. Expiry is not here: it is the leader's business (a
@@ -101,11 +185,11 @@ impl Default for Sequencer {
 }
 
 /// Iterates the live keys of a range in ascending key order.
-fn range_iter<'a>(
-    keys: &'a BTreeMap<Bytes, Head>,
+fn range_iter<'a, V>(
+    keys: &'a BTreeMap<Bytes, V>,
     key: &'a Bytes,
     end: &'a RangeEnd,
-) -> Box<dyn Iterator<Item = (&'a Bytes, &'a Head)> + 'a> {
+) -> Box<dyn Iterator<Item = (&'a Bytes, &'a V)> + 'a> {
     match end {
         RangeEnd::Single => Box::new(keys.get_key_value(key).into_iter()),
         RangeEnd::FromKey => {
@@ -124,12 +208,7 @@ fn range_iter<'a>(
 impl Sequencer {
     /// An empty store: revision 1, nothing compacted.
     pub fn new() -> Sequencer {
-        Sequencer {
-            keys: BTreeMap::new(),
-            revision: 1,
-            compact_revision: -1,
-            leases: BTreeMap::new(),
-        }
+        Sequencer::restore(1, -1)
     }
 
     /// Rebuilds the sequencer from recovered state: the heads of all live keys (fed in
@@ -140,18 +219,201 @@ impl Sequencer {
             revision,
             compact_revision,
             leases: BTreeMap::new(),
+            segments: HashMap::new(),
+            maybe_unused: Vec::new(),
         }
     }
 
-    /// Restores a key's head; call after [`Sequencer::restore_lease`] so the key is
-    /// attached to its lease.
+    /// Restores a key's head with its value (a snapshot's); call after
+    /// [`Sequencer::restore_lease`] so the key is attached to its lease.
     pub fn restore_key(&mut self, key: Bytes, head: Head) {
-        if head.lease != 0 {
-            if let Some(lease) = self.leases.get_mut(&head.lease) {
+        let entry = Entry {
+            create_revision: head.create_revision,
+            mod_revision: head.mod_revision,
+            version: head.version,
+            lease: head.lease,
+            value: Value::Held(head.value),
+        };
+        self.restore_entry(key, entry);
+    }
+
+    /// Restores a key's head whose value stays in shard `shard`'s page file; call after
+    /// [`Sequencer::restore_segments`] for that shard and [`Sequencer::restore_lease`].
+    pub fn restore_stored_key(&mut self, shard: usize, key: Bytes, head: StoredHead) {
+        let entry = Entry {
+            create_revision: head.create_revision,
+            mod_revision: head.mod_revision,
+            version: head.version,
+            lease: head.lease,
+            value: Value::OnPage {
+                shard: shard as u32,
+                ptr: head.ptr,
+            },
+        };
+        self.restore_entry(key, entry);
+    }
+
+    /// The segments of shard `shard`'s page file as they are at the start (read-only
+    /// mappings that outlive the shard's changes to its files), which the values of the
+    /// heads it streams are read from.
+    pub fn restore_segments(&mut self, shard: usize, segments: Vec<SegmentView>) {
+        for view in segments {
+            let at = (shard as u32, view.key);
+            self.segments.insert(at, MappedSegment { view, heads: 0 });
+            self.maybe_unused.push(at);
+        }
+    }
+
+    fn restore_entry(&mut self, key: Bytes, entry: Entry) {
+        if entry.lease != 0 {
+            if let Some(lease) = self.leases.get_mut(&entry.lease) {
                 lease.keys.insert(key.clone());
             }
         }
-        self.keys.insert(key, head);
+        self.insert(key, entry);
+    }
+
+    /// Sets a key's entry, keeping the count of heads per mapped segment.
+    fn insert(&mut self, key: Bytes, entry: Entry) -> Option<Entry> {
+        self.count_in(&entry.value);
+        let old = self.keys.insert(key, entry);
+        if let Some(old) = &old {
+            self.count_out(&old.value);
+        }
+        old
+    }
+
+    fn remove(&mut self, key: &[u8]) -> Option<Entry> {
+        let old = self.keys.remove(key);
+        if let Some(old) = &old {
+            self.count_out(&old.value);
+        }
+        old
+    }
+
+    fn count_in(&mut self, value: &Value) {
+        if let Value::OnPage { shard, ptr } = value {
+            if let Some(segment) = self.segments.get_mut(&(*shard, ptr.segment_key())) {
+                segment.heads += 1;
+            }
+        }
+    }
+
+    fn count_out(&mut self, value: &Value) {
+        if let Value::OnPage { shard, ptr } = value {
+            let at = (*shard, ptr.segment_key());
+            if let Some(segment) = self.segments.get_mut(&at) {
+                segment.heads = segment.heads.saturating_sub(1);
+                if segment.heads == 0 {
+                    self.maybe_unused.push(at);
+                }
+            }
+        }
+    }
+
+    /// Lets go of the mapped segments no head's value is in any more (called when a
+    /// request ends, and by the start once every shard streamed its heads).
+    pub fn release_unused_segments(&mut self) {
+        for at in std::mem::take(&mut self.maybe_unused) {
+            if self.segments.get(&at).is_some_and(|s| s.heads == 0) {
+                self.segments.remove(&at);
+            }
+        }
+    }
+
+    /// How many shard segments the sequencer still maps for restored values.
+    pub fn mapped_segments(&self) -> usize {
+        self.segments.len()
+    }
+
+    /// The (shard, segment key) of every segment the sequencer still maps.
+    pub fn mapped_segment_keys(&self) -> Vec<(usize, u32)> {
+        let mut keys: Vec<(usize, u32)> = self
+            .segments
+            .keys()
+            .map(|(shard, key)| (*shard as usize, *key))
+            .collect();
+        keys.sort_unstable();
+        keys
+    }
+
+    /// The shards deleted the segments `released` (shard, segment key) from their page
+    /// files (garbage collection or a defragmentation rewrote them): every head whose
+    /// value is still read from one of them takes a copy of its value (the same bytes,
+    /// now held), and the mappings go, so that the files' disk space is freed now rather
+    /// than at the next start. Between requests only (a request's undo log may point into
+    /// a segment). One pass over the heads for the whole batch, which stops once no head
+    /// is left in the released segments; none when no head points into them. Answers
+    /// how many values were copied.
+    pub fn release_segments(&mut self, released: &[(usize, u32)]) -> usize {
+        let mut left = 0;
+        let mut targets = Vec::with_capacity(released.len());
+        for (shard, key) in released {
+            let at = (*shard as u32, *key);
+            if let Some(segment) = self.segments.get(&at) {
+                left += segment.heads;
+                targets.push(at);
+            }
+        }
+        let mut copied = 0;
+        if left > 0 {
+            for (key, entry) in self.keys.iter_mut() {
+                let Value::OnPage { shard, ptr } = entry.value else {
+                    continue;
+                };
+                if !targets.contains(&(shard, ptr.segment_key())) {
+                    continue;
+                }
+                entry.value = Value::Held(read_from(&self.segments, key, shard, ptr));
+                copied += 1;
+                if copied == left {
+                    break;
+                }
+            }
+        }
+        for at in targets {
+            self.segments.remove(&at);
+        }
+        copied
+    }
+
+    /// The value of `key`'s entry: held, or read from the page record it points at.
+    fn value_of(&self, key: &[u8], entry: &Entry) -> Bytes {
+        match &entry.value {
+            Value::Held(value) => value.clone(),
+            Value::OnPage { shard, ptr } => self.read_value(key, *shard, *ptr),
+        }
+    }
+
+    /// Reads a restored value (see [`read_from`]).
+    fn read_value(&self, key: &[u8], shard: u32, ptr: PagePtr) -> Bytes {
+        read_from(&self.segments, key, shard, ptr)
+    }
+
+    /// The key-value etcd answers for `key`'s entry, its value read if `with_value`.
+    fn key_value(&self, key: &Bytes, entry: &Entry, with_value: bool) -> KeyValue {
+        KeyValue {
+            key: key.clone(),
+            create_revision: entry.create_revision,
+            mod_revision: entry.mod_revision,
+            version: entry.version,
+            value: if with_value {
+                self.value_of(key, entry)
+            } else {
+                Bytes::new()
+            },
+            lease: entry.lease,
+        }
+    }
+
+    fn head(&self, key: &[u8], entry: &Entry) -> Head {
+        Head {
+            create_revision: entry.create_revision,
+            mod_revision: entry.mod_revision,
+            version: entry.version,
+            lease: entry.lease,
+            value: self.value_of(key, entry),
+        }
     }
 
     pub fn restore_lease(&mut self, id: i64, ttl: i64, remaining_ttl: i64) {
@@ -271,13 +533,16 @@ impl Sequencer {
         self.keys.len()
     }
 
-    pub fn get(&self, key: &[u8]) -> Option<&Head> {
-        self.keys.get(key)
+    /// A live key's head, its value read if it is in a page file.
+    pub fn get(&self, key: &[u8]) -> Option<Head> {
+        self.keys.get(key).map(|entry| self.head(key, entry))
     }
 
-    /// Every live key's head, in key order.
-    pub fn heads(&self) -> impl Iterator<Item = (&Bytes, &Head)> {
-        self.keys.iter()
+    /// Every live key's head, in key order (values read as [`Sequencer::get`] does).
+    pub fn heads(&self) -> impl Iterator<Item = (&Bytes, Head)> {
+        self.keys
+            .iter()
+            .map(|(key, entry)| (key, self.head(key, entry)))
     }
 
     pub fn apply_put(&mut self, request: &PutRequest) -> Outcome {
@@ -382,9 +647,10 @@ impl Sequencer {
     fn compare(&self, c: &Compare) -> bool {
         let end = RangeEnd::from_request(&c.range_end);
         let mut any = false;
-        for (key, head) in range_iter(&self.keys, &c.key, &end) {
+        let with_value = c.target == compare::CompareTarget::Value as i32;
+        for (key, entry) in range_iter(&self.keys, &c.key, &end) {
             any = true;
-            if !compare_kv(c, &head.key_value(key)) {
+            if !compare_kv(c, &self.key_value(key, entry, with_value)) {
                 return false;
             }
         }
@@ -562,7 +828,7 @@ struct WriteTxn<'s> {
     ops: u32,
     /// Each key change as (key, head before it), in order, so that a request that fails
     /// half-way can be undone (`roll_back`).
-    undo: Vec<(Bytes, Option<Head>)>,
+    undo: Vec<(Bytes, Option<Entry>)>,
 }
 
 impl<'s> WriteTxn<'s> {
@@ -586,14 +852,15 @@ impl<'s> WriteTxn<'s> {
             let before_lease = before.as_ref().map_or(0, |h| h.lease);
             self.sequencer.attach(&key, now_lease, before_lease);
             match before {
-                Some(head) => {
-                    self.sequencer.keys.insert(key, head);
+                Some(entry) => {
+                    self.sequencer.insert(key, entry);
                 }
                 None => {
-                    self.sequencer.keys.remove(&key);
+                    self.sequencer.remove(&key);
                 }
             }
         }
+        self.sequencer.release_unused_segments();
         self.outcome = Outcome::default();
     }
 
@@ -620,6 +887,7 @@ impl<'s> WriteTxn<'s> {
             self.sequencer.revision = self.begin_revision + 1;
             self.coalesce();
         }
+        self.sequencer.release_unused_segments();
         self.sequencer.revision
     }
 
@@ -674,9 +942,11 @@ impl<'s> WriteTxn<'s> {
         }
         self.ops += 1;
         let revision = self.write_revision();
-        let value = match (&previous, request.ignore_value) {
-            (Some(p), true) => p.value.clone(),
-            _ => request.value.clone(),
+        // An ignore_value put keeps where the value is (a restored one stays in its page
+        // record, which is immutable); the shard gets the bytes.
+        let (value, stored) = match (&previous, request.ignore_value) {
+            (Some(p), true) => (self.sequencer.value_of(&request.key, p), p.value.clone()),
+            _ => (request.value.clone(), Value::Held(request.value.clone())),
         };
         let lease = match (&previous, request.ignore_lease) {
             (Some(p), true) => p.lease,
@@ -692,20 +962,26 @@ impl<'s> WriteTxn<'s> {
         crate::metrics::MVCC_PUT.inc();
         crate::metrics::MVCC_PUT_SIZE.add((request.key.len() + head.value.len()) as u64);
         let old_lease = previous.as_ref().map_or(0, |p| p.lease);
-        self.undo.push((request.key.clone(), previous.clone()));
+        let prev_kv = match &previous {
+            Some(p) if request.prev_kv => Some(self.sequencer.key_value(&request.key, p, true)),
+            _ => None,
+        };
+        self.undo.push((request.key.clone(), previous));
         self.sequencer.attach(&request.key, old_lease, lease);
-        self.sequencer
-            .keys
-            .insert(request.key.clone(), head.clone());
+        self.sequencer.insert(
+            request.key.clone(),
+            Entry {
+                create_revision: head.create_revision,
+                mod_revision: head.mod_revision,
+                version: head.version,
+                lease: head.lease,
+                value: stored,
+            },
+        );
         self.outcome.mutations.push(Mutation::Put {
             key: request.key.clone(),
             head,
         });
-        let prev_kv = if request.prev_kv {
-            previous.map(|p| p.key_value(&request.key))
-        } else {
-            None
-        };
         Ok(PutResponse {
             header: Some(header(revision)),
             prev_kv,
@@ -716,22 +992,22 @@ impl<'s> WriteTxn<'s> {
         self.ops += 1;
         crate::metrics::MVCC_DELETE.inc();
         let end = RangeEnd::from_request(&request.range_end);
-        let doomed: Vec<(Bytes, Head)> = range_iter(&self.sequencer.keys, &request.key, &end)
-            .map(|(k, h)| (k.clone(), h.clone()))
+        let doomed: Vec<(Bytes, Entry)> = range_iter(&self.sequencer.keys, &request.key, &end)
+            .map(|(k, e)| (k.clone(), e.clone()))
             .collect();
         let revision = self.write_revision();
         let mut prev_kvs = Vec::new();
-        for (key, head) in &doomed {
-            self.undo.push((key.clone(), Some(head.clone())));
-            self.sequencer.keys.remove(key);
-            self.sequencer.attach(key, head.lease, 0);
+        for (key, entry) in &doomed {
+            if request.prev_kv {
+                prev_kvs.push(self.sequencer.key_value(key, entry, true));
+            }
+            self.undo.push((key.clone(), Some(entry.clone())));
+            self.sequencer.remove(key);
+            self.sequencer.attach(key, entry.lease, 0);
             self.outcome.mutations.push(Mutation::Delete {
                 key: key.clone(),
                 revision,
             });
-            if request.prev_kv {
-                prev_kvs.push(head.key_value(key));
-            }
         }
         let header_revision = if !doomed.is_empty() || self.changed() {
             revision
@@ -751,12 +1027,13 @@ impl<'s> WriteTxn<'s> {
         let mut count = 0i64;
         let mut kvs = Vec::new();
         let limit = fetch_limit(request);
-        for (key, head) in range_iter(&self.sequencer.keys, &request.key, &end) {
+        let with_values = needs_values(request);
+        for (key, entry) in range_iter(&self.sequencer.keys, &request.key, &end) {
             count += 1;
             if request.count_only || (limit != 0 && kvs.len() >= limit) {
                 continue;
             }
-            kvs.push(head.key_value(key));
+            kvs.push(self.sequencer.key_value(key, entry, with_values));
         }
         finish_range(request, kvs, count, current)
     }
@@ -1009,7 +1286,7 @@ mod tests {
                 },
             ]
         );
-        assert_eq!(s.get(b"a"), Some(&a));
+        assert_eq!(s.get(b"a"), Some(a));
         assert_eq!(s.get(b"b"), None);
         // A request whose only change vanished still took a revision, as in etcd.
         let txn = TxnRequest {

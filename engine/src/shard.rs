@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 use rivet_api::mvccpb::{event::EventType, Event};
 
 use crate::error::EtcdError;
-use crate::keyspace::{CompactedAt, Head, Mutation, RangeEnd};
+use crate::keyspace::{CompactedAt, Mutation, RangeEnd};
 use crate::messages::{
     ApplyBatch, ApplyMessage, CheckpointRequest, PageSizes, RangePart, RangePartResult, ShardAck,
 };
@@ -223,9 +223,14 @@ impl Shard {
 
     /// The newest version of the next [`crate::limits::RESTORE_CHUNK_KEYS`] live keys
     /// after `after` (from the first key when `None`), in key order, for rebuilding the
-    /// sequencer; empty when no key is left. A record that cannot be read fails it: the
+    /// sequencer; empty when no key is left. The value is not copied: the head points at
+    /// its record, which the sequencer reads through [`PageFile::segment_views`] when it
+    /// needs the value. A record that cannot be read (its CRC fails) fails it: the
     /// sequencer cannot be rebuilt without it.
-    pub fn heads_after(&self, after: Option<&[u8]>) -> Result<Vec<(Bytes, Head)>, ShardOpenError> {
+    pub fn heads_after(
+        &self,
+        after: Option<&[u8]>,
+    ) -> Result<Vec<(Bytes, crate::sequencer::StoredHead)>, ShardOpenError> {
         // The smallest key greater than `after` is `after` followed by a zero byte; keys
         // are never empty, so "\0" is the smallest of all.
         let start = match after {
@@ -241,16 +246,25 @@ impl Shard {
             })?;
             chunk.push((
                 Bytes::copy_from_slice(key),
-                Head {
+                crate::sequencer::StoredHead {
                     create_revision: view.create_revision,
                     mod_revision: view.mod_revision,
                     version: view.version,
                     lease: view.lease,
-                    value: Bytes::copy_from_slice(view.value.unwrap_or_default()),
+                    ptr,
                 },
             ));
         }
         Ok(chunk)
+    }
+
+    /// The segments of the page file mapped read-only as they are now (see
+    /// [`PageFile::segment_views`]): what the sequencer reads restored values from.
+    pub fn segment_views(&self) -> Result<Vec<crate::page::SegmentView>, ShardOpenError> {
+        self.page.segment_views().map_err(|e| ShardOpenError {
+            shard: self.id,
+            reason: format!("cannot map the page file's segments: {e}"),
+        })
     }
 
     /// Reads the record the index points at. A damaged one (its CRC fails, or the

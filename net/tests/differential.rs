@@ -17,10 +17,17 @@
 //! followers); there `raft_term` is left out of the comparison, as it depends on how
 //! many election rounds the cluster's start took.
 //!
+//! And against one member that is restarted every [`RESTART_EVERY`] steps (a graceful
+//! stop, which checkpoints, then a kill -9 with `--snapshot-count` small enough that a
+//! checkpoint is always near): after a restart the sequencer holds no restored value and
+//! reads it from the page files, so every VALUE compare, prev_kv, ignore_value and txn
+//! range on an old key checks that path against etcd.
+//!
 //! Without `etcd` on PATH the test fails (CI installs it); it never skips.
 
 mod common;
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Instant;
 
@@ -53,6 +60,9 @@ struct Pair<'a> {
     /// what etcd's single member shows — but not writes a linearizable read on the
     /// same member has already waited for.
     cluster: bool,
+    /// rivet is restarted now and then: its raft term moves on at each restart (a new
+    /// election), etcd's does not, so headers are compared without `raft_term`.
+    restarted: bool,
     /// The last steps, for the report.
     recent: VecDeque<String>,
 }
@@ -76,7 +86,7 @@ impl Pair<'_> {
         }
         let (mut etcd_answer, mut rivet_answer) =
             tokio::join!(execute(&mut self.etcd, op), execute(rivet_client, op));
-        if self.cluster {
+        if self.cluster || self.restarted {
             etcd_answer.clear_term();
             rivet_answer.clear_term();
         }
@@ -127,7 +137,12 @@ enum Target {
     /// Three members (default shards); connections spread over them, so that writes
     /// are forwarded by followers and linearizable reads go through ReadIndex there.
     Cluster,
+    /// One member with `--shards`, restarted every [`RESTART_EVERY`] steps.
+    Restarted(&'static str),
 }
+
+/// Steps between two restarts of [`Target::Restarted`].
+const RESTART_EVERY: usize = 250;
 
 fn differential(target: Target) {
     require_etcd_34();
@@ -135,7 +150,20 @@ fn differential(target: Target) {
     let steps = env_number("RIVET_DIFF_STEPS", DEFAULT_STEPS as u64) as usize;
     let max_txn_ops = MAX_TXN_OPS.to_string();
     let etcd = Etcd::start(&["--max-txn-ops", &max_txn_ops]);
+    let restarts = matches!(target, Target::Restarted(_));
     let (rivet, cluster, shards) = match target {
+        Target::Restarted(shards) => (
+            Some(Rivet::start(&[
+                "--shards",
+                shards,
+                "--max-txn-ops",
+                &max_txn_ops,
+                "--snapshot-count",
+                "40",
+            ])),
+            None,
+            shards,
+        ),
         Target::Member(shards) => (
             Some(Rivet::start(&[
                 "--shards",
@@ -152,8 +180,9 @@ fn differential(target: Target) {
             "default, 3 members",
         ),
     };
+    let rivet = rivet.map(RefCell::new);
     let urls: Vec<String> = match (&rivet, &cluster) {
-        (Some(rivet), _) => vec![rivet.url(); RIVET_CONNECTIONS],
+        (Some(rivet), _) => vec![rivet.borrow().url(); RIVET_CONNECTIONS],
         (_, Some(cluster)) => cluster
             .endpoints()
             .iter()
@@ -162,7 +191,7 @@ fn differential(target: Target) {
         _ => unreachable!("a target"),
     };
     let rivet_log = || match (&rivet, &cluster) {
-        (Some(rivet), _) => rivet.log_text(),
+        (Some(rivet), _) => rivet.borrow().log_text(),
         (_, Some(cluster)) => cluster
             .members
             .iter()
@@ -181,6 +210,7 @@ fn differential(target: Target) {
             rivets,
             rivet_log: &rivet_log,
             cluster: cluster.is_some(),
+            restarted: restarts,
             recent: VecDeque::new(),
         };
         let reproduce = |steps: usize| {
@@ -213,6 +243,25 @@ fn differential(target: Target) {
             }
             pair.remember(format!("{line} -> {label}"));
             *stats.entry(label).or_default() += 1;
+            if restarts && (step + 1) % RESTART_EVERY == 0 {
+                let member = rivet.as_ref().expect("one member");
+                let graceful = (step + 1) / RESTART_EVERY % 2 == 1;
+                {
+                    let mut member = member.borrow_mut();
+                    if graceful {
+                        member.stop();
+                    } else {
+                        member.kill9();
+                    }
+                    member.restart();
+                }
+                pair.rivets.clear();
+                for url in urls.iter().cycle().take(RIVET_CONNECTIONS) {
+                    pair.rivets.push(connect(url).await);
+                }
+                let how = if graceful { "stopped" } else { "killed" };
+                pair.remember(format!("step {step}: rivet {how} and restarted"));
+            }
             if (step + 1) % HISTORY_EVERY == 0 || step + 1 == steps {
                 // Everything written since the last read-back that is not compacted, and
                 // the revision just below the compaction (an error).
@@ -243,6 +292,11 @@ fn differential_against_etcd_one_shard() {
 #[test]
 fn differential_against_etcd_three_shards() {
     differential(Target::Member("3"));
+}
+
+#[test]
+fn differential_against_etcd_restarted_member() {
+    differential(Target::Restarted("2"));
 }
 
 #[test]

@@ -168,6 +168,11 @@ impl Applier {
         &self.state.sequencer
     }
 
+    /// See [`Sequencer::release_segments`]; called between entries.
+    pub fn release_segments(&mut self, released: &[(usize, u32)]) -> usize {
+        self.state.sequencer.release_segments(released)
+    }
+
     pub fn members(&self) -> &MemberTable {
         &self.state.members
     }

@@ -117,12 +117,14 @@ impl ShardCore {
         restore: &async_channel::Sender<RestoreChunk>,
     ) -> Result<(), crate::shard::ShardOpenError> {
         let mut after: Option<Bytes> = None;
+        let mut segments = self.shard.borrow().segment_views()?;
         loop {
             let heads = self.shard.borrow().heads_after(after.as_deref())?;
             let Some((last, _)) = heads.last() else { break };
             after = Some(last.clone());
             let chunk = RestoreChunk {
                 shard: self.id,
+                segments: std::mem::take(&mut segments),
                 heads: Some(heads),
             };
             if restore.send(chunk).await.is_err() {
@@ -131,6 +133,7 @@ impl ShardCore {
         }
         let done = RestoreChunk {
             shard: self.id,
+            segments: Vec::new(),
             heads: None,
         };
         let _ = restore.send(done).await;

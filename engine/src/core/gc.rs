@@ -104,6 +104,13 @@ impl ShardCore {
             }
             freed += self.shard.borrow_mut().gc_finish().map_err(failed)?;
             rewritten += 1;
+            // Segment `key`'s file is deleted: the sequencer may still map it for values
+            // restored at start. A closed channel means the member is stopping.
+            let deleted = RaftCommand::SegmentsDeleted {
+                shard: self.id,
+                segments: vec![key],
+            };
+            let _ = self.raft.send(deleted).await;
             while !self
                 .shard
                 .borrow_mut()

@@ -78,16 +78,18 @@ impl RaftCore {
             let Ok(chunk) = restore.recv().await else {
                 return Err(StartError::Raft("a shard stopped while restoring".into()));
             };
+            sequencer.restore_segments(chunk.shard, chunk.segments);
             match chunk.heads {
                 Some(heads) => {
                     for (key, head) in heads {
                         debug_assert_eq!(shard_of(&key, config.shard_count), chunk.shard);
-                        sequencer.restore_key(key, head);
+                        sequencer.restore_stored_key(chunk.shard, key, head);
                     }
                 }
                 None => done += 1,
             }
         }
+        sequencer.release_unused_segments();
         // Where the raft log starts: at the last checkpoint; for a new cluster, at a
         // bootstrap snapshot (index 1, term 1) holding the initial voters, as etcd
         // bootstraps with membership entries at term 1; a member joining an existing
@@ -237,6 +239,7 @@ impl RaftCore {
             stop: Stop::default(),
             initial_ticks_from: config_advance_from,
             observer: None,
+            released_segments: Vec::new(),
             faults: super::faults::Faults::new(incarnation),
             compactor: None,
             snapshot_streams: Default::default(),

@@ -126,6 +126,9 @@ pub struct RaftCore {
     compactor: Option<compactor::Compactor>,
     /// `Maintenance.Snapshot` streams waiting for their point.
     snapshot_streams: etcd_snapshot::SnapshotStreams,
+    /// Segments the shards deleted from their page files this turn, (shard, segment key):
+    /// the sequencer lets go of its mappings of them at the end of the turn.
+    released_segments: Vec<(usize, u32)>,
 }
 
 #[derive(Default)]
@@ -207,6 +210,23 @@ impl RaftCore {
         self.observer = Some(observer);
     }
 
+    /// The sequencer copies the values it still reads from the segments the shards
+    /// deleted this turn and lets go of their mappings, so their disk space is freed.
+    fn release_segments(&mut self) {
+        if self.released_segments.is_empty() {
+            return;
+        }
+        let released = std::mem::take(&mut self.released_segments);
+        let started = std::time::Instant::now();
+        let copied = self.applier.release_segments(&released);
+        tracing::debug!(
+            segments = released.len(),
+            copied_values = copied,
+            elapsed = ?started.elapsed(),
+            "sequencer let go of deleted page segments"
+        );
+    }
+
     /// One heartbeat interval passed.
     pub fn tick(&mut self) {
         self.release_delayed();
@@ -234,6 +254,7 @@ impl RaftCore {
             self.node.read_index(context);
         }
         self.poll_exports();
+        self.release_segments();
         if let Err(e) = self.handle_ready().await {
             self.stop_for(e);
             return false;
@@ -372,6 +393,9 @@ impl RaftCore {
                 let _ = reply.send(self.status());
             }
             RaftCommand::Defragment { reply } => self.defragment(reply),
+            RaftCommand::SegmentsDeleted { shard, segments } => self
+                .released_segments
+                .extend(segments.into_iter().map(|key| (shard, key))),
             RaftCommand::SnapshotBegin { reply } => self.begin_snapshot_stream(reply),
         }
     }

@@ -119,6 +119,9 @@ impl Node {
         let (restore_tx, restore_rx) = async_channel::unbounded();
         for shard in &shards {
             let mut after: Option<bytes::Bytes> = None;
+            let mut segments = shard
+                .segment_views()
+                .map_err(|e| format!("restoring from a shard: {e}"))?;
             loop {
                 let heads = shard
                     .heads_after(after.as_deref())
@@ -126,6 +129,7 @@ impl Node {
                 let last = heads.last().map(|(key, _)| key.clone());
                 let chunk = RestoreChunk {
                     shard: shard.id,
+                    segments: std::mem::take(&mut segments),
                     heads: last.is_some().then_some(heads),
                 };
                 restore_tx.try_send(chunk).map_err(|e| e.to_string())?;
