@@ -64,7 +64,7 @@ pub fn update(path: &Path, series: Series) -> anyhow::Result<()> {
     std::fs::write(path, render(&all)).with_context(|| format!("writing {}", path.display()))
 }
 
-const COLORS: [&str; 10] = [
+pub(crate) const COLORS: [&str; 10] = [
     "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
     "#bcbd22", "#17becf",
 ];
@@ -76,7 +76,7 @@ const RIGHT: f64 = 30.0;
 const TOP: f64 = 50.0;
 const BOTTOM: f64 = 70.0;
 
-fn escape(text: &str) -> String {
+pub(crate) fn escape(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
@@ -102,7 +102,7 @@ fn percent_label(decade: u32) -> String {
 }
 
 /// A round step for about `parts` gridlines up to `max`.
-fn nice_step(max: f64, parts: f64) -> f64 {
+pub(crate) fn nice_step(max: f64, parts: f64) -> f64 {
     let raw = (max / parts).max(f64::MIN_POSITIVE);
     let magnitude = 10f64.powf(raw.log10().floor());
     [1.0, 2.0, 2.5, 5.0, 10.0]

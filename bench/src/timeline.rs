@@ -20,6 +20,8 @@ use anyhow::Context;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
+// Colours, escaping and gridline steps are the percentile plot's.
+use crate::plot::{escape, nice_step, COLORS};
 use crate::report::LATENCY_MICROS_MAX;
 
 /// The default interval of a timeline.
@@ -298,11 +300,6 @@ pub fn render_csv(series: &[Series]) -> String {
     out
 }
 
-const COLORS: [&str; 10] = [
-    "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
-    "#bcbd22", "#17becf",
-];
-
 const WIDTH: f64 = 960.0;
 const HEIGHT: f64 = 760.0;
 const LEFT: f64 = 90.0;
@@ -313,24 +310,6 @@ const LATENCY_H: f64 = 400.0;
 /// The throughput panel.
 const GAP: f64 = 50.0;
 const THROUGHPUT_H: f64 = 180.0;
-
-fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
-
-/// A round step for about `parts` gridlines up to `max`.
-fn nice_step(max: f64, parts: f64) -> f64 {
-    let raw = (max / parts).max(f64::MIN_POSITIVE);
-    let magnitude = 10f64.powf(raw.log10().floor());
-    [1.0, 2.0, 2.5, 5.0, 10.0]
-        .iter()
-        .map(|m| m * magnitude)
-        .find(|step| *step >= raw)
-        .unwrap_or(10.0 * magnitude)
-}
 
 fn number_label(value: f64) -> String {
     if value >= 100.0 || value == value.round() {
