@@ -7,6 +7,12 @@
 # per restart: wall seconds, the process's CPU seconds when it first answered (user +
 # system: what the start itself cost, which a shared machine does not inflate) and RSS.
 #
+# KEYS (default 1000000) and VAL_SIZE (default 178) set the data; ROUNDS the restarts.
+# PROBE=1 also measures, on each loaded server, put and linearizable range latency at
+# that scale (100 conns / 1000 clients, 200,000 requests each: puts overwrite random keys
+# of the loaded key space, ranges read one loaded key), to compare p99 at 100 k keys
+# (KEYS=100000) with p99 at 10 M keys.
+#
 # Usage: bench/scripts/restart-1m.sh [RIVET_BIN] [BENCH_BIN] [WORKDIR]
 # (defaults: target/release/rivet, target/release/rivet-bench, a temp dir removed at the
 # end). With a WORKDIR that already holds loaded data dirs (rivet.data, etcd.data), the
@@ -17,6 +23,8 @@ BENCH=${2:-target/release/rivet-bench}
 WORK=${3:-}
 KEYS=${KEYS:-1000000}
 ROUNDS=${ROUNDS:-3}
+VAL_SIZE=${VAL_SIZE:-178}
+PROBE=${PROBE:-0}
 export ETCDCTL_API=3
 keep=1
 if [ -z "$WORK" ]; then WORK=$(mktemp -d); keep=0; fi
@@ -43,6 +51,13 @@ start_server() { # kind -> sets pid and ep (each kind keeps its ports: the membe
   pid=$!
 }
 wait_linearizable() {
+  # First the listening port (a connection refused would put etcdctl's gRPC dial into
+  # its one-second reconnect backoff and add up to a second to what is measured), then a
+  # linearizable get.
+  until python3 -c 'import socket,sys; socket.create_connection(("127.0.0.1", int(sys.argv[1])), 1).close()' "${ep##*:}" 2>/dev/null; do
+    kill -0 "$pid" 2>/dev/null || { echo "the server stopped" >&2; exit 1; }
+    sleep 0.01
+  done
   until etcdctl --endpoints "$ep" --command-timeout=2s get k --consistency=l > /dev/null 2>&1; do
     kill -0 "$pid" 2>/dev/null || { echo "the server stopped" >&2; exit 1; }
     sleep 0.02
@@ -50,7 +65,7 @@ wait_linearizable() {
 }
 put() { # total
   "$BENCH" --endpoints "$ep" --conns 100 --clients 1000 --total "$1" --json \
-    put --key-size 30 --val-size 178 --key-space-size "$KEYS" --sequential-keys > /dev/null
+    put --key-size 30 --val-size "$VAL_SIZE" --key-space-size "$KEYS" --sequential-keys > /dev/null
 }
 
 for kind in rivet etcd; do
@@ -61,6 +76,28 @@ for kind in rivet etcd; do
     kill "$pid"; wait "$pid" 2>/dev/null || true; pid=""
   fi
 done
+
+probe() { # kind
+  local a
+  a=$("$BENCH" --endpoints "$ep" --conns 100 --clients 1000 --total 200000 --json \
+    put --key-size 30 --val-size "$VAL_SIZE" --key-space-size "$KEYS")
+  echo "$1 put at $KEYS keys: $(summary "$a")"
+  local key
+  key=$(etcdctl --endpoints "$ep" get "" --from-key --keys-only --limit 1 | head -1)
+  a=$("$BENCH" --endpoints "$ep" --conns 100 --clients 1000 --total 200000 --json \
+    range "$key" --consistency l)
+  echo "$1 range l at $KEYS keys: $(summary "$a")"
+}
+summary() { # JSON report -> "QPS, p50, p99"
+  python3 -c 'import json,sys; r=json.loads(sys.argv[1]); p={x["percentile"]: x["seconds"] for x in r["percentiles"]}; print("%.0f QPS, p50 %.2f ms, p99 %.2f ms, errors %d" % (r["requests_per_second"], p[50.0]*1e3, p[99.0]*1e3, r["errors"]))' "$1"
+}
+if [ "$PROBE" = 1 ]; then
+  for kind in rivet etcd; do
+    start_server "$kind"; wait_linearizable
+    probe "$kind"
+    kill "$pid"; wait "$pid" 2>/dev/null || true; pid=""
+  done
+fi
 
 for round in $(seq 1 "$ROUNDS"); do
   for kind in rivet etcd; do
