@@ -33,23 +33,48 @@ impl Series {
     }
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct Data {
-    series: Vec<Series>,
-}
-
 const MARKER: &str = "<!-- rivet-bench-plot-data ";
 
 /// The runs plotted in `svg` (none if it holds no rivet-bench data).
 pub fn series_in(svg: &str) -> anyhow::Result<Vec<Series>> {
-    let Some(start) = svg.find(MARKER) else {
+    embedded(svg, MARKER, "plot")
+}
+
+/// The series a plot keeps after `marker` in a trailing XML comment, so that the next run
+/// can overlay on them (the percentile plot and the timeline both do); none if there is
+/// no such comment.
+pub(crate) fn embedded<T: serde::de::DeserializeOwned>(
+    svg: &str,
+    marker: &str,
+    what: &str,
+) -> anyhow::Result<Vec<T>> {
+    #[derive(Deserialize)]
+    struct Data<T> {
+        series: Vec<T>,
+    }
+    let Some(start) = svg.find(marker) else {
         return Ok(Vec::new());
     };
-    let rest = &svg[start + MARKER.len()..];
-    let end = rest.find("-->").context("unterminated plot data comment")?;
-    let data: Data =
-        serde_json::from_str(rest[..end].trim()).context("reading the plot data comment")?;
+    let rest = &svg[start + marker.len()..];
+    let end = rest
+        .find("-->")
+        .with_context(|| format!("unterminated {what} data comment"))?;
+    let data: Data<T> = serde_json::from_str(rest[..end].trim())
+        .with_context(|| format!("reading the {what} data comment"))?;
     Ok(data.series)
+}
+
+/// Ends `svg` with `series` in the comment [`embedded`] reads, and the closing tag.
+pub(crate) fn embed<T: Serialize>(svg: &mut String, marker: &str, series: &[T]) {
+    #[derive(Serialize)]
+    struct Data<'a, T> {
+        series: &'a [T],
+    }
+    // "--" may not appear in an XML comment.
+    let data = serde_json::to_string(&Data { series })
+        .expect("plot data serializes")
+        .replace("--", "-\\u002d");
+    svg.push_str(&format!("{marker}{data} -->\n</svg>\n"));
 }
 
 /// Adds `series` to the plot at `path` (replacing a run of the same label) and redraws it.
@@ -224,13 +249,8 @@ pub fn render(series: &[Series]) -> String {
             ));
         }
     }
-    // The data, for the next run to overlay on; "--" may not appear in an XML comment.
-    let data = serde_json::to_string(&Data {
-        series: series.to_vec(),
-    })
-    .expect("plot data serializes")
-    .replace("--", "-\\u002d");
-    svg.push_str(&format!("{MARKER}{data} -->\n</svg>\n"));
+    // The data, for the next run to overlay on.
+    embed(&mut svg, MARKER, series);
     svg
 }
 

@@ -214,25 +214,11 @@ pub struct Series {
     pub timeline: Timeline,
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct Data {
-    series: Vec<Series>,
-}
-
 const MARKER: &str = "<!-- rivet-bench-timeline-data ";
 
 /// The runs drawn in `svg` (none if it holds no timeline data).
 pub fn series_in(svg: &str) -> anyhow::Result<Vec<Series>> {
-    let Some(start) = svg.find(MARKER) else {
-        return Ok(Vec::new());
-    };
-    let rest = &svg[start + MARKER.len()..];
-    let end = rest
-        .find("-->")
-        .context("unterminated timeline data comment")?;
-    let data: Data =
-        serde_json::from_str(rest[..end].trim()).context("reading the timeline data comment")?;
-    Ok(data.series)
+    crate::plot::embedded(svg, MARKER, "timeline")
 }
 
 /// The CSV next to `svg`: same path with the extension `csv`.
@@ -505,13 +491,8 @@ pub fn render(series: &[Series]) -> String {
         "<text x=\"{:.1}\" y=\"{ly:.1}\">p99 solid, p50 dashed, max dotted</text>\n",
         LEFT + 18.0
     ));
-    // The data, for the next run to overlay on; "--" may not appear in an XML comment.
-    let data = serde_json::to_string(&Data {
-        series: series.to_vec(),
-    })
-    .expect("timeline data serializes")
-    .replace("--", "-\\u002d");
-    svg.push_str(&format!("{MARKER}{data} -->\n</svg>\n"));
+    // The data, for the next run to overlay on.
+    crate::plot::embed(&mut svg, MARKER, series);
     svg
 }
 
