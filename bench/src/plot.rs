@@ -126,6 +126,17 @@ fn percent_label(decade: u32) -> String {
     }
 }
 
+/// A horizontal gridline at `y` across a plot area `width` wide that starts at `left`,
+/// with `label` to its left (both plots draw their value axes so).
+pub(crate) fn gridline_y(svg: &mut String, left: f64, width: f64, y: f64, label: &str) {
+    svg.push_str(&format!(
+        "<line x1=\"{left}\" y1=\"{y:.1}\" x2=\"{:.1}\" y2=\"{y:.1}\" stroke=\"#dddddd\"/>\n<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{label}</text>\n",
+        left + width,
+        left - 6.0,
+        y + 4.0,
+    ));
+}
+
 /// A round step for about `parts` gridlines up to `max`.
 pub(crate) fn nice_step(max: f64, parts: f64) -> f64 {
     let raw = (max / parts).max(f64::MIN_POSITIVE);
@@ -188,13 +199,7 @@ pub fn render(series: &[Series]) -> String {
     let mut tick = 0.0;
     while tick <= y_max + step / 2.0 {
         let gy = y(tick);
-        svg.push_str(&format!(
-            "<line x1=\"{LEFT}\" y1=\"{gy:.1}\" x2=\"{:.1}\" y2=\"{gy:.1}\" stroke=\"#dddddd\"/>\n<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>\n",
-            LEFT + plot_w,
-            LEFT - 6.0,
-            gy + 4.0,
-            number_label(tick, step)
-        ));
+        gridline_y(&mut svg, LEFT, plot_w, gy, &number_label(tick, step));
         tick += step;
     }
     svg.push_str(&format!(

@@ -21,7 +21,7 @@ use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
 // Colours, escaping and gridline steps are the percentile plot's.
-use crate::plot::{escape, nice_step, COLORS};
+use crate::plot::{escape, gridline_y, nice_step, COLORS};
 use crate::report::LATENCY_MICROS_MAX;
 
 /// The default interval of a timeline.
@@ -376,25 +376,13 @@ pub fn render(series: &[Series]) -> String {
     for d in (low as i32)..=(high as i32) {
         let ms = 10f64.powi(d);
         let gy = y_latency(ms);
-        svg.push_str(&format!(
-            "<line x1=\"{LEFT}\" y1=\"{gy:.1}\" x2=\"{:.1}\" y2=\"{gy:.1}\" stroke=\"#dddddd\"/>\n<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>\n",
-            LEFT + plot_w,
-            LEFT - 6.0,
-            gy + 4.0,
-            number_label(ms)
-        ));
+        gridline_y(&mut svg, LEFT, plot_w, gy, &number_label(ms));
     }
     // Throughput steps.
     let mut q = 0.0;
     while q <= q_end + q_step / 2.0 {
         let gy = y_qps(q);
-        svg.push_str(&format!(
-            "<line x1=\"{LEFT}\" y1=\"{gy:.1}\" x2=\"{:.1}\" y2=\"{gy:.1}\" stroke=\"#dddddd\"/>\n<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>\n",
-            LEFT + plot_w,
-            LEFT - 6.0,
-            gy + 4.0,
-            number_label(q)
-        ));
+        gridline_y(&mut svg, LEFT, plot_w, gy, &number_label(q));
         q += q_step;
     }
     for (top, h, title) in [
