@@ -276,6 +276,16 @@ fn passes_checks(request: &Request) -> bool {
     }
 }
 
+/// The log a leader would propose: entries marked as checked are dropped when they fail
+/// the leader's checks (those never reach the log).
+fn checked_log(entries: Vec<(Request, bool)>) -> Vec<Request> {
+    entries
+        .into_iter()
+        .filter(|(request, checked)| !checked || passes_checks(request))
+        .map(|(request, _)| request)
+        .collect()
+}
+
 proptest! {
     // 256 cases by default; `PROPTEST_CASES=100000` for a long run.
     #[test]
@@ -283,11 +293,7 @@ proptest! {
         entries in prop::collection::vec(entry(), 1..60),
         checkpoint_at in any::<prop::sample::Index>(),
     ) {
-        let log: Vec<Request> = entries
-            .into_iter()
-            .filter(|(request, checked)| !checked || passes_checks(request))
-            .map(|(request, _)| request)
-            .collect();
+        let log = checked_log(entries);
         let checkpoint_at = checkpoint_at.index(log.len() + 1);
         if let Err(failure) = replay::check_log(&log, checkpoint_at, MIN_TTL) {
             return Err(TestCaseError::fail(failure));
@@ -308,11 +314,7 @@ proptest! {
         entries in prop::collection::vec(entry(), 1..60),
         checkpoint_at in any::<prop::sample::Index>(),
     ) {
-        let log: Vec<Request> = entries
-            .into_iter()
-            .filter(|(request, checked)| !checked || passes_checks(request))
-            .map(|(request, _)| request)
-            .collect();
+        let log = checked_log(entries);
         let checkpoint_at = checkpoint_at.index(log.len() + 1);
         let restore = |checkpoint: &replay::State, heads: &_| {
             let dir = tempfile::tempdir().expect("tempdir");
