@@ -280,6 +280,34 @@ pub fn page_segment_bytes() -> u32 {
 /// loopback takes about a millisecond; 10 s leave room for slow networks.
 pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+// ---- Client HTTP/2 server (net/src/h2) --------------------------------------------------
+
+/// Each stream's receive window (SETTINGS_INITIAL_WINDOW_SIZE): large enough that a
+/// request of `--max-request-bytes` (1.5 MiB by default) rarely waits for credit, which
+/// returns as the service reads the body.
+pub const H2_STREAM_WINDOW: u32 = 4 << 20;
+/// The connection's receive window. Credit returns as DATA arrives (each stream's own
+/// window bounds what it holds), so clients never stall on it.
+pub const H2_CONNECTION_WINDOW: u32 = 64 << 20;
+/// SETTINGS_MAX_HEADER_LIST_SIZE, and the bound of a header block held while its
+/// CONTINUATION frames arrive.
+pub const H2_HEADER_LIST_MAX: usize = 1 << 20;
+/// A stream's response DATA queued beyond the client's windows before its task stops
+/// reading the response body (a snapshot of hundreds of MB is never all in memory).
+pub const H2_STREAM_QUEUE_MAX: usize = 256 * 1024;
+/// Bytes of a connection waiting for the socket before response tasks wait for them to go.
+pub const H2_OUT_MAX: usize = 1 << 20;
+/// Request DATA a fast-path KV call waits for before it goes the general way instead (a
+/// large message: tonic reads it as it comes). Below the gRPC decode limit
+/// (`--max-request-bytes` + 512 KiB), so the fast path never accepts what tonic refuses.
+pub const H2_FAST_BYTES_MAX: usize = 256 * 1024;
+/// Huffman strings longer than this are not kept in a core's cache of decoded strings
+/// (clients repeat short ones: `:path`, metadata).
+pub const H2_HUFFMAN_SEEN_BYTES_MAX: usize = 256;
+/// The cache of decoded Huffman strings is emptied when it holds this many: at most
+/// 1024 × 256 B per core.
+pub const H2_HUFFMAN_SEEN_MAX: usize = 1024;
+
 const _: () = assert!(SEGMENT_BYTES_DEFAULT % SEGMENT_ALIGNMENT_BYTES == 0);
 const _: () = assert!(GC_DEAD_PERCENT_MIN > 0 && GC_DEAD_PERCENT_MIN <= 100);
 const _: () = assert!(SEGMENT_BYTES_MIN % SEGMENT_ALIGNMENT_BYTES == 0);

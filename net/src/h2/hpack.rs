@@ -5,6 +5,7 @@
 use std::collections::VecDeque;
 
 use bytes::{BufMut, BytesMut};
+use rivet_engine::limits;
 
 /// The static table (RFC 7541 Appendix A); index 1 is the first entry.
 pub const STATIC: [(&str, &str); 61] = [
@@ -114,13 +115,8 @@ thread_local! {
         std::cell::RefCell::new(std::collections::HashMap::new());
 }
 
-/// Huffman strings longer than this are not kept in [`HUFFMAN_SEEN`].
-const HUFFMAN_SEEN_BYTES_MAX: usize = 256;
-/// [`HUFFMAN_SEEN`] is emptied when it holds this many strings.
-const HUFFMAN_SEEN_MAX: usize = 1024;
-
 fn huffman_decode(raw: &[u8]) -> Result<Vec<u8>, HpackError> {
-    if raw.len() <= HUFFMAN_SEEN_BYTES_MAX {
+    if raw.len() <= limits::H2_HUFFMAN_SEEN_BYTES_MAX {
         if let Some(text) = HUFFMAN_SEEN.with(|seen| seen.borrow().get(raw).map(|t| t.to_vec())) {
             return Ok(text);
         }
@@ -128,10 +124,10 @@ fn huffman_decode(raw: &[u8]) -> Result<Vec<u8>, HpackError> {
     let text = HUFFMAN
         .with(|decoder| decoder.borrow_mut().decode(raw))
         .map_err(|_| HpackError::Huffman)?;
-    if raw.len() <= HUFFMAN_SEEN_BYTES_MAX {
+    if raw.len() <= limits::H2_HUFFMAN_SEEN_BYTES_MAX {
         HUFFMAN_SEEN.with(|seen| {
             let mut seen = seen.borrow_mut();
-            if seen.len() >= HUFFMAN_SEEN_MAX {
+            if seen.len() >= limits::H2_HUFFMAN_SEEN_MAX {
                 seen.clear();
             }
             seen.insert(raw.into(), text.clone().into());

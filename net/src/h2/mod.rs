@@ -35,6 +35,8 @@ use send_wrapper::SendWrapper;
 use std::collections::HashMap;
 use tower::Service;
 
+use rivet_engine::limits;
+
 use crate::http::ClientService;
 use crate::services::KvService;
 use crate::tls::ClientIdentity;
@@ -92,10 +94,6 @@ struct Waiting {
     method: fast::Method,
     head: Head,
 }
-
-/// Request DATA a fast-path call waits for before it goes the general way instead
-/// (a large message: tonic reads it as it comes).
-const FAST_BYTES_MAX: usize = 256 * 1024;
 
 /// Spawns a stream's task on the current task queue; it stops when the stream goes.
 fn spawn_stream(
@@ -236,7 +234,7 @@ impl Connection {
                     let waiting = self.waiting.remove(&id).expect("checked above");
                     let body = self.conn.borrow_mut().take_inbound(id).unwrap_or_default();
                     self.fast(id, waiting, body);
-                } else if self.conn.borrow().inbound_bytes(id) > FAST_BYTES_MAX {
+                } else if self.conn.borrow().inbound_bytes(id) > limits::H2_FAST_BYTES_MAX {
                     let waiting = self.waiting.remove(&id).expect("checked above");
                     self.general(id, waiting.head, None);
                 }

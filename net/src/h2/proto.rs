@@ -16,6 +16,10 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use std::collections::HashMap;
 
+use rivet_engine::limits::{
+    H2_CONNECTION_WINDOW, H2_HEADER_LIST_MAX, H2_OUT_MAX, H2_STREAM_QUEUE_MAX, H2_STREAM_WINDOW,
+};
+
 use super::hpack;
 
 pub const DATA: u8 = 0x0;
@@ -53,21 +57,6 @@ pub const FRAME_HEADER_BYTES: usize = 9;
 pub const MAX_FRAME_SIZE: usize = 16_384;
 /// The largest window RFC 9113 allows.
 const WINDOW_MAX: i64 = (1 << 31) - 1;
-/// Each stream's receive window (SETTINGS_INITIAL_WINDOW_SIZE): large enough that a
-/// request of `--max-request-bytes` (1.5 MiB by default) rarely waits for credit, which
-/// returns as the service reads the body.
-pub const STREAM_WINDOW: u32 = 4 << 20;
-/// The connection's receive window. Credit returns as DATA arrives (each stream's own
-/// window bounds what it holds), so clients never stall on it.
-pub const CONNECTION_WINDOW: u32 = 64 << 20;
-/// SETTINGS_MAX_HEADER_LIST_SIZE, and the bound of a header block held while its
-/// CONTINUATION frames arrive.
-pub const HEADER_LIST_MAX: usize = 1 << 20;
-/// A stream's response DATA queued beyond the client's windows before its task stops
-/// reading the response body (a snapshot of hundreds of MB is never all in memory).
-pub const STREAM_QUEUE_MAX: usize = 256 * 1024;
-/// Bytes waiting for the socket before response tasks wait for them to go.
-pub const OUT_MAX: usize = 1 << 20;
 
 /// A request's header section.
 #[derive(Debug)]
@@ -142,7 +131,7 @@ impl Stream {
     fn new(send_window: i64) -> Stream {
         Stream {
             recv_closed: false,
-            recv_window: STREAM_WINDOW as i64,
+            recv_window: H2_STREAM_WINDOW as i64,
             recv_unacked: 0,
             inbound: VecDeque::new(),
             inbound_bytes: 0,
@@ -310,11 +299,11 @@ impl Proto {
         out.put_u16(0x3);
         out.put_u32(max_concurrent_streams);
         out.put_u16(0x4);
-        out.put_u32(STREAM_WINDOW);
+        out.put_u32(H2_STREAM_WINDOW);
         out.put_u16(0x6);
-        out.put_u32(HEADER_LIST_MAX as u32);
+        out.put_u32(H2_HEADER_LIST_MAX as u32);
         frame_header(&mut out, 4, WINDOW_UPDATE, 0, 0);
-        out.put_u32(CONNECTION_WINDOW - 65_535);
+        out.put_u32(H2_CONNECTION_WINDOW - 65_535);
         Proto {
             out,
             events: Vec::new(),
@@ -592,7 +581,7 @@ impl Proto {
         let flow = payload.len();
         // The connection's window: credit returns at once.
         self.recv_unacked += flow as u32;
-        if self.recv_unacked >= CONNECTION_WINDOW / 2 {
+        if self.recv_unacked >= H2_CONNECTION_WINDOW / 2 {
             frame_header(&mut self.out, 4, WINDOW_UPDATE, 0, 0);
             self.out.put_u32(self.recv_unacked);
             self.recv_unacked = 0;
@@ -658,7 +647,7 @@ impl Proto {
         let Some(partial) = self.continuation.as_mut().filter(|p| p.id == id) else {
             return Err(ConnectionError(PROTOCOL_ERROR));
         };
-        if partial.block.len() + payload.len() > HEADER_LIST_MAX {
+        if partial.block.len() + payload.len() > H2_HEADER_LIST_MAX {
             return Err(ConnectionError(ENHANCE_YOUR_CALM));
         }
         partial.block.extend_from_slice(&payload);
@@ -680,7 +669,7 @@ impl Proto {
         self.decoder
             .decode(&block, |name, value| {
                 list_size += name.len() + value.len() + 32;
-                if list_size <= HEADER_LIST_MAX {
+                if list_size <= H2_HEADER_LIST_MAX {
                     fields.push((name.to_vec(), value.to_vec()));
                 }
             })
@@ -715,7 +704,7 @@ impl Proto {
             self.write_reset(id, REFUSED_STREAM);
             return Ok(());
         }
-        if list_size > HEADER_LIST_MAX {
+        if list_size > H2_HEADER_LIST_MAX {
             self.write_reset(id, PROTOCOL_ERROR);
             return Ok(());
         }
@@ -811,7 +800,7 @@ impl Proto {
             return;
         };
         stream.recv_unacked += n as u32;
-        if !stream.recv_closed && stream.recv_unacked >= STREAM_WINDOW / 4 {
+        if !stream.recv_closed && stream.recv_unacked >= H2_STREAM_WINDOW / 4 {
             let increment = stream.recv_unacked;
             stream.recv_window += increment as i64;
             stream.recv_unacked = 0;
@@ -850,14 +839,14 @@ impl Proto {
     /// Ready when a response task may queue more DATA on the stream; `Err` when the
     /// stream is gone.
     pub fn poll_capacity(&mut self, id: u32, cx: &mut Context<'_>) -> Poll<Result<(), ()>> {
-        let out_full = self.out.len() >= OUT_MAX;
+        let out_full = self.out.len() >= H2_OUT_MAX;
         let Some(stream) = self.streams.get_mut(&id) else {
             return Poll::Ready(Err(()));
         };
         if stream.send_closed {
             return Poll::Ready(Err(()));
         }
-        if stream.queued >= STREAM_QUEUE_MAX {
+        if stream.queued >= H2_STREAM_QUEUE_MAX {
             stream.send_waker = Some(cx.waker().clone());
             return Poll::Pending;
         }
@@ -1029,7 +1018,7 @@ impl Proto {
             }
         }
         let stream = self.streams.get_mut(&id).expect("looked up above");
-        if stream.queued < STREAM_QUEUE_MAX {
+        if stream.queued < H2_STREAM_QUEUE_MAX {
             if let Some(waker) = stream.send_waker.take() {
                 waker.wake();
             }

@@ -128,10 +128,10 @@ fn too_much_data_is_a_flow_control_error() {
     let mut proto = connected();
     let mut input = BytesMut::from(&frame(HEADERS, FLAG_END_HEADERS, 1, &request_block("/x"))[..]);
     proto.receive(&mut input).unwrap();
-    // STREAM_WINDOW bytes are allowed; one more frame is not.
+    // H2_STREAM_WINDOW bytes are allowed; one more frame is not.
     let chunk = vec![0u8; MAX_FRAME_SIZE];
     let mut input = BytesMut::new();
-    for _ in 0..(STREAM_WINDOW as usize / MAX_FRAME_SIZE) {
+    for _ in 0..(H2_STREAM_WINDOW as usize / MAX_FRAME_SIZE) {
         input.extend_from_slice(&frame(DATA, 0, 1, &chunk));
     }
     input.extend_from_slice(&frame(DATA, 0, 1, &chunk));
