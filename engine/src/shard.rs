@@ -649,7 +649,8 @@ impl Shard {
     }
 
     /// A checkpoint's first step: seals the active segment if asked, and returns the job
-    /// that makes every record durable. Apply nothing until [`Shard::checkpoint_end`].
+    /// that makes every record durable. Batches applied before [`Shard::checkpoint_end`]
+    /// lie after the checkpoint record's reserved place: the checkpoint does not cover them.
     /// Failures stop the member (`crash::stop`), as every step's.
     pub fn checkpoint_begin(&mut self, request: &CheckpointRequest) -> SyncJob {
         debug_assert_eq!(request.index, self.applied_index);

@@ -246,6 +246,101 @@ fn reopen_at_checkpoint_replays_the_records_before_it_and_discards_the_rest() {
     assert_reads(&page_file, &ptrs_replayed, &replayed);
 }
 
+/// Builds checkpoint 10 over `first`, then checkpoint 20 over `second` while `third` is
+/// appended between its steps (the apply loop goes on during a checkpoint's syncs), so
+/// that `third` fills the segment of checkpoint 20's record and rolls over. With
+/// `finish`, checkpoint 20 is written and ended; without, the "process" stops after its
+/// first step (the record's place stays zero). Returns the pointers of the three.
+fn checkpoint_while_appending(dir: &Path, finish: bool) -> [Vec<(PagePtr, Owned)>; 3] {
+    let all = records(420, 7);
+    let (first, rest) = all.split_at(60);
+    let (second, third) = rest.split_at(60);
+    let (mut page_file, _, _) = open(dir, 0).expect("open");
+    let ptrs_first = append_all(&mut page_file, first);
+    page_file
+        .checkpoint(&checkpoint(10))
+        .expect("checkpoint 10");
+    let ptrs_second = append_all(&mut page_file, second);
+    let records_job = page_file
+        .checkpoint_begin(&checkpoint(20))
+        .expect("begin 20");
+    assert!(matches!(
+        page_file.checkpoint_begin(&checkpoint(30)),
+        Err(CheckpointError::OutOfOrder(_))
+    ));
+    let (during, after) = third.split_at(third.len() - 20);
+    let mut ptrs_third = append_all(&mut page_file, during);
+    assert!(
+        ptrs_third.last().expect("appended").segment() > ptrs_second[59].segment() + 2,
+        "the appends during the checkpoint roll over past its record's segment"
+    );
+    if finish {
+        let records_synced = records_job.run_blocking();
+        let record_job = page_file
+            .checkpoint_write(&checkpoint(20), records_synced)
+            .expect("write 20");
+        ptrs_third.extend(append_all(&mut page_file, after));
+        let record_synced = record_job.run_blocking();
+        page_file
+            .checkpoint_end(&checkpoint(20), record_synced)
+            .expect("end 20");
+        assert_eq!(page_file.last_checkpoint_index(), 20);
+        assert_eq!(
+            page_file.last_checkpoint_slot(),
+            ptrs_second[59].segment(),
+            "the checkpoint lies in the segment it was reserved in, not the active one"
+        );
+    }
+    assert_reads(&page_file, &ptrs_first, first);
+    assert_reads(&page_file, &ptrs_second, second);
+    assert_reads(&page_file, &ptrs_third, &third[..ptrs_third.len()]);
+    let pair = |ptrs: Vec<PagePtr>, records: &[Owned]| {
+        ptrs.into_iter().zip(records.iter().cloned()).collect()
+    };
+    [
+        pair(ptrs_first, first),
+        pair(ptrs_second, second),
+        pair(ptrs_third, third),
+    ]
+}
+
+#[test]
+fn records_appended_during_a_checkpoint_are_not_covered_by_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let [first, second, third] = checkpoint_while_appending(dir.path(), true);
+    // At 20: exactly what was appended before it began; the rest is the WAL's to replay.
+    let (mut page_file, found, loaded) = open(dir.path(), 20).expect("open at 20");
+    assert_eq!(found, Some(checkpoint(20)));
+    let expected: Loaded = first.iter().chain(&second).cloned().collect();
+    assert_eq!(loaded, expected);
+    assert!(third.iter().all(|(ptr, _)| page_file.read(*ptr).is_err()));
+    // The next checkpoint goes on from there.
+    let replayed = records(30, 8);
+    let ptrs_replayed = append_all(&mut page_file, &replayed);
+    page_file
+        .checkpoint(&checkpoint(30))
+        .expect("checkpoint 30");
+    drop(page_file);
+    let (page_file, _, loaded) = open(dir.path(), 30).expect("open at 30");
+    assert_eq!(loaded.len(), expected.len() + replayed.len());
+    assert_reads(&page_file, &ptrs_replayed, &replayed);
+}
+
+#[test]
+fn a_checkpoint_that_never_wrote_its_record_leaves_the_previous_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let [first, _, _] = checkpoint_while_appending(dir.path(), false);
+    // The zeros reserved for checkpoint 20 end the scan: 20 is not there...
+    assert!(matches!(
+        open(dir.path(), 20),
+        Err(OpenError::CheckpointNotFound { index: 20, .. })
+    ));
+    // ...and 10 is, with only what it covered.
+    let (_, found, loaded) = open(dir.path(), 10).expect("open at 10");
+    assert_eq!(found, Some(checkpoint(10)));
+    assert_eq!(loaded, first);
+}
+
 #[test]
 fn open_at_zero_starts_empty() {
     let dir = tempfile::tempdir().expect("tempdir");

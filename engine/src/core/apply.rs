@@ -12,6 +12,7 @@ use std::sync::atomic::Ordering;
 use std::task::{Poll, Waker};
 
 use bytes::Bytes;
+use futures::future::{self, Either, LocalBoxFuture};
 
 use super::ShardCore;
 use crate::messages::{ApplyMessage, CheckpointRequest, RestoreChunk, ShardAck, ShardRequest};
@@ -141,8 +142,10 @@ impl ShardCore {
     }
 
     /// The apply loop: runs until the raft core closes the stream. A checkpoint's syncs go
-    /// through `sync` (glommio's io_uring on a shard core, `rivet-net`'s `page_sync`): the
-    /// loop waits for them, but the core goes on serving reads meanwhile.
+    /// through `sync` (glommio's io_uring on a shard core, `rivet-net`'s `page_sync`), and
+    /// batches go on being applied while they run: a checkpoint covers what was applied
+    /// before it began (see [`ShardCore::checkpoint`]). Any other message waits for the
+    /// checkpoint in the making to end first.
     pub async fn run_apply<S, F>(
         self: Rc<Self>,
         stream: async_channel::Receiver<ApplyMessage>,
@@ -152,51 +155,104 @@ impl ShardCore {
         S: Fn(SyncTarget) -> F,
         F: Future<Output = std::io::Result<()>>,
     {
-        while let Ok(mut message) = stream.recv().await {
+        // The checkpoint in the making: resolves to its index once written.
+        let mut checkpoint: Option<LocalBoxFuture<'_, u64>> = None;
+        loop {
+            let received = match checkpoint.as_mut() {
+                None => stream.recv().await,
+                Some(running) => {
+                    let next = std::pin::pin!(stream.recv());
+                    match future::select(running, next).await {
+                        // A `recv` that lost the race took nothing from the stream.
+                        Either::Left((index, _)) => {
+                            checkpoint = None;
+                            if !self.acknowledge(Some(index), &acks).await {
+                                return;
+                            }
+                            continue;
+                        }
+                        Either::Right((received, _)) => received,
+                    }
+                }
+            };
+            let Ok(mut message) = received else { break };
+            if !matches!(message, ApplyMessage::Batch(_)) {
+                if let Some(running) = checkpoint.take() {
+                    let index = running.await;
+                    if !self.acknowledge(Some(index), &acks).await {
+                        return;
+                    }
+                }
+            }
             if let ApplyMessage::Batch(batch) = &mut message {
                 self.apply_auth_updates(batch);
             }
-            let (ack, revision, gc_wanted) = match message {
+            match message {
                 ApplyMessage::Checkpoint(request) => {
-                    self.checkpoint(&request, &sync).await;
-                    let mut shard = self.shard.borrow_mut();
-                    let ack = shard.ack(Some(request.index));
-                    (ack, shard.revision(), shard.take_gc_wanted())
+                    // Acknowledged once written; until then the stream goes on.
+                    checkpoint = Some(Box::pin(self.checkpoint(request, &sync)));
                 }
                 message => {
-                    let mut shard = self.shard.borrow_mut();
-                    let ack = shard.handle_apply(message);
-                    (ack, shard.revision(), shard.take_gc_wanted())
+                    let ack = self.shard.borrow_mut().handle_apply(message);
+                    if !self.send_ack(ack, &acks).await {
+                        return;
+                    }
                 }
-            };
-            self.publish_applied(ack.index, revision);
-            if gc_wanted {
-                self.wake_gc();
-            }
-            if acks.send(ack).await.is_err() {
-                break;
             }
         }
+        // The stream closed (the member stops): the raft core still waits for the
+        // checkpoint in the making, the one a graceful stop asks for included.
+        if let Some(running) = checkpoint {
+            let index = running.await;
+            self.acknowledge(Some(index), &acks).await;
+        }
+    }
+
+    /// Acknowledges what this shard applied (and `checkpoint`, written); false once the
+    /// raft core is gone.
+    async fn acknowledge(
+        &self,
+        checkpoint: Option<u64>,
+        acks: &async_channel::Sender<ShardAck>,
+    ) -> bool {
+        let ack = self.shard.borrow_mut().ack(checkpoint);
+        self.send_ack(ack, acks).await
+    }
+
+    async fn send_ack(&self, ack: ShardAck, acks: &async_channel::Sender<ShardAck>) -> bool {
+        let (revision, gc_wanted) = {
+            let mut shard = self.shard.borrow_mut();
+            (shard.revision(), shard.take_gc_wanted())
+        };
+        self.publish_applied(ack.index, revision);
+        if gc_wanted {
+            self.wake_gc();
+        }
+        acks.send(ack).await.is_ok()
     }
 
     /// Checkpoints this shard's page file without holding the core during the syncs: the
     /// shard is borrowed only to take each sync job and to give back its result, so reads
-    /// run while the disk works. Nothing is applied meanwhile (this is the apply loop), and
-    /// the checkpoint record is written only after the records' sync completed, then
-    /// acknowledged only after its own sync completed — the order of the blocking path.
-    async fn checkpoint<S, F>(&self, request: &CheckpointRequest, sync: &S)
+    /// and the apply loop's next batches run while the disk works. The checkpoint covers
+    /// what was applied before it began: its record's place is reserved then, right after
+    /// those records, and written only after their sync completed; it counts as written
+    /// only after its own sync completed (the order of the blocking path). Records of the
+    /// batches applied meanwhile lie after that place, in the tail a restart at this
+    /// checkpoint discards and the WAL replays.
+    async fn checkpoint<S, F>(&self, request: CheckpointRequest, sync: &S) -> u64
     where
         S: Fn(SyncTarget) -> F,
         F: Future<Output = std::io::Result<()>>,
     {
         let started = std::time::Instant::now();
-        let records = self.shard.borrow_mut().checkpoint_begin(request);
+        let records = self.shard.borrow_mut().checkpoint_begin(&request);
         let records = records.run(sync).await;
-        let record = self.shard.borrow_mut().checkpoint_write(request, records);
+        let record = self.shard.borrow_mut().checkpoint_write(&request, records);
         let record = record.run(sync).await;
         self.shard
             .borrow_mut()
-            .checkpoint_end(request, record, started);
+            .checkpoint_end(&request, record, started);
+        request.index
     }
 
     /// Serves the other cores' parts of scattered reads.

@@ -51,6 +51,18 @@ pub enum CheckpointError {
     },
     #[error("appending the checkpoint record failed: {0}")]
     Append(#[from] AppendError),
+    #[error(
+        "writing the checkpoint record into {} failed: {source}; the page file is now \
+         unusable, reopen it",
+        path.display()
+    )]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("a checkpoint step came out of order: {0}")]
+    OutOfOrder(&'static str),
 }
 
 /// Why [`PageFile::read`] failed.
@@ -304,6 +316,21 @@ pub(super) fn create_segment(
     })
 }
 
+/// Where the record of the checkpoint in the making goes: reserved (zeros) when the
+/// checkpoint begins, right after the records it covers, and written once they are
+/// durable. Records appended meanwhile go after it, so they belong to the tail a restart
+/// at this checkpoint discards (the WAL replays them), and a scan stops at the zeros
+/// (the end of the records) before the record is written.
+pub(super) struct ReservedCheckpoint {
+    /// The slot of the segment it lies in: the active one when reserved, maybe sealed
+    /// since (the appends after it filled that segment).
+    id: u32,
+    offset: usize,
+    /// A descriptor of that segment, to write the record if it was sealed (its mapping
+    /// is read-only then) and to sync it; taken when the record is written.
+    file: Option<File>,
+}
+
 /// The page file of one shard. See the module documentation.
 ///
 /// Safety of the mappings: the page file assumes it alone writes the files in its
@@ -327,6 +354,9 @@ pub struct PageFile {
     pub(super) last_checkpoint_slot: u32,
     /// The last checkpoint record (written or loaded).
     pub(super) last_checkpoint: Option<Checkpoint>,
+    /// The place reserved for the record of the checkpoint in the making, between
+    /// [`PageFile::checkpoint_begin`] and [`PageFile::checkpoint_end`].
+    pub(super) reserved_checkpoint: Option<ReservedCheckpoint>,
     /// Segment files were created or removed since the directory was last synced.
     pub(super) dir_unsynced: bool,
     /// A sync failed: the state of the page cache is unknown (fsyncgate), so every
@@ -624,9 +654,12 @@ impl PageFile {
         self.checkpoint_end(checkpoint, record)
     }
 
-    /// The first step of a checkpoint: what must be synced before its record is written
-    /// (every record appended so far). Run the job, then give its result to
-    /// [`PageFile::checkpoint_write`]. Nothing may be appended until the checkpoint ends.
+    /// The first step of a checkpoint: reserves the place of its record after every record
+    /// appended so far, and returns what must be synced before that record is written
+    /// (those records). Run the job, then give its result to
+    /// [`PageFile::checkpoint_write`]. Records appended until then go after the reserved
+    /// place: they are not covered by this checkpoint, and a restart at it discards them
+    /// (the WAL replays them).
     pub fn checkpoint_begin(
         &mut self,
         checkpoint: &Checkpoint,
@@ -640,7 +673,34 @@ impl PageFile {
                 given: checkpoint.applied_index,
             });
         }
+        self.reserve_checkpoint()?;
         self.take_sync()
+    }
+
+    /// Reserves the place of a checkpoint record at the write offset.
+    fn reserve_checkpoint(&mut self) -> Result<(), CheckpointError> {
+        if self.reserved_checkpoint.is_some() {
+            return Err(CheckpointError::OutOfOrder(
+                "a checkpoint began before the previous one ended",
+            ));
+        }
+        let offset = self.reserve(CHECKPOINT_RECORD_BYTES)?;
+        let file = self
+            .active
+            .file
+            .try_clone()
+            .map_err(|source| CheckpointError::Write {
+                path: self.active.path.clone(),
+                source,
+            })?;
+        // The reserved bytes stay zero (everything past the write offset is).
+        self.active.write_offset = offset + CHECKPOINT_RECORD_BYTES;
+        self.reserved_checkpoint = Some(ReservedCheckpoint {
+            id: self.active.id,
+            offset,
+            file: Some(file),
+        });
+        Ok(())
     }
 
     /// The second step: once the records are durable (`records` is the result of the job
@@ -652,15 +712,59 @@ impl PageFile {
         records: Result<Synced, CheckpointError>,
     ) -> Result<SyncJob, CheckpointError> {
         self.synced(records)?;
-        let offset = self.reserve(CHECKPOINT_RECORD_BYTES)?;
+        let Some(reserved) = self.reserved_checkpoint.as_mut() else {
+            return Err(CheckpointError::OutOfOrder(
+                "a checkpoint record was written before its checkpoint began",
+            ));
+        };
+        let (id, offset) = (reserved.id, reserved.offset);
+        let file = reserved.file.take();
         let record = encode_checkpoint(checkpoint);
-        put(&mut self.active.map, offset, &record);
+        if id == self.active.id {
+            put(&mut self.active.map, offset, &record);
+            // The bytes there changed after a sync covered them: the next one must cover
+            // them again.
+            self.active.synced_offset = self.active.synced_offset.min(offset);
+        } else {
+            let written = self.write_sealed(id, offset, &record, file);
+            if written.is_err() {
+                self.poisoned = true;
+            }
+            written?;
+        }
         debug_assert!(matches!(
-            decode_record_at(&self.active.map, offset),
-            Ok(Some((Record::Checkpoint(read), _))) if read == *checkpoint
+            self.segment_bytes(segment_key(id, 0))
+                .map(|(bytes, _, _)| decode_record_at(bytes, offset)),
+            Some(Ok(Some((Record::Checkpoint(read), _)))) if read == *checkpoint
         ));
-        self.active.write_offset = offset + CHECKPOINT_RECORD_BYTES;
         self.take_sync()
+    }
+
+    /// Writes a checkpoint record into the sealed segment `id` (sealed while its
+    /// checkpoint was in the making) through `file`, and makes the next sync cover it.
+    fn write_sealed(
+        &mut self,
+        id: u32,
+        offset: usize,
+        record: &[u8],
+        file: Option<File>,
+    ) -> Result<(), CheckpointError> {
+        let segment =
+            self.sealed
+                .get_mut(&segment_key(id, 0))
+                .ok_or(CheckpointError::OutOfOrder(
+                    "the segment of a checkpoint in the making is gone",
+                ))?;
+        let file = file.ok_or(CheckpointError::OutOfOrder(
+            "a checkpoint record was written twice",
+        ))?;
+        file.write_all_at(record, offset as u64)
+            .map_err(|source| CheckpointError::Write {
+                path: segment.path.clone(),
+                source,
+            })?;
+        segment.unsynced_file.get_or_insert(file);
+        Ok(())
     }
 
     /// The last step: once the checkpoint record is durable, the page file counts it as
@@ -671,8 +775,14 @@ impl PageFile {
         record: Result<Synced, CheckpointError>,
     ) -> Result<(), CheckpointError> {
         self.synced(record)?;
+        let reserved = self
+            .reserved_checkpoint
+            .take()
+            .ok_or(CheckpointError::OutOfOrder(
+                "a checkpoint ended before it began",
+            ))?;
         self.last_checkpoint_index = checkpoint.applied_index;
-        self.last_checkpoint_slot = self.active.id;
+        self.last_checkpoint_slot = reserved.id;
         self.last_checkpoint = Some(*checkpoint);
         Ok(())
     }
@@ -693,6 +803,7 @@ impl PageFile {
             return Ok(());
         };
         self.seal_active()?;
+        self.reserve_checkpoint()?;
         let records = self.take_sync()?.run_blocking();
         let record = self.checkpoint_write(&checkpoint, records)?.run_blocking();
         self.checkpoint_end(&checkpoint, record)

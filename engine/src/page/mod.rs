@@ -25,6 +25,11 @@
 //! checkpoint is discarded — it may be torn, since it was never synced, and the WAL replay
 //! writes it again.
 //!
+//! A shard core checkpoints in steps ([`PageFile::checkpoint_begin`], `_write`, `_end`)
+//! and goes on appending between them: the checkpoint record's place is reserved (zeros)
+//! when it begins, right after the records it covers, and written once they are durable.
+//! Records appended meanwhile lie after it, in the tail a restart at it discards.
+//!
 //! Damage *before* the checkpoint is different: those bytes were synced, so a CRC mismatch
 //! there is corruption. [`PageFile::open`] then refuses to start, names the file and offset,
 //! and modifies nothing.
