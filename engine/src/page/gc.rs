@@ -165,6 +165,9 @@ impl PageFile {
             // new file.
             unsafe { MmapOptions::new().len(file_bytes).map_mut(&file) }
         });
+        if let Ok(map) = &created {
+            super::file::without_readahead(map, &path);
+        }
         let map = match created {
             Ok(map) => map,
             Err(source) => {

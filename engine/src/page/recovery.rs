@@ -592,6 +592,7 @@ impl PageFile {
         }
         // SAFETY: see `create_segment`.
         let map = unsafe { MmapMut::map_mut(&last.file) }.map_err(io_error)?;
+        without_readahead(&map, &last.path);
         let checkpoint_slot = last.id;
         let active = ActiveSegment {
             id: last.id,
