@@ -184,6 +184,61 @@ async fn two_members_exchange_messages_both_ways() {
     .await;
 }
 
+/// Both members dial each other at once when they learn each other, so each ends up
+/// with two connections and both keep the same one. Messages written on the other one
+/// meanwhile must still arrive: raft resends appends, but not a follower's forwarded
+/// proposals. Every message is sent once; none may be lost.
+#[tokio::test]
+async fn messages_sent_while_duplicate_connections_settle_all_arrive() {
+    bounded(async {
+        for round in 0..4u64 {
+            let mut a = Member::start(10 + 2 * round, 7).await;
+            let mut b = Member::start(11 + 2 * round, 7).await;
+            mesh(&[&a, &b]);
+            let mut expected = [BTreeSet::new(), BTreeSet::new()];
+            for index in 0..400 {
+                for (slot, (sender, receiver)) in [(&a, &b), (&b, &a)].into_iter().enumerate() {
+                    let message = payload(sender.id, receiver.id, index);
+                    // A refusal (unreachable while the first dial fails) is not a loss.
+                    if sender.transport.send(receiver.id, message.clone()).is_ok() {
+                        expected[slot].insert(message);
+                    }
+                }
+                if index % 20 == 0 {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            }
+            let (a_id, b_id) = (a.id, b.id);
+            for (slot, (sender_id, receiver)) in
+                [(a_id, &mut b), (b_id, &mut a)].into_iter().enumerate()
+            {
+                let mut received = BTreeSet::new();
+                let deadline = tokio::time::Instant::now() + TEST_TIMEOUT / 4;
+                while received.len() < expected[slot].len() {
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    match tokio::time::timeout(left, receiver.incoming.recv()).await {
+                        Ok(Some(Incoming::Message { from, bytes })) if from == sender_id => {
+                            received.insert(bytes);
+                        }
+                        Ok(Some(_)) => {}
+                        Ok(None) | Err(_) => break,
+                    }
+                }
+                assert_eq!(
+                    received.len(),
+                    expected[slot].len(),
+                    "round {round}: messages from {sender_id} lost ({} of {} arrived)",
+                    received.len(),
+                    expected[slot].len()
+                );
+            }
+            a.transport.shutdown().await;
+            b.transport.shutdown().await;
+        }
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn three_members_exchange_messages_both_ways() {
     bounded(async {

@@ -17,6 +17,15 @@ use super::table::{Link, Peer};
 use super::{add, close_code, ignore_closed, lock, Incoming, Shared, LINK_STREAM_PRIORITY};
 
 /// Makes `link` the peer's link unless the current one wins over it, and starts it.
+///
+/// The connection that loses is *retired*, not closed at once: the other member may
+/// already have written messages on it (it is that member's link until it sees the
+/// other connection too), and closing it would drop them in flight — raft resends an
+/// append, but a follower's forwarded proposals are lost, and their clients wait for
+/// the request timeout. A retired link's writer stops taking messages (they go to the
+/// winner), finishes its stream, and the link closes once the peer finished its side
+/// too (the peer retires the same connection by the same rule) or after
+/// [`LINK_RETIRE_DRAIN`]; its reader delivers everything until then.
 pub(super) fn install(
     shared: &Arc<Shared>,
     peer: &Arc<Peer>,
@@ -34,17 +43,19 @@ pub(super) fn install(
         }
         if let Some(existing) = current.as_ref() {
             if !link.replaces(existing, shared.member_id, peer.id) {
-                debug!(peer = %format_args!("{:x}", peer.id), "keeping the existing link, closing the duplicate connection");
-                link.connection.close(
-                    VarInt::from_u32(close_code::DUPLICATE),
-                    b"duplicate connection",
-                );
+                debug!(peer = %format_args!("{:x}", peer.id), "keeping the existing link, retiring the duplicate connection");
+                link.retired.send_replace(true);
+                shared.runtime.spawn(run_link(
+                    shared.clone(),
+                    peer.clone(),
+                    link,
+                    send,
+                    recv,
+                    buffer,
+                ));
                 return;
             }
-            existing.connection.close(
-                VarInt::from_u32(close_code::DUPLICATE),
-                b"replaced by a newer connection",
-            );
+            existing.retired.send_replace(true);
         }
         *current = Some(link.clone());
         peer.unreachable.store(false, Relaxed);
@@ -76,12 +87,12 @@ pub(super) enum LinkError {
     Stream(String),
     #[error("{0}")]
     Frame(#[from] FrameError),
-    #[error("the peer ended the link stream")]
-    Finished,
     #[error("unexpected frame on the link stream")]
     UnexpectedFrame,
     #[error("transport shut down")]
     Closing,
+    #[error("retired: the other connection to the peer is its link")]
+    Retired,
 }
 
 /// Runs one link until it fails or is replaced: writes queued messages, reads incoming
@@ -97,9 +108,11 @@ pub(super) async fn run_link(
     let mut closing = shared.closing.subscribe();
     let connection = link.connection.clone();
     peer.metrics.active.set(1);
+    // The peer finished its side of the link stream (it retired this link).
+    let peer_finished = tokio::sync::Notify::new();
     let error = tokio::select! {
-        Err(error) = write_link(&shared, &peer, send) => error,
-        Err(error) = read_link(&shared, &peer, recv, buffer) => error,
+        Err(error) = write_link(&shared, &peer, send, &link.retired, &peer_finished) => error,
+        Err(error) = read_link(&shared, &peer, recv, buffer, &link.retired, &peer_finished) => error,
         Err(error) = accept_snapshots(&shared, &peer, &connection) => error,
         Err(error) = super::hash_kv::accept_requests(&shared, &peer, &connection) => error,
         Err(error) = follow_rtt(&connection, shared.send_window_bytes_min, &peer) => error,
@@ -153,17 +166,47 @@ pub(super) fn send_window_bytes(min_rtt: Duration, window_bytes_min: u64) -> u64
     )
 }
 
-/// Writes the peer's queued messages to the link stream, batching what is queued.
+/// Writes the peer's queued messages to the link stream, batching what is queued. Once
+/// the link is retired it takes no more messages: it finishes its stream and ends the
+/// link when the peer has received all of it and finished its own (so nothing written
+/// on either side is lost), then [`LINK_RETIRE_GRACE`] later for the peer to read what
+/// it received; or after [`LINK_RETIRE_DRAIN`] at most.
 pub(super) async fn write_link(
     shared: &Shared,
     peer: &Peer,
     mut send: SendStream,
+    retired: &tokio::sync::watch::Sender<bool>,
+    peer_finished: &tokio::sync::Notify,
 ) -> Result<(), LinkError> {
-    let mut queue = peer.queue_receiver.clone().lock_owned().await;
+    let mut retired = retired.subscribe();
+    let retire = |mut send: SendStream| async move {
+        ignore_closed(send.finish());
+        let drained = async {
+            let _ = send.stopped().await;
+            peer_finished.notified().await;
+            tokio::time::sleep(LINK_RETIRE_GRACE).await;
+        };
+        let _ = tokio::time::timeout(LINK_RETIRE_DRAIN, drained).await;
+        Err(LinkError::Retired)
+    };
+    let mut queue = tokio::select! {
+        biased;
+        () = retirement(&mut retired) => return retire(send).await,
+        queue = peer.queue_receiver.clone().lock_owned() => queue,
+    };
     let mut staging = BytesMut::with_capacity(64 * 1024);
     let mut chunks: Vec<Bytes> = Vec::new();
     loop {
-        let Some(first) = queue.recv().await else {
+        let first = tokio::select! {
+            biased;
+            () = retirement(&mut retired) => {
+                // The winner's writer takes the queue from here.
+                drop(queue);
+                return retire(send).await;
+            }
+            first = queue.recv() => first,
+        };
+        let Some(first) = first else {
             // Every sender is gone: the peer was dropped.
             return Err(LinkError::Closing);
         };
@@ -201,12 +244,22 @@ pub(super) async fn write_link(
     }
 }
 
-/// Reads message frames from the link stream and hands them to the owner.
+/// Returns once the link is retired (at once if it is).
+async fn retirement(retired: &mut tokio::sync::watch::Receiver<bool>) {
+    // An error means the sender is gone with the link: nothing to wait for any more.
+    let _ = retired.wait_for(|retired| *retired).await;
+}
+
+/// Reads message frames from the link stream and hands them to the owner. The peer
+/// finishes the stream only when it retires the link: this link is retired too then,
+/// and ends once its own writer finished.
 pub(super) async fn read_link(
     shared: &Shared,
     peer: &Peer,
     mut recv: RecvStream,
     mut buffer: BytesMut,
+    retired: &tokio::sync::watch::Sender<bool>,
+    peer_finished: &tokio::sync::Notify,
 ) -> Result<(), LinkError> {
     let mut chunks: [Bytes; 32] = Default::default();
     loop {
@@ -237,7 +290,13 @@ pub(super) async fn read_link(
                     *chunk = Bytes::new();
                 }
             }
-            None => return Err(LinkError::Finished),
+            None => {
+                // The peer retired this link (first, or after us): everything it wrote
+                // was read. Ours follows; its writer ends the link.
+                retired.send_replace(true);
+                peer_finished.notify_one();
+                std::future::pending::<()>().await;
+            }
         }
     }
 }

@@ -52,6 +52,9 @@ pub(super) struct Link {
     pub(super) dialed_by: u64,
     pub(super) remote_incarnation: u64,
     pub(super) established_at: Instant,
+    /// Set when the link is no longer the peer's link (see [`super::link::install`]): its
+    /// writer stops taking messages, finishes its stream and waits for the peer's.
+    pub(super) retired: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl Link {
