@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 use futures::channel::oneshot;
 use prost::Message as _;
 use protobuf::Message as _;
-use raft::prelude::{Entry, EntryType, Message as RaftMessage};
+use raft::prelude::{Entry, EntryType, Message as RaftMessage, MessageType};
 use raft::StateRole;
 use rivet_api::etcdserverpb::{alarm_request, AlarmRequest, AlarmType, TxnRequest};
 use rivet_api::rivetpb::{internal_request, InternalRequest};
@@ -21,6 +21,7 @@ use super::{log, AppliedEntry, RaftCore};
 use crate::apply::{quota, ApplyContext};
 use crate::error::EtcdError;
 use crate::keyspace::shard_of;
+use crate::limits;
 use crate::messages::{
     ApplyBatch, ApplyMessage, MemberChangeResult, ReadPoint, Reply, ShardAck, ShardRequest,
 };
@@ -182,6 +183,47 @@ pub fn reply_of(index: u64, outcome: Outcome) -> Result<Reply, EtcdError> {
         Some(Err(e)) => Err(e),
         None => Err(EtcdError::Internal("empty request".into())),
     }
+}
+
+/// Merges the proposals a follower forwards to its leader into one message per run.
+/// raft-rs makes one `MsgPropose` per proposal (one entry each), so a follower under load
+/// sent one peer message per client write, each encoded, framed and stepped on its own
+/// by the leader. Consecutive proposals to the same leader become one message with their
+/// entries in order, up to [`limits::RAFT_MESSAGE_BYTES_MAX`] of entry bytes; the leader
+/// appends a proposal's entries in order either way. Other messages keep their place.
+pub(super) fn coalesce_proposals(messages: Vec<RaftMessage>) -> Vec<RaftMessage> {
+    let proposal_bytes = |message: &RaftMessage| -> u64 {
+        message
+            .get_entries()
+            .iter()
+            .map(|entry| (entry.get_data().len() + entry.get_context().len()) as u64)
+            .sum()
+    };
+    let mut merged: Vec<RaftMessage> = Vec::with_capacity(messages.len());
+    let mut last_bytes = 0;
+    for mut message in messages {
+        if message.get_msg_type() != MessageType::MsgPropose {
+            merged.push(message);
+            continue;
+        }
+        let bytes = proposal_bytes(&message);
+        if let Some(last) = merged.last_mut().filter(|last| {
+            last.get_msg_type() == MessageType::MsgPropose
+                && last.to == message.to
+                && last.from == message.from
+                && last.term == message.term
+                && last_bytes + bytes <= limits::RAFT_MESSAGE_BYTES_MAX
+        }) {
+            for entry in message.take_entries() {
+                last.mut_entries().push(entry);
+            }
+            last_bytes += bytes;
+            continue;
+        }
+        last_bytes = bytes;
+        merged.push(message);
+    }
+    merged
 }
 
 impl RaftCore {
@@ -420,7 +462,7 @@ impl RaftCore {
     }
 
     pub(super) fn send_messages(&mut self, messages: Vec<RaftMessage>) {
-        for message in messages {
+        for message in coalesce_proposals(messages) {
             let to = message.to;
             if message.get_msg_type() == raft::prelude::MessageType::MsgSnapshot {
                 self.export_snapshot(message);
@@ -635,6 +677,62 @@ impl RaftCore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn message(kind: MessageType, to: u64, data: &[&[u8]]) -> RaftMessage {
+        let mut message = RaftMessage::default();
+        message.set_msg_type(kind);
+        message.from = 1;
+        message.to = to;
+        for bytes in data {
+            let mut entry = Entry::default();
+            entry.set_data(bytes.to_vec().into());
+            message.mut_entries().push(entry);
+        }
+        message
+    }
+
+    fn shape(messages: &[RaftMessage]) -> Vec<(MessageType, u64, Vec<Vec<u8>>)> {
+        messages
+            .iter()
+            .map(|m| {
+                let data = m
+                    .get_entries()
+                    .iter()
+                    .map(|e| e.get_data().to_vec())
+                    .collect();
+                (m.get_msg_type(), m.to, data)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn consecutive_proposals_to_one_leader_become_one_message_in_order() {
+        use MessageType::{MsgHeartbeatResponse, MsgPropose};
+        let big = vec![7u8; limits::RAFT_MESSAGE_BYTES_MAX as usize / 2];
+        let messages = vec![
+            message(MsgPropose, 2, &[b"a"]),
+            message(MsgPropose, 2, &[b"b", b"c"]),
+            message(MsgHeartbeatResponse, 2, &[]),
+            message(MsgPropose, 2, &[b"d"]),
+            message(MsgPropose, 3, &[b"e"]),
+            message(MsgPropose, 3, &[&big]),
+            message(MsgPropose, 3, &[&big]),
+        ];
+        let merged = coalesce_proposals(messages);
+        let expected = vec![
+            (
+                MsgPropose,
+                2,
+                vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()],
+            ),
+            (MsgHeartbeatResponse, 2, vec![]),
+            (MsgPropose, 2, vec![b"d".to_vec()]),
+            // A new leader: a new message. The second half-limit entry does not fit.
+            (MsgPropose, 3, vec![b"e".to_vec(), big.clone()]),
+            (MsgPropose, 3, vec![big.clone()]),
+        ];
+        assert_eq!(shape(&merged), expected);
+    }
 
     #[test]
     fn proposal_ids_start_at_the_incarnation_and_abandoned_waiters_go() {
