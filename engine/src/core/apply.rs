@@ -189,8 +189,11 @@ impl ShardCore {
             }
             match message {
                 ApplyMessage::Checkpoint(request) => {
-                    // Acknowledged once written; until then the stream goes on.
-                    checkpoint = Some(Box::pin(self.checkpoint(request, &sync)));
+                    // Begun here, before the next batch is applied; acknowledged once
+                    // written, and until then the stream goes on.
+                    let started = std::time::Instant::now();
+                    let records = self.shard.borrow_mut().checkpoint_begin(&request);
+                    checkpoint = Some(Box::pin(self.checkpoint(request, records, started, &sync)));
                 }
                 message => {
                     let ack = self.shard.borrow_mut().handle_apply(message);
@@ -239,13 +242,20 @@ impl ShardCore {
     /// only after its own sync completed (the order of the blocking path). Records of the
     /// batches applied meanwhile lie after that place, in the tail a restart at this
     /// checkpoint discards and the WAL replays.
-    async fn checkpoint<S, F>(&self, request: CheckpointRequest, sync: &S) -> u64
+    ///
+    /// `records` is the job [`crate::shard::Shard::checkpoint_begin`] returned when the
+    /// checkpoint began, at `started`.
+    async fn checkpoint<S, F>(
+        &self,
+        request: CheckpointRequest,
+        records: crate::page::SyncJob,
+        started: std::time::Instant,
+        sync: &S,
+    ) -> u64
     where
         S: Fn(SyncTarget) -> F,
         F: Future<Output = std::io::Result<()>>,
     {
-        let started = std::time::Instant::now();
-        let records = self.shard.borrow_mut().checkpoint_begin(&request);
         let records = records.run(sync).await;
         let record = self.shard.borrow_mut().checkpoint_write(&request, records);
         let record = record.run(sync).await;
