@@ -306,8 +306,8 @@ const NO_COMPACTION_BATCHES: Status = Status::NoEffect(
 );
 
 const NO_PING_POLICY: Status = Status::NoEffect(
-    "hyper answers a client's HTTP/2 pings itself and offers no hook to count them, so \
-     rivet does not enforce a minimum ping interval (grpc-go's too_many_pings GOAWAY)",
+    "rivet's HTTP/2 server answers a client's pings without counting them against a \
+     minimum interval, so it never sends grpc-go's too_many_pings GOAWAY",
 );
 
 /// `--shards`' default: every CPU but the raft core's, at least 1.
