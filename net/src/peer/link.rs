@@ -34,40 +34,39 @@ pub(super) fn install(
     recv: RecvStream,
     buffer: BytesMut,
 ) {
-    {
+    let installed = {
         let mut current = lock(&peer.link);
         if peer.stopped.load(Relaxed) {
             link.connection
                 .close(VarInt::from_u32(close_code::SHUTDOWN), b"peer stopped");
             return;
         }
-        if let Some(existing) = current.as_ref() {
-            if !link.replaces(existing, shared.member_id, peer.id) {
+        match current.as_ref() {
+            Some(existing) if !link.replaces(existing, shared.member_id, peer.id) => {
                 debug!(peer = %format_args!("{:x}", peer.id), "keeping the existing link, retiring the duplicate connection");
                 link.retired.send_replace(true);
-                shared.runtime.spawn(run_link(
-                    shared.clone(),
-                    peer.clone(),
-                    link,
-                    send,
-                    recv,
-                    buffer,
-                ));
-                return;
+                false
             }
-            existing.retired.send_replace(true);
+            existing => {
+                if let Some(existing) = existing {
+                    existing.retired.send_replace(true);
+                }
+                *current = Some(link.clone());
+                peer.unreachable.store(false, Relaxed);
+                true
+            }
         }
-        *current = Some(link.clone());
-        peer.unreachable.store(false, Relaxed);
+    };
+    if installed {
+        add(&shared.counters.links_established, 1);
+        ignore_closed(send.set_priority(LINK_STREAM_PRIORITY));
+        info!(
+            peer = %format_args!("{:x}", peer.id),
+            remote = %link.connection.remote_address(),
+            dialed_by = %format_args!("{:x}", link.dialed_by),
+            "peer link up"
+        );
     }
-    add(&shared.counters.links_established, 1);
-    ignore_closed(send.set_priority(LINK_STREAM_PRIORITY));
-    info!(
-        peer = %format_args!("{:x}", peer.id),
-        remote = %link.connection.remote_address(),
-        dialed_by = %format_args!("{:x}", link.dialed_by),
-        "peer link up"
-    );
     shared.runtime.spawn(run_link(
         shared.clone(),
         peer.clone(),
