@@ -199,16 +199,26 @@ pub(super) fn coalesce_proposals(messages: Vec<RaftMessage>) -> Vec<RaftMessage>
             .map(|entry| (entry.get_data().len() + entry.get_context().len()) as u64)
             .sum()
     };
+    let is_proposal = |message: &RaftMessage| message.get_msg_type() == MessageType::MsgPropose;
+    if messages
+        .iter()
+        .filter(|message| is_proposal(message))
+        .nth(1)
+        .is_none()
+    {
+        // Nothing to merge (a leader's Ready, an idle follower's): no copy.
+        return messages;
+    }
     let mut merged: Vec<RaftMessage> = Vec::with_capacity(messages.len());
     let mut last_bytes = 0;
     for mut message in messages {
-        if message.get_msg_type() != MessageType::MsgPropose {
+        if !is_proposal(&message) {
             merged.push(message);
             continue;
         }
         let bytes = proposal_bytes(&message);
         if let Some(last) = merged.last_mut().filter(|last| {
-            last.get_msg_type() == MessageType::MsgPropose
+            is_proposal(last)
                 && last.to == message.to
                 && last.from == message.from
                 && last.term == message.term

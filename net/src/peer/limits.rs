@@ -14,11 +14,11 @@ pub const MESSAGE_BYTES_MAX: usize = 32 * 1024 * 1024;
 /// How long a retired link (a duplicate connection, see `link::install`) stays open
 /// for what was written on it to arrive, at most: the peer finishes its side at once, so
 /// on a working path this is never reached; a peer that never does is given up on.
-pub const LINK_RETIRE_DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
+pub const LINK_RETIRE_DRAIN: Duration = Duration::from_secs(2);
 /// How long a retired link stays open once both sides finished and the peer received
 /// everything: time for the peer's reader to take what it received before the close
 /// discards it (a local hand-over to the raft core).
-pub const LINK_RETIRE_GRACE: std::time::Duration = std::time::Duration::from_millis(100);
+pub const LINK_RETIRE_GRACE: Duration = Duration::from_millis(100);
 
 /// Messages queued for one peer before `send` refuses more (and the caller reports the
 /// peer unreachable to raft). etcd's stream writer buffers 4096 messages
