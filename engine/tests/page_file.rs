@@ -758,3 +758,56 @@ proptest! {
         }
     }
 }
+
+/// The active segment lets go of the pages it appended to every
+/// `PAGE_RESIDENT_APPEND_BYTES` (`madvise(MADV_DONTNEED)` on a shared file mapping): the
+/// records stay readable, the checkpoint record written into a slot reserved before
+/// the release lands, and a reopen at that checkpoint finds every record it covers —
+/// the dirty pages went to the page cache and the checkpoint's sync wrote them.
+#[test]
+fn records_on_released_pages_read_back_and_reopen() {
+    const LARGE: PageOptions = PageOptions {
+        segment_bytes: 64 * 1024 * 1024,
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let released = rivet_engine::limits::PAGE_RESIDENT_APPEND_BYTES;
+    // ~600 bytes a record on average: ~15 MB (three releases and more) before the
+    // checkpoint begins, ~10 MB while it is in the making.
+    let all = records(10 * released / 1024, 11);
+    let (before, during) = all.split_at(all.len() * 3 / 5);
+    let (mut page_file, _) = PageFile::open(dir.path(), LARGE, 0, |_, _| {}).expect("open");
+    let ptrs_before = append_all(&mut page_file, before);
+    let records_job = page_file
+        .checkpoint_begin(&checkpoint(40))
+        .expect("begin 40");
+    let ptrs_during = append_all(&mut page_file, during);
+    assert_eq!(
+        ptrs_during.last().expect("appended").segment(),
+        ptrs_before[0].segment(),
+        "one segment: the appends are released, not rolled over"
+    );
+    let records_synced = records_job.run_blocking();
+    let record_job = page_file
+        .checkpoint_write(&checkpoint(40), records_synced)
+        .expect("write 40");
+    let record_synced = record_job.run_blocking();
+    page_file
+        .checkpoint_end(&checkpoint(40), record_synced)
+        .expect("end 40");
+    assert_reads(&page_file, &ptrs_before, before);
+    assert_reads(&page_file, &ptrs_during, during);
+    drop(page_file);
+    let mut loaded = Vec::new();
+    let (page_file, found) = PageFile::open(dir.path(), LARGE, 40, |ptr, view| {
+        loaded.push((ptr, Owned::from_view(view)));
+    })
+    .expect("reopen at 40");
+    assert_eq!(found, Some(checkpoint(40)));
+    let expected: Loaded = ptrs_before
+        .iter()
+        .copied()
+        .zip(before.iter().cloned())
+        .collect();
+    assert_eq!(loaded, expected);
+    assert_reads(&page_file, &ptrs_before, before);
+}

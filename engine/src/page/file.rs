@@ -234,6 +234,9 @@ pub(super) struct ActiveSegment {
     pub(super) write_offset: usize,
     /// Bytes before this offset are durable.
     pub(super) synced_offset: usize,
+    /// Pages before this offset were let go of by this mapping (see
+    /// [`crate::limits::PAGE_RESIDENT_APPEND_BYTES`]).
+    pub(super) released_offset: usize,
     pub(super) stats: SegmentStats,
 }
 
@@ -265,6 +268,36 @@ impl SegmentView {
     #[must_use]
     pub fn bytes(&self) -> &[u8] {
         self.map.get(..self.data_end).unwrap_or_default()
+    }
+}
+
+impl ActiveSegment {
+    /// Unmaps the whole pages written so far from this process (they stay in the page
+    /// cache, dirty ones included: a shared file mapping hands its dirty bits to the page
+    /// cache when unmapped, so the next sync writes them as before). A later read or
+    /// write of those bytes maps the cached page again.
+    fn release_written(&mut self) {
+        const PAGE: usize = 4096;
+        let end = self.write_offset / PAGE * PAGE;
+        if end <= self.released_offset {
+            return;
+        }
+        let start = self.released_offset;
+        // SAFETY: the mapping is a shared mapping of a file: MADV_DONTNEED only drops this
+        // process's page table entries, never the file's bytes, and no reference into
+        // the mapping is alive here (`&mut self`).
+        let released = unsafe {
+            self.map
+                .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start)
+        };
+        match released {
+            Ok(()) => self.released_offset = end,
+            Err(error) => {
+                // Only memory is at stake: try again at the next step.
+                self.released_offset = self.write_offset;
+                tracing::debug!(path = %self.path.display(), %error, "madvise(DONTNEED) failed");
+            }
+        }
     }
 }
 
@@ -325,6 +358,7 @@ pub(super) fn create_segment(
         map,
         write_offset: SEGMENT_HEADER_BYTES,
         synced_offset: 0,
+        released_offset: 0,
         stats: SegmentStats::default(),
     })
 }
@@ -416,6 +450,11 @@ impl PageFile {
         );
         // `reserve` checked that the aligned end fits the segment.
         self.active.write_offset = align_record(end).unwrap_or(end);
+        if self.active.write_offset - self.active.released_offset
+            >= crate::limits::PAGE_RESIDENT_APPEND_BYTES
+        {
+            self.active.release_written();
+        }
         let padded = (self.active.write_offset - offset) as u64;
         let stats = &mut self.active.stats;
         stats.key_bytes += padded;

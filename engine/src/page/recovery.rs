@@ -601,6 +601,7 @@ impl PageFile {
             map,
             write_offset: last.data_end,
             synced_offset: last.data_end,
+            released_offset: 0,
             stats: last.stats,
         };
         let mut sealed = BTreeMap::new();
