@@ -323,3 +323,70 @@ fn a_member_behind_in_term_still_completes_an_election() {
     );
     cluster.wait_converged();
 }
+
+/// Puts `count` keys `{prefix}{i:05}` through `endpoint`, 64 at a time.
+fn put_many(endpoint: &str, prefix: &str, count: usize) {
+    use futures::StreamExt;
+    runtime().block_on(async {
+        let kv = KvClient::new(grpc_channel(endpoint).await);
+        let puts = futures::stream::iter(0..count).map(|i| {
+            let mut kv = kv.clone();
+            async move {
+                kv.put(PutRequest {
+                    key: format!("{prefix}{i:05}").into_bytes().into(),
+                    value: vec![b'v'; 256].into(),
+                    ..Default::default()
+                })
+                .await
+            }
+        });
+        let answers: Vec<_> = puts.buffer_unordered(64).collect().await;
+        for answer in answers {
+            answer.expect("put");
+        }
+    });
+}
+
+/// The raft log in memory is let go behind what every follower has, but for a catch-up
+/// tail (`RAFT_LOG_KEPT_AFTER_CHECKPOINT` entries), long before a checkpoint (none here:
+/// `--snapshot-count` is the default 100,000). A follower that stops holds the release
+/// back: when it returns it catches up from the entries the leader kept for it, with no
+/// snapshot, even though the log had been released while every member was up.
+#[test]
+fn a_stopped_follower_catches_up_from_the_log_kept_for_it() {
+    let mut cluster = Cluster::start(3, &[]);
+    let leader = cluster.wait_for_leader(None);
+    let endpoint = cluster.members[leader].endpoint();
+    let tail = rivet_engine::limits::RAFT_LOG_KEPT_AFTER_CHECKPOINT as usize;
+    put_many(&endpoint, "up", 3 * tail);
+    let follower = (leader + 1) % 3;
+    cluster.members[follower].kill9();
+    put_many(&endpoint, "down", 3 * tail);
+    let initial = Cluster::initial(&cluster.members);
+    cluster.members[follower].start(&initial, "new", &[]);
+    let last = format!("down{:05}", 3 * tail - 1);
+    let returned = cluster.members[follower].endpoint();
+    wait_until("the follower caught up", Duration::from_secs(60), || {
+        etcdctl(
+            &returned,
+            &["get", &last, "--print-value-only", "--consistency", "s"],
+            None,
+        )
+        .stdout
+            == [vec![b'v'; 256], b"\n".to_vec()].concat()
+    });
+    cluster.wait_converged();
+    for member in &cluster.members {
+        let snapshots: Vec<String> = member
+            .log_text()
+            .lines()
+            .filter(|l| l.contains("sending a snapshot") || l.contains("installed a snapshot"))
+            .map(str::to_string)
+            .collect();
+        assert!(
+            snapshots.is_empty(),
+            "{}: {snapshots:#?}",
+            member.endpoint()
+        );
+    }
+}

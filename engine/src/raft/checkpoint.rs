@@ -156,6 +156,40 @@ pub fn log_kept_from(index: u64, kept_after_checkpoint: u64) -> u64 {
 }
 
 impl RaftCore {
+    /// Lets the raft log in memory go before what every member has, but for the catch-up
+    /// tail. The log is durable in the WAL until the next checkpoint; the copy in memory
+    /// serves only the appends to followers, and a follower that has an entry never needs
+    /// it again (one that falls further behind than the tail gets a snapshot, exported at
+    /// the applied index). Without this the memory held every entry since the last
+    /// checkpoint: ~35 MB at 100,000 puts of 256 bytes (2026-12-07), on each member.
+    ///
+    /// On a leader the bound is the lowest index a follower matched (a member that is down
+    /// or new holds the log back until the next checkpoint, as before); on a follower it is
+    /// the applied index. Released in steps of the tail, so that the drain of raft-rs's
+    /// entry vector moves a tail's worth of entries per tail's worth appended.
+    pub(super) fn release_replicated_log(&mut self) {
+        let kept = self.config.tuning.log_entries_kept_after_checkpoint.max(1);
+        let raft = &self.node.raft;
+        // raft-rs's `MemStorage::snapshot` reads the term at the stored commit index.
+        let stored_commit = self.node.store().rl().hard_state().commit;
+        let mut bound = self
+            .applied_index
+            .min(raft.raft_log.applied)
+            .min(stored_commit);
+        if raft.state == raft::StateRole::Leader {
+            for (id, progress) in raft.prs().iter() {
+                if *id != raft.id {
+                    bound = bound.min(progress.matched);
+                }
+            }
+        }
+        let keep_from = bound.saturating_sub(kept);
+        let first = raft::Storage::first_index(self.node.store()).unwrap_or(1);
+        if keep_from >= first.saturating_add(kept) {
+            let _ = self.node.mut_store().wl().compact(keep_from);
+        }
+    }
+
     /// Starts a checkpoint when one is due; records one every shard confirmed.
     pub(super) async fn maybe_checkpoint(&mut self) {
         self.checkpoints.answer_idle_seals(self.applied_index);

@@ -430,6 +430,7 @@ impl RaftCore {
         let committed = light.take_committed_entries();
         self.apply_entries(committed).await?;
         self.node.advance_apply();
+        self.release_replicated_log();
         self.shared
             .term
             .store(self.node.raft.term, Ordering::Release);
