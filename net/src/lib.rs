@@ -3,7 +3,6 @@
 
 pub mod access;
 pub mod auth;
-pub mod authority;
 pub mod config;
 pub mod corrupt;
 pub mod discovery;

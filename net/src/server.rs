@@ -32,7 +32,7 @@ use rivet_engine::{layout, limits};
 use rivet_wal::Wal;
 
 use crate::config::{bootstrap, listen_addresses, url_list, Flags};
-use crate::glommio_hyper::{GlommioExecutor, GlommioIo, GlommioTimer};
+use crate::glommio_hyper::{GlommioExecutor, GlommioIo};
 use crate::http::ClientService;
 use crate::peer::{PeerConfig, PeerTransport};
 use crate::peer_link::{peer_address, QuicLink};
@@ -798,12 +798,11 @@ async fn accept_loop(
         let _ = stream.set_nodelay(true);
         let service = service.clone();
         let queue = glommio::executor().current_task_queue();
-        let settings = Arc::clone(&settings);
         let tls = tls.clone();
         let h2 = Rc::clone(&h2);
         let connection = async move {
             match tls {
-                None => serve_connection(stream, service, &settings, None, h2).await,
+                None => serve_connection(stream, service, None, h2).await,
                 Some(tls) => {
                     let Some((stream, identity)) = crate::listeners::handshake(&tls, stream).await
                     else {
@@ -813,7 +812,7 @@ async fn accept_loop(
                         secure: true,
                         ..service
                     };
-                    serve_connection(stream, service, &settings, identity, h2).await
+                    serve_connection(stream, service, identity, h2).await
                 }
             }
         };
@@ -833,7 +832,6 @@ async fn accept_loop(
 async fn serve_connection<S>(
     mut socket: S,
     service: ClientService,
-    settings: &ClientSettings,
     identity: Option<ClientIdentity>,
     h2: Rc<crate::h2::Server>,
 ) where
@@ -865,16 +863,7 @@ async fn serve_connection<S>(
         request
     });
     let service = TowerToHyperService::new(service);
-    let mut builder = auto::Builder::new(GlommioExecutor);
-    // etcd's default is math.MaxUint32: proxies multiplex many (etcd lesson 34).
-    let mut http2 = builder.http2();
-    http2.max_concurrent_streams(settings.max_concurrent_streams);
-    if !settings.keepalive_interval.is_zero() && !settings.keepalive_timeout.is_zero() {
-        http2
-            .timer(GlommioTimer)
-            .keep_alive_interval(settings.keepalive_interval)
-            .keep_alive_timeout(settings.keepalive_timeout);
-    }
+    let builder = auto::Builder::new(GlommioExecutor);
     if let Err(e) = builder.serve_connection(io, service).await {
         tracing::debug!("client connection ended: {e}");
     }
