@@ -699,7 +699,7 @@ impl<T> Conn<T> {
                 Err(FRAME_SIZE_ERROR)
             };
         }
-        if payload.len() % 6 != 0 {
+        if !payload.len().is_multiple_of(6) {
             return Err(FRAME_SIZE_ERROR);
         }
         for setting in payload.chunks_exact(6) {
