@@ -470,7 +470,8 @@ impl<T> Conn<T> {
                 let status = connection_error(code);
                 self.fail(&status);
                 put_frame_header(&mut self.out, 8, GOAWAY, 0, 0);
-                self.out.put_u32(self.next_id.saturating_sub(2));
+                // The last stream the peer started that this side processed: none (no push).
+                self.out.put_u32(0);
                 self.out.put_u32(code);
                 Err(status)
             }
