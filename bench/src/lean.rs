@@ -1,14 +1,18 @@
 //! The lean client of the unary KV workloads (put, range, txn-put, txn-mixed) over plain
-//! HTTP/2: gRPC framed by hand on the `h2` crate, so that rivet-bench's own CPU per request
-//! stays far below the servers' (tonic's channel, tower buffer, hyper body, a tokio task
-//! and a histogram per client cost 35–50 µs per request on a 2-core VM; this path 8–9 µs
-//! against rivet: perf-reports/2026-12-07-bench-client.md).
+//! HTTP/2: gRPC on a minimal HTTP/2 client of its own ([`crate::h2c`]), so that
+//! rivet-bench's own CPU per request stays far below the servers' (tonic's channel, tower
+//! buffer, hyper body, a tokio task and a histogram per client cost 35–50 µs per request
+//! on a 2-core VM; the `h2` crate's connection 7–11 µs against etcd, whose answers come
+//! one or two per read).
 //!
 //! - Requests are encoded once per workload (range, txn-mixed's read) or into a reused
 //!   buffer from an encoded template whose key bytes are rewritten (put).
-//! - One task per connection drives the connection and all its clients' streams; the
-//!   tasks run on one or two current-thread runtimes (threads), one per CPU rivet-bench may
-//!   run on, at most two.
+//! - One task per connection owns its socket and its clients: it writes every pending
+//!   request in one write, reads, parses all whole frames, records the calls that ended
+//!   and encodes their clients' next requests, and again. Clients are not futures; a
+//!   rate-limited one whose slot is to come waits in the connection's queue. The tasks run
+//!   on one or two current-thread runtimes (threads), one per CPU rivet-bench may run on,
+//!   at most two.
 //! - A unary call is HEADERS + DATA (the 5-byte gRPC prefix and the protobuf); the answer
 //!   DATA and trailers. A `grpc-status` other than 0 (in the trailers, or in the headers of
 //!   a trailers-only answer) is the call's error with its code and message, as tonic reports
@@ -19,33 +23,30 @@
 //! TLS (`--cacert`, https endpoints), leases and watch stay on tonic ([`crate::workloads`]).
 
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
-use h2::client::SendRequest;
-use http::header::{HeaderName, HeaderValue, CONTENT_TYPE, TE};
-use http::{HeaderMap, Method, Request, StatusCode, Uri};
+use http::header::HeaderValue;
+use http::{HeaderMap, StatusCode, Uri};
 use prost::Message;
 use rivet_api::etcdserverpb::{
     request_op, PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp, TxnRequest,
     TxnResponse,
 };
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::{Code, Status};
 
 use crate::cli::{PutArgs, TxnMixedArgs, TxnPutArgs};
+use crate::h2c::{Conn, FRAME_HEADER_BYTES};
 use crate::report::{record, Phase};
 use crate::timeline::Recorder;
 use crate::workloads::put_op;
-
-/// HTTP/2 flow-control windows the client grants: large enough that a connection's clients
-/// never wait for a WINDOW_UPDATE of ours (range answers can be large).
-const STREAM_WINDOW: u32 = 4 << 20;
-const CONNECTION_WINDOW: u32 = 16 << 20;
 
 /// The three methods of the KV service the lean path calls.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,7 +56,7 @@ pub enum Method3 {
     Txn = 2,
 }
 
-const PATHS: [&str; 3] = [
+pub(crate) const PATHS: [&str; 3] = [
     "/etcdserverpb.KV/Put",
     "/etcdserverpb.KV/Range",
     "/etcdserverpb.KV/Txn",
@@ -179,24 +180,6 @@ impl Source {
         }
     }
 
-    /// The size of the longest request this source makes (a gRPC frame).
-    pub fn longest_body(&self) -> usize {
-        match self {
-            Source::Fixed { body, .. } => body.len(),
-            Source::Put { template, .. } => template.len(),
-            Source::TxnPut { args, value, .. } => {
-                let op = put_op(Bytes::from(vec![0; args.key_size.max(1)]), value.clone());
-                5 + (op.encoded_len() + 4) * args.txn_ops.max(1) as usize
-            }
-            Source::TxnMixed {
-                args, read, value, ..
-            } => {
-                let op = put_op(Bytes::from(vec![0; args.key_size.max(1)]), value.clone());
-                read.len().max(5 + op.encoded_len() + 4)
-            }
-        }
-    }
-
     /// Request number `n`.
     fn next(&mut self, n: u64) -> Call {
         match self {
@@ -218,8 +201,8 @@ impl Source {
                 } else {
                     rand::random::<u64>() % *space
                 };
-                // The buffer's memory is reused once h2 has written (and dropped) the
-                // previous request.
+                // The buffer's memory is reused once the connection has copied (and
+                // dropped) the previous request.
                 buf.reserve(template.len());
                 buf.extend_from_slice(template);
                 write_key(k, &mut buf[*key_at..*key_at + *key_len]);
@@ -287,48 +270,9 @@ impl Source {
     }
 }
 
-/// The request line and headers of every call on one connection.
-struct Head {
-    uris: [Uri; 3],
-    headers: HeaderMap,
-}
-
-impl Head {
-    fn new(endpoint: &str, token: Option<&str>) -> anyhow::Result<Head> {
-        let authority = endpoint.strip_prefix("http://").unwrap_or(endpoint);
-        let authority = authority.trim_end_matches('/');
-        let uri = |path: &str| -> anyhow::Result<Uri> {
-            format!("http://{authority}{path}")
-                .parse()
-                .with_context(|| format!("endpoint {endpoint:?}"))
-        };
-        let mut headers = HeaderMap::new();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
-        headers.insert(TE, HeaderValue::from_static("trailers"));
-        if let Some(token) = token {
-            headers.insert(
-                HeaderName::from_static("token"),
-                HeaderValue::from_str(token).context("the token is not a header value")?,
-            );
-        }
-        Ok(Head {
-            uris: [uri(PATHS[0])?, uri(PATHS[1])?, uri(PATHS[2])?],
-            headers,
-        })
-    }
-
-    fn request(&self, method: Method3) -> Request<()> {
-        let mut request = Request::new(());
-        *request.method_mut() = Method::POST;
-        *request.uri_mut() = self.uris[method as usize].clone();
-        *request.headers_mut() = self.headers.clone();
-        request
-    }
-}
-
 /// The error of a call: its gRPC status from `headers` (trailers, or the headers of a
 /// trailers-only answer); `None` for status 0.
-fn status_of(headers: &HeaderMap) -> Option<Result<(), Status>> {
+pub(crate) fn status_of(headers: &HeaderMap) -> Option<Result<(), Status>> {
     let code = headers.get("grpc-status")?;
     if code.as_bytes() == b"0" {
         return Some(Ok(()));
@@ -339,7 +283,7 @@ fn status_of(headers: &HeaderMap) -> Option<Result<(), Status>> {
 }
 
 /// The gRPC code of an answer without `grpc-status` (gRPC's HTTP-to-gRPC status mapping).
-fn status_of_http(status: StatusCode) -> Status {
+pub(crate) fn status_of_http(status: StatusCode) -> Status {
     let code = match status {
         StatusCode::BAD_REQUEST => Code::Internal,
         StatusCode::UNAUTHORIZED => Code::Unauthenticated,
@@ -355,62 +299,6 @@ fn status_of_http(status: StatusCode) -> Status {
         _ => Code::Unknown,
     };
     Status::new(code, format!("HTTP status {status} without grpc-status"))
-}
-
-fn status_of_h2(error: h2::Error) -> Status {
-    // tonic's own mapping of HTTP/2 errors (RST_STREAM reasons, GOAWAY, I/O).
-    Status::from_error(Box::new(error))
-}
-
-/// One unary call: `body` to `method`, the answer decoded as its message type.
-async fn unary(
-    send: &mut SendRequest<Bytes>,
-    head: &Head,
-    method: Method3,
-    body: Bytes,
-) -> Result<(), Status> {
-    futures::future::poll_fn(|cx| send.poll_ready(cx))
-        .await
-        .map_err(status_of_h2)?;
-    let (response, mut stream) = send
-        .send_request(head.request(method), false)
-        .map_err(status_of_h2)?;
-    stream.send_data(body, true).map_err(status_of_h2)?;
-    let response = response.await.map_err(status_of_h2)?;
-    if let Some(status) = status_of(response.headers()) {
-        // Trailers-only: the status is in the headers.
-        return match status {
-            Ok(()) => Err(Status::internal("the answer has no message")),
-            Err(status) => Err(status),
-        };
-    }
-    let http_status = response.status();
-    let mut body = response.into_body();
-    let mut message: Option<Bytes> = None;
-    let mut more = BytesMut::new();
-    while let Some(chunk) = body.data().await {
-        let chunk = chunk.map_err(status_of_h2)?;
-        let _ = body.flow_control().release_capacity(chunk.len());
-        match message.take() {
-            None if more.is_empty() => message = Some(chunk),
-            None => more.extend_from_slice(&chunk),
-            Some(first) => {
-                more.extend_from_slice(&first);
-                more.extend_from_slice(&chunk);
-            }
-        }
-    }
-    let trailers = body.trailers().await.map_err(status_of_h2)?;
-    match trailers.as_ref().and_then(status_of) {
-        Some(Ok(())) => {}
-        Some(Err(status)) => return Err(status),
-        None => return Err(status_of_http(http_status)),
-    }
-    if http_status != StatusCode::OK {
-        return Err(status_of_http(http_status));
-    }
-    let message = message.unwrap_or_else(|| more.freeze());
-    decode(method, message)
 }
 
 /// Checks the gRPC frame and decodes its message as `method`'s answer: bytes from the
@@ -459,6 +347,36 @@ impl Tally {
             timeline: Recorder::new(start, interval),
         }
     }
+
+    /// A call of class `class` that ended at `end` after `latency`.
+    fn record(
+        &mut self,
+        class: usize,
+        end: Instant,
+        latency: Duration,
+        result: Result<(), Status>,
+    ) {
+        let last = self.classes.len().saturating_sub(1);
+        let class = self.classes.get_mut(class.min(last));
+        match result {
+            Ok(()) => {
+                record(&mut self.main.histogram, latency);
+                self.timeline.record(end, latency);
+                if let Some(class) = class {
+                    record(&mut class.histogram, latency);
+                }
+            }
+            Err(e) => {
+                self.main.errors += 1;
+                self.timeline.error(end);
+                if let Some(class) = class {
+                    class.errors += 1;
+                }
+                self.first_error
+                    .get_or_insert_with(|| crate::workloads::format_status(&e));
+            }
+        }
+    }
 }
 
 /// What every client shares: the request counter, pacing and the progress counter.
@@ -471,203 +389,242 @@ pub struct Shared {
     pub interval: Duration,
 }
 
-/// Bodies this long and longer are written by h2 straight from their buffer with the
-/// frame before them (one `writev` per body); shorter ones it copies into its write
-/// buffer when the socket does not take vectored writes, so the requests that clients
-/// send in one turn of the connection go out in one `write` (h2's chain thresholds: 256
-/// bytes with vectored writes, 1024 without). On loopback a write also runs the receiver's
-/// TCP input, so writes per request are most of the client's CPU per request.
-pub const COPIED_BODY_MAX: usize = 1023;
+/// Bytes read at a time: several answers, and always room for a whole frame after the
+/// part of one a read left ([`crate::h2c::FRAME_BYTES_DEFAULT`]).
+const READ_BYTES: usize = 64 << 10;
+const _: () = assert!(READ_BYTES >= 2 * (FRAME_HEADER_BYTES + crate::h2c::FRAME_BYTES_DEFAULT));
 
-/// The TCP stream, offering vectored writes to h2 only for long bodies.
-struct Socket {
-    tcp: tokio::net::TcpStream,
-    vectored: bool,
+/// A call on the wire: its client, class and start.
+struct InFlight {
+    client: usize,
+    class: usize,
+    begin: Instant,
 }
 
-impl tokio::io::AsyncRead for Socket {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.tcp).poll_read(cx, buf)
-    }
-}
-
-impl tokio::io::AsyncWrite for Socket {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.tcp).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.tcp).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.vectored
-    }
-
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.tcp).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.tcp).poll_shutdown(cx)
-    }
-}
-
-/// A connection made but not yet driven.
+/// A connection made but not yet driven: the socket, with the preface and settings sent.
 pub struct Connection {
-    send: SendRequest<Bytes>,
-    connection: h2::client::Connection<Socket, Bytes>,
-    head: Head,
+    tcp: tokio::net::TcpStream,
+    conn: Conn<InFlight>,
 }
 
 /// Connects to `endpoint` (`host:port` or `http://host:port`) over plain HTTP/2; `token`
-/// goes with every request; `longest_body` is the size of the workload's largest request
-/// (see [`COPIED_BODY_MAX`]). Runs on the runtime that will drive the connection.
-pub async fn connect(
-    endpoint: &str,
-    token: Option<&str>,
-    longest_body: usize,
-) -> anyhow::Result<Connection> {
-    let head = Head::new(endpoint, token)?;
-    let authority = head.uris[0]
+/// goes with every request. Runs on the runtime that will drive the connection.
+pub async fn connect(endpoint: &str, token: Option<&str>) -> anyhow::Result<Connection> {
+    let authority = endpoint.strip_prefix("http://").unwrap_or(endpoint);
+    let authority = authority.trim_end_matches('/');
+    let uri: Uri = format!("http://{authority}/")
+        .parse()
+        .with_context(|| format!("endpoint {endpoint:?}"))?;
+    let authority = uri
         .authority()
         .context("endpoint without host:port")?
         .as_str()
         .to_string();
-    let tcp = tokio::time::timeout(
-        std::time::Duration::from_secs(5),
+    if let Some(token) = token {
+        HeaderValue::from_str(token).context("the token is not a header value")?;
+    }
+    let mut tcp = tokio::time::timeout(
+        Duration::from_secs(5),
         tokio::net::TcpStream::connect(&authority),
     )
     .await
     .with_context(|| format!("connecting to http://{authority}: timed out"))?
     .with_context(|| format!("connecting to http://{authority}"))?;
     tcp.set_nodelay(true)?;
-    let socket = Socket {
-        tcp,
-        vectored: longest_body > COPIED_BODY_MAX,
-    };
-    let (send, connection) = h2::client::Builder::new()
-        .initial_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW)
-        .handshake(socket)
+    let mut conn = Conn::new(&authority, token);
+    tcp.write_all(&conn.out)
         .await
         .with_context(|| format!("HTTP/2 handshake with http://{authority}"))?;
-    Ok(Connection {
-        send,
-        connection,
-        head,
-    })
+    conn.out.clear();
+    Ok(Connection { tcp, conn })
+}
+
+/// The status of an I/O error on a connection (as tonic words h2's).
+fn io_status(error: &std::io::Error) -> Status {
+    Status::new(Code::Unknown, format!("h2 protocol error: {error}"))
+}
+
+/// The clients of one connection: each has one call at a time.
+struct Clients<'a> {
+    sources: Vec<Source>,
+    shared: &'a Shared,
+    tally: &'a RefCell<Tally>,
+    /// Rate-limited clients waiting for their slot, in slot order (the limiter hands out
+    /// increasing slots): slot, client, request number.
+    delayed: VecDeque<(Instant, usize, u64)>,
+    /// Finished calls being recorded (a reused buffer).
+    batch: Vec<(InFlight, Result<(), Status>)>,
+}
+
+impl Clients<'_> {
+    /// Client `client`'s next request, if the run has more and the connection takes calls:
+    /// started on `conn` at once, or when the rate limiter's slot comes.
+    fn issue(&mut self, client: usize, conn: &mut Conn<InFlight>) {
+        if conn.is_closed() {
+            return;
+        }
+        let n = self.shared.issued.fetch_add(1, Ordering::Relaxed);
+        if n >= self.shared.total {
+            return;
+        }
+        if let Some(limiter) = &self.shared.limiter {
+            let slot = limiter.reserve();
+            if slot > Instant::now() {
+                self.delayed.push_back((slot, client, n));
+                return;
+            }
+        }
+        self.start(client, n, conn);
+    }
+
+    fn start(&mut self, client: usize, n: u64, conn: &mut Conn<InFlight>) {
+        let Some(source) = self.sources.get_mut(client) else {
+            return;
+        };
+        let call = source.next(n);
+        let begin = Instant::now();
+        let tag = InFlight {
+            client,
+            class: call.class,
+            begin,
+        };
+        conn.start(tag, call.method, call.body);
+    }
+
+    /// Starts the delayed requests whose slot has come.
+    fn start_due(&mut self, conn: &mut Conn<InFlight>) {
+        let now = Instant::now();
+        while let Some(&(slot, client, n)) = self.delayed.front() {
+            if slot > now {
+                break;
+            }
+            self.delayed.pop_front();
+            self.start(client, n, conn);
+        }
+    }
+
+    /// Records the finished calls and issues their clients' next requests, until no call
+    /// finishes at once (a closed connection fails them as they start).
+    fn settle(&mut self, conn: &mut Conn<InFlight>) {
+        loop {
+            std::mem::swap(&mut self.batch, &mut conn.completed);
+            if self.batch.is_empty() {
+                return;
+            }
+            let end = Instant::now();
+            let mut batch = std::mem::take(&mut self.batch);
+            for (call, result) in batch.drain(..) {
+                let latency = end.saturating_duration_since(call.begin);
+                self.tally
+                    .borrow_mut()
+                    .record(call.class, end, latency, result);
+                self.shared.done.fetch_add(1, Ordering::Relaxed);
+                self.issue(call.client, conn);
+            }
+            self.batch = batch;
+        }
+    }
 }
 
 /// Drives `connection` and its clients (one [`Source`] each) until `shared.total`
-/// requests are issued; each client sends its next request when the previous one returns.
+/// requests are issued and answered; each client sends its next request when the previous
+/// one returns. Each turn writes everything pending in one write, then reads once.
 async fn drive(
     connection: Connection,
     sources: Vec<Source>,
     shared: &Shared,
     tally: &RefCell<Tally>,
 ) {
-    let Connection {
-        send,
-        mut connection,
-        head,
-    } = connection;
-    let mut clients: FuturesUnordered<_> = sources
-        .into_iter()
-        .map(|source| client(send.clone(), source, &head, shared, tally))
-        .collect();
-    drop(send);
-    let mut connected = true;
-    loop {
-        tokio::select! {
-            biased;
-            result = &mut connection, if connected => {
-                connected = false;
-                if let Err(e) = result {
-                    let status = status_of_h2(e);
-                    tally
-                        .borrow_mut()
-                        .first_error
-                        .get_or_insert_with(|| crate::workloads::format_status(&status));
-                }
-            }
-            next = clients.next() => if next.is_none() { break },
-        }
+    let Connection { mut tcp, mut conn } = connection;
+    let mut clients = Clients {
+        sources,
+        shared,
+        tally,
+        delayed: VecDeque::new(),
+        batch: Vec::new(),
+    };
+    for client in 0..clients.sources.len() {
+        clients.issue(client, &mut conn);
     }
-}
-
-async fn client(
-    mut send: SendRequest<Bytes>,
-    mut source: Source,
-    head: &Head,
-    shared: &Shared,
-    tally: &RefCell<Tally>,
-) {
-    loop {
-        let n = shared.issued.fetch_add(1, Ordering::Relaxed);
-        if n >= shared.total {
-            break;
-        }
-        if let Some(limiter) = &shared.limiter {
-            limiter.wait().await;
-        }
-        let call = source.next(n);
-        let begin = Instant::now();
-        let result = unary(&mut send, head, call.method, call.body).await;
-        let end = Instant::now();
-        let latency = end.saturating_duration_since(begin);
-        {
-            let mut tally = tally.borrow_mut();
-            let tally = &mut *tally;
-            let last = tally.classes.len().saturating_sub(1);
-            let class = tally.classes.get_mut(call.class.min(last));
-            match result {
-                Ok(()) => {
-                    record(&mut tally.main.histogram, latency);
-                    tally.timeline.record(end, latency);
-                    if let Some(class) = class {
-                        record(&mut class.histogram, latency);
-                    }
-                }
+    clients.settle(&mut conn);
+    let mut input = vec![0u8; READ_BYTES];
+    let mut filled = 0;
+    let (mut reader, writer) = tcp.split();
+    let failure = loop {
+        let mut written = Ok(());
+        while !conn.out.is_empty() {
+            match writer.try_write(&conn.out) {
+                Ok(n) => conn.out.advance(n),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(e) => {
-                    tally.main.errors += 1;
-                    tally.timeline.error(end);
-                    if let Some(class) = class {
-                        class.errors += 1;
-                    }
-                    tally
-                        .first_error
-                        .get_or_insert_with(|| crate::workloads::format_status(&e));
+                    written = Err(e);
+                    break;
                 }
             }
         }
-        shared.done.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = written {
+            break Some(io_status(&e));
+        }
+        if conn.in_flight() == 0 && clients.delayed.is_empty() {
+            // Every request issued is answered (or the connection closed gracefully).
+            break None;
+        }
+        let Some(space) = input.get_mut(filled..) else {
+            break Some(Status::internal("the read buffer is full"));
+        };
+        let read = if conn.out.is_empty() && clients.delayed.is_empty() {
+            Some(reader.read(space).await)
+        } else {
+            let slot = clients.delayed.front().map(|d| d.0);
+            let sleep = tokio::time::sleep_until(slot.unwrap_or_else(Instant::now).into());
+            tokio::select! {
+                biased;
+                read = reader.read(space) => Some(read),
+                _ = writer.writable(), if !conn.out.is_empty() => None,
+                () = sleep, if slot.is_some() => None,
+            }
+        };
+        match read {
+            None => {}
+            Some(Ok(0)) => break Some(Status::unavailable("the server closed the connection")),
+            Some(Ok(n)) => {
+                filled += n;
+                match conn.receive(&input[..filled]) {
+                    Ok(used) => {
+                        input.copy_within(used..filled, 0);
+                        filled -= used;
+                    }
+                    Err(status) => {
+                        // Tell the server why (best effort): the GOAWAY is in `out`.
+                        let _ = writer.try_write(&conn.out);
+                        break Some(status);
+                    }
+                }
+            }
+            Some(Err(e)) => break Some(io_status(&e)),
+        }
+        clients.start_due(&mut conn);
+        clients.settle(&mut conn);
+    };
+    if let Some(status) = &failure {
+        conn.fail(status);
+    }
+    // Requests issued and waiting for their slot fail with the connection.
+    while let Some((_, client, n)) = clients.delayed.pop_front() {
+        clients.start(client, n, &mut conn);
+    }
+    clients.settle(&mut conn);
+    if let Some(status) = failure.or_else(|| conn.error()) {
+        tally
+            .borrow_mut()
+            .first_error
+            .get_or_insert_with(|| crate::workloads::format_status(&status));
     }
 }
 
 /// One connection of a run: its endpoint, auth token and clients.
 pub struct Planned {
     pub endpoint: String,
-    /// The size of the largest request its clients send (a gRPC frame).
-    pub longest_body: usize,
     pub token: Option<String>,
     pub sources: Vec<Source>,
 }
@@ -713,13 +670,7 @@ pub async fn run(
                     let mut connections = Vec::with_capacity(share.len());
                     let mut sources = Vec::with_capacity(share.len());
                     for planned in share {
-                        match connect(
-                            &planned.endpoint,
-                            planned.token.as_deref(),
-                            planned.longest_body,
-                        )
-                        .await
-                        {
+                        match connect(&planned.endpoint, planned.token.as_deref()).await {
                             Ok(c) => connections.push(c),
                             Err(e) => {
                                 let message = format!("{e:#}");

@@ -5,6 +5,7 @@
 pub mod cli;
 pub mod compare;
 pub mod cpus;
+pub mod h2c;
 pub mod hgrm;
 pub mod lean;
 pub mod memory;

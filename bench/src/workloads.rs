@@ -229,13 +229,15 @@ impl Limiter {
     }
 
     pub async fn wait(&self) {
-        let slot = {
-            let mut next = self.next.lock().expect("limiter lock");
-            let slot = (*next).max(Instant::now());
-            *next = slot + self.interval;
-            slot
-        };
-        tokio::time::sleep_until(slot.into()).await;
+        tokio::time::sleep_until(self.reserve().into()).await;
+    }
+
+    /// The next free slot, taken: when its request may go (now or later).
+    pub fn reserve(&self) -> Instant {
+        let mut next = self.next.lock().expect("limiter lock");
+        let slot = (*next).max(Instant::now());
+        *next = slot + self.interval;
+        slot
     }
 }
 
@@ -738,7 +740,6 @@ async fn run_lean(args: &Args, endpoints: Vec<String>) -> anyhow::Result<Outcome
         };
         planned.push(Planned {
             endpoint,
-            longest_body: 0,
             token,
             sources: Vec::new(),
         });
@@ -746,7 +747,6 @@ async fn run_lean(args: &Args, endpoints: Vec<String>) -> anyhow::Result<Outcome
     for i in 0..clients {
         let source = make()?;
         let planned = &mut planned[i % conns];
-        planned.longest_body = planned.longest_body.max(source.longest_body());
         planned.sources.push(source);
     }
     drop(make);

@@ -311,12 +311,8 @@ pub const H2_OUT_MAX: usize = 1 << 20;
 /// large message: tonic reads it as it comes). Below the gRPC decode limit
 /// (`--max-request-bytes` + 512 KiB), so the fast path never accepts what tonic refuses.
 pub const H2_FAST_BYTES_MAX: usize = 256 * 1024;
-/// Huffman strings longer than this are not kept in a core's cache of decoded strings
-/// (clients repeat short ones: `:path`, metadata).
-pub const H2_HUFFMAN_SEEN_BYTES_MAX: usize = 256;
-/// The cache of decoded Huffman strings is emptied when it holds this many: at most
-/// 1024 × 256 B per core.
-pub const H2_HUFFMAN_SEEN_MAX: usize = 1024;
+// The limits of the HPACK decoder's cache of Huffman strings live with it, in
+// `hpack/src/lib.rs` (rivet-hpack: shared with rivet-bench, which has no engine).
 
 const _: () = assert!(SEGMENT_BYTES_DEFAULT % SEGMENT_ALIGNMENT_BYTES == 0);
 const _: () = assert!(GC_DEAD_PERCENT_MIN > 0 && GC_DEAD_PERCENT_MIN <= 100);

@@ -15,7 +15,7 @@
 //!
 //! HTTP/1.1 connections still go to hyper (`crate::server` looks at the first bytes).
 
-pub mod hpack;
+pub use rivet_hpack as hpack;
 pub mod proto;
 
 mod fast;

@@ -1,11 +1,24 @@
-//! HPACK (RFC 7541) for the client HTTP/2 server: a decoder with the dynamic table and
+//! HPACK (RFC 7541) for rivet's client HTTP/2 server (`rivet-net`, `net/src/h2`) and
+//! rivet-bench's HTTP/2 client (`bench/src/h2c.rs`): a decoder with the dynamic table and
 //! Huffman strings, and an encoder that indexes only the few fields every gRPC response
 //! repeats (`content-type: application/grpc`, `grpc-status: 0`).
+//!
+//! A crate of its own so that rivet-bench decodes with the same fuzzed decoder without
+//! depending on the server (glommio, QUIC, TLS…).
 
 use std::collections::VecDeque;
 
 use bytes::{BufMut, BytesMut};
-use rivet_engine::limits;
+
+/// The limits of this decoder, as `rivet_engine::limits` keeps the others.
+pub mod limits {
+    /// Huffman strings longer than this are not kept in a core's cache of decoded strings
+    /// (clients repeat short ones: `:path`, metadata).
+    pub const H2_HUFFMAN_SEEN_BYTES_MAX: usize = 256;
+    /// The cache of decoded Huffman strings is emptied when it holds this many: at most
+    /// 1024 × 256 B per core.
+    pub const H2_HUFFMAN_SEEN_MAX: usize = 1024;
+}
 
 /// The static table (RFC 7541 Appendix A); index 1 is the first entry.
 pub const STATIC: [(&str, &str); 61] = [
@@ -409,13 +422,18 @@ impl Encoder {
                 return;
             }
         }
-        let index = static_name(name);
-        write_integer(out, 0, 4, index);
-        if index == 0 {
-            write_string(out, name);
-        }
-        write_string(out, value);
+        literal(out, static_name(name), name, value);
     }
+}
+
+/// A literal field without indexing (§6.2.2): its name as `name_index` in the static table,
+/// or spelled out when `name_index` is 0; no Huffman, no table state for either side.
+pub fn literal(out: &mut BytesMut, name_index: usize, name: &[u8], value: &[u8]) {
+    write_integer(out, 0, 4, name_index);
+    if name_index == 0 {
+        write_string(out, name);
+    }
+    write_string(out, value);
 }
 
 /// The static table's index of a name (0: none).
