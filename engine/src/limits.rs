@@ -312,7 +312,7 @@ pub const H2_OUT_MAX: usize = 1 << 20;
 /// (`--max-request-bytes` + 512 KiB), so the fast path never accepts what tonic refuses.
 pub const H2_FAST_BYTES_MAX: usize = 256 * 1024;
 // The limits of the HPACK decoder's cache of Huffman strings live with it, in
-// `hpack/src/lib.rs` (rivet-hpack: shared with rivet-bench, which has no engine).
+// `net/hpack/src/lib.rs` (rivet-hpack: shared with rivet-bench, which has no engine).
 
 const _: () = assert!(SEGMENT_BYTES_DEFAULT % SEGMENT_ALIGNMENT_BYTES == 0);
 const _: () = assert!(GC_DEAD_PERCENT_MIN > 0 && GC_DEAD_PERCENT_MIN <= 100);

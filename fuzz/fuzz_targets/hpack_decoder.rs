@@ -1,4 +1,4 @@
-//! Feeds raw bytes to the client HTTP/2 server's HPACK decoder (`net/src/h2/hpack.rs`) as
+//! Feeds raw bytes to the client HTTP/2 server's HPACK decoder (`net/hpack/`, re-exported as `rivet_net::h2::hpack`) as
 //! successive header blocks of one connection, cut at a size taken from the input. It must
 //! never panic, and the dynamic table must stay within its limit.
 #![no_main]
