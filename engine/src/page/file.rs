@@ -277,7 +277,7 @@ impl ActiveSegment {
     /// cache when unmapped, so the next sync writes them as before). A later read or
     /// write of those bytes maps the cached page again.
     fn release_written(&mut self) {
-        const PAGE: usize = 4096;
+        const PAGE: usize = crate::limits::SEGMENT_ALIGNMENT_BYTES as usize;
         let end = self.write_offset / PAGE * PAGE;
         if end <= self.released_offset {
             return;
@@ -293,7 +293,8 @@ impl ActiveSegment {
         match released {
             Ok(()) => self.released_offset = end,
             Err(error) => {
-                // Only memory is at stake: try again at the next step.
+                // Only memory is at stake: these pages stay mapped, and the next step
+                // tries the 4 MiB after them (not every append: a system call each).
                 self.released_offset = self.write_offset;
                 tracing::debug!(path = %self.path.display(), %error, "madvise(DONTNEED) failed");
             }
