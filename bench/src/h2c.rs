@@ -196,16 +196,9 @@ impl Fields {
 
 /// Why a connection takes no more calls.
 struct Closed {
-    code: Code,
-    message: String,
+    status: Status,
     /// Not a GOAWAY with NO_ERROR (a graceful shutdown).
     error: bool,
-}
-
-impl Closed {
-    fn status(&self) -> Status {
-        Status::new(self.code, self.message.clone())
-    }
 }
 
 /// A header block being assembled from HEADERS and CONTINUATION frames.
@@ -301,8 +294,7 @@ impl<T> Conn<T> {
     /// Starts a call: `body` (a gRPC frame) to `method`.
     pub fn start(&mut self, tag: T, method: Method3, body: Bytes) {
         if let Some(closed) = &self.closed {
-            let status = closed.status();
-            self.completed.push((tag, Err(status)));
+            self.completed.push((tag, Err(closed.status.clone())));
         } else if self.streams.len() >= self.peer_streams_max || !self.waiting.is_empty() {
             self.waiting.push_back((tag, method, body));
         } else {
@@ -415,8 +407,7 @@ impl<T> Conn<T> {
     pub fn fail(&mut self, status: &Status) {
         if self.closed.is_none() {
             self.closed = Some(Closed {
-                code: status.code(),
-                message: status.message().to_string(),
+                status: status.clone(),
                 error: true,
             });
         }
@@ -424,14 +415,12 @@ impl<T> Conn<T> {
         ids.sort_unstable();
         for id in ids {
             if let Some(stream) = self.streams.remove(&id) {
-                let status = Status::new(status.code(), status.message().to_string());
-                self.completed.push((stream.tag, Err(status)));
+                self.completed.push((stream.tag, Err(status.clone())));
             }
         }
         self.blocked.clear();
         while let Some((tag, _, _)) = self.waiting.pop_front() {
-            let status = Status::new(status.code(), status.message().to_string());
-            self.completed.push((tag, Err(status)));
+            self.completed.push((tag, Err(status.clone())));
         }
     }
 
@@ -762,17 +751,14 @@ impl<T> Conn<T> {
         let mut above: Vec<u32> = self.streams.keys().copied().filter(|s| *s > last).collect();
         above.sort_unstable();
         for id in above {
-            let status = Status::new(status.code(), status.message().to_string());
-            self.finish(id, Err(status), None);
+            self.finish(id, Err(status.clone()), None);
         }
         while let Some((tag, _, _)) = self.waiting.pop_front() {
-            let status = Status::new(status.code(), status.message().to_string());
-            self.completed.push((tag, Err(status)));
+            self.completed.push((tag, Err(status.clone())));
         }
         if self.closed.is_none() {
             self.closed = Some(Closed {
-                code: status.code(),
-                message: status.message().to_string(),
+                status,
                 error: code != 0,
             });
         }
@@ -782,7 +768,10 @@ impl<T> Conn<T> {
     /// The connection's error, once it failed or the peer sent a GOAWAY other than
     /// NO_ERROR.
     pub fn error(&self) -> Option<Status> {
-        self.closed.as_ref().filter(|c| c.error).map(Closed::status)
+        self.closed
+            .as_ref()
+            .filter(|c| c.error)
+            .map(|c| c.status.clone())
     }
 }
 
