@@ -243,12 +243,12 @@ impl<T> Conn<T> {
             // `:method: POST` and `:scheme: http` are static table entries 3 and 6.
             block.put_u8(0x80 | 3);
             block.put_u8(0x80 | 6);
-            rivet_hpack::literal(&mut block, 4, b":path", path.as_bytes());
-            rivet_hpack::literal(&mut block, 1, b":authority", authority.as_bytes());
-            rivet_hpack::literal(&mut block, 31, b"content-type", b"application/grpc");
-            rivet_hpack::literal(&mut block, 0, b"te", b"trailers");
+            rivet_hpack::literal(&mut block, b":path", path.as_bytes());
+            rivet_hpack::literal(&mut block, b":authority", authority.as_bytes());
+            rivet_hpack::literal(&mut block, b"content-type", b"application/grpc");
+            rivet_hpack::literal(&mut block, b"te", b"trailers");
             if let Some(token) = token {
-                rivet_hpack::literal(&mut block, 0, b"token", token.as_bytes());
+                rivet_hpack::literal(&mut block, b"token", token.as_bytes());
             }
             block.freeze()
         };

@@ -35,7 +35,7 @@ fn written(out: &mut BytesMut) -> Vec<Frame> {
 fn block(fields: &[(&str, &str)]) -> Vec<u8> {
     let mut out = BytesMut::new();
     for (name, value) in fields {
-        rivet_hpack::literal(&mut out, 0, name.as_bytes(), value.as_bytes());
+        rivet_hpack::literal(&mut out, name.as_bytes(), value.as_bytes());
     }
     out.to_vec()
 }

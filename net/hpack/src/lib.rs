@@ -414,23 +414,26 @@ impl Encoder {
             if self.size + size <= self.max_size {
                 self.entries.push(which);
                 self.size += size;
-                write_integer(out, 0x40, 6, static_name(name));
-                if static_name(name) == 0 {
-                    write_string(out, name);
-                }
-                write_string(out, value);
+                write_field(out, 0x40, 6, name, value);
                 return;
             }
         }
-        literal(out, static_name(name), name, value);
+        literal(out, name, value);
     }
 }
 
-/// A literal field without indexing (§6.2.2): its name as `name_index` in the static table,
-/// or spelled out when `name_index` is 0; no Huffman, no table state for either side.
-pub fn literal(out: &mut BytesMut, name_index: usize, name: &[u8], value: &[u8]) {
-    write_integer(out, 0, 4, name_index);
-    if name_index == 0 {
+/// A literal field without indexing (§6.2.2), its name indexed in the static table when it
+/// is there: no Huffman, no table state for either side.
+pub fn literal(out: &mut BytesMut, name: &[u8], value: &[u8]) {
+    write_field(out, 0, 4, name, value);
+}
+
+/// A literal field with the representation's `pattern` and prefix `bits`: the name as its
+/// static table index, or spelled out when it has none, then the value.
+fn write_field(out: &mut BytesMut, pattern: u8, bits: u8, name: &[u8], value: &[u8]) {
+    let index = static_name(name);
+    write_integer(out, pattern, bits, index);
+    if index == 0 {
         write_string(out, name);
     }
     write_string(out, value);
@@ -438,21 +441,10 @@ pub fn literal(out: &mut BytesMut, name_index: usize, name: &[u8], value: &[u8])
 
 /// The static table's index of a name (0: none).
 fn static_name(name: &[u8]) -> usize {
-    match name {
-        b"content-type" => 31,
-        b"content-length" => 28,
-        b"content-encoding" => 26,
-        b"date" => 33,
-        b"server" => 54,
-        b"access-control-allow-origin" => 20,
-        b"cache-control" => 24,
-        b"location" => 46,
-        b"vary" => 59,
-        b"allow" => 22,
-        b"set-cookie" => 55,
-        b"www-authenticate" => 61,
-        _ => 0,
-    }
+    STATIC
+        .iter()
+        .position(|(n, _)| n.as_bytes() == name)
+        .map_or(0, |i| i + 1)
 }
 
 #[cfg(test)]
