@@ -10,8 +10,11 @@
 //! A WAL is a directory of segment files named `{sequence:016x}-{first_index:016x}.wal`:
 //! `sequence` counts segments from 0 without gaps, `first_index` is the raft index the next
 //! Entry was expected to carry when the segment was created. Each segment is preallocated
-//! (`fallocate`) to `WalOptions::segment_bytes`, or more when a single batch needs it, and
-//! reads as zeros after its last record. A directory flock keeps out a second `Wal`.
+//! (`fallocate`) and zero-filled to `WalOptions::segment_bytes`, or more when a single
+//! batch needs it, and reads as zeros after its last record. Zero-filled, not only
+//! reserved: an fdatasync after a write into reserved (unwritten) space must also write
+//! the file's extent metadata. The next segment is made ahead of the rollover on a thread
+//! of its own (`spare.wal.tmp`, see `spare.rs`). A directory flock keeps out a second `Wal`.
 //!
 //! # Records
 //!
@@ -67,6 +70,7 @@ pub mod faults;
 pub mod format;
 pub mod limits;
 mod segment;
+mod spare;
 mod wal;
 
 pub use error::{
@@ -215,4 +219,6 @@ pub struct WalStats {
     pub segments_created: u64,
     /// Segment files deleted by `release_before`.
     pub segments_released: u64,
+    /// Of `segments_created`, those made ahead of their rollover on the spare thread.
+    pub segments_from_spare: u64,
 }

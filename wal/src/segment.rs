@@ -7,12 +7,17 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::IoError;
+use crate::limits::ZERO_FILL_CHUNK_BYTES;
 
 /// Suffix of segment files.
 pub(crate) const SEGMENT_SUFFIX: &str = ".wal";
 /// Suffix of a segment being created; such files are never part of the log, and open
 /// deletes them.
 pub(crate) const TEMPORARY_SUFFIX: &str = ".wal.tmp";
+
+/// The next segment's file while it is made ahead of the rollover ([`crate::spare`]): a
+/// temporary file too, so an open that finds it deletes it.
+pub(crate) const SPARE_FILE_NAME: &str = "spare.wal.tmp";
 
 /// `{sequence:016x}-{first_index:016x}.wal`: sorting names sorts segments, and the name
 /// shows the first raft index the segment may hold (etcd's convention).
@@ -125,6 +130,45 @@ pub(crate) fn preallocate(file: &File, path: &Path, len: u64) -> Result<(), IoEr
     } else {
         Err(IoError::new("fallocate", path, io::Error::last_os_error()))
     }
+}
+
+/// Writes zeros over `from..len` of `file` (already preallocated to `len`) and fdatasyncs
+/// it, so that the whole length is *written* space, not only reserved space.
+///
+/// `fallocate` reserves blocks as unwritten extents. The first write into one converts it
+/// to written, and the fdatasync after that write must then also write the file's extent
+/// metadata: one more synchronous device write for every WAL append. Measured on this
+/// project's ext4 VM, 16 KiB appends: 3.0 device writes and 200 µs per fdatasync
+/// (59 µs of CPU) into unwritten extents, 2.0 and 110-145 µs (40 µs) into zeroed ones.
+/// Zeroing a 64 MiB segment costs ~45 ms and ~10 ms of CPU, once per segment.
+///
+/// The zeros go to the disk [`ZERO_FILL_CHUNK_BYTES`] at a time, each chunk written back
+/// and waited for before the next (`sync_file_range`): the spare segment is zeroed while
+/// the WAL appends, and 64 MiB of writeback queued at once made every append's fdatasync
+/// wait behind it (put p99 1.4× that of the build without zeroing, 3 members).
+pub(crate) fn zero_fill(file: &File, path: &Path, from: u64, len: u64) -> Result<(), IoError> {
+    use std::os::unix::fs::FileExt as _;
+    static ZEROS: [u8; ZERO_FILL_CHUNK_BYTES] = [0; ZERO_FILL_CHUNK_BYTES];
+    let mut at = from;
+    while at < len {
+        let chunk = (len - at).min(ZEROS.len() as u64) as usize;
+        file.write_all_at(&ZEROS[..chunk], at)
+            .map_err(|e| IoError::new("zero-fill segment", path, e))?;
+        let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE
+            | libc::SYNC_FILE_RANGE_WRITE
+            | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+        let offset = libc::off64_t::try_from(at).unwrap_or(libc::off64_t::MAX);
+        // SAFETY: sync_file_range on a file descriptor we own; no memory is passed.
+        if unsafe { libc::sync_file_range(file.as_raw_fd(), offset, chunk as libc::off64_t, flags) }
+            != 0
+        {
+            let error = io::Error::last_os_error();
+            return Err(IoError::new("write back zero-filled segment", path, error));
+        }
+        at += chunk as u64;
+    }
+    file.sync_data()
+        .map_err(|e| IoError::new("fdatasync zero-filled segment", path, e))
 }
 
 /// Opens a segment file for writing at explicit offsets.

@@ -15,6 +15,7 @@ use crate::limits::{
     BATCH_BYTES_MAX, PAGE_BYTES, RECORD_PAYLOAD_BYTES_MAX, SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN,
 };
 use crate::segment::{self, SegmentName};
+use crate::spare::Spare;
 use crate::{OwnedRecord, Record, RecordKind, Recovery, TornTail, WalOptions, WalStats};
 
 /// A write-ahead log open for appending. See the crate docs.
@@ -41,6 +42,8 @@ pub struct Wal {
     buf: Vec<u8>,
     stats: WalStats,
     poisoned: bool,
+    /// The next segment's file, zero-filled ahead of the rollover.
+    spare: Spare,
 }
 
 // The raft core owns its `Wal`; it may be created on one thread and moved to the core.
@@ -164,6 +167,7 @@ impl Wal {
             buf: Vec::new(),
             stats,
             poisoned: false,
+            spare: Spare::new(dir, options.segment_bytes),
         })
     }
 
@@ -210,7 +214,12 @@ impl Wal {
         let mut directory_syncs = 0;
         let torn_tail = repair_tail(&last, &scanned.tail)?;
         for temporary in &listing.temporaries {
-            tracing::warn!(file = %temporary.display(), "removing the leftover of an interrupted segment creation");
+            if temporary.file_name() == Some(segment::SPARE_FILE_NAME.as_ref()) {
+                // Made ahead of a rollover that did not come: no sign of trouble.
+                tracing::debug!(file = %temporary.display(), "removing the unused spare segment");
+            } else {
+                tracing::warn!(file = %temporary.display(), "removing the leftover of an interrupted segment creation");
+            }
             fs::remove_file(temporary)
                 .map_err(|e| IoError::new("remove temporary segment", temporary, e))?;
         }
@@ -244,6 +253,7 @@ impl Wal {
                 ..WalStats::default()
             },
             poisoned: false,
+            spare: Spare::new(dir, options.segment_bytes),
         };
         let recovery = Recovery {
             metadata: scanned.metadata,
@@ -318,6 +328,9 @@ impl Wal {
 
         self.active.write_offset += batch_bytes;
         self.crc_last = crc;
+        if !self.spare.started() && self.active.write_offset >= self.active.segment_bytes / 2 {
+            self.spare.start();
+        }
         self.stats.appends += 1;
         self.stats.records += records.len() as u64;
         self.stats.bytes_written += batch_bytes;
@@ -430,13 +443,28 @@ impl Wal {
                 .map(|(index, payload)| (*index, payload.as_slice())),
         };
         header.segment_bytes = segment_bytes_for(&self.options, &header, batch_bytes);
-        match write_segment_file(
-            &mut self.durable,
-            &self.dir,
-            &self.directory,
-            &mut self.buf,
-            &header,
-        ) {
+        let created = match self.spare.take(header.segment_bytes) {
+            Some((file, spare)) => {
+                self.stats.segments_from_spare += 1;
+                install_segment(
+                    &mut self.durable,
+                    &self.dir,
+                    &self.directory,
+                    &mut self.buf,
+                    &header,
+                    file,
+                    &spare,
+                )
+            }
+            None => write_segment_file(
+                &mut self.durable,
+                &self.dir,
+                &self.directory,
+                &mut self.buf,
+                &header,
+            ),
+        };
+        match created {
             Ok(created) => {
                 self.stats.directory_syncs += 1;
                 self.stats.segments_created += 1;
@@ -482,10 +510,9 @@ fn io_error(error: WriteError, operation: &'static str, path: &Path) -> IoError 
     IoError::new(operation, path, error.source)
 }
 
-/// Creates the segment file for `header`: under a temporary name, preallocated to
-/// `header.segment_bytes`, header record written and fdatasynced, then renamed into place
-/// and the directory fsynced. So a segment that has its name always has a valid header,
-/// and the records appended after it chain from the returned header CRC.
+/// Creates the segment file for `header`: under a temporary name, preallocated and
+/// zero-filled to `header.segment_bytes` ([`segment::zero_fill`]), then installed
+/// ([`install_segment`]).
 fn write_segment_file(
     durable: &mut Durable,
     dir: &Path,
@@ -493,20 +520,37 @@ fn write_segment_file(
     buf: &mut Vec<u8>,
     header: &SegmentHeader<'_>,
 ) -> Result<CreatedSegment, IoError> {
-    buf.clear();
-    let header_crc = format::encode_segment_header(buf, header);
-    let name = segment::segment_file_name(header.sequence, header.first_index);
-    let path = dir.join(&name);
     let temporary = dir.join(segment::temporary_file_name(
         header.sequence,
         header.first_index,
     ));
     let file = segment::open_for_writing(&temporary, true)?;
     segment::preallocate(&file, &temporary, header.segment_bytes)?;
+    segment::zero_fill(&file, &temporary, 0, header.segment_bytes)?;
+    install_segment(durable, dir, directory, buf, header, file, &temporary)
+}
+
+/// Makes `file` (at the temporary path `temporary`, zero-filled to `header.segment_bytes`)
+/// the segment of `header`: header record written and fdatasynced, then renamed into place
+/// and the directory fsynced. So a segment that has its name always has a valid header,
+/// and the records appended after it chain from the returned header CRC.
+fn install_segment(
+    durable: &mut Durable,
+    dir: &Path,
+    directory: &File,
+    buf: &mut Vec<u8>,
+    header: &SegmentHeader<'_>,
+    file: File,
+    temporary: &Path,
+) -> Result<CreatedSegment, IoError> {
+    buf.clear();
+    let header_crc = format::encode_segment_header(buf, header);
+    let name = segment::segment_file_name(header.sequence, header.first_index);
+    let path = dir.join(&name);
     durable
         .write_and_sync(file.as_raw_fd(), buf, 0)
-        .map_err(|error| io_error(error, "write segment header", &temporary))?;
-    fs::rename(&temporary, &path).map_err(|e| IoError::new("rename segment", &temporary, e))?;
+        .map_err(|error| io_error(error, "write segment header", temporary))?;
+    fs::rename(temporary, &path).map_err(|e| IoError::new("rename segment", temporary, e))?;
     segment::sync_directory(directory, dir)?;
     tracing::debug!(file = %path.display(), segment_bytes = header.segment_bytes, "created segment");
     let active = ActiveSegment {
@@ -721,8 +765,8 @@ fn scan_segments(names: &[SegmentName]) -> Result<Scanned, OpenError> {
 }
 
 /// Cuts the torn tail of the last segment, if it has one, and restores its preallocated
-/// length: truncate to the end of the valid data, preallocate again (the cut part reads as
-/// zeros), fdatasync. Idempotent: a second recovery finds nothing to do.
+/// length: truncate to the end of the valid data, preallocate again and zero-fill the cut
+/// part, fdatasync. Idempotent: a second recovery finds nothing to do.
 fn repair_tail(path: &Path, tail: &Tail) -> Result<Option<TornTail>, IoError> {
     let cut_bytes = tail.nonzero_end - tail.end_offset;
     if cut_bytes == 0 && tail.file_bytes == tail.segment_bytes {
@@ -745,8 +789,7 @@ fn repair_tail(path: &Path, tail: &Tail) -> Result<Option<TornTail>, IoError> {
     file.set_len(tail.end_offset)
         .map_err(|e| IoError::new("truncate torn tail", path, e))?;
     segment::preallocate(&file, path, tail.segment_bytes)?;
-    file.sync_data()
-        .map_err(|e| IoError::new("fdatasync repaired segment", path, e))?;
+    segment::zero_fill(&file, path, tail.end_offset, tail.segment_bytes)?;
     Ok(Some(TornTail {
         file: path.to_path_buf(),
         offset: tail.end_offset,

@@ -585,3 +585,74 @@ fn metadata_larger_than_a_segment_and_extreme_indexes() {
     assert_eq!(recovery.metadata, metadata);
     assert_eq!(recovery.records.len(), 2);
 }
+
+/// Whether any extent of `path` is reserved but unwritten (`FIEMAP_EXTENT_UNWRITTEN`), or
+/// None where the file system does not answer FIEMAP (tmpfs).
+fn has_unwritten_extent(path: &Path) -> Option<bool> {
+    use std::os::fd::AsRawFd as _;
+    const FS_IOC_FIEMAP: libc::c_ulong = 0xC020_660B;
+    const FIEMAP_FLAG_SYNC: u32 = 1;
+    const FIEMAP_EXTENT_UNWRITTEN: u32 = 0x800;
+    const EXTENTS: usize = 64;
+    // struct fiemap (32 bytes) followed by EXTENTS struct fiemap_extent (56 bytes each).
+    let mut buf = vec![0_u64; (32 + 56 * EXTENTS) / 8];
+    buf[1] = u64::MAX; // fm_length
+                       // fm_flags (low half of word 2), fm_extent_count (low half of word 3).
+    buf[2] = u64::from(FIEMAP_FLAG_SYNC);
+    buf[3] = EXTENTS as u64;
+    let file = fs::File::open(path).unwrap();
+    // SAFETY: FIEMAP writes at most EXTENTS extents into the buffer sized for them.
+    if unsafe { libc::ioctl(file.as_raw_fd(), FS_IOC_FIEMAP, buf.as_mut_ptr()) } != 0 {
+        return None;
+    }
+    let mapped = (buf[2] >> 32) as usize;
+    assert!(mapped < EXTENTS, "more extents than the test reads");
+    Some((0..mapped).any(|i| {
+        // fe_flags is the u32 at byte 40 of the extent.
+        let word = buf[(32 + 56 * i + 40) / 8];
+        (word as u32) & FIEMAP_EXTENT_UNWRITTEN != 0
+    }))
+}
+
+#[test]
+fn segments_are_zero_filled_and_made_ahead_of_the_rollover() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = WalOptions {
+        segment_bytes: 256 * 1024,
+    };
+    let mut wal = Wal::create(dir.path(), METADATA, options).unwrap();
+    let mut written = Vec::new();
+    for index in 1..=200 {
+        let batch = vec![entry(index, &payload_for(index, 4000))];
+        append(&mut wal, &batch);
+        written.extend(batch);
+    }
+    let stats = wal.stats();
+    assert!(stats.segments_created >= 4, "{stats:?}");
+    // Every rollover found its segment made ahead (each segment passes half full long
+    // before it rolls over); only the first was made at create.
+    assert_eq!(
+        stats.segments_from_spare,
+        stats.segments_created - 1,
+        "{stats:?}"
+    );
+    let files = segment_files(dir.path());
+    for file in &files {
+        if let Some(unwritten) = has_unwritten_extent(file) {
+            assert!(!unwritten, "{} has unwritten extents", file.display());
+        }
+    }
+    drop(wal);
+    // The spare made for the next rollover is left over; open deletes it and recovers
+    // everything.
+    let (wal, recovery) = open(dir.path(), options);
+    assert!(!dir.path().join("spare.wal.tmp").exists());
+    let entries: Vec<_> = recovery
+        .records
+        .iter()
+        .filter(|r| r.kind == RecordKind::Entry)
+        .cloned()
+        .collect();
+    assert_eq!(entries, written);
+    drop(wal);
+}
