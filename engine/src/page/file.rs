@@ -274,8 +274,13 @@ impl SegmentView {
 impl ActiveSegment {
     /// Unmaps the whole pages written so far from this process (they stay in the page
     /// cache, dirty ones included: a shared file mapping hands its dirty bits to the page
-    /// cache when unmapped, so the next sync writes them as before). A later read or
-    /// write of those bytes maps the cached page again.
+    /// cache when unmapped). A later read or write of those bytes maps the cached page
+    /// again. Then starts writing them back (`sync_file_range(SYNC_FILE_RANGE_WRITE)`,
+    /// which does not wait): the next checkpoint's sync, which alone makes them durable,
+    /// then finds at most one step's worth still dirty. Left to the checkpoint, a whole
+    /// checkpoint interval's pages (~33 MB after 100,000 puts of 256 bytes) went to the
+    /// disk at once, every member's at the same index, and the WAL's fdatasyncs queued
+    /// behind them: an 80 ms stall of every write, three members, 2026-12-07.
     fn release_written(&mut self) {
         const PAGE: usize = crate::limits::SEGMENT_ALIGNMENT_BYTES as usize;
         let end = self.write_offset / PAGE * PAGE;
@@ -298,6 +303,26 @@ impl ActiveSegment {
                 self.released_offset = self.write_offset;
                 tracing::debug!(path = %self.path.display(), %error, "madvise(DONTNEED) failed");
             }
+        }
+        let (Ok(offset), Ok(length)) = (
+            libc::off64_t::try_from(start),
+            libc::off64_t::try_from(end - start),
+        ) else {
+            return;
+        };
+        // SAFETY: sync_file_range on a file descriptor we own; no memory is passed.
+        let started = unsafe {
+            libc::sync_file_range(
+                self.file.as_raw_fd(),
+                offset,
+                length,
+                libc::SYNC_FILE_RANGE_WRITE,
+            )
+        };
+        if started != 0 {
+            // Only timing is at stake: the checkpoint's sync writes these pages anyway.
+            let error = io::Error::last_os_error();
+            tracing::debug!(path = %self.path.display(), %error, "sync_file_range failed");
         }
     }
 }
