@@ -293,6 +293,15 @@ fn cpu_profile(report: &pprof::Report) -> std::io::Result<Vec<u8>> {
     builder.gzip()
 }
 
+/// This process's resident set in bytes (`/proc/self/statm`), if it can be read.
+fn resident_bytes() -> Option<usize> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: usize = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf reads a constant of the system; no memory is passed.
+    let page_bytes = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).ok()?;
+    pages.checked_mul(page_bytes)
+}
+
 /// The heap "profile": mimalloc's committed bytes and the resident set, current and
 /// peak, each a sample at a location named after what it measures.
 fn heap_profile() -> std::io::Result<Vec<u8>> {
@@ -304,6 +313,11 @@ fn heap_profile() -> std::io::Result<Vec<u8>> {
     let mut committed = 0usize;
     let mut committed_peak = 0usize;
     let mut faults = 0usize;
+    // mimalloc's process info gives its committed bytes as the current resident set on
+    // Linux, which can exceed the peak it reads from getrusage (committed pages that were
+    // never touched are not resident). Read the kernel's count, and before the peak, so
+    // that the peak is never below it.
+    let resident = resident_bytes();
     // SAFETY: mi_process_info only writes the integers it is given pointers to.
     unsafe {
         libmimalloc_sys::mi_process_info(
@@ -316,6 +330,9 @@ fn heap_profile() -> std::io::Result<Vec<u8>> {
             &mut committed_peak,
             &mut faults,
         );
+    }
+    if let Some(resident) = resident {
+        rss = resident;
     }
     let mut builder = Builder::new();
     let inuse = builder.value_type("inuse_space", "bytes");

@@ -19,16 +19,35 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-/// A loopback port that was free a moment ago.
+/// Ports the tests hand to servers: below Linux's default ephemeral range (32768–60999),
+/// so that no outgoing connection of another test takes one between the check here and
+/// the server's bind (CI once saw etcd fail with "address already in use" on a port
+/// `bind(0)` had just returned), and never the same twice in one test process.
+const TEST_PORTS: std::ops::Range<u32> = 20_000..32_000;
+
+/// A loopback port, free for TCP and UDP a moment ago (see [`TEST_PORTS`]).
 pub fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    listener.local_addr().expect("local addr").port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let span = TEST_PORTS.end - TEST_PORTS.start;
+    // Each test binary starts elsewhere in the range, so that a server a previous binary
+    // left in TIME_WAIT or still stopping is unlikely to be in the way.
+    let offset = std::process::id().wrapping_mul(7919) % span;
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (TEST_PORTS.start + (offset + n) % span) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
+        {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {TEST_PORTS:?}");
 }
 
 /// A loopback UDP port (rivet's peer transport is QUIC) that was free a moment ago.
 pub fn free_udp_port() -> u16 {
-    let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind an ephemeral UDP port");
-    socket.local_addr().expect("local addr").port()
+    free_port()
 }
 
 fn wait_for_health(endpoint: &str, child: &mut Child, log: &Path) {
