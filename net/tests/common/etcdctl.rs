@@ -151,8 +151,22 @@ impl Drop for EtcdctlProcess {
 
 /// Masks what legitimately differs in etcdctl output: member and cluster IDs (JSON).
 pub fn mask_ids(text: &str) -> String {
+    mask_fields(text, &["\"cluster_id\":", "\"member_id\":"])
+}
+
+/// Like [`mask_ids`], and the raft term too: for comparing two clusters, whose terms
+/// depend on how many elections their starts took (as in `differential.rs`).
+pub fn mask_ids_and_term(text: &str) -> String {
+    mask_fields(
+        text,
+        &["\"cluster_id\":", "\"member_id\":", "\"raft_term\":"],
+    )
+}
+
+/// `text` with the number after each of `patterns` replaced by `N`.
+fn mask_fields(text: &str, patterns: &[&str]) -> String {
     let mut out = text.to_string();
-    for pattern in ["\"cluster_id\":", "\"member_id\":"] {
+    for pattern in patterns {
         let mut masked = String::new();
         let mut rest = out.as_str();
         while let Some(at) = rest.find(pattern) {
