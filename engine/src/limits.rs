@@ -204,6 +204,10 @@ pub const SEGMENT_BYTES_DEFAULT: u32 = 64 * 1024 * 1024;
 /// over, up to a whole segment per shard (~40 MB of a member's 147 MiB peak after 95,000
 /// puts, 2026-12-07); one `madvise` per 4 MiB is ~10,000 small records' worth, so its
 /// cost per record is nothing.
+///
+/// The same step starts the writeback of the released pages (`sync_file_range`), so it
+/// also bounds what a checkpoint's sync finds dirty: 4 MiB, not a whole checkpoint
+/// interval's pages sent to the disk at once with the WAL's fdatasyncs queued behind them.
 pub const PAGE_RESIDENT_APPEND_BYTES: usize = 4 * 1024 * 1024;
 
 /// The granularity of segment sizes: every segment file is a whole number of these.
